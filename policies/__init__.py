@@ -1,0 +1,1 @@
+"""Tool permission policies (see issue 6)."""

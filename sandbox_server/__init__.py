@@ -1,0 +1,1 @@
+"""The sandbox: the agent toolset served as an MCP server."""

@@ -1,0 +1,1 @@
+"""Outbound WebSocket tunnel agent (see issue 4)."""
