@@ -1,0 +1,72 @@
+"""The ``tether`` command line: one entry point, one subcommand per program."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _gateway(args: argparse.Namespace) -> None:
+    from gateway.app import run_gateway
+
+    run_gateway(host=args.host, port=args.port, data_dir=args.data_dir)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from gateway.demo import run_demo
+
+    sys.exit(run_demo(data_dir=args.data_dir, port=args.port))
+
+
+def _model(args: argparse.Namespace) -> None:
+    from gateway.scripted_model.server import run
+
+    run(host=args.host, port=args.port, script_path=args.script)
+
+
+def _sandbox(args: argparse.Namespace) -> None:
+    from sandbox_server.server import run
+
+    run(workspace=Path(args.workspace), host=args.host, port=args.port, stdio=args.stdio)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tether", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gateway = commands.add_parser("gateway", help="serve the REST API and run sessions")
+    gateway.add_argument("--host", default=os.environ.get("TETHER_HOST", "127.0.0.1"))
+    gateway.add_argument("--port", type=int, default=int(os.environ.get("TETHER_PORT", "8420")))
+    gateway.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", ".tether"))
+    gateway.set_defaults(func=_gateway)
+
+    demo = commands.add_parser("demo", help="start a gateway and run one session end to end")
+    demo.add_argument("--data-dir", default=None, help="keep the demo's data here (default: a temp dir)")
+    demo.add_argument("--port", type=int, default=0)
+    demo.set_defaults(func=_demo)
+
+    model = commands.add_parser("model", help="serve the scripted Messages-API model")
+    model.add_argument("--host", default="127.0.0.1")
+    model.add_argument("--port", type=int, default=0)
+    model.add_argument("--script", default=None, help="JSON script file")
+    model.set_defaults(func=_model)
+
+    sandbox = commands.add_parser("sandbox", help="serve a workspace's toolset as an MCP server")
+    sandbox.add_argument("--workspace", required=True)
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=0)
+    sandbox.add_argument("--stdio", action="store_true", help="speak MCP over stdin/stdout")
+    sandbox.set_defaults(func=_sandbox)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Run an ASGI app on a loopback socket and announce its URL.
+
+Every Tether server (gateway, sandbox, scripted model) binds its socket before
+uvicorn starts, so port 0 works and the parent process learns the real port from
+one line on stdout: ``listening on http://HOST:PORT``.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from typing import Any
+
+import uvicorn
+
+READY_PREFIX = "listening on "
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind a TCP listening socket (port 0 picks a free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def socket_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def serve(app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
+    """Serve ``app`` until interrupted, printing the ready line once the socket is bound."""
+    sock = bind_socket(host, port)
+    config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+
+    original_startup = server.startup
+
+    async def startup(sockets: list[socket.socket] | None = None) -> None:
+        await original_startup(sockets=sockets)
+        if server.started:
+            print(f"{READY_PREFIX}{socket_url(sock)}", flush=True)
+
+    server.startup = startup  # type: ignore[method-assign]
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not server.started:
+        sys.exit(1)
