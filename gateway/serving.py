@@ -36,7 +36,11 @@ def socket_url(sock: socket.socket) -> str:
 
 def serve(app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
     """Serve ``app`` until interrupted, printing the ready line once the socket is bound."""
-    sock = bind_socket(host, port)
+    serve_socket(app, bind_socket(host, port), log_level)
+
+
+def serve_socket(app: Any, sock: socket.socket, log_level: str = "warning") -> None:
+    """Serve on an already bound socket (when the app must know its own URL before starting)."""
     config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
 

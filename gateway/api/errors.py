@@ -1,0 +1,52 @@
+"""Every error leaves the gateway shaped like the Anthropic API's:
+``{"type": "error", "error": {"type": ..., "message": ...}}``."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.errors import TetherError
+
+log = logging.getLogger("tether.api")
+
+_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    412: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def error_response(status: int, error_type: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"type": "error", "error": {"type": error_type, "message": message}}, status_code=status
+    )
+
+
+async def tether_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TetherError)
+    return error_response(exc.status_code, exc.error_type, exc.message)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = exc.detail if exc.status_code != 404 else f"no route for {request.method} {request.url.path}"
+    return error_response(exc.status_code, _STATUS_TYPES.get(exc.status_code, "api_error"), message)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "api_error", "internal error")
+
+
+HANDLERS = {TetherError: tether_error, HTTPException: http_error, Exception: unexpected_error}

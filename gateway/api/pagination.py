@@ -1,0 +1,77 @@
+"""Cursor pagination as the SDK's ``PageCursor`` expects: ``{"data": [...], "next_page": ...}``."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+
+from gateway.errors import InvalidRequest
+from gateway.ids import timestamp
+from gateway.store.base import Page
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+
+
+def encode_cursor(position: int) -> str:
+    return "page_" + base64.urlsafe_b64encode(str(position).encode()).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> int:
+    try:
+        raw = token.removeprefix("page_")
+        return int(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode())
+    except ValueError:
+        raise InvalidRequest("page: not a cursor returned by this API") from None
+
+
+def page_params(request: Request) -> tuple[int | None, int]:
+    """(cursor, limit) from ``?page=`` and ``?limit=``."""
+    token = request.query_params.get("page")
+    cursor = decode_cursor(token) if token else None
+    return cursor, limit_param(request)
+
+
+def limit_param(request: Request, default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise InvalidRequest(f"limit: must be an integer between 1 and {maximum}")
+    return int(raw)
+
+
+def bool_param(request: Request, name: str, default: bool = False) -> bool:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("true", "1"):
+        return True
+    if raw.lower() in ("false", "0"):
+        return False
+    raise InvalidRequest(f"{name}: must be true or false")
+
+
+def page_body(page: Page, render: Any = None) -> dict[str, Any]:
+    items = [render(item) for item in page.items] if render else page.items
+    return {
+        "data": items,
+        "next_page": encode_cursor(page.next_cursor) if page.next_cursor is not None else None,
+    }
+
+
+def time_param(request: Request, name: str) -> str | None:
+    """An RFC 3339 query timestamp, normalised to the stored form so strings compare in order."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"{name}: not an RFC 3339 timestamp") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return timestamp(moment)

@@ -1,0 +1,193 @@
+"""HTTP routes for ``/v1/sessions`` and the session event log (list, send, stream)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from gateway.api.bodies import parse
+from gateway.api.pagination import (
+    bool_param,
+    decode_cursor,
+    encode_cursor,
+    limit_param,
+    page_body,
+    page_params,
+    time_param,
+)
+from gateway.api.state import state
+from gateway.errors import InvalidRequest
+from gateway.resources import sessions
+from gateway.schemas.sessions import SendEvents, SessionCreate, SessionUpdate
+from gateway.store.base import EventQuery, StoredEvent
+
+STREAM_BATCH = 500
+KEEPALIVE_SECONDS = 15.0
+
+
+async def create(request: Request) -> JSONResponse:
+    gateway = state(request)
+    body = await parse(request, SessionCreate, gateway.settings.max_body_bytes)
+    session, initial = await sessions.create(gateway.store, body)
+    if initial:
+        gateway.runner.wake(session["id"])
+    return JSONResponse(sessions.render(session))
+
+
+async def list_sessions(request: Request) -> JSONResponse:
+    cursor, limit = page_params(request)
+    equals: dict[str, object] = {}
+    if agent_id := request.query_params.get("agent_id"):
+        equals["agent.id"] = agent_id
+    if version := request.query_params.get("agent_version"):
+        if not version.isdigit():
+            raise InvalidRequest("agent_version: must be a positive integer")
+        equals["agent.version"] = int(version)
+    order = request.query_params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("order: must be 'asc' or 'desc'")
+    page = await state(request).store.list(
+        sessions.KIND,
+        cursor=cursor,
+        limit=limit,
+        include_archived=bool_param(request, "include_archived"),
+        equals=equals,
+        created_gte=time_param(request, "created_at[gte]") or time_param(request, "created_at[gt]"),
+        created_lte=time_param(request, "created_at[lte]") or time_param(request, "created_at[lt]"),
+        order="asc" if order == "asc" else "desc",
+    )
+    return JSONResponse({**page_body(page, sessions.render), "prev_page": None})
+
+
+async def retrieve(request: Request) -> JSONResponse:
+    return JSONResponse(
+        sessions.render(await sessions.get(state(request).store, request.path_params["session_id"]))
+    )
+
+
+async def update(request: Request) -> JSONResponse:
+    gateway = state(request)
+    body = await parse(request, SessionUpdate, gateway.settings.max_body_bytes)
+    return JSONResponse(
+        sessions.render(await sessions.update(gateway.store, request.path_params["session_id"], body))
+    )
+
+
+async def archive(request: Request) -> JSONResponse:
+    gateway = state(request)
+    session_id = request.path_params["session_id"]
+    body = await sessions.archive(gateway.store, session_id)
+    gateway.runner.interrupt(session_id)
+    await gateway.sandboxes.stop(session_id)
+    return JSONResponse(sessions.render(body))
+
+
+async def delete(request: Request) -> JSONResponse:
+    gateway = state(request)
+    session_id = request.path_params["session_id"]
+    await sessions.get(gateway.store, session_id)
+    gateway.runner.interrupt(session_id)
+    await gateway.sandboxes.stop(session_id)
+    await gateway.store.delete(sessions.KIND, session_id)
+    return JSONResponse({"id": session_id, "type": "session_deleted"})
+
+
+async def send_events(request: Request) -> JSONResponse:
+    gateway = state(request)
+    body = await parse(request, SendEvents, gateway.settings.max_body_bytes)
+    session = await sessions.get(gateway.store, request.path_params["session_id"])
+    stored = await sessions.accept_events(gateway.store, session, body.events)
+    if any(event.type == "user.interrupt" for event in stored):
+        gateway.runner.interrupt(session["id"])
+    gateway.runner.wake(session["id"])
+    return JSONResponse({"data": [event.body for event in stored]})
+
+
+async def list_events(request: Request) -> JSONResponse:
+    gateway = state(request)
+    session = await sessions.get(gateway.store, request.path_params["session_id"])
+    limit = limit_param(request, default=100, maximum=1000)
+    order = request.query_params.get("order", "asc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("order: must be 'asc' or 'desc'")
+    token = request.query_params.get("page")
+    cursor = decode_cursor(token) if token else None
+    types = request.query_params.getlist("types[]") + request.query_params.getlist("types")
+    gt, gte = time_param(request, "created_at[gt]"), time_param(request, "created_at[gte]")
+    lt, lte = time_param(request, "created_at[lt]"), time_param(request, "created_at[lte]")
+    query = EventQuery(
+        after_seq=cursor if cursor is not None and order == "asc" else 0,
+        before_seq=cursor if cursor is not None and order == "desc" else None,
+        limit=limit + 1,
+        types=types,
+        order="asc" if order == "asc" else "desc",
+        processed_after=gte or gt,
+        processed_after_inclusive=gte is not None,
+        processed_before=lte or lt,
+        processed_before_inclusive=lte is not None,
+    )
+    events = await gateway.store.read_events(session["id"], query)
+    more = len(events) > limit
+    events = events[:limit]
+    return JSONResponse(
+        {
+            "data": [event.body for event in events],
+            "next_page": encode_cursor(events[-1].seq) if more else None,
+        }
+    )
+
+
+async def stream_events(request: Request) -> StreamingResponse:
+    """Server-Sent Events from the log. ``Last-Event-ID`` replays everything after that event;
+    without it the stream starts at the current end of the log, like the hosted API."""
+    gateway = state(request)
+    session = await sessions.get(gateway.store, request.path_params["session_id"])
+    session_id = session["id"]
+    last_event_id = request.headers.get("last-event-id")
+    if last_event_id:
+        cursor = await gateway.store.event_seq(session_id, last_event_id)
+        if cursor is None:
+            raise InvalidRequest(f"Last-Event-ID: {last_event_id!r} is not an event of session {session_id}")
+    else:
+        cursor = await gateway.store.last_seq(session_id)
+    return StreamingResponse(
+        _sse(request, session_id, cursor),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
+async def _sse(request: Request, session_id: str, cursor: int) -> AsyncIterator[str]:
+    store = state(request).store
+    while True:
+        batch = await store.read_events(session_id, EventQuery(after_seq=cursor, limit=STREAM_BATCH))
+        for event in batch:
+            yield _frame(event)
+            cursor = event.seq
+        if len(batch) == STREAM_BATCH:
+            continue
+        if not await store.wait_for_append(session_id, cursor, KEEPALIVE_SECONDS):
+            if await store.get(sessions.KIND, session_id) is None:
+                return
+            yield "event: ping\ndata: {}\n\n"
+
+
+def _frame(event: StoredEvent) -> str:
+    return f"event: {event.type}\nid: {event.id}\ndata: {json.dumps(event.body)}\n\n"
+
+
+routes = [
+    Route("/v1/sessions", create, methods=["POST"]),
+    Route("/v1/sessions", list_sessions, methods=["GET"]),
+    Route("/v1/sessions/{session_id}", retrieve, methods=["GET"]),
+    Route("/v1/sessions/{session_id}", update, methods=["POST"]),
+    Route("/v1/sessions/{session_id}", delete, methods=["DELETE"]),
+    Route("/v1/sessions/{session_id}/archive", archive, methods=["POST"]),
+    Route("/v1/sessions/{session_id}/events", send_events, methods=["POST"]),
+    Route("/v1/sessions/{session_id}/events", list_events, methods=["GET"]),
+    Route("/v1/sessions/{session_id}/events/stream", stream_events, methods=["GET"]),
+]

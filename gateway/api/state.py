@@ -1,0 +1,25 @@
+"""What route handlers reach through ``request.app.state.gateway``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from gateway.config import Settings
+from gateway.harness.runner import SessionRunner
+from gateway.store.base import Store
+from gateway.tools.sandbox import SandboxPool
+
+
+@dataclass
+class GatewayState:
+    settings: Settings
+    store: Store
+    runner: SessionRunner
+    sandboxes: SandboxPool
+
+
+def state(request: Request) -> GatewayState:
+    gateway: GatewayState = request.app.state.gateway
+    return gateway

@@ -1,0 +1,128 @@
+"""Assemble the gateway: store, sandboxes, harness and routes, under one lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import anyio
+import mcp.types as mcp_types
+from mcp import Client
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+
+from gateway.api import agents, environments, sessions
+from gateway.api.auth import APIKeyMiddleware
+from gateway.api.errors import HANDLERS
+from gateway.api.state import GatewayState
+from gateway.config import SCRIPTED_MODEL_PATH, Settings
+from gateway.harness.loop import Harness
+from gateway.harness.model import make_client
+from gateway.harness.runner import SessionRunner
+from gateway.scripted_model.script import ScriptBook
+from gateway.scripted_model.server import create_app as create_scripted_model
+from gateway.serving import bind_socket, serve_socket, socket_url
+from gateway.store.sqlite import SQLiteStore
+from gateway.tools.sandbox import SandboxPool
+
+log = logging.getLogger("tether")
+
+DEMO_SCRIPT = Path(__file__).parent / "scripted_model" / "demo_script.json"
+
+
+class SandboxCatalog:
+    """The toolset's tool definitions, listed once over MCP from an in-memory sandbox server."""
+
+    def __init__(self) -> None:
+        self._tools: Sequence[mcp_types.Tool] | None = None
+        self._lock = anyio.Lock()
+
+    async def __call__(self) -> Sequence[mcp_types.Tool]:
+        async with self._lock:
+            if self._tools is None:
+                from sandbox_server.server import build_server
+
+                with tempfile.TemporaryDirectory() as scratch:
+                    async with Client(build_server(Path(scratch))) as client:
+                        self._tools = (await client.list_tools()).tools
+            return self._tools
+
+
+async def health(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(settings: Settings) -> Starlette:
+    """``settings.model_base_url`` must be set (``run_gateway`` points it at the embedded model)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = SQLiteStore(settings.database_path)
+        sandboxes = SandboxPool(settings.workspaces_dir)
+        model = make_client(
+            settings.model_api_key or settings.api_keys[0], settings.model_base_url, settings.model_timeout
+        )
+        harness = Harness(
+            store=store,
+            model=model,
+            sandboxes=sandboxes,
+            sandbox_catalog=SandboxCatalog(),
+            max_output_tokens=settings.max_output_tokens,
+            tool_timeout=settings.tool_timeout,
+        )
+        try:
+            async with anyio.create_task_group() as tasks:
+                runner = SessionRunner(harness, tasks)
+                app.state.gateway = GatewayState(settings, store, runner, sandboxes)
+                yield
+                tasks.cancel_scope.cancel()
+        finally:
+            await sandboxes.close()
+            await model.close()
+            await store.close()
+
+    routes: list[Route | Mount] = [
+        Route("/health", health),
+        *agents.routes,
+        *environments.routes,
+        *sessions.routes,
+    ]
+    if settings.serve_scripted_model:
+        routes.append(Mount(SCRIPTED_MODEL_PATH, app=create_scripted_model(ScriptBook.load(DEMO_SCRIPT))))
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(APIKeyMiddleware, keys=settings.api_keys)],
+        exception_handlers=HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )
+
+
+def run_gateway(host: str, port: int, data_dir: str | None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx2", "httpx", "mcp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = Settings.from_env(data_dir)
+    sock = bind_socket(host, port)
+    url = socket_url(sock)
+    embedded = settings.model_base_url is None and settings.model_api_key is None
+    if embedded:
+        settings.serve_scripted_model = True
+        settings.model_base_url = url + SCRIPTED_MODEL_PATH
+    if settings.generated_key:
+        print(
+            f"API key (x-api-key): {settings.api_keys[0]}  (stored in {settings.data_dir / 'api_key'})",
+            flush=True,
+        )
+    model = (
+        "the scripted model (no ANTHROPIC_API_KEY)"
+        if embedded
+        else (settings.model_base_url or "Anthropic API")
+    )
+    log.info("data in %s; model: %s", settings.data_dir, model)
+    serve_socket(create_app(settings), sock, log_level="warning")

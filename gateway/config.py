@@ -1,0 +1,72 @@
+"""Gateway settings, read once from the environment with embedded defaults.
+
+| variable               | default                                   |
+|------------------------|-------------------------------------------|
+| TETHER_DATA_DIR        | ``.tether`` (SQLite log, workspaces, key) |
+| TETHER_API_KEYS        | generated once into ``DATA_DIR/api_key``  |
+| ANTHROPIC_API_KEY      | unset: the embedded scripted model        |
+| TETHER_MODEL_BASE_URL  | Anthropic's API, or the scripted model    |
+| TETHER_MAX_BODY_BYTES  | 8 MiB                                     |
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+SCRIPTED_MODEL_PATH = "/scripted-model"
+
+
+@dataclass
+class Settings:
+    data_dir: Path
+    api_keys: list[str]
+    model_api_key: str | None = None
+    model_base_url: str | None = None
+    """None with no model key means: serve the scripted model inside the gateway."""
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_output_tokens: int = 8192
+    model_timeout: float = 600.0
+    tool_timeout: float = 600.0
+    generated_key: bool = False
+    serve_scripted_model: bool = False
+    """Mount the scripted model inside the gateway (set when no model is configured)."""
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "tether.db"
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return self.data_dir / "workspaces"
+
+    @classmethod
+    def from_env(cls, data_dir: str | Path | None = None) -> Settings:
+        env = os.environ
+        root = Path(data_dir or env.get("TETHER_DATA_DIR", ".tether")).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        keys = [k.strip() for k in env.get("TETHER_API_KEYS", "").split(",") if k.strip()]
+        generated = False
+        if not keys:
+            keys, generated = [load_or_create_key(root / "api_key")], True
+        return cls(
+            data_dir=root,
+            api_keys=keys,
+            model_api_key=env.get("ANTHROPIC_API_KEY") or None,
+            model_base_url=env.get("TETHER_MODEL_BASE_URL") or None,
+            max_body_bytes=int(env.get("TETHER_MAX_BODY_BYTES", 8 * 1024 * 1024)),
+            generated_key=generated,
+        )
+
+
+def load_or_create_key(path: Path) -> str:
+    """A stable key for a data directory, readable only by its owner."""
+    if path.exists():
+        return path.read_text().strip()
+    key = "tether-" + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key

@@ -1,0 +1,278 @@
+"""The agent loop: log -> Messages API -> tools -> log, until the turn ends.
+
+Each step re-reads the log and decides from it alone (see ``transcript``), so the
+loop holds no state a crash could lose. Intent (``*_tool_use``) is persisted before
+a tool runs and the outcome (``*_tool_result``) after.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anthropic
+import mcp.types as mcp_types
+
+from gateway.harness import events as ev
+from gateway.harness.context import build_messages
+from gateway.harness.model import ModelCallFailed, call_model
+from gateway.harness.transcript import RESULT_TYPES, ToolCall, Transcript
+from gateway.resources import sessions as session_state
+from gateway.store.base import Body, EventQuery, Store
+from gateway.tools import mcp_client
+from gateway.tools.sandbox import SandboxPool, SandboxStartFailed
+from gateway.tools.toolbox import Toolbox, build_toolbox
+from policies.tool_permissions import evaluate
+
+log = logging.getLogger("tether.harness")
+
+SandboxCatalog = Callable[[], Awaitable[Sequence[mcp_types.Tool]]]
+
+
+@dataclass
+class Progress:
+    """What the current run has in flight, so an interrupt can close it off in the log."""
+
+    model_start_id: str | None = None
+    tool_call: ToolCall | None = None
+
+
+@dataclass
+class Harness:
+    store: Store
+    model: anthropic.AsyncAnthropic
+    sandboxes: SandboxPool
+    sandbox_catalog: SandboxCatalog
+    max_output_tokens: int = 8192
+    tool_timeout: float = 600.0
+    _toolboxes: dict[str, Toolbox] = field(default_factory=dict)
+
+    async def transcript(self, session_id: str) -> Transcript:
+        return Transcript.from_events(await self.store.read_events(session_id, EventQuery()))
+
+    async def run(self, session_id: str, progress: Progress) -> None:
+        session = await self.store.get("session", session_id)
+        if session is None or session["status"] == "terminated":
+            return
+        agent = session["agent"]
+        toolbox: Toolbox | None = None
+        while True:
+            transcript = await self.transcript(session_id)
+            runnable = [call for call in transcript.pending() if not call.awaits_client]
+            if runnable:
+                await self._ensure_running(session_id, transcript)
+                toolbox = toolbox or await self._toolbox(session_id, agent)
+                for call in runnable:
+                    await self._settle(session_id, agent, toolbox, call, progress)
+                continue
+            waiting = transcript.awaiting_client()
+            if waiting:
+                await self._idle(session_id, transcript, "requires_action", [c.id for c in waiting])
+                return
+            if transcript.needs_model():
+                await self._ensure_running(session_id, transcript)
+                toolbox = toolbox or await self._toolbox(session_id, agent)
+                if not await self._model_turn(session_id, agent, toolbox, progress):
+                    await self._idle(session_id, await self.transcript(session_id), "retries_exhausted")
+                    return
+                continue
+            await self._idle(session_id, transcript, "end_turn")
+            return
+
+    # Status ------------------------------------------------------------------------------
+
+    async def append(self, session_id: str, *bodies: Body) -> None:
+        await self.store.append_events(session_id, bodies)
+        for body in bodies:
+            status = {"session.status_running": "running", "session.status_idle": "idle"}.get(body["type"])
+            if status:
+                await session_state.set_status(self.store, session_id, status)
+
+    async def _ensure_running(self, session_id: str, transcript: Transcript) -> None:
+        if transcript.status != "running":
+            await self.append(session_id, ev.new_event("session.status_running"))
+
+    async def _idle(
+        self, session_id: str, transcript: Transcript, reason: str, event_ids: list[str] | None = None
+    ) -> None:
+        last = transcript.last_idle
+        if transcript.status == "idle" and last is not None:
+            if last["stop_reason"]["type"] == reason and last["stop_reason"].get("event_ids") == event_ids:
+                return
+        await self.append(session_id, ev.status_idle(reason, event_ids))
+
+    # Tools -------------------------------------------------------------------------------
+
+    async def _toolbox(self, session_id: str, agent: Body) -> Toolbox:
+        sandbox_tools = await self.sandbox_catalog() if _uses_toolset(agent) else []
+        listings: dict[str, Sequence[mcp_types.Tool]] = {}
+        unavailable: dict[str, str] = {}
+        for server in agent["mcp_servers"]:
+            try:
+                listings[server["name"]] = await mcp_client.list_tools(server["url"])
+            except mcp_client.MCPUnavailable as exc:
+                unavailable[server["name"]] = str(exc)
+                await self.append(
+                    session_id,
+                    ev.session_error(
+                        "mcp_connection_failed_error",
+                        f"MCP server {server['name']!r} is unavailable: {exc}",
+                        mcp_server_name=server["name"],
+                    ),
+                )
+        return build_toolbox(agent, sandbox_tools, listings, unavailable)
+
+    async def _settle(
+        self, session_id: str, agent: Body, toolbox: Toolbox, call: ToolCall, progress: Progress
+    ) -> None:
+        """Run an allowed tool call, or record why it did not run."""
+        result_type, link = RESULT_TYPES[call.kind]
+        if call.permission == "deny":
+            reason = call.use.get("_denied_reason") or "This tool call was denied by policy."
+            await self.append(session_id, ev.text_result(result_type, link, call.id, reason, True))
+            return
+        confirmation = call.confirmation
+        if call.permission == "ask" and confirmation is not None and confirmation["result"] == "deny":
+            message = confirmation.get("deny_message") or "The user denied this tool call."
+            await self.append(session_id, ev.text_result(result_type, link, call.id, message, True))
+            return
+        progress.tool_call = call
+        try:
+            content, is_error = await self._execute(session_id, agent, toolbox, call)
+        finally:
+            progress.tool_call = None
+        await self.append(
+            session_id, ev.new_event(result_type, **{link: call.id}, content=content, is_error=is_error)
+        )
+
+    async def _execute(
+        self, session_id: str, agent: Body, toolbox: Toolbox, call: ToolCall
+    ) -> tuple[list[dict[str, Any]], bool]:
+        spec = toolbox.lookup(toolbox.exposed_name(call.use))
+        if spec is None:
+            if call.use.get("mcp_server_name") in toolbox.unavailable:
+                server = call.use["mcp_server_name"]
+                return _text(f"MCP server {server!r} is unavailable: {toolbox.unavailable[server]}"), True
+            return _text(f"Tool {call.use['name']!r} is not available to this agent."), True
+        arguments = call.use.get("input") or {}
+        if spec.kind == "agent":
+            try:
+                url = await self.sandboxes.url_for(session_id)
+            except SandboxStartFailed as exc:
+                return _text(f"The sandbox could not be started: {exc}"), True
+            where = "the sandbox"
+        else:
+            url = next(s["url"] for s in agent["mcp_servers"] if s["name"] == spec.server)
+            where = f"MCP server {spec.server!r}"
+        try:
+            outcome = await mcp_client.call_tool(url, spec.name, arguments, timeout=self.tool_timeout)
+        except mcp_client.MCPUnavailable as exc:
+            return _text(f"{where} is unavailable: {exc}"), True
+        return outcome.content, outcome.is_error
+
+    # Model -------------------------------------------------------------------------------
+
+    async def _model_turn(self, session_id: str, agent: Body, toolbox: Toolbox, progress: Progress) -> bool:
+        transcript = await self.transcript(session_id)
+        request: dict[str, Any] = {
+            "model": agent["model"]["id"],
+            "max_tokens": self.max_output_tokens,
+            "messages": build_messages(transcript, toolbox.exposed_name),
+        }
+        if agent.get("system"):
+            request["system"] = agent["system"]
+        tools = toolbox.model_tools()
+        if tools:
+            request["tools"] = tools
+        start = ev.new_event("span.model_request_start")
+        await self.append(session_id, start)
+        progress.model_start_id = start["id"]
+        try:
+            result = await call_model(self.model, request)
+        except ModelCallFailed as exc:
+            log.warning("model call for %s failed: %s", session_id, exc.message)
+            await self.append(
+                session_id,
+                _request_end(start["id"], None, is_error=True),
+                ev.session_error(exc.error_type, exc.message, "exhausted"),
+            )
+            return False
+        finally:
+            progress.model_start_id = None
+        produced = _response_events(result.content, toolbox)
+        await self.append(session_id, *produced, _request_end(start["id"], result.usage, is_error=False))
+        await session_state.add_usage(self.store, session_id, result.usage)
+        return True
+
+
+def _uses_toolset(agent: Body) -> bool:
+    return any(tool["type"] == "agent_toolset_20260401" for tool in agent["tools"])
+
+
+def _text(message: str) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": message}]
+
+
+def _request_end(start_id: str, usage: dict[str, int] | None, is_error: bool) -> Body:
+    usage = usage or {}
+    return ev.new_event(
+        "span.model_request_end",
+        model_request_start_id=start_id,
+        is_error=is_error,
+        model_usage={
+            "input_tokens": usage.get("input_tokens", 0),
+            "output_tokens": usage.get("output_tokens", 0),
+            "cache_read_input_tokens": usage.get("cache_read_input_tokens", 0),
+            "cache_creation_input_tokens": usage.get("cache_creation_input_tokens", 0),
+        },
+    )
+
+
+def interrupted_request_end(start_id: str) -> Body:
+    return _request_end(start_id, None, is_error=True)
+
+
+def _response_events(content: list[dict[str, Any]], toolbox: Toolbox) -> list[Body]:
+    """One event per thinking block, per run of text, and per tool use, in order."""
+    produced: list[Body] = []
+    for block in content:
+        kind = block["type"]
+        if kind in ("thinking", "redacted_thinking"):
+            produced.append(ev.new_event("agent.thinking"))
+        elif kind == "text":
+            if produced and produced[-1]["type"] == "agent.message":
+                produced[-1]["content"].append({"type": "text", "text": block["text"]})
+            else:
+                produced.append(
+                    ev.new_event("agent.message", content=[{"type": "text", "text": block["text"]}])
+                )
+        elif kind == "tool_use":
+            produced.append(_tool_use_event(block, toolbox))
+    return produced
+
+
+def _tool_use_event(block: dict[str, Any], toolbox: Toolbox) -> Body:
+    spec = toolbox.lookup(block["name"])
+    arguments = block.get("input") if isinstance(block.get("input"), dict) else {}
+    if spec is None:
+        return ev.new_event(
+            "agent.tool_use",
+            name=block["name"],
+            input=arguments,
+            evaluated_permission="deny",
+            evaluation=None,
+        )
+    if spec.kind == "custom":
+        return ev.new_event("agent.custom_tool_use", name=spec.name, input=arguments)
+    decision = evaluate(spec.policy)
+    fields: dict[str, Any] = {
+        "name": spec.name,
+        "input": arguments,
+        "evaluated_permission": decision.permission,
+        "evaluation": decision.evaluation,
+    }
+    if spec.kind == "mcp":
+        return ev.new_event("agent.mcp_tool_use", mcp_server_name=spec.server, **fields)
+    return ev.new_event("agent.tool_use", **fields)

@@ -1,0 +1,1 @@
+"""Domain operations on agents, environments and sessions (no HTTP here)."""

@@ -1,0 +1,131 @@
+"""Agents: every update makes a new immutable version; ``version`` gives optimistic concurrency."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from gateway import ids
+from gateway.errors import Conflict, InvalidRequest, NotFound
+from gateway.schemas.agents import (
+    AgentCreate,
+    AgentUpdate,
+    Tool,
+    URLMCPServer,
+    resolve_model,
+    resolve_tools,
+)
+from gateway.schemas.common import apply_metadata_patch
+from gateway.store.base import Body, Store
+
+KIND = "agent"
+DEFAULT_IDENTITY = {"type": "service_account"}
+_TOOL: TypeAdapter[Any] = TypeAdapter(Tool)
+
+
+def _tools(tools: list[Any], servers: list[URLMCPServer]) -> list[Body]:
+    try:
+        return resolve_tools(tools, servers)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+async def create(store: Store, request: AgentCreate) -> Body:
+    moment = ids.timestamp()
+    body: Body = {
+        "type": "agent",
+        "id": ids.new_id(ids.AGENT),
+        "name": request.name,
+        "description": request.description,
+        "system": request.system,
+        "model": resolve_model(request.model),
+        "tools": _tools(request.tools, request.mcp_servers),
+        "mcp_servers": [s.model_dump() for s in request.mcp_servers],
+        "skills": [],
+        "metadata": request.metadata,
+        "execution_identity": (
+            request.execution_identity.model_dump() if request.execution_identity else DEFAULT_IDENTITY
+        ),
+        "multiagent": None,
+        "version": 1,
+        "created_at": moment,
+        "updated_at": moment,
+        "archived_at": None,
+    }
+    await store.insert_agent(body)
+    return body
+
+
+async def get(store: Store, agent_id: str, version: int | None = None) -> Body:
+    body = await store.get_agent_version(agent_id, version) if version else await store.get(KIND, agent_id)
+    if body is None:
+        raise NotFound("agent" if version is None else f"agent version {version} of", agent_id)
+    return body
+
+
+def _apply(current: Body, request: AgentUpdate) -> Body:
+    if request.version is not None and request.version != current["version"]:
+        raise Conflict(
+            f"agent {current['id']} is at version {current['version']}, not {request.version}; "
+            "retrieve it and retry"
+        )
+    if current.get("archived_at"):
+        raise InvalidRequest(f"agent {current['id']} is archived and cannot be updated")
+    updated = dict(current)
+    fields = request.model_fields_set - {"version"}
+    for name in ("name", "description", "system"):
+        if name in fields:
+            if name == "name" and request.name is None:
+                raise InvalidRequest("name: may not be null")
+            updated[name] = getattr(request, name)
+    if "model" in fields:
+        if request.model is None:
+            raise InvalidRequest("model: may not be null")
+        updated["model"] = resolve_model(request.model)
+    if "execution_identity" in fields:
+        identity = request.execution_identity
+        updated["execution_identity"] = identity.model_dump() if identity else DEFAULT_IDENTITY
+    if "metadata" in fields:
+        updated["metadata"] = apply_metadata_patch(current["metadata"], request.metadata or {})
+    if "tools" in fields or "mcp_servers" in fields:
+        servers = (
+            request.mcp_servers
+            if "mcp_servers" in fields
+            else [URLMCPServer.model_validate(s) for s in current["mcp_servers"]]
+        ) or []
+        if "tools" in fields:
+            tools = request.tools or []
+        else:
+            tools = [_reparse_tool(t) for t in current["tools"]]
+        updated["tools"] = _tools(tools, servers)
+        updated["mcp_servers"] = [s.model_dump() for s in servers]
+    if updated == current:
+        return current
+    updated["version"] = current["version"] + 1
+    updated["updated_at"] = ids.timestamp()
+    return updated
+
+
+def _reparse_tool(stored: Body) -> Any:
+    return _TOOL.validate_python(stored)
+
+
+async def update(store: Store, agent_id: str, request: AgentUpdate) -> Body:
+    body = await store.update_agent(agent_id, lambda current: _apply(current, request))
+    if body is None:
+        raise NotFound("agent", agent_id)
+    return body
+
+
+async def archive(store: Store, agent_id: str) -> Body:
+    def mark(current: Body) -> Body:
+        if current.get("archived_at"):
+            return current
+        moment = ids.timestamp()
+        return {**current, "archived_at": moment, "updated_at": moment}
+
+    body = await store.update(KIND, agent_id, mark)
+    if body is None:
+        raise NotFound("agent", agent_id)
+    return body

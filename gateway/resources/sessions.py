@@ -1,0 +1,193 @@
+"""Sessions: a snapshot of the agent version, an environment, and the event log."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from gateway import ids
+from gateway.errors import InvalidRequest, NotFound
+from gateway.harness.events import new_event
+from gateway.harness.transcript import Transcript
+from gateway.resources import agents, environments
+from gateway.schemas.common import apply_metadata_patch
+from gateway.schemas.sessions import (
+    ClientEvent,
+    SessionCreate,
+    SessionUpdate,
+    UserCustomToolResult,
+    UserToolConfirmation,
+)
+from gateway.store.base import Body, EventQuery, Store, StoredEvent
+
+KIND = "session"
+AGENT_SNAPSHOT_FIELDS = (
+    "id",
+    "type",
+    "name",
+    "description",
+    "system",
+    "model",
+    "tools",
+    "mcp_servers",
+    "skills",
+    "execution_identity",
+    "multiagent",
+    "version",
+)
+
+
+def _empty_usage() -> Body:
+    return {
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+    }
+
+
+async def create(store: Store, request: SessionCreate) -> tuple[Body, list[StoredEvent]]:
+    if isinstance(request.agent, str):
+        agent = await agents.get(store, request.agent)
+    else:
+        agent = await agents.get(store, request.agent.id, request.agent.version)
+    if agent.get("archived_at"):
+        raise InvalidRequest(f"agent: {agent['id']} is archived")
+    environment = await environments.get(store, request.environment_id)
+    if environment.get("archived_at"):
+        raise InvalidRequest(f"environment_id: {environment['id']} is archived")
+    moment = ids.timestamp()
+    body: Body = {
+        "type": "session",
+        "id": ids.new_id(ids.SESSION),
+        "agent": {name: agent.get(name) for name in AGENT_SNAPSHOT_FIELDS},
+        "environment_id": environment["id"],
+        "title": request.title,
+        "metadata": request.metadata,
+        "status": "idle",
+        "usage": _empty_usage(),
+        "resources": [],
+        "vault_ids": [],
+        "outcome_evaluations": [],
+        "created_at": moment,
+        "updated_at": moment,
+        "archived_at": None,
+    }
+    await store.insert(KIND, body)
+    initial = [
+        new_event("user.message", **event.model_dump(exclude_none=True)) for event in request.initial_events
+    ]
+    stored = await store.append_events(body["id"], initial) if initial else []
+    return body, stored
+
+
+async def get(store: Store, session_id: str) -> Body:
+    body = await store.get(KIND, session_id)
+    if body is None:
+        raise NotFound("session", session_id)
+    return body
+
+
+def render(body: Body) -> Body:
+    """The wire shape: adds the derived ``stats``."""
+    created = datetime.fromisoformat(body["created_at"])
+    end = datetime.fromisoformat(body["archived_at"]) if body.get("archived_at") else ids.now()
+    return {**body, "stats": {"duration_seconds": round((end - created).total_seconds(), 3)}}
+
+
+async def update(store: Store, session_id: str, request: SessionUpdate) -> Body:
+    def apply(current: Body) -> Body:
+        updated = dict(current)
+        fields = request.model_fields_set
+        if "title" in fields:
+            updated["title"] = request.title
+        if "metadata" in fields:
+            updated["metadata"] = apply_metadata_patch(current["metadata"], request.metadata or {})
+        if updated != current:
+            updated["updated_at"] = ids.timestamp()
+        return updated
+
+    body = await store.update(KIND, session_id, apply)
+    if body is None:
+        raise NotFound("session", session_id)
+    return body
+
+
+async def archive(store: Store, session_id: str) -> Body:
+    def mark(current: Body) -> Body:
+        if current.get("archived_at"):
+            return current
+        moment = ids.timestamp()
+        return {**current, "archived_at": moment, "updated_at": moment}
+
+    body = await store.update(KIND, session_id, mark)
+    if body is None:
+        raise NotFound("session", session_id)
+    return body
+
+
+async def set_status(store: Store, session_id: str, status: str) -> None:
+    await store.update(
+        KIND, session_id, lambda body: {**body, "status": status, "updated_at": ids.timestamp()}
+    )
+
+
+async def add_usage(store: Store, session_id: str, usage: dict[str, int]) -> None:
+    def add(body: Body) -> Body:
+        total = body.get("usage") or _empty_usage()
+        cache = total.get("cache_creation") or {}
+        return {
+            **body,
+            "usage": {
+                "input_tokens": (total.get("input_tokens") or 0) + usage["input_tokens"],
+                "output_tokens": (total.get("output_tokens") or 0) + usage["output_tokens"],
+                "cache_read_input_tokens": (total.get("cache_read_input_tokens") or 0)
+                + usage["cache_read_input_tokens"],
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": (cache.get("ephemeral_5m_input_tokens") or 0)
+                    + usage["cache_creation_input_tokens"],
+                    "ephemeral_1h_input_tokens": cache.get("ephemeral_1h_input_tokens") or 0,
+                },
+            },
+        }
+
+    await store.update(KIND, session_id, add)
+
+
+async def accept_events(store: Store, session: Body, events: list[Any]) -> list[StoredEvent]:
+    """Check client events against the session's state, then append them in one batch."""
+    if session.get("archived_at"):
+        raise InvalidRequest(f"session {session['id']} is archived")
+    if session["status"] == "terminated":
+        raise InvalidRequest(f"session {session['id']} is terminated")
+    transcript = Transcript.from_events(await store.read_events(session["id"], EventQuery()))
+    pending = {call.id: call for call in transcript.pending()}
+    answered: set[str] = set()
+    for index, event in enumerate(events):
+        _check_event(index, event, pending, answered)
+    bodies = [new_event(e.type, **e.model_dump(exclude_none=True, exclude={"type"})) for e in events]
+    return await store.append_events(session["id"], bodies)
+
+
+def _check_event(index: int, event: ClientEvent, pending: dict[str, Any], answered: set[str]) -> None:
+    where = f"events.{index}"
+    if isinstance(event, UserToolConfirmation):
+        call = pending.get(event.tool_use_id)
+        if call is None or call.kind == "custom" or call.permission != "ask":
+            raise InvalidRequest(
+                f"{where}.tool_use_id: {event.tool_use_id!r} is not a tool use awaiting confirmation"
+            )
+        if call.confirmation is not None or event.tool_use_id in answered:
+            raise InvalidRequest(f"{where}.tool_use_id: {event.tool_use_id!r} was already confirmed")
+        answered.add(event.tool_use_id)
+    elif isinstance(event, UserCustomToolResult):
+        call = pending.get(event.custom_tool_use_id)
+        if call is None or call.kind != "custom":
+            raise InvalidRequest(
+                f"{where}.custom_tool_use_id: {event.custom_tool_use_id!r} is not a custom tool use awaiting a result"
+            )
+        if event.custom_tool_use_id in answered:
+            raise InvalidRequest(
+                f"{where}.custom_tool_use_id: {event.custom_tool_use_id!r} is answered twice"
+            )
+        answered.add(event.custom_tool_use_id)

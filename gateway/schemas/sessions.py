@@ -1,0 +1,166 @@
+"""Session request bodies and the client events that can be posted to a session.
+
+Mirrors ``session_create_params``, ``session_update_params`` and
+``sessions/beta_managed_agents_event_params``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+
+from gateway.schemas.common import Metadata, MetadataPatch, Strict
+
+MAX_EVENTS_PER_POST = 100
+MAX_TEXT_CHARS = 1_000_000
+
+
+class TextBlock(Strict):
+    type: Literal["text"]
+    text: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+
+
+class _Source(Strict):
+    type: Literal["base64", "url", "file", "text"]
+    data: str | None = None
+    media_type: str | None = None
+    url: str | None = None
+    file_id: str | None = None
+
+
+class ImageBlock(Strict):
+    type: Literal["image"]
+    source: _Source
+
+    @field_validator("source")
+    @classmethod
+    def _kind(cls, source: _Source) -> _Source:
+        return _check_source(
+            source, {"base64": ("data", "media_type"), "url": ("url",), "file": ("file_id",)}
+        )
+
+
+class DocumentBlock(Strict):
+    type: Literal["document"]
+    source: _Source
+    title: str | None = None
+    context: str | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _kind(cls, source: _Source) -> _Source:
+        return _check_source(
+            source,
+            {
+                "base64": ("data", "media_type"),
+                "text": ("data", "media_type"),
+                "url": ("url",),
+                "file": ("file_id",),
+            },
+        )
+
+
+def _check_source(source: _Source, required: dict[str, tuple[str, ...]]) -> _Source:
+    if source.type not in required:
+        raise ValueError(f"source type {source.type!r} is not allowed here")
+    for field in required[source.type]:
+        if getattr(source, field) is None:
+            raise ValueError(f"a {source.type} source needs {field!r}")
+    return source
+
+
+class SearchResultBlock(Strict):
+    type: Literal["search_result"]
+    source: str
+    title: str
+    content: list[TextBlock]
+    citations: dict[str, bool] | None = None
+
+
+MessageBlock = Annotated[TextBlock | ImageBlock | DocumentBlock, Field(discriminator="type")]
+ResultBlock = Annotated[
+    TextBlock | ImageBlock | DocumentBlock | SearchResultBlock, Field(discriminator="type")
+]
+
+
+class UserMessage(Strict):
+    type: Literal["user.message"]
+    content: Annotated[list[MessageBlock], Field(min_length=1)]
+
+
+class UserInterrupt(Strict):
+    type: Literal["user.interrupt"]
+    session_thread_id: str | None = None
+
+
+class UserToolConfirmation(Strict):
+    type: Literal["user.tool_confirmation"]
+    tool_use_id: Annotated[str, Field(min_length=1)]
+    result: Literal["allow", "deny"]
+    deny_message: Annotated[str, Field(max_length=10_000)] | None = None
+    session_thread_id: str | None = None
+
+
+class UserCustomToolResult(Strict):
+    type: Literal["user.custom_tool_result"]
+    custom_tool_use_id: Annotated[str, Field(min_length=1)]
+    content: list[ResultBlock] | None = None
+    is_error: bool | None = None
+    session_thread_id: str | None = None
+
+
+ClientEvent = Annotated[
+    UserMessage | UserInterrupt | UserToolConfirmation | UserCustomToolResult, Field(discriminator="type")
+]
+
+
+class SendEvents(Strict):
+    events: Annotated[list[ClientEvent], Field(min_length=1, max_length=MAX_EVENTS_PER_POST)]
+
+
+class AgentReference(Strict):
+    type: Literal["agent"]
+    id: Annotated[str, Field(min_length=1)]
+    version: int | None = None
+
+
+class SessionCreate(Strict):
+    agent: Annotated[str, Field(min_length=1)] | AgentReference
+    environment_id: Annotated[str, Field(min_length=1)]
+    title: Annotated[str, Field(max_length=512)] | None = None
+    metadata: Metadata = Field(default_factory=dict)
+    initial_events: Annotated[list[UserMessage], Field(max_length=MAX_EVENTS_PER_POST)] = Field(
+        default_factory=list
+    )
+    vault_ids: list[str] = Field(default_factory=list)
+    resources: list[dict[str, Any]] = Field(default_factory=list)
+    budget: None = None
+
+    @field_validator("vault_ids")
+    @classmethod
+    def _no_vaults_yet(cls, vault_ids: list[str]) -> list[str]:
+        if vault_ids:
+            raise ValueError("vaults are not available in this Tether version")
+        return vault_ids
+
+    @field_validator("resources")
+    @classmethod
+    def _no_resources(cls, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if resources:
+            raise ValueError("session resources are not supported by Tether yet")
+        return resources
+
+
+class SessionUpdate(Strict):
+    title: Annotated[str, Field(max_length=512)] | None = None
+    metadata: MetadataPatch | None = None
+    vault_ids: list[str] | None = None
+    budget: None = None
+
+    @field_validator("vault_ids")
+    @classmethod
+    def _no_vaults_yet(cls, vault_ids: list[str] | None) -> list[str] | None:
+        if vault_ids:
+            raise ValueError("vaults are not available in this Tether version")
+        return vault_ids

@@ -1,0 +1,105 @@
+"""The storage interface: resources as JSON documents, and the append-only session log.
+
+SQLite implements it today; a PostgreSQL backend implements the same protocol
+later. Domain code depends only on this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+Body = dict[str, Any]
+Mutation = Callable[[Body], Body]
+"""Receives the stored body and returns the new one; runs atomically, may raise to abort."""
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Body]
+    next_cursor: int | None
+    """Opaque position to continue from, or None on the last page."""
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    session_id: str
+    seq: int
+    """Gap-free, per session, starting at 1: the stream cursor."""
+    id: str
+    type: str
+    body: Body
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    after_seq: int = 0
+    before_seq: int | None = None
+    limit: int | None = None
+    types: Sequence[str] = ()
+    order: Literal["asc", "desc"] = "asc"
+    processed_after: str | None = None
+    processed_after_inclusive: bool = False
+    processed_before: str | None = None
+    processed_before_inclusive: bool = False
+
+
+class Store(Protocol):
+    async def close(self) -> None: ...
+
+    # Resources: agents, environments, sessions. ``kind`` names the collection.
+    async def insert(self, kind: str, body: Body) -> None: ...
+
+    async def get(self, kind: str, resource_id: str) -> Body | None: ...
+
+    async def update(self, kind: str, resource_id: str, mutate: Mutation) -> Body | None:
+        """Atomic read-modify-write; None when the resource does not exist."""
+        ...
+
+    async def delete(self, kind: str, resource_id: str) -> bool: ...
+
+    async def list(
+        self,
+        kind: str,
+        *,
+        cursor: int | None,
+        limit: int,
+        include_archived: bool,
+        equals: dict[str, Any] | None = None,
+        created_gte: str | None = None,
+        created_lte: str | None = None,
+        order: Literal["asc", "desc"] = "desc",
+    ) -> Page:
+        """``equals`` maps dotted body paths (``agent.id``) to required values."""
+        ...
+
+    # Agents keep every version immutable beside the current document.
+    async def insert_agent(self, body: Body) -> None: ...
+
+    async def update_agent(self, agent_id: str, mutate: Mutation) -> Body | None:
+        """Like ``update``; when the version changes the new version is recorded too."""
+        ...
+
+    async def get_agent_version(self, agent_id: str, version: int) -> Body | None: ...
+
+    async def list_agent_versions(self, agent_id: str, *, cursor: int | None, limit: int) -> Page: ...
+
+    # The session log.
+    async def append_events(self, session_id: str, events: Sequence[Body]) -> list[StoredEvent]:
+        """Persist events (each with ``id`` and ``type``) atomically, assigning the next seqs."""
+        ...
+
+    async def read_events(self, session_id: str, query: EventQuery) -> list[StoredEvent]: ...
+
+    async def last_seq(self, session_id: str) -> int: ...
+
+    async def event_seq(self, session_id: str, event_id: str) -> int | None: ...
+
+    async def wait_for_append(self, session_id: str, after_seq: int, timeout: float) -> bool:
+        """Block until the session's log holds an event past ``after_seq`` or ``timeout`` passes.
+
+        Returns True when there is something new to read. Wake-ups happen only after commit,
+        so a reader woken here always finds the events persisted.
+        """
+        ...

@@ -1,0 +1,300 @@
+"""SQLite (WAL) implementation of the store: the embedded default.
+
+One connection, used from worker threads under a lock, so the event loop never
+blocks on disk and every read-modify-write is atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from gateway.store.base import Body, EventQuery, Mutation, Page, StoredEvent
+from gateway.store.notifier import Notifier
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS resources (
+    rowid_ INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    archived INTEGER NOT NULL DEFAULT 0,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS resources_kind ON resources (kind, rowid_);
+CREATE TABLE IF NOT EXISTS agent_versions (
+    rowid_ INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    UNIQUE (agent_id, version)
+);
+CREATE TABLE IF NOT EXISTS events (
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    processed_at TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+) WITHOUT ROWID;
+"""
+
+
+def _json_path(dotted: str) -> str:
+    return "$." + dotted
+
+
+class SQLiteStore:
+    def __init__(self, path: Path | str) -> None:
+        self._path = str(path)
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self._notifier = Notifier()
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            with self._lock:
+                return fn(self._conn)
+
+        return await anyio.to_thread.run_sync(call)
+
+    async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return await self._run(call)
+
+    async def close(self) -> None:
+        await self._run(lambda conn: conn.close())
+
+    # Resources ---------------------------------------------------------------------------
+
+    async def insert(self, kind: str, body: Body) -> None:
+        await self._run(lambda conn: self._insert(conn, kind, body))
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, kind: str, body: Body) -> None:
+        conn.execute(
+            "INSERT INTO resources (kind, id, created_at, archived, body) VALUES (?, ?, ?, ?, ?)",
+            (kind, body["id"], body["created_at"], int(bool(body.get("archived_at"))), json.dumps(body)),
+        )
+
+    async def get(self, kind: str, resource_id: str) -> Body | None:
+        row = await self._run(
+            lambda conn: conn.execute(
+                "SELECT body FROM resources WHERE kind = ? AND id = ?", (kind, resource_id)
+            ).fetchone()
+        )
+        return json.loads(row[0]) if row else None
+
+    @staticmethod
+    def _update(conn: sqlite3.Connection, kind: str, resource_id: str, mutate: Mutation) -> Body | None:
+        row = conn.execute(
+            "SELECT body FROM resources WHERE kind = ? AND id = ?", (kind, resource_id)
+        ).fetchone()
+        if row is None:
+            return None
+        body = mutate(json.loads(row[0]))
+        conn.execute(
+            "UPDATE resources SET body = ?, archived = ? WHERE kind = ? AND id = ?",
+            (json.dumps(body), int(bool(body.get("archived_at"))), kind, resource_id),
+        )
+        return body
+
+    async def update(self, kind: str, resource_id: str, mutate: Mutation) -> Body | None:
+        return await self._transaction(lambda conn: self._update(conn, kind, resource_id, mutate))
+
+    async def delete(self, kind: str, resource_id: str) -> bool:
+        def delete(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute("DELETE FROM resources WHERE kind = ? AND id = ?", (kind, resource_id))
+            if kind == "session":
+                conn.execute("DELETE FROM events WHERE session_id = ?", (resource_id,))
+            return cursor.rowcount > 0
+
+        return await self._transaction(delete)
+
+    async def list(
+        self,
+        kind: str,
+        *,
+        cursor: int | None,
+        limit: int,
+        include_archived: bool,
+        equals: dict[str, Any] | None = None,
+        created_gte: str | None = None,
+        created_lte: str | None = None,
+        order: Literal["asc", "desc"] = "desc",
+    ) -> Page:
+        clauses = ["kind = ?"]
+        params: list[Any] = [kind]
+        if not include_archived:
+            clauses.append("archived = 0")
+        for path, value in (equals or {}).items():
+            clauses.append("json_extract(body, ?) = ?")
+            params += [_json_path(path), value]
+        if created_gte is not None:
+            clauses.append("created_at >= ?")
+            params.append(created_gte)
+        if created_lte is not None:
+            clauses.append("created_at <= ?")
+            params.append(created_lte)
+        if cursor is not None:
+            clauses.append("rowid_ < ?" if order == "desc" else "rowid_ > ?")
+            params.append(cursor)
+        direction = "DESC" if order == "desc" else "ASC"
+        sql = (
+            f"SELECT rowid_, body FROM resources WHERE {' AND '.join(clauses)} "
+            f"ORDER BY rowid_ {direction} LIMIT ?"
+        )
+        rows = await self._run(lambda conn: conn.execute(sql, (*params, limit + 1)).fetchall())
+        return _page(rows, limit)
+
+    # Agents ------------------------------------------------------------------------------
+
+    async def insert_agent(self, body: Body) -> None:
+        def insert(conn: sqlite3.Connection) -> None:
+            self._insert(conn, "agent", body)
+            self._insert_version(conn, body)
+
+        await self._transaction(insert)
+
+    @staticmethod
+    def _insert_version(conn: sqlite3.Connection, body: Body) -> None:
+        conn.execute(
+            "INSERT INTO agent_versions (agent_id, version, body) VALUES (?, ?, ?)",
+            (body["id"], body["version"], json.dumps(body)),
+        )
+
+    async def update_agent(self, agent_id: str, mutate: Mutation) -> Body | None:
+        def update(conn: sqlite3.Connection) -> Body | None:
+            before: list[int] = []
+
+            def tracking(body: Body) -> Body:
+                before.append(body["version"])
+                return mutate(body)
+
+            body = self._update(conn, "agent", agent_id, tracking)
+            if body is not None and body["version"] != before[0]:
+                self._insert_version(conn, body)
+            return body
+
+        return await self._transaction(update)
+
+    async def get_agent_version(self, agent_id: str, version: int) -> Body | None:
+        row = await self._run(
+            lambda conn: conn.execute(
+                "SELECT body FROM agent_versions WHERE agent_id = ? AND version = ?", (agent_id, version)
+            ).fetchone()
+        )
+        return json.loads(row[0]) if row else None
+
+    async def list_agent_versions(self, agent_id: str, *, cursor: int | None, limit: int) -> Page:
+        sql = "SELECT rowid_, body FROM agent_versions WHERE agent_id = ?"
+        params: list[Any] = [agent_id]
+        if cursor is not None:
+            sql += " AND rowid_ < ?"
+            params.append(cursor)
+        sql += " ORDER BY rowid_ DESC LIMIT ?"
+        rows = await self._run(lambda conn: conn.execute(sql, (*params, limit + 1)).fetchall())
+        return _page(rows, limit)
+
+    # The session log ---------------------------------------------------------------------
+
+    async def append_events(self, session_id: str, events: Sequence[Body]) -> list[StoredEvent]:
+        def append(conn: sqlite3.Connection) -> list[StoredEvent]:
+            (last,) = conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            stored = []
+            for offset, body in enumerate(events, start=1):
+                event = StoredEvent(session_id, last + offset, body["id"], body["type"], body)
+                conn.execute(
+                    "INSERT INTO events (session_id, seq, id, type, processed_at, body) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (session_id, event.seq, event.id, event.type, body["processed_at"], json.dumps(body)),
+                )
+                stored.append(event)
+            return stored
+
+        stored = await self._transaction(append)
+        self._notifier.notify(session_id)
+        return stored
+
+    async def read_events(self, session_id: str, query: EventQuery) -> list[StoredEvent]:
+        clauses = ["session_id = ?", "seq > ?"]
+        params: list[Any] = [session_id, query.after_seq]
+        if query.before_seq is not None:
+            clauses.append("seq < ?")
+            params.append(query.before_seq)
+        if query.types:
+            clauses.append(f"type IN ({', '.join('?' for _ in query.types)})")
+            params += list(query.types)
+        if query.processed_after is not None:
+            clauses.append("processed_at >= ?" if query.processed_after_inclusive else "processed_at > ?")
+            params.append(query.processed_after)
+        if query.processed_before is not None:
+            clauses.append("processed_at <= ?" if query.processed_before_inclusive else "processed_at < ?")
+            params.append(query.processed_before)
+        sql = (
+            f"SELECT seq, id, type, body FROM events WHERE {' AND '.join(clauses)} "
+            f"ORDER BY seq {'DESC' if query.order == 'desc' else 'ASC'}"
+        )
+        if query.limit is not None:
+            sql += " LIMIT ?"
+            params.append(query.limit)
+        rows = await self._run(lambda conn: conn.execute(sql, params).fetchall())
+        return [StoredEvent(session_id, seq, id_, type_, json.loads(body)) for seq, id_, type_, body in rows]
+
+    async def last_seq(self, session_id: str) -> int:
+        (last,) = await self._run(
+            lambda conn: conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE session_id = ?", (session_id,)
+            ).fetchone()
+        )
+        return int(last)
+
+    async def event_seq(self, session_id: str, event_id: str) -> int | None:
+        row = await self._run(
+            lambda conn: conn.execute(
+                "SELECT seq FROM events WHERE session_id = ? AND id = ?", (session_id, event_id)
+            ).fetchone()
+        )
+        return int(row[0]) if row else None
+
+    async def wait_for_append(self, session_id: str, after_seq: int, timeout: float) -> bool:
+        with self._notifier.watch(session_id) as appended:
+            if await self.last_seq(session_id) > after_seq:
+                return True
+            with anyio.move_on_after(timeout):
+                await appended.wait()
+                return True
+        return False
+
+
+def _page(rows: list[tuple[int, str]], limit: int) -> Page:
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(items=[json.loads(body) for _, body in rows], next_cursor=rows[-1][0] if more else None)

@@ -1,0 +1,119 @@
+"""The gateway's MCP client: list and call tools on a server over streamable HTTP.
+
+Connections are short-lived (2026-07-28 servers are sessionless), so a restarted
+or replaced server is picked up on the next call without any reconnect logic.
+Headers passed here (credentials, later) are added on this last hop only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import mcp.types as mcp_types
+from mcp import Client, MCPError
+from mcp.client.streamable_http import streamable_http_client
+
+log = logging.getLogger("tether.tools")
+
+DEFAULT_TIMEOUT = 120.0
+MAX_RESULT_CHARS = 200_000
+
+
+class MCPUnavailable(Exception):
+    """The server could not be reached or broke the protocol; the message is safe to show."""
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    content: list[dict[str, Any]]
+    """Blocks in the Managed Agents shape (text, image, ...)."""
+    is_error: bool
+
+
+@asynccontextmanager
+async def connect(
+    url: str, headers: dict[str, str] | None = None, timeout: float = DEFAULT_TIMEOUT
+) -> AsyncIterator[Client]:
+    http = httpx2.AsyncClient(headers=headers or {}, timeout=httpx2.Timeout(timeout, connect=10.0))
+    async with (
+        http,
+        Client(streamable_http_client(url, http_client=http), read_timeout_seconds=timeout) as client,
+    ):
+        yield client
+
+
+async def list_tools(url: str, headers: dict[str, str] | None = None) -> list[mcp_types.Tool]:
+    try:
+        async with connect(url, headers, timeout=30.0) as client:
+            result = await client.list_tools()
+            tools = list(result.tools)
+            while result.next_cursor:
+                result = await client.list_tools(cursor=result.next_cursor)
+                tools += result.tools
+            return tools
+    except Exception as exc:
+        raise MCPUnavailable(_describe(exc)) from exc
+
+
+async def call_tool(
+    url: str,
+    name: str,
+    arguments: dict[str, Any],
+    headers: dict[str, str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> ToolOutcome:
+    try:
+        async with connect(url, headers, timeout) as client:
+            result = await client.call_tool(name, arguments)
+    except MCPError as exc:
+        return ToolOutcome(content=[{"type": "text", "text": f"MCP error: {exc}"}], is_error=True)
+    except Exception as exc:
+        raise MCPUnavailable(_describe(exc)) from exc
+    return ToolOutcome(content=to_blocks(result), is_error=bool(result.is_error))
+
+
+def to_blocks(result: mcp_types.CallToolResult) -> list[dict[str, Any]]:
+    """Map MCP content onto the blocks a tool result event carries."""
+    blocks: list[dict[str, Any]] = []
+    for item in result.content:
+        if isinstance(item, mcp_types.TextContent):
+            blocks.append({"type": "text", "text": item.text})
+        elif isinstance(item, mcp_types.ImageContent):
+            blocks.append(
+                {
+                    "type": "image",
+                    "source": {"type": "base64", "media_type": item.mime_type, "data": item.data},
+                }
+            )
+        else:
+            blocks.append({"type": "text", "text": item.model_dump_json(by_alias=True, exclude_none=True)})
+    if not blocks and result.structured_content is not None:
+        blocks.append({"type": "text", "text": json.dumps(result.structured_content)})
+    total = 0
+    for block in blocks:
+        if block["type"] == "text":
+            room = max(MAX_RESULT_CHARS - total, 0)
+            if len(block["text"]) > room:
+                block["text"] = block["text"][:room] + "\n[output truncated by the gateway]"
+            total += len(block["text"])
+    return blocks
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for the model and the log; exception groups are unwrapped to their cause."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, httpx2.ConnectError):
+        return "connection refused"
+    if isinstance(exc, httpx2.TimeoutException):
+        return "timed out"
+    if isinstance(exc, httpx2.HTTPStatusError):
+        return f"HTTP {exc.response.status_code}"
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:300]

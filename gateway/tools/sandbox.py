@@ -1,0 +1,124 @@
+"""One sandbox MCP server process per session, started on first use.
+
+A sandbox that died is noticed on the next call and replaced by a fresh one on
+the same workspace, so files survive and the model sees at most one tool error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.abc
+
+from gateway.serving import READY_PREFIX
+
+log = logging.getLogger("tether.sandbox")
+
+START_TIMEOUT = 30.0
+
+
+class SandboxStartFailed(Exception):
+    pass
+
+
+@dataclass
+class _Sandbox:
+    process: anyio.abc.Process
+    url: str
+    drain: asyncio.Task[None]
+
+
+class SandboxPool:
+    def __init__(self, workspaces: Path) -> None:
+        self.workspaces = workspaces
+        self._sandboxes: dict[str, _Sandbox] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+
+    def workspace(self, session_id: str) -> Path:
+        return self.workspaces / session_id
+
+    async def url_for(self, session_id: str) -> str:
+        """The MCP endpoint of the session's sandbox, starting one if none is alive."""
+        lock = self._locks.setdefault(session_id, anyio.Lock())
+        async with lock:
+            sandbox = self._sandboxes.get(session_id)
+            if sandbox is not None and sandbox.process.returncode is None:
+                return sandbox.url
+            if sandbox is not None:
+                log.warning(
+                    "sandbox for %s exited with %s; starting a new one",
+                    session_id,
+                    sandbox.process.returncode,
+                )
+            sandbox = await self._start(session_id)
+            self._sandboxes[session_id] = sandbox
+            return sandbox.url
+
+    async def _start(self, session_id: str) -> _Sandbox:
+        workspace = self.workspace(session_id)
+        workspace.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "sandbox",
+            "--workspace",
+            str(workspace),
+            "--port",
+            "0",
+        ]
+        process = await anyio.open_process(command, stdin=None, stderr=None)
+        assert process.stdout is not None
+        buffered = b""
+        url = None
+        with anyio.move_on_after(START_TIMEOUT):
+            async for chunk in process.stdout:
+                buffered += chunk
+                for line in buffered.decode(errors="replace").splitlines():
+                    if line.startswith(READY_PREFIX):
+                        url = line[len(READY_PREFIX) :].strip() + "/mcp"
+                if url:
+                    break
+        if url is None:
+            process.kill()
+            await process.aclose()
+            raise SandboxStartFailed("the sandbox did not start")
+        log.info("sandbox for %s at %s (pid %s)", session_id, url, process.pid)
+        return _Sandbox(process, url, asyncio.create_task(_drain(process)))
+
+    async def stop(self, session_id: str) -> None:
+        sandbox = self._sandboxes.pop(session_id, None)
+        self._locks.pop(session_id, None)
+        if sandbox is not None:
+            await _terminate(sandbox)
+
+    async def close(self) -> None:
+        for session_id in list(self._sandboxes):
+            await self.stop(session_id)
+
+
+async def _drain(process: anyio.abc.Process) -> None:
+    """Keep reading the child's stdout so a chatty sandbox can never block on a full pipe."""
+    assert process.stdout is not None
+    try:
+        async for _ in process.stdout:
+            pass
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        pass
+
+
+async def _terminate(sandbox: _Sandbox) -> None:
+    if sandbox.process.returncode is None:
+        sandbox.process.terminate()
+        with anyio.move_on_after(5):
+            await sandbox.process.wait()
+        if sandbox.process.returncode is None:
+            sandbox.process.kill()
+            await sandbox.process.wait()
+    sandbox.drain.cancel()
+    await sandbox.process.aclose()

@@ -1,0 +1,244 @@
+"""The sandbox MCP server: the agent toolset over one workspace, on stdio or streamable HTTP.
+
+Tool names and input fields are those of the anthropic SDK's ``agent_toolset_20260401``
+input types, so a harness can hand the model this server's tools unchanged. The tools
+are thin: semantics live in ``file_tools`` (plain, unit-tested functions) and path
+containment in ``workspace``. A failure the model should read comes back as a
+``CallToolResult`` with ``is_error=True`` and the plain message (no SDK prefix);
+anything unexpected is caught by ``MCPServer`` itself and reported as a generic
+``is_error`` result, so no tool call can take the server down.
+
+``bash`` is pluggable (``BashBackend``): until the bubblewrap backend exists it is
+registered but answers with an error, so clients see the full toolset from day one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Protocol
+
+from mcp.server import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import Field
+
+from gateway.serving import serve
+from sandbox_server import file_tools
+from sandbox_server.workspace import WORKSPACE_MOUNT, Workspace
+
+MCP_PATH = "/mcp"
+SERVER_NAME = "tether-sandbox"
+BASH_UNAVAILABLE = "bash is not available in this sandbox yet"
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def text_result(text: str, *, is_error: bool = False) -> CallToolResult:
+    """A tool result with one text block."""
+    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=is_error)
+
+
+class BashBackend(Protocol):
+    """Runs the ``bash`` tool; the bubblewrap sandbox will provide the real implementation."""
+
+    async def run(self, command: str | None, restart: bool, timeout_ms: int | None) -> CallToolResult: ...
+
+
+class UnavailableBash:
+    """The placeholder backend: every call is an error result the model can read."""
+
+    async def run(self, command: str | None, restart: bool, timeout_ms: int | None) -> CallToolResult:
+        return text_result(BASH_UNAVAILABLE, is_error=True)
+
+
+def _run_tool(action: Callable[[], str]) -> CallToolResult:
+    """Run one file tool, turning its ``ToolError`` into an ``is_error`` result with the bare message."""
+    try:
+        return text_result(action())
+    except file_tools.ToolError as exc:
+        return text_result(str(exc), is_error=True)
+
+
+_PATH_RULES = (
+    f"Paths are relative to {WORKSPACE_MOUNT} or absolute under it; "
+    "nothing outside the workspace can be reached, symlinks included."
+)
+
+GlobPath = Annotated[
+    str | None,
+    Field(description=f"Optional directory root to search under. Defaults to {WORKSPACE_MOUNT}."),
+]
+
+
+def build_server(workspace: Path, *, bash_backend: BashBackend | None = None) -> MCPServer:
+    """Build the MCP server for ``workspace`` (created if missing).
+
+    ``bash_backend`` runs the ``bash`` tool; by default it is ``UnavailableBash`` until the
+    bubblewrap backend lands.
+    """
+    ws = Workspace.open(workspace)
+    backend: BashBackend = bash_backend if bash_backend is not None else UnavailableBash()
+    server: MCPServer = MCPServer(
+        SERVER_NAME,
+        instructions=f"Tools over the agent's workspace, mounted at {WORKSPACE_MOUNT}. {_PATH_RULES}",
+        log_level="WARNING",
+    )
+
+    @server.tool(
+        description=(
+            "Read a text file. Lines are numbered like `cat -n` (line number, a tab, the line). "
+            "Use view_range to read part of a long file; output is capped at "
+            f"{file_tools.MAX_OUTPUT_BYTES // 1024} KB with a note saying where to continue. {_PATH_RULES}"
+        ),
+        annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False),
+    )
+    def read(
+        file_path: Annotated[str, Field(description="Path of the file to read.")],
+        view_range: Annotated[
+            list[int] | None,
+            Field(
+                description=(
+                    "Optional [start_line, end_line] 1-indexed inclusive range. When omitted the entire "
+                    'file is returned. end_line of 0 or negative means "to end of file".'
+                )
+            ),
+        ] = None,
+    ) -> CallToolResult:
+        return _run_tool(lambda: file_tools.read(ws, file_path, view_range))
+
+    @server.tool(
+        description=(
+            "Write a file, replacing its entire contents (or creating it, with any missing parent "
+            f"directories). {_PATH_RULES}"
+        ),
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=False),
+    )
+    def write(
+        file_path: Annotated[str, Field(description="Path of the file to write.")],
+        content: Annotated[str, Field(description="Full file contents to write.")],
+    ) -> CallToolResult:
+        return _run_tool(lambda: file_tools.write(ws, file_path, content))
+
+    @server.tool(
+        description=(
+            "Replace text in a file. old_string must match the file exactly (whitespace included) "
+            "and occur exactly once, unless replace_all is true. Reports how many replacements were "
+            f"made. {_PATH_RULES}"
+        ),
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=False),
+    )
+    def edit(
+        file_path: Annotated[str, Field(description="Path of the file to edit.")],
+        old_string: Annotated[str, Field(description="Substring to find and replace.")],
+        new_string: Annotated[str, Field(description="Replacement text.")],
+        replace_all: Annotated[
+            bool | None,
+            Field(
+                description=(
+                    "When true, replace every occurrence of old_string instead of requiring a unique match."
+                )
+            ),
+        ] = None,
+    ) -> CallToolResult:
+        return _run_tool(lambda: file_tools.edit(ws, file_path, old_string, new_string, replace_all))
+
+    @server.tool(
+        description=(
+            "List files matching a doublestar glob pattern (`*` and `?` within one path segment, `**` "
+            "across segments, `[abc]`, `{a,b}`), newest first, as absolute /workspace paths. "
+            f"At most {file_tools.MAX_GLOB_RESULTS} paths are listed. {_PATH_RULES}"
+        ),
+        annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False),
+    )
+    def glob(
+        pattern: Annotated[
+            str,
+            Field(
+                description=(
+                    "Doublestar glob pattern (e.g. `**/*.go`). "
+                    f"Absolute patterns must be under {WORKSPACE_MOUNT}."
+                )
+            ),
+        ],
+        path: GlobPath = None,
+    ) -> CallToolResult:
+        return _run_tool(lambda: file_tools.glob(ws, pattern, path))
+
+    @server.tool(
+        description=(
+            "Search file contents for a regular expression (Python `re` syntax; prefix `(?i)` for "
+            "case-insensitive). Returns matching lines as `path:line_number:text`. `path` may be a "
+            "directory (searched recursively; binary files and .git are skipped) or a single file. "
+            f"Output is capped at {file_tools.MAX_OUTPUT_BYTES // 1024} KB. {_PATH_RULES}"
+        ),
+        annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False),
+    )
+    def grep(
+        pattern: Annotated[str, Field(description="Regular expression to search for.")],
+        path: Annotated[
+            str | None,
+            Field(
+                description=(
+                    f"Optional directory root to search under (or one file). Defaults to {WORKSPACE_MOUNT}."
+                )
+            ),
+        ] = None,
+    ) -> CallToolResult:
+        return _run_tool(lambda: file_tools.grep(ws, pattern, path))
+
+    @server.tool(
+        description=(
+            f"Run a shell command in the workspace ({WORKSPACE_MOUNT}) in a persistent bash session. "
+            "Set restart to true (without command) to start a fresh session."
+        ),
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=True),
+    )
+    async def bash(
+        command: Annotated[
+            str | None, Field(description="Shell command to execute. Omit only when restart is true.")
+        ] = None,
+        restart: Annotated[
+            bool | None,
+            Field(description="When true, restart the persistent bash session instead of running a command."),
+        ] = None,
+        timeout_ms: Annotated[
+            int | None,
+            Field(description="Per-call timeout in milliseconds. Defaults to the sandbox-wide tool timeout."),
+        ] = None,
+    ) -> CallToolResult:
+        return await backend.run(command, bool(restart), timeout_ms)
+
+    return server
+
+
+def _transport_security(host: str) -> TransportSecuritySettings:
+    """DNS-rebinding protection for loopback binds; none when bound for other machines.
+
+    The protection stops a browser page from reaching a server on localhost. A
+    sandbox bound to another address is reached by the gateway under whatever
+    name the network gives it (say a container name), and who may connect there
+    is the network's business, so the ``Host`` header is not checked.
+    """
+    if host in _LOOPBACK_HOSTS:
+        return TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
+            allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+        )
+    return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+
+
+def run(workspace: Path, host: str, port: int, stdio: bool) -> None:
+    """Serve the toolset for ``workspace``: over stdin/stdout, or streamable HTTP at ``/mcp``.
+
+    The HTTP app is served directly (not mounted), so its own lifespan runs the
+    session manager; ``gateway.serving.serve`` prints the ready line.
+    """
+    server = build_server(workspace)
+    if stdio:
+        server.run("stdio")
+        return
+    app = server.streamable_http_app(
+        streamable_http_path=MCP_PATH, transport_security=_transport_security(host), host=host
+    )
+    serve(app, host, port)
