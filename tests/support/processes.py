@@ -43,11 +43,13 @@ def _pump(process: subprocess.Popen[str], output: list[str], ready: threading.Ev
     ready.set()
 
 
-def start_server(args: Sequence[str], env: dict[str, str] | None = None) -> ServerProcess:
-    """Run ``python -m gateway.cli ARGS`` and wait for its ready line."""
+def start_server(
+    args: Sequence[str], env: dict[str, str] | None = None, module: str = "gateway.cli"
+) -> ServerProcess:
+    """Run ``python -m MODULE ARGS`` (the ``tether`` CLI by default) and wait for its ready line."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", *args],
+        [sys.executable, "-m", module, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -65,8 +67,10 @@ def start_server(args: Sequence[str], env: dict[str, str] | None = None) -> Serv
 
 
 @contextmanager
-def running_server(args: Sequence[str], env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
-    server = start_server(args, env)
+def running_server(
+    args: Sequence[str], env: dict[str, str] | None = None, module: str = "gateway.cli"
+) -> Iterator[ServerProcess]:
+    server = start_server(args, env, module)
     try:
         yield server
     finally:
