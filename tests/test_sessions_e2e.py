@@ -37,7 +37,11 @@ def test_toolset_session_writes_and_reads_a_file_through_the_sandbox(
             {
                 "content": [
                     {"type": "text", "text": "Writing."},
-                    {"type": "tool_use", "name": "write", "input": {"file_path": "/workspace/out/a.txt", "content": "alpha\n"}},
+                    {
+                        "type": "tool_use",
+                        "name": "write",
+                        "input": {"file_path": "/workspace/out/a.txt", "content": "alpha\n"},
+                    },
                 ]
             },
             {"content": [{"type": "tool_use", "name": "read", "input": {"file_path": "out/a.txt"}}]},
@@ -262,7 +266,11 @@ def test_stream_resumes_from_last_event_id_with_every_event_exactly_once(
 ) -> None:
     marker = scripts.add(
         [
-            {"content": [{"type": "tool_use", "name": "write", "input": {"file_path": "x.txt", "content": "x"}}]},
+            {
+                "content": [
+                    {"type": "tool_use", "name": "write", "input": {"file_path": "x.txt", "content": "x"}}
+                ]
+            },
             {"content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]},
         ]
     )

@@ -22,7 +22,7 @@ async def create(request: Request) -> JSONResponse:
 
 async def list_agents(request: Request) -> JSONResponse:
     cursor, limit = page_params(request)
-    page = await state(request).store.list(
+    page = await state(request).store.list_resources(
         agents.KIND,
         cursor=cursor,
         limit=limit,

@@ -21,7 +21,7 @@ async def create(request: Request) -> JSONResponse:
 
 async def list_environments(request: Request) -> JSONResponse:
     cursor, limit = page_params(request)
-    page = await state(request).store.list(
+    page = await state(request).store.list_resources(
         environments.KIND,
         cursor=cursor,
         limit=limit,

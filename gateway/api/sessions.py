@@ -50,7 +50,7 @@ async def list_sessions(request: Request) -> JSONResponse:
     order = request.query_params.get("order", "desc")
     if order not in ("asc", "desc"):
         raise InvalidRequest("order: must be 'asc' or 'desc'")
-    page = await state(request).store.list(
+    page = await state(request).store.list_resources(
         sessions.KIND,
         cursor=cursor,
         limit=limit,

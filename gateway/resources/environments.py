@@ -78,7 +78,7 @@ async def archive(store: Store, environment_id: str) -> Body:
 
 
 async def delete(store: Store, environment_id: str) -> Body:
-    in_use = await store.list(
+    in_use = await store.list_resources(
         "session", cursor=None, limit=1, include_archived=True, equals={"environment_id": environment_id}
     )
     if in_use.items:

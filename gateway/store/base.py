@@ -59,7 +59,7 @@ class Store(Protocol):
 
     async def delete(self, kind: str, resource_id: str) -> bool: ...
 
-    async def list(
+    async def list_resources(
         self,
         kind: str,
         *,

@@ -136,7 +136,7 @@ class SQLiteStore:
 
         return await self._transaction(delete)
 
-    async def list(
+    async def list_resources(
         self,
         kind: str,
         *,

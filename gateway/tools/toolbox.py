@@ -16,7 +16,7 @@ from typing import Any
 
 import mcp.types as mcp_types
 
-from gateway.harness.transcript import ToolKind
+from gateway.harness.transcript import TOOL_USE_KINDS, ToolKind
 from gateway.store.base import Body
 
 AGENT_TOOLSET = "agent_toolset_20260401"
@@ -76,7 +76,7 @@ class Toolbox:
 
     def exposed_name(self, use: Body) -> str:
         """The model-facing name for a logged tool use, even if the tool is gone now."""
-        kind = {"agent.tool_use": "agent", "agent.mcp_tool_use": "mcp"}.get(use["type"], "custom")
+        kind: ToolKind = TOOL_USE_KINDS.get(use["type"], "custom")
         server = use.get("mcp_server_name")
         found = self._by_origin.get((kind, server, use["name"]))
         if found:

@@ -13,7 +13,10 @@ STREAM_EVENT: TypeAdapter[Any] = TypeAdapter(BetaManagedAgentsStreamSessionEvent
 
 
 def send_and_stream(
-    client: anthropic.Anthropic, session_id: str, events: list[dict[str, Any]], until: str = "session.status_idle"
+    client: anthropic.Anthropic,
+    session_id: str,
+    events: list[dict[str, Any]],
+    until: str = "session.status_idle",
 ) -> list[Any]:
     """Open the stream first (it only carries new events), send, and collect until ``until``."""
     seen: list[Any] = []

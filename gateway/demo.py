@@ -1,0 +1,135 @@
+"""``tether demo``: start a gateway with its embedded defaults and run one session end to end.
+
+The gateway runs as a child process exactly as ``tether gateway`` would; this
+module is only a client of it, through the official ``anthropic`` SDK.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import anthropic
+
+from gateway.serving import READY_PREFIX
+
+DEMO_MARKER = "tether-demo"
+SYSTEM_PROMPT = (
+    f"[{DEMO_MARKER}] You are a careful engineer. Use the workspace tools: write a short plan "
+    "to /workspace/notes/plan.md, read it back to check it, then summarise what you did."
+)
+START_TIMEOUT = 30.0
+
+
+def _start_gateway(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "gateway", "--port", str(port), "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    found: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith(READY_PREFIX) and not found:
+                found.append(line[len(READY_PREFIX) :].strip())
+                ready.set()
+            elif os.environ.get("TETHER_DEMO_VERBOSE"):
+                print("  gateway | " + line.rstrip(), flush=True)
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not ready.wait(START_TIMEOUT) or not found:
+        process.kill()
+        raise SystemExit("the gateway did not start; run `tether gateway` to see why")
+    return process, found[0]
+
+
+def _describe(event: Any) -> str:
+    kind = event.type
+    if kind in ("user.message", "agent.message"):
+        return " ".join(block.text for block in event.content if block.type == "text")
+    if kind in ("agent.tool_use", "agent.mcp_tool_use", "agent.custom_tool_use"):
+        return f"{event.name} {json.dumps(event.input)[:160]}"
+    if kind in ("agent.tool_result", "agent.mcp_tool_result"):
+        text = " ".join(getattr(block, "text", "") for block in event.content or [])
+        return ("ERROR " if event.is_error else "") + text.replace("\n", " | ")[:200]
+    if kind == "span.model_request_end":
+        usage = event.model_usage
+        return f"input {usage.input_tokens} tokens, output {usage.output_tokens} tokens"
+    if kind == "session.status_idle":
+        return f"stop_reason={event.stop_reason.type}"
+    if kind == "session.error":
+        return f"{event.error.type}: {event.error.message}"
+    return ""
+
+
+def run_demo(data_dir: str | None = None, port: int = 0) -> int:
+    scratch = None if data_dir else tempfile.TemporaryDirectory(prefix="tether-demo-")
+    root = Path(data_dir or scratch.name)  # type: ignore[union-attr]
+    root.mkdir(parents=True, exist_ok=True)
+    process, url = _start_gateway(root, port)
+    try:
+        api_key = (
+            os.environ.get("TETHER_API_KEYS", "").split(",")[0].strip()
+            or (root / "api_key").read_text().strip()
+        )
+        real_model = bool(os.environ.get("ANTHROPIC_API_KEY"))
+        print(f"Tether gateway at {url}")
+        print(f"API key (x-api-key): {api_key}")
+        print(
+            f"Model: {'Anthropic API' if real_model else 'the scripted model (set ANTHROPIC_API_KEY for Claude)'}\n"
+        )
+        client = anthropic.Anthropic(base_url=url, api_key=api_key, max_retries=0)
+        agent = client.beta.agents.create(
+            name="demo-engineer",
+            model=os.environ.get("TETHER_DEMO_MODEL", "claude-sonnet-4-6"),
+            system=SYSTEM_PROMPT,
+            tools=[{"type": "agent_toolset_20260401"}],
+        )
+        environment = client.beta.environments.create(name="demo-sandbox")
+        session = client.beta.sessions.create(
+            agent=agent.id, environment_id=environment.id, title="Tether demo"
+        )
+        print(f"agent {agent.id} (v{agent.version}), environment {environment.id}, session {session.id}\n")
+        stop_reason = None
+        with client.beta.sessions.events.stream(session.id) as stream:
+            client.beta.sessions.events.send(
+                session.id,
+                events=[
+                    {
+                        "type": "user.message",
+                        "content": [{"type": "text", "text": "Plan the work in a file."}],
+                    }
+                ],
+            )
+            for number, event in enumerate(stream, start=1):
+                print(f"{number:>3}  {event.type:<26} {_describe(event)}", flush=True)
+                if event.type == "session.status_idle":
+                    stop_reason = event.stop_reason.type
+                    break
+        finished = client.beta.sessions.retrieve(session.id)
+        usage = finished.usage
+        print(f"\nsession {finished.status}; tokens in {usage.input_tokens}, out {usage.output_tokens}")
+        plan = root / "workspaces" / session.id / "notes" / "plan.md"
+        if plan.exists():
+            print(f"workspace file {plan}:\n{plan.read_text()}")
+        return 0 if stop_reason == "end_turn" else 1
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        if scratch is not None:
+            scratch.cleanup()
