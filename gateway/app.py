@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from gateway.api import agents, environments, sessions
+from gateway.api import agents, environments, files, sessions
 from gateway.api.auth import APIKeyMiddleware
 from gateway.api.errors import HANDLERS
 from gateway.api.state import GatewayState
@@ -64,7 +64,12 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = SQLiteStore(settings.database_path)
-        sandboxes = SandboxPool(settings.workspaces_dir)
+        sandboxes = SandboxPool(
+            settings.workspaces_dir,
+            settings.sandbox_args,
+            # Never reap a sandbox while a tool call could still be running in it.
+            idle_seconds=max(settings.sandbox_idle_seconds, settings.tool_timeout + 60),
+        )
         model = make_client(
             settings.model_api_key or settings.api_keys[0], settings.model_base_url, settings.model_timeout
         )
@@ -79,6 +84,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             async with anyio.create_task_group() as tasks:
                 runner = SessionRunner(harness, tasks)
+                tasks.start_soon(sandboxes.reap_forever, name="sandbox reaper")
                 app.state.gateway = GatewayState(settings, store, runner, sandboxes)
                 yield
                 tasks.cancel_scope.cancel()
@@ -92,6 +98,7 @@ def create_app(settings: Settings) -> Starlette:
         *agents.routes,
         *environments.routes,
         *sessions.routes,
+        *files.routes,
     ]
     if settings.serve_scripted_model:
         routes.append(Mount(SCRIPTED_MODEL_PATH, app=create_scripted_model(ScriptBook.load(DEMO_SCRIPT))))

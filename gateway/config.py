@@ -7,13 +7,16 @@
 | ANTHROPIC_API_KEY      | unset: the embedded scripted model        |
 | TETHER_MODEL_BASE_URL  | Anthropic's API, or the scripted model    |
 | TETHER_MAX_BODY_BYTES  | 8 MiB                                     |
+| TETHER_SANDBOX_ARGS    | extra ``tether sandbox`` flags (limits)   |
+| TETHER_SANDBOX_IDLE_SECONDS | 900: stop a sandbox unused this long |
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
+import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SCRIPTED_MODEL_PATH = "/scripted-model"
@@ -30,6 +33,8 @@ class Settings:
     max_output_tokens: int = 8192
     model_timeout: float = 600.0
     tool_timeout: float = 600.0
+    sandbox_args: list[str] = field(default_factory=list)
+    sandbox_idle_seconds: float = 900.0
     generated_key: bool = False
     serve_scripted_model: bool = False
     """Mount the scripted model inside the gateway (set when no model is configured)."""
@@ -57,6 +62,8 @@ class Settings:
             model_api_key=env.get("ANTHROPIC_API_KEY") or None,
             model_base_url=env.get("TETHER_MODEL_BASE_URL") or None,
             max_body_bytes=int(env.get("TETHER_MAX_BODY_BYTES", 8 * 1024 * 1024)),
+            sandbox_args=shlex.split(env.get("TETHER_SANDBOX_ARGS", "")),
+            sandbox_idle_seconds=float(env.get("TETHER_SANDBOX_IDLE_SECONDS", 900)),
             generated_key=generated,
         )
 

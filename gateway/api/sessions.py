@@ -91,8 +91,8 @@ async def delete(request: Request) -> JSONResponse:
     session_id = request.path_params["session_id"]
     await sessions.get(gateway.store, session_id)
     gateway.runner.interrupt(session_id)
-    await gateway.sandboxes.stop(session_id)
-    await gateway.store.delete(sessions.KIND, session_id)
+    await gateway.sandboxes.destroy(session_id)
+    await sessions.delete(gateway.store, session_id)
     return JSONResponse({"id": session_id, "type": "session_deleted"})
 
 

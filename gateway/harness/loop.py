@@ -19,6 +19,7 @@ from gateway.harness import events as ev
 from gateway.harness.context import build_messages
 from gateway.harness.model import ModelCallFailed, call_model
 from gateway.harness.transcript import RESULT_TYPES, ToolCall, Transcript
+from gateway.resources import files
 from gateway.resources import sessions as session_state
 from gateway.store.base import Body, EventQuery, Store
 from gateway.tools import mcp_client
@@ -102,6 +103,7 @@ class Harness:
             if last["stop_reason"]["type"] == reason and last["stop_reason"].get("event_ids") == event_ids:
                 return
         await self.append(session_id, ev.status_idle(reason, event_ids))
+        await files.sync_session(self.store, self.sandboxes.workspaces, session_id)
 
     # Tools -------------------------------------------------------------------------------
 

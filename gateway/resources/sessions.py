@@ -9,7 +9,7 @@ from gateway import ids
 from gateway.errors import InvalidRequest, NotFound
 from gateway.harness.events import new_event
 from gateway.harness.transcript import Transcript
-from gateway.resources import agents, environments
+from gateway.resources import agents, environments, files
 from gateway.schemas.common import apply_metadata_patch
 from gateway.schemas.sessions import (
     ClientEvent,
@@ -124,6 +124,20 @@ async def archive(store: Store, session_id: str) -> Body:
     if body is None:
         raise NotFound("session", session_id)
     return body
+
+
+async def delete(store: Store, session_id: str) -> None:
+    """Drop the session, its log and its file records (the workspace is the sandbox pool's)."""
+    outputs = await store.list_resources(
+        files.KIND,
+        cursor=None,
+        limit=files.MAX_FILES_PER_SESSION,
+        include_archived=True,
+        equals={"scope.id": session_id},
+    )
+    for record in outputs.items:
+        await store.delete(files.KIND, record["id"])
+    await store.delete(KIND, session_id)
 
 
 async def set_status(store: Store, session_id: str, status: str) -> None:

@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import sys
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 
 from gateway.serving import READY_PREFIX
 
 log = logging.getLogger("tether.sandbox")
 
 START_TIMEOUT = 30.0
+DEFAULT_IDLE_SECONDS = 900.0
 
 
 class SandboxStartFailed(Exception):
@@ -31,11 +36,23 @@ class _Sandbox:
     process: anyio.abc.Process
     url: str
     drain: asyncio.Task[None]
+    last_used: float
 
 
 class SandboxPool:
-    def __init__(self, workspaces: Path) -> None:
+    """``sandbox_args`` are extra ``tether sandbox`` flags (backend, limits) from the gateway's settings."""
+
+    def __init__(
+        self,
+        workspaces: Path,
+        sandbox_args: Sequence[str] = (),
+        idle_seconds: float = DEFAULT_IDLE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.workspaces = workspaces
+        self.sandbox_args = list(sandbox_args)
+        self.idle_seconds = idle_seconds
+        self._clock = clock
         self._sandboxes: dict[str, _Sandbox] = {}
         self._locks: dict[str, anyio.Lock] = {}
 
@@ -48,6 +65,7 @@ class SandboxPool:
         async with lock:
             sandbox = self._sandboxes.get(session_id)
             if sandbox is not None and sandbox.process.returncode is None:
+                sandbox.last_used = self._clock()
                 return sandbox.url
             if sandbox is not None:
                 log.warning(
@@ -89,13 +107,39 @@ class SandboxPool:
             await process.aclose()
             raise SandboxStartFailed("the sandbox did not start")
         log.info("sandbox for %s at %s (pid %s)", session_id, url, process.pid)
-        return _Sandbox(process, url, asyncio.create_task(_drain(process)))
+        return _Sandbox(process, url, asyncio.create_task(_drain(process)), self._clock())
 
     async def stop(self, session_id: str) -> None:
         sandbox = self._sandboxes.pop(session_id, None)
         self._locks.pop(session_id, None)
         if sandbox is not None:
             await _terminate(sandbox)
+
+    def running(self) -> list[str]:
+        return [sid for sid, sandbox in self._sandboxes.items() if sandbox.process.returncode is None]
+
+    def pid(self, session_id: str) -> int | None:
+        sandbox = self._sandboxes.get(session_id)
+        return sandbox.process.pid if sandbox is not None else None
+
+    async def reap_idle(self) -> list[str]:
+        """Stop sandboxes unused for ``idle_seconds``; their workspaces stay for the next call."""
+        cutoff = self._clock() - self.idle_seconds
+        idle = [sid for sid, sandbox in self._sandboxes.items() if sandbox.last_used <= cutoff]
+        for session_id in idle:
+            log.info("stopping idle sandbox for %s", session_id)
+            await self.stop(session_id)
+        return idle
+
+    async def reap_forever(self, interval: float = 30.0) -> None:
+        while True:
+            await anyio.sleep(interval)
+            await self.reap_idle()
+
+    async def destroy(self, session_id: str) -> None:
+        """Stop the sandbox and delete the session's workspace (the session is gone)."""
+        await self.stop(session_id)
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(self.workspace(session_id), ignore_errors=True))
 
     async def close(self) -> None:
         for session_id in list(self._sandboxes):

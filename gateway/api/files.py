@@ -1,0 +1,89 @@
+"""HTTP routes for ``/v1/files``: session outputs, listed by ``scope_id`` (or ``session_id``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from gateway.api.pagination import decode_cursor, encode_cursor, limit_param
+from gateway.api.state import state
+from gateway.errors import InvalidRequest
+from gateway.resources import files, sessions
+
+CHUNK = 64 * 1024
+
+
+async def list_files(request: Request) -> JSONResponse:
+    gateway = state(request)
+    scope = request.query_params.get("scope_id") or request.query_params.get("session_id")
+    limit = limit_param(request, default=20, maximum=1000)
+    token = request.query_params.get("page")
+    start = decode_cursor(token) if token else 0
+    if scope:
+        await sessions.get(gateway.store, scope)
+        records = await files.sync_session(gateway.store, gateway.settings.workspaces_dir, scope)
+    else:
+        page = await gateway.store.list_resources(
+            files.KIND, cursor=None, limit=files.MAX_FILES_PER_SESSION, include_archived=True, order="asc"
+        )
+        records = page.items
+    ids = request.query_params.getlist("ids[]") + request.query_params.getlist("ids")
+    if ids:
+        if token or request.query_params.get("limit"):
+            raise InvalidRequest("ids: cannot be combined with page or limit")
+        wanted = set(ids)
+        return JSONResponse(
+            {"data": [files.render(r) for r in records if r["id"] in wanted], "next_page": None}
+        )
+    window = records[start : start + limit]
+    more = start + limit < len(records)
+    return JSONResponse(
+        {
+            "data": [files.render(r) for r in window],
+            "next_page": encode_cursor(start + limit) if more else None,
+        }
+    )
+
+
+async def retrieve(request: Request) -> JSONResponse:
+    return JSONResponse(files.render(await files.get(state(request).store, request.path_params["file_id"])))
+
+
+async def download(request: Request) -> StreamingResponse:
+    gateway = state(request)
+    body = await files.get(gateway.store, request.path_params["file_id"])
+    fd, size = await anyio.to_thread.run_sync(files.open_content, gateway.settings.workspaces_dir, body)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            while chunk := await anyio.to_thread.run_sync(os.read, fd, CHUNK):
+                yield chunk
+        finally:
+            os.close(fd)
+
+    filename = body["filename"].replace('"', "")
+    return StreamingResponse(
+        chunks(),
+        media_type=body["mime_type"],
+        headers={"content-length": str(size), "content-disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+async def delete(request: Request) -> JSONResponse:
+    gateway = state(request)
+    return JSONResponse(
+        await files.delete(gateway.store, gateway.settings.workspaces_dir, request.path_params["file_id"])
+    )
+
+
+routes = [
+    Route("/v1/files", list_files, methods=["GET"]),
+    Route("/v1/files/{file_id}", retrieve, methods=["GET"]),
+    Route("/v1/files/{file_id}", delete, methods=["DELETE"]),
+    Route("/v1/files/{file_id}/content", download, methods=["GET"]),
+]
