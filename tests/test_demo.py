@@ -20,7 +20,12 @@ def test_demo_runs_a_session_that_writes_and_reads_a_file(tmp_path: Path) -> Non
     assert completed.returncode == 0, completed.stdout + completed.stderr
     out = completed.stdout
     assert "API key (x-api-key): tether-" in out
-    for event_type in ("agent.tool_use", "agent.tool_result", "span.model_request_end", "stop_reason=end_turn"):
+    for event_type in (
+        "agent.tool_use",
+        "agent.tool_result",
+        "span.model_request_end",
+        "stop_reason=end_turn",
+    ):
         assert event_type in out
     plans = list((tmp_path / "workspaces").glob("*/notes/plan.md"))
     assert len(plans) == 1 and plans[0].read_text().startswith("# Plan")

@@ -34,6 +34,10 @@ def sandbox_pids(session_id: str) -> list[int]:
     return pids
 
 
+def process_exists(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
 def _tool_agent(client: anthropic.Anthropic, marker: str) -> Any:
     return client.beta.agents.create(
         name="editor", model="claude-sonnet-4-6", system=marker, tools=[{"type": "agent_toolset_20260401"}]
@@ -159,7 +163,7 @@ async def test_idle_sandboxes_are_stopped_and_restarted_on_demand(tmp_path: Path
         now[0] += 31
         assert await pool.reap_idle() == ["sesn_idle"]
         assert pool.running() == []
-        assert pid is not None and not Path(f"/proc/{pid}").exists()
+        assert pid is not None and not process_exists(pid)
         again = await pool.url_for("sesn_idle")
         assert await mcp_client.list_tools(again)
         assert pool.pid("sesn_idle") != pid
