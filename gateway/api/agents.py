@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from gateway.api.bodies import parse
-from gateway.api.pagination import bool_param, page_body, page_params, time_param
+from gateway.api.pagination import bool_param, int_param, page_body, page_params, time_param
+from gateway.api.routing import endpoint
 from gateway.api.state import state
-from gateway.errors import InvalidRequest
 from gateway.resources import agents
 from gateway.schemas.agents import AgentCreate, AgentUpdate
 
@@ -34,10 +33,7 @@ async def list_agents(request: Request) -> JSONResponse:
 
 
 async def retrieve(request: Request) -> JSONResponse:
-    raw = request.query_params.get("version")
-    if raw is not None and not raw.isdigit():
-        raise InvalidRequest("version: must be a positive integer")
-    version = int(raw) if raw else None
+    version = int_param(request, "version")
     return JSONResponse(await agents.get(state(request).store, request.path_params["agent_id"], version))
 
 
@@ -60,10 +56,8 @@ async def list_versions(request: Request) -> JSONResponse:
 
 
 routes = [
-    Route("/v1/agents", create, methods=["POST"]),
-    Route("/v1/agents", list_agents, methods=["GET"]),
-    Route("/v1/agents/{agent_id}", retrieve, methods=["GET"]),
-    Route("/v1/agents/{agent_id}", update, methods=["POST"]),
-    Route("/v1/agents/{agent_id}/archive", archive, methods=["POST"]),
-    Route("/v1/agents/{agent_id}/versions", list_versions, methods=["GET"]),
+    endpoint("/v1/agents", post=create, get=list_agents),
+    endpoint("/v1/agents/{agent_id}", get=retrieve, post=update),
+    endpoint("/v1/agents/{agent_id}/archive", post=archive),
+    endpoint("/v1/agents/{agent_id}/versions", get=list_versions),
 ]

@@ -17,7 +17,7 @@ DEFAULT_MAX_BODY = 8 * 1024 * 1024
 
 async def read_json(request: Request, max_bytes: int = DEFAULT_MAX_BODY) -> Any:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise RequestTooLarge(f"request body exceeds {max_bytes} bytes")
     chunks = bytearray()
     async for chunk in request.stream():
@@ -27,16 +27,25 @@ async def read_json(request: Request, max_bytes: int = DEFAULT_MAX_BODY) -> Any:
     if not chunks.strip():
         return {}
     try:
-        return json.loads(chunks)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(chunks, parse_constant=_reject_constant)
+        # Lone surrogates parse but cannot be stored or returned as UTF-8: refuse them here.
+        json.dumps(data, ensure_ascii=False).encode()
+    except (UnicodeError, json.JSONDecodeError, ValueError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply") from None
+    return data
 
 
-def describe(exc: ValidationError) -> str:
-    """``tools.0.type: Input should be 'custom'`` for each problem, most specific first."""
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def describe(exc: ValidationError, data: Any) -> str:
+    """``tools.0.name: must match ...`` for each problem, naming the path in the request body."""
     problems = []
     for error in exc.errors(include_url=False)[:5]:
-        location = ".".join(str(part) for part in error["loc"] if not _is_union_tag(part))
+        location = ".".join(str(part) for part in _body_path(error["loc"], data))
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown field"
@@ -46,8 +55,32 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def _is_union_tag(part: int | str) -> bool:
-    return isinstance(part, str) and ("[" in part or part.startswith("function-"))
+def _body_path(loc: tuple[int | str, ...], data: Any) -> list[int | str]:
+    """Keep the parts of pydantic's location that name something in the request body.
+
+    Union branches add tags (``custom``, ``cloud``, ``str``, ``function-after[...]``) that the
+    client never wrote: a part absent from the body is such a tag unless it is the last part,
+    where it names a missing or unknown field.
+    """
+    path: list[int | str] = []
+    current = data
+    for index, part in enumerate(loc):
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+            path.append(part)
+        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+            current = current[part]
+            path.append(part)
+        elif index == len(loc) - 1 and isinstance(current, dict) and not _is_type_tag(str(part)):
+            path.append(part)
+    return path
+
+
+def _is_type_tag(part: str) -> bool:
+    return "[" in part or part.startswith("function-") or part[:1].isupper() or part in _BUILTIN_TAGS
+
+
+_BUILTIN_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 
 
 def validate(model: type[M], data: Any) -> M:
@@ -56,7 +89,7 @@ def validate(model: type[M], data: Any) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InvalidRequest(describe(exc)) from None
+        raise InvalidRequest(describe(exc, data)) from None
 
 
 async def parse(request: Request, model: type[M], max_bytes: int = DEFAULT_MAX_BODY) -> M:

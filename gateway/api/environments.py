@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from gateway.api.bodies import parse
 from gateway.api.pagination import bool_param, page_body, page_params
+from gateway.api.routing import endpoint
 from gateway.api.state import state
 from gateway.resources import environments
 from gateway.schemas.environments import EnvironmentCreate, EnvironmentUpdate
@@ -53,10 +53,7 @@ async def archive(request: Request) -> JSONResponse:
 
 
 routes = [
-    Route("/v1/environments", create, methods=["POST"]),
-    Route("/v1/environments", list_environments, methods=["GET"]),
-    Route("/v1/environments/{environment_id}", retrieve, methods=["GET"]),
-    Route("/v1/environments/{environment_id}", update, methods=["POST"]),
-    Route("/v1/environments/{environment_id}", delete, methods=["DELETE"]),
-    Route("/v1/environments/{environment_id}/archive", archive, methods=["POST"]),
+    endpoint("/v1/environments", post=create, get=list_environments),
+    endpoint("/v1/environments/{environment_id}", get=retrieve, post=update, delete=delete),
+    endpoint("/v1/environments/{environment_id}/archive", post=archive),
 ]

@@ -41,7 +41,9 @@ async def tether_error(request: Request, exc: Exception) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = exc.detail if exc.status_code != 404 else f"no route for {request.method} {request.url.path}"
-    return error_response(exc.status_code, _STATUS_TYPES.get(exc.status_code, "api_error"), message)
+    response = error_response(exc.status_code, _STATUS_TYPES.get(exc.status_code, "api_error"), message)
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:

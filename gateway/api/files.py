@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
-from starlette.routing import Route
 
 from gateway.api.pagination import decode_cursor, encode_cursor, limit_param
+from gateway.api.routing import endpoint
 from gateway.api.state import state
 from gateway.errors import InvalidRequest
 from gateway.resources import files, sessions
@@ -82,8 +82,7 @@ async def delete(request: Request) -> JSONResponse:
 
 
 routes = [
-    Route("/v1/files", list_files, methods=["GET"]),
-    Route("/v1/files/{file_id}", retrieve, methods=["GET"]),
-    Route("/v1/files/{file_id}", delete, methods=["DELETE"]),
-    Route("/v1/files/{file_id}/content", download, methods=["GET"]),
+    endpoint("/v1/files", get=list_files),
+    endpoint("/v1/files/{file_id}", get=retrieve, delete=delete),
+    endpoint("/v1/files/{file_id}/content", get=download),
 ]

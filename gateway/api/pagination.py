@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +15,8 @@ from gateway.store.base import Page
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+MAX_INT = 2**31 - 1
+_DIGITS = re.compile(r"^[0-9]{1,10}$", re.ASCII)
 
 
 def encode_cursor(position: int) -> str:
@@ -21,11 +24,14 @@ def encode_cursor(position: int) -> str:
 
 
 def decode_cursor(token: str) -> int:
+    raw = token.removeprefix("page_")
     try:
-        raw = token.removeprefix("page_")
-        return int(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode())
+        decoded = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
     except ValueError:
-        raise InvalidRequest("page: not a cursor returned by this API") from None
+        decoded = ""
+    if not _DIGITS.match(decoded):
+        raise InvalidRequest("page: not a cursor returned by this API")
+    return int(decoded)
 
 
 def page_params(request: Request) -> tuple[int | None, int]:
@@ -36,11 +42,16 @@ def page_params(request: Request) -> tuple[int | None, int]:
 
 
 def limit_param(request: Request, default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> int:
-    raw = request.query_params.get("limit")
+    return int_param(request, "limit", maximum=maximum) or default
+
+
+def int_param(request: Request, name: str, minimum: int = 1, maximum: int = MAX_INT) -> int | None:
+    """A bounded integer query parameter (ASCII digits only), or None when absent."""
+    raw = request.query_params.get(name)
     if raw is None:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
-        raise InvalidRequest(f"limit: must be an integer between 1 and {maximum}")
+        return None
+    if not _DIGITS.match(raw) or not minimum <= int(raw) <= maximum:
+        raise InvalidRequest(f"{name}: must be an integer between {minimum} and {maximum}")
     return int(raw)
 
 
@@ -70,8 +81,8 @@ def time_param(request: Request, name: str) -> str | None:
         return None
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return timestamp(moment)
+    except (ValueError, OverflowError):
         raise InvalidRequest(f"{name}: not an RFC 3339 timestamp") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return timestamp(moment)

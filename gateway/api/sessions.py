@@ -7,18 +7,19 @@ from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
-from starlette.routing import Route
 
 from gateway.api.bodies import parse
 from gateway.api.pagination import (
     bool_param,
     decode_cursor,
     encode_cursor,
+    int_param,
     limit_param,
     page_body,
     page_params,
     time_param,
 )
+from gateway.api.routing import endpoint
 from gateway.api.state import state
 from gateway.errors import InvalidRequest
 from gateway.resources import sessions
@@ -43,10 +44,8 @@ async def list_sessions(request: Request) -> JSONResponse:
     equals: dict[str, object] = {}
     if agent_id := request.query_params.get("agent_id"):
         equals["agent.id"] = agent_id
-    if version := request.query_params.get("agent_version"):
-        if not version.isdigit():
-            raise InvalidRequest("agent_version: must be a positive integer")
-        equals["agent.version"] = int(version)
+    if (version := int_param(request, "agent_version")) is not None:
+        equals["agent.version"] = version
     order = request.query_params.get("order", "desc")
     if order not in ("asc", "desc"):
         raise InvalidRequest("order: must be 'asc' or 'desc'")
@@ -181,13 +180,9 @@ def _frame(event: StoredEvent) -> str:
 
 
 routes = [
-    Route("/v1/sessions", create, methods=["POST"]),
-    Route("/v1/sessions", list_sessions, methods=["GET"]),
-    Route("/v1/sessions/{session_id}", retrieve, methods=["GET"]),
-    Route("/v1/sessions/{session_id}", update, methods=["POST"]),
-    Route("/v1/sessions/{session_id}", delete, methods=["DELETE"]),
-    Route("/v1/sessions/{session_id}/archive", archive, methods=["POST"]),
-    Route("/v1/sessions/{session_id}/events", send_events, methods=["POST"]),
-    Route("/v1/sessions/{session_id}/events", list_events, methods=["GET"]),
-    Route("/v1/sessions/{session_id}/events/stream", stream_events, methods=["GET"]),
+    endpoint("/v1/sessions", post=create, get=list_sessions),
+    endpoint("/v1/sessions/{session_id}", get=retrieve, post=update, delete=delete),
+    endpoint("/v1/sessions/{session_id}/archive", post=archive),
+    endpoint("/v1/sessions/{session_id}/events", post=send_events, get=list_events),
+    endpoint("/v1/sessions/{session_id}/events/stream", get=stream_events),
 ]

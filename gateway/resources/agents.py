@@ -58,7 +58,11 @@ async def create(store: Store, request: AgentCreate) -> Body:
 
 
 async def get(store: Store, agent_id: str, version: int | None = None) -> Body:
-    body = await store.get_agent_version(agent_id, version) if version else await store.get(KIND, agent_id)
+    body = (
+        await store.get_agent_version(agent_id, version)
+        if version is not None
+        else await store.get(KIND, agent_id)
+    )
     if body is None:
         raise NotFound("agent" if version is None else f"agent version {version} of", agent_id)
     return body

@@ -167,7 +167,7 @@ class AgentUpdate(_AgentFields):
     tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
     mcp_servers: Annotated[list[URLMCPServer], Field(max_length=MAX_MCP_SERVERS)] | None = None
     metadata: MetadataPatch | None = None
-    version: int | None = None
+    version: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
 
 
 def resolve_model(model: str | ModelConfig) -> dict[str, Any]:

@@ -122,7 +122,7 @@ class SendEvents(Strict):
 class AgentReference(Strict):
     type: Literal["agent"]
     id: Annotated[str, Field(min_length=1)]
-    version: int | None = None
+    version: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
 
 
 class SessionCreate(Strict):
