@@ -28,9 +28,23 @@ def _model(args: argparse.Namespace) -> None:
 
 
 def _sandbox(args: argparse.Namespace) -> None:
+    from sandbox_server.docker_backend import DockerSettings
+    from sandbox_server.limits import limits_from_args
     from sandbox_server.server import run
 
-    run(workspace=Path(args.workspace), host=args.host, port=args.port, stdio=args.stdio)
+    try:
+        limits = limits_from_args(args)
+    except ValueError as exc:
+        sys.exit(f"tether sandbox: {exc}")
+    run(
+        workspace=Path(args.workspace),
+        host=args.host,
+        port=args.port,
+        stdio=args.stdio,
+        limits=limits,
+        backend=args.backend,
+        docker_settings=DockerSettings(image=args.docker_image),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=0)
     sandbox.add_argument("--stdio", action="store_true", help="speak MCP over stdin/stdout")
+    sandbox.add_argument(
+        "--backend",
+        choices=("bwrap", "docker", "auto"),
+        default="bwrap",
+        help="where bash runs: bubblewrap, a Docker container, or Docker if an engine answers (default bwrap)",
+    )
+    sandbox.add_argument("--docker-image", default="debian:bookworm-slim", help="image for --backend docker")
+    from sandbox_server.limits import add_limit_arguments
+
+    add_limit_arguments(sandbox)
     sandbox.set_defaults(func=_sandbox)
     return parser
 

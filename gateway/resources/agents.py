@@ -8,6 +8,7 @@ from pydantic import TypeAdapter
 
 from gateway import ids
 from gateway.errors import Conflict, InvalidRequest, NotFound
+from gateway.resources import common
 from gateway.schemas.agents import (
     AgentCreate,
     AgentUpdate,
@@ -123,13 +124,4 @@ async def update(store: Store, agent_id: str, request: AgentUpdate) -> Body:
 
 
 async def archive(store: Store, agent_id: str) -> Body:
-    def mark(current: Body) -> Body:
-        if current.get("archived_at"):
-            return current
-        moment = ids.timestamp()
-        return {**current, "archived_at": moment, "updated_at": moment}
-
-    body = await store.update(KIND, agent_id, mark)
-    if body is None:
-        raise NotFound("agent", agent_id)
-    return body
+    return await common.archive(store, KIND, agent_id)

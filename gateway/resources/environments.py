@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gateway import ids
 from gateway.errors import Conflict, InvalidRequest, NotFound
+from gateway.resources import common
 from gateway.schemas.common import apply_metadata_patch
 from gateway.schemas.environments import EnvironmentCreate, EnvironmentUpdate, resolve_config
 from gateway.store.base import Body, Store
@@ -30,10 +31,7 @@ async def create(store: Store, request: EnvironmentCreate) -> Body:
 
 
 async def get(store: Store, environment_id: str) -> Body:
-    body = await store.get(KIND, environment_id)
-    if body is None:
-        raise NotFound("environment", environment_id)
-    return body
+    return await common.fetch(store, KIND, environment_id)
 
 
 async def update(store: Store, environment_id: str, request: EnvironmentUpdate) -> Body:
@@ -65,16 +63,7 @@ async def update(store: Store, environment_id: str, request: EnvironmentUpdate) 
 
 
 async def archive(store: Store, environment_id: str) -> Body:
-    def mark(current: Body) -> Body:
-        if current.get("archived_at"):
-            return current
-        moment = ids.timestamp()
-        return {**current, "archived_at": moment, "updated_at": moment}
-
-    body = await store.update(KIND, environment_id, mark)
-    if body is None:
-        raise NotFound("environment", environment_id)
-    return body
+    return await common.archive(store, KIND, environment_id)
 
 
 async def delete(store: Store, environment_id: str) -> Body:

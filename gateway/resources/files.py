@@ -18,6 +18,7 @@ import anyio.to_thread
 
 from gateway import ids
 from gateway.errors import NotFound
+from gateway.resources import common
 from gateway.store.base import Body, Mutation, Store
 
 KIND = "file"
@@ -116,10 +117,7 @@ def _new_record(session_id: str, item: OutputFile) -> Body:
 
 
 async def get(store: Store, file_id: str) -> Body:
-    body = await store.get(KIND, file_id)
-    if body is None:
-        raise NotFound("file", file_id)
-    return body
+    return await common.fetch(store, KIND, file_id)
 
 
 def open_content(workspaces: Path, body: Body) -> tuple[int, int]:

@@ -9,7 +9,7 @@ from gateway import ids
 from gateway.errors import InvalidRequest, NotFound
 from gateway.harness.events import new_event
 from gateway.harness.transcript import Transcript
-from gateway.resources import agents, environments, files
+from gateway.resources import agents, common, environments, files
 from gateway.schemas.common import apply_metadata_patch
 from gateway.schemas.sessions import (
     ClientEvent,
@@ -82,10 +82,7 @@ async def create(store: Store, request: SessionCreate) -> tuple[Body, list[Store
 
 
 async def get(store: Store, session_id: str) -> Body:
-    body = await store.get(KIND, session_id)
-    if body is None:
-        raise NotFound("session", session_id)
-    return body
+    return await common.fetch(store, KIND, session_id)
 
 
 def render(body: Body) -> Body:
@@ -114,16 +111,7 @@ async def update(store: Store, session_id: str, request: SessionUpdate) -> Body:
 
 
 async def archive(store: Store, session_id: str) -> Body:
-    def mark(current: Body) -> Body:
-        if current.get("archived_at"):
-            return current
-        moment = ids.timestamp()
-        return {**current, "archived_at": moment, "updated_at": moment}
-
-    body = await store.update(KIND, session_id, mark)
-    if body is None:
-        raise NotFound("session", session_id)
-    return body
+    return await common.archive(store, KIND, session_id)
 
 
 async def delete(store: Store, session_id: str) -> None:

@@ -1,0 +1,29 @@
+"""Lookups and lifecycle steps every resource kind shares."""
+
+from __future__ import annotations
+
+from gateway import ids
+from gateway.errors import NotFound
+from gateway.store.base import Body, Store
+
+
+async def fetch(store: Store, kind: str, resource_id: str) -> Body:
+    body = await store.get(kind, resource_id)
+    if body is None:
+        raise NotFound(kind, resource_id)
+    return body
+
+
+def _mark_archived(current: Body) -> Body:
+    if current.get("archived_at"):
+        return current
+    moment = ids.timestamp()
+    return {**current, "archived_at": moment, "updated_at": moment}
+
+
+async def archive(store: Store, kind: str, resource_id: str) -> Body:
+    """Idempotent: archiving twice keeps the first ``archived_at``."""
+    body = await store.update(kind, resource_id, _mark_archived)
+    if body is None:
+        raise NotFound(kind, resource_id)
+    return body
