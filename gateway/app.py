@@ -24,6 +24,7 @@ from gateway.api.state import GatewayState
 from gateway.config import SCRIPTED_MODEL_PATH, Settings
 from gateway.harness.loop import Harness
 from gateway.harness.model import make_client
+from gateway.harness.retry import RetryPolicy
 from gateway.harness.runner import SessionRunner
 from gateway.scripted_model.script import ScriptBook
 from gateway.scripted_model.server import create_app as create_scripted_model
@@ -71,7 +72,9 @@ def create_app(settings: Settings) -> Starlette:
             idle_seconds=max(settings.sandbox_idle_seconds, settings.tool_timeout + 60),
         )
         model = make_client(
-            settings.model_api_key or settings.api_keys[0], settings.model_base_url, settings.model_timeout
+            settings.model_api_key or settings.api_keys[0],
+            settings.model_base_url,
+            settings.model_stream_timeout,
         )
         harness = Harness(
             store=store,
@@ -80,6 +83,11 @@ def create_app(settings: Settings) -> Starlette:
             sandbox_catalog=SandboxCatalog(),
             max_output_tokens=settings.max_output_tokens,
             tool_timeout=settings.tool_timeout,
+            retry=RetryPolicy(
+                settings.model_max_attempts,
+                settings.model_retry_base_seconds,
+                settings.model_retry_max_seconds,
+            ),
         )
         try:
             async with anyio.create_task_group() as tasks:

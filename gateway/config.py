@@ -7,6 +7,9 @@
 | ANTHROPIC_API_KEY      | unset: the embedded scripted model        |
 | TETHER_MODEL_BASE_URL  | Anthropic's API, or the scripted model    |
 | TETHER_MAX_BODY_BYTES  | 8 MiB                                     |
+| TETHER_MODEL_STREAM_TIMEOUT | 120 s without bytes fails an attempt |
+| TETHER_MODEL_MAX_ATTEMPTS   | 4 tries per model call (429/529/5xx) |
+| TETHER_MODEL_RETRY_BASE_SECONDS / _MAX_SECONDS | backoff 1 s .. 30 s |
 | TETHER_SANDBOX_ARGS    | extra ``tether sandbox`` flags (limits)   |
 | TETHER_SANDBOX_IDLE_SECONDS | 900: stop a sandbox unused this long |
 """
@@ -31,7 +34,11 @@ class Settings:
     """None with no model key means: serve the scripted model inside the gateway."""
     max_body_bytes: int = 8 * 1024 * 1024
     max_output_tokens: int = 8192
-    model_timeout: float = 600.0
+    model_stream_timeout: float = 120.0
+    """Longest wait for the next bytes of a model stream before the attempt fails."""
+    model_max_attempts: int = 4
+    model_retry_base_seconds: float = 1.0
+    model_retry_max_seconds: float = 30.0
     tool_timeout: float = 600.0
     sandbox_args: list[str] = field(default_factory=list)
     sandbox_idle_seconds: float = 900.0
@@ -62,6 +69,10 @@ class Settings:
             model_api_key=env.get("ANTHROPIC_API_KEY") or None,
             model_base_url=env.get("TETHER_MODEL_BASE_URL") or None,
             max_body_bytes=int(env.get("TETHER_MAX_BODY_BYTES", 8 * 1024 * 1024)),
+            model_stream_timeout=float(env.get("TETHER_MODEL_STREAM_TIMEOUT", 120)),
+            model_max_attempts=max(1, int(env.get("TETHER_MODEL_MAX_ATTEMPTS", 4))),
+            model_retry_base_seconds=float(env.get("TETHER_MODEL_RETRY_BASE_SECONDS", 1.0)),
+            model_retry_max_seconds=float(env.get("TETHER_MODEL_RETRY_MAX_SECONDS", 30.0)),
             sandbox_args=shlex.split(env.get("TETHER_SANDBOX_ARGS", "")),
             sandbox_idle_seconds=float(env.get("TETHER_SANDBOX_IDLE_SECONDS", 900)),
             generated_key=generated,

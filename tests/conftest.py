@@ -35,7 +35,13 @@ def gateway(
     tmp_path_factory: pytest.TempPathFactory, model_server: ServerProcess, api_key: str
 ) -> Iterator[ServerProcess]:
     data_dir = tmp_path_factory.mktemp("gateway")
-    env = {"TETHER_API_KEYS": api_key, "TETHER_MODEL_BASE_URL": model_server.url, "ANTHROPIC_API_KEY": ""}
+    env = {
+        "TETHER_API_KEYS": api_key,
+        "TETHER_MODEL_BASE_URL": model_server.url,
+        "ANTHROPIC_API_KEY": "",
+        "TETHER_MODEL_MAX_ATTEMPTS": "3",
+        "TETHER_MODEL_RETRY_BASE_SECONDS": "0.01",
+    }
     with running_server(["gateway", "--port", "0", "--data-dir", str(data_dir)], env) as server:
         server.data_dir = data_dir  # type: ignore[attr-defined]
         yield server

@@ -339,13 +339,13 @@ def test_interrupt_while_waiting_for_a_custom_tool_idles_the_session_and_a_new_m
     assert closing[1] == {"type": "text", "text": "never mind, carry on"}
 
 
-def test_model_error_is_recorded_and_a_new_message_recovers(
+def test_a_non_retryable_model_error_is_recorded_and_a_new_message_recovers(
     client: anthropic.Anthropic, scripts: Scripts, environment: Any
 ) -> None:
     marker = scripts.add(
         [
             {
-                "fail_first": [{"status": 500, "type": "api_error", "message": "boom"}],
+                "fail_first": [{"status": 400, "type": "invalid_request_error", "message": "boom"}],
                 "content": [{"type": "text", "text": "recovered"}],
             }
         ]
@@ -356,6 +356,8 @@ def test_model_error_is_recorded_and_a_new_message_recovers(
     failed = send_and_stream(client, session.id, [user_message("hello")])
     error = next(e for e in failed if e.type == "session.error")
     assert error.error.type == "model_request_failed_error" and "boom" in error.error.message
+    assert error.error.retry_status.type == "terminal"
+    assert len([e for e in failed if e.type == "span.model_request_start"]) == 1
     end = next(e for e in failed if e.type == "span.model_request_end")
     assert end.is_error is True
     assert failed[-1].stop_reason.type == "retries_exhausted"

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anthropic
+import anyio
 import mcp.types as mcp_types
 
 from gateway.harness import events as ev
 from gateway.harness.context import build_messages
-from gateway.harness.model import ModelCallFailed, call_model
+from gateway.harness.model import ModelCallFailed, ModelResult, call_model
+from gateway.harness.retry import RetryPolicy, is_retryable
 from gateway.harness.transcript import RESULT_TYPES, ToolCall, Transcript
 from gateway.resources import files
 from gateway.resources import sessions as session_state
@@ -48,6 +50,7 @@ class Harness:
     sandbox_catalog: SandboxCatalog
     max_output_tokens: int = 8192
     tool_timeout: float = 600.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     _toolboxes: dict[str, Toolbox] = field(default_factory=dict)
 
     async def transcript(self, session_id: str) -> Transcript:
@@ -176,6 +179,34 @@ class Harness:
 
     # Model -------------------------------------------------------------------------------
 
+    async def _call_with_retries(
+        self, session_id: str, request: dict[str, Any], progress: Progress
+    ) -> tuple[ModelResult, str] | None:
+        """One model request per attempt, each a ``span.model_request_*`` pair in the log; a failed
+        attempt is a ``session.error`` saying whether it will be retried."""
+        for attempt in range(1, self.retry.max_attempts + 1):
+            start = ev.new_event("span.model_request_start")
+            await self.append(session_id, start)
+            progress.model_start_id = start["id"]
+            try:
+                return await call_model(self.model, request), start["id"]
+            except ModelCallFailed as exc:
+                retrying = is_retryable(exc.status) and attempt < self.retry.max_attempts
+                log.warning("model call %d for %s failed: %s", attempt, session_id, exc.message)
+                status = "retrying" if retrying else ("exhausted" if is_retryable(exc.status) else "terminal")
+                await self.append(
+                    session_id,
+                    _request_end(start["id"], None, is_error=True),
+                    ev.session_error(exc.error_type, exc.message, status),
+                )
+                if not retrying:
+                    return None
+                progress.model_start_id = None
+                await anyio.sleep(self.retry.delay(attempt, exc.retry_after))
+            finally:
+                progress.model_start_id = None
+        return None
+
     async def _model_turn(self, session_id: str, agent: Body, toolbox: Toolbox, progress: Progress) -> bool:
         transcript = await self.transcript(session_id)
         request: dict[str, Any] = {
@@ -188,23 +219,12 @@ class Harness:
         tools = toolbox.model_tools()
         if tools:
             request["tools"] = tools
-        start = ev.new_event("span.model_request_start")
-        await self.append(session_id, start)
-        progress.model_start_id = start["id"]
-        try:
-            result = await call_model(self.model, request)
-        except ModelCallFailed as exc:
-            log.warning("model call for %s failed: %s", session_id, exc.message)
-            await self.append(
-                session_id,
-                _request_end(start["id"], None, is_error=True),
-                ev.session_error(exc.error_type, exc.message, "exhausted"),
-            )
+        outcome = await self._call_with_retries(session_id, request, progress)
+        if outcome is None:
             return False
-        finally:
-            progress.model_start_id = None
+        result, start_id = outcome
         produced = _response_events(result.content, toolbox)
-        await self.append(session_id, *produced, _request_end(start["id"], result.usage, is_error=False))
+        await self.append(session_id, *produced, _request_end(start_id, result.usage, is_error=False))
         await session_state.add_usage(self.store, session_id, result.usage)
         return True
 

@@ -23,19 +23,24 @@ class ModelResult:
 class ModelCallFailed(Exception):
     """``error_type`` is one of the SDK's session error object types."""
 
-    def __init__(self, error_type: str, message: str, status: int | None = None) -> None:
+    def __init__(
+        self, error_type: str, message: str, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.message = message
         self.status = status
+        self.retry_after = retry_after
 
 
-def make_client(api_key: str, base_url: str | None, timeout: float) -> anthropic.AsyncAnthropic:
+def make_client(api_key: str, base_url: str | None, stream_timeout: float) -> anthropic.AsyncAnthropic:
+    """``stream_timeout`` bounds each wait for bytes, so a hung stream fails instead of hanging;
+    a long generation that keeps streaming is never cut off."""
     return anthropic.AsyncAnthropic(
         api_key=api_key,
         base_url=base_url,
         max_retries=0,
-        timeout=httpx2.Timeout(timeout, connect=10.0),
+        timeout=httpx2.Timeout(stream_timeout, connect=10.0),
     )
 
 
@@ -44,9 +49,13 @@ async def call_model(client: anthropic.AsyncAnthropic, request: dict[str, Any]) 
         async with client.messages.stream(**request) as stream:
             message = await stream.get_final_message()
     except anthropic.APIStatusError as exc:
-        raise ModelCallFailed(_error_type(exc.status_code), _message(exc), exc.status_code) from None
+        raise ModelCallFailed(
+            _error_type(exc.status_code), _message(exc), exc.status_code, _retry_after(exc.response)
+        ) from None
     except (anthropic.APITimeoutError, httpx2.TimeoutException):
-        raise ModelCallFailed("model_request_failed_error", "the model request timed out") from None
+        raise ModelCallFailed(
+            "model_request_failed_error", "the model stream stalled and timed out"
+        ) from None
     except anthropic.APIConnectionError as exc:
         raise ModelCallFailed("model_request_failed_error", f"could not reach the model: {exc}") from None
     except (httpx2.HTTPError, anthropic.APIError) as exc:
@@ -79,3 +88,11 @@ def _message(exc: anthropic.APIStatusError) -> str:
         if isinstance(error, dict) and isinstance(error.get("message"), str):
             return f"HTTP {exc.status_code}: {error['message']}"
     return f"HTTP {exc.status_code}"
+
+
+def _retry_after(response: httpx2.Response) -> float | None:
+    raw = response.headers.get("retry-after")
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None

@@ -45,6 +45,22 @@ class EventQuery:
     processed_before_inclusive: bool = False
 
 
+@dataclass(frozen=True)
+class Lease:
+    """The right to run one session's harness, held by one gateway process at a time."""
+
+    session_id: str
+    owner: str
+    generation: int
+    """Fencing token: grows with every change of owner; appends carrying an older one fail."""
+    expires_at: float
+    """Seconds since the epoch (the database's clock)."""
+
+
+class LeaseLost(Exception):
+    """Raised by a fenced append or a renewal when another process has taken the lease."""
+
+
 class Store(Protocol):
     async def close(self) -> None: ...
 
@@ -86,8 +102,14 @@ class Store(Protocol):
     async def list_agent_versions(self, agent_id: str, *, cursor: int | None, limit: int) -> Page: ...
 
     # The session log.
-    async def append_events(self, session_id: str, events: Sequence[Body]) -> list[StoredEvent]:
-        """Persist events (each with ``id`` and ``type``) atomically, assigning the next seqs."""
+    async def append_events(
+        self, session_id: str, events: Sequence[Body], fence: Lease | None = None
+    ) -> list[StoredEvent]:
+        """Persist events (each with ``id`` and ``type``) atomically, assigning the next seqs.
+
+        With ``fence``, the append fails with ``LeaseLost`` unless that lease is still the
+        session's current one, so a stalled process can never write after a takeover.
+        """
         ...
 
     async def read_events(self, session_id: str, query: EventQuery) -> list[StoredEvent]: ...
@@ -102,4 +124,22 @@ class Store(Protocol):
         Returns True when there is something new to read. Wake-ups happen only after commit,
         so a reader woken here always finds the events persisted.
         """
+        ...
+
+    # Single writer per session.
+    async def acquire_lease(self, session_id: str, owner: str, ttl: float) -> Lease | None:
+        """Take the session's lease if it is free, expired, or already ``owner``'s; else None.
+        A new owner gets ``generation + 1``; the same owner keeps its generation."""
+        ...
+
+    async def renew_lease(self, lease: Lease, ttl: float) -> Lease:
+        """Extend a held lease; ``LeaseLost`` if it was taken over meanwhile."""
+        ...
+
+    async def release_lease(self, lease: Lease) -> None:
+        """Give the lease up (only if still held by it), so another process can start at once."""
+        ...
+
+    async def sessions_needing_harness(self, limit: int) -> list[str]:
+        """Sessions with status ``running`` or ``rescheduling`` whose lease is missing or expired."""
         ...

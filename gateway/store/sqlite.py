@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -16,7 +17,7 @@ from typing import Any, Literal, TypeVar
 import anyio
 import anyio.to_thread
 
-from gateway.store.base import Body, EventQuery, Mutation, Page, StoredEvent
+from gateway.store.base import Body, EventQuery, Lease, LeaseLost, Mutation, Page, StoredEvent
 from gateway.store.notifier import Notifier
 
 T = TypeVar("T")
@@ -47,6 +48,12 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL,
     PRIMARY KEY (session_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    session_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
 """
 
 
@@ -132,6 +139,7 @@ class SQLiteStore:
             cursor = conn.execute("DELETE FROM resources WHERE kind = ? AND id = ?", (kind, resource_id))
             if kind == "session":
                 conn.execute("DELETE FROM events WHERE session_id = ?", (resource_id,))
+                conn.execute("DELETE FROM leases WHERE session_id = ?", (resource_id,))
             return cursor.rowcount > 0
 
         return await self._transaction(delete)
@@ -223,8 +231,16 @@ class SQLiteStore:
 
     # The session log ---------------------------------------------------------------------
 
-    async def append_events(self, session_id: str, events: Sequence[Body]) -> list[StoredEvent]:
+    async def append_events(
+        self, session_id: str, events: Sequence[Body], fence: Lease | None = None
+    ) -> list[StoredEvent]:
         def append(conn: sqlite3.Connection) -> list[StoredEvent]:
+            if fence is not None:
+                held = conn.execute(
+                    "SELECT owner, generation FROM leases WHERE session_id = ?", (session_id,)
+                ).fetchone()
+                if held != (fence.owner, fence.generation):
+                    raise LeaseLost(f"lease on {session_id} generation {fence.generation} was taken over")
             (last,) = conn.execute(
                 "SELECT COALESCE(MAX(seq), 0) FROM events WHERE session_id = ?", (session_id,)
             ).fetchone()
@@ -283,6 +299,65 @@ class SQLiteStore:
             ).fetchone()
         )
         return int(row[0]) if row else None
+
+    # Leases ------------------------------------------------------------------------------
+
+    async def acquire_lease(self, session_id: str, owner: str, ttl: float) -> Lease | None:
+        def acquire(conn: sqlite3.Connection) -> Lease | None:
+            now = time.time()
+            row = conn.execute(
+                "SELECT owner, generation, expires_at FROM leases WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            if row is None:
+                generation = 1
+            elif row[0] == owner:
+                generation = row[1]
+            elif row[2] < now:
+                generation = row[1] + 1
+            else:
+                return None
+            conn.execute(
+                "INSERT INTO leases (session_id, owner, generation, expires_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (session_id) DO UPDATE SET owner = excluded.owner, "
+                "generation = excluded.generation, expires_at = excluded.expires_at",
+                (session_id, owner, generation, now + ttl),
+            )
+            return Lease(session_id, owner, generation, now + ttl)
+
+        return await self._transaction(acquire)
+
+    async def renew_lease(self, lease: Lease, ttl: float) -> Lease:
+        def renew(conn: sqlite3.Connection) -> Lease:
+            expires = time.time() + ttl
+            cursor = conn.execute(
+                "UPDATE leases SET expires_at = ? WHERE session_id = ? AND owner = ? AND generation = ?",
+                (expires, lease.session_id, lease.owner, lease.generation),
+            )
+            if cursor.rowcount == 0:
+                raise LeaseLost(f"lease on {lease.session_id} generation {lease.generation} was taken over")
+            return Lease(lease.session_id, lease.owner, lease.generation, expires)
+
+        return await self._transaction(renew)
+
+    async def release_lease(self, lease: Lease) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "UPDATE leases SET expires_at = 0 WHERE session_id = ? AND owner = ? AND generation = ?",
+                (lease.session_id, lease.owner, lease.generation),
+            )
+        )
+
+    async def sessions_needing_harness(self, limit: int) -> list[str]:
+        rows = await self._run(
+            lambda conn: conn.execute(
+                "SELECT r.id FROM resources r LEFT JOIN leases l ON l.session_id = r.id "
+                "WHERE r.kind = 'session' AND r.archived = 0 "
+                "AND json_extract(r.body, '$.status') IN ('running', 'rescheduling') "
+                "AND (l.session_id IS NULL OR l.expires_at < ?) ORDER BY r.rowid_ LIMIT ?",
+                (time.time(), limit),
+            ).fetchall()
+        )
+        return [row[0] for row in rows]
 
     async def wait_for_append(self, session_id: str, after_seq: int, timeout: float) -> bool:
         with self._notifier.watch(session_id) as appended:
