@@ -91,10 +91,12 @@ def create_app(settings: Settings) -> Starlette:
         )
         try:
             async with anyio.create_task_group() as tasks:
-                runner = SessionRunner(harness, tasks)
+                runner = SessionRunner(harness, tasks, lease_ttl=settings.lease_ttl_seconds)
                 tasks.start_soon(sandboxes.reap_forever, name="sandbox reaper")
+                tasks.start_soon(runner.pickup_forever, name="session pickup")
                 app.state.gateway = GatewayState(settings, store, runner, sandboxes)
                 yield
+                await runner.shutdown()
                 tasks.cancel_scope.cancel()
         finally:
             await sandboxes.close()

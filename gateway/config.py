@@ -10,6 +10,7 @@
 | TETHER_MODEL_STREAM_TIMEOUT | 120 s without bytes fails an attempt |
 | TETHER_MODEL_MAX_ATTEMPTS   | 4 tries per model call (429/529/5xx) |
 | TETHER_MODEL_RETRY_BASE_SECONDS / _MAX_SECONDS | backoff 1 s .. 30 s |
+| TETHER_LEASE_TTL_SECONDS    | 15: a dead process's sessions resume after this |
 | TETHER_SANDBOX_ARGS    | extra ``tether sandbox`` flags (limits)   |
 | TETHER_SANDBOX_IDLE_SECONDS | 900: stop a sandbox unused this long |
 """
@@ -40,6 +41,8 @@ class Settings:
     model_retry_base_seconds: float = 1.0
     model_retry_max_seconds: float = 30.0
     tool_timeout: float = 600.0
+    lease_ttl_seconds: float = 15.0
+    """How long a dead gateway's sessions wait before another process resumes them."""
     sandbox_args: list[str] = field(default_factory=list)
     sandbox_idle_seconds: float = 900.0
     generated_key: bool = False
@@ -73,6 +76,7 @@ class Settings:
             model_max_attempts=max(1, int(env.get("TETHER_MODEL_MAX_ATTEMPTS", 4))),
             model_retry_base_seconds=float(env.get("TETHER_MODEL_RETRY_BASE_SECONDS", 1.0)),
             model_retry_max_seconds=float(env.get("TETHER_MODEL_RETRY_MAX_SECONDS", 30.0)),
+            lease_ttl_seconds=float(env.get("TETHER_LEASE_TTL_SECONDS", 15)),
             sandbox_args=shlex.split(env.get("TETHER_SANDBOX_ARGS", "")),
             sandbox_idle_seconds=float(env.get("TETHER_SANDBOX_IDLE_SECONDS", 900)),
             generated_key=generated,

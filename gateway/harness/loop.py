@@ -23,7 +23,7 @@ from gateway.harness.retry import RetryPolicy, is_retryable
 from gateway.harness.transcript import RESULT_TYPES, ToolCall, Transcript
 from gateway.resources import files
 from gateway.resources import sessions as session_state
-from gateway.store.base import Body, EventQuery, Store
+from gateway.store.base import Body, EventQuery, Lease, Store
 from gateway.tools import mcp_client
 from gateway.tools.sandbox import SandboxPool, SandboxStartFailed
 from gateway.tools.toolbox import Toolbox, build_toolbox
@@ -33,13 +33,29 @@ log = logging.getLogger("tether.harness")
 
 SandboxCatalog = Callable[[], Awaitable[Sequence[mcp_types.Tool]]]
 
+INTERRUPTED_BY_RESTART = (
+    "The tool call was interrupted by a gateway restart and was not re-run, because the tool "
+    "is not declared read-only or idempotent. Check its effects before trying again."
+)
+STATUS_OF_EVENT = {
+    "session.status_running": "running",
+    "session.status_idle": "idle",
+    "session.status_rescheduled": "rescheduling",
+    "session.status_terminated": "terminated",
+}
+
 
 @dataclass
-class Progress:
-    """What the current run has in flight, so an interrupt can close it off in the log."""
+class Run:
+    """One harness run of one session: its lease (every append is fenced with it) and what
+    is in flight, so an interrupt or a shutdown can close it off in the log."""
 
+    session_id: str
+    lease: Lease | None = None
     model_start_id: str | None = None
     tool_call: ToolCall | None = None
+    last_seq: int = 0
+    """The newest seq this run has seen or written: anything later arrived after its decisions."""
 
 
 @dataclass
@@ -51,66 +67,96 @@ class Harness:
     max_output_tokens: int = 8192
     tool_timeout: float = 600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    _toolboxes: dict[str, Toolbox] = field(default_factory=dict)
 
-    async def transcript(self, session_id: str) -> Transcript:
-        return Transcript.from_events(await self.store.read_events(session_id, EventQuery()))
+    async def transcript(self, run: Run) -> Transcript:
+        transcript = Transcript.from_events(await self.store.read_events(run.session_id, EventQuery()))
+        run.last_seq = max(run.last_seq, transcript.last_seq)
+        return transcript
 
-    async def run(self, session_id: str, progress: Progress) -> None:
-        session = await self.store.get("session", session_id)
-        if session is None or session["status"] == "terminated":
+    async def run(self, run: Run) -> None:
+        session = await self.store.get("session", run.session_id)
+        if session is None or session["status"] == "terminated" or session.get("archived_at"):
             return
         agent = session["agent"]
         toolbox: Toolbox | None = None
+        transcript = await self.transcript(run)
+        if transcript.status != "idle":
+            toolbox = await self._toolbox(run, agent)
+            await self._recover(run, transcript, toolbox)
         while True:
-            transcript = await self.transcript(session_id)
+            transcript = await self.transcript(run)
             runnable = [call for call in transcript.pending() if not call.awaits_client]
             if runnable:
-                await self._ensure_running(session_id, transcript)
-                toolbox = toolbox or await self._toolbox(session_id, agent)
+                await self._ensure_running(run, transcript)
+                toolbox = toolbox or await self._toolbox(run, agent)
                 for call in runnable:
-                    await self._settle(session_id, agent, toolbox, call, progress)
+                    await self._settle(run, agent, toolbox, call)
                 continue
             waiting = transcript.awaiting_client()
             if waiting:
-                await self._idle(session_id, transcript, "requires_action", [c.id for c in waiting])
+                await self._idle(run, transcript, "requires_action", [c.id for c in waiting])
                 return
             if transcript.needs_model():
-                await self._ensure_running(session_id, transcript)
-                toolbox = toolbox or await self._toolbox(session_id, agent)
-                if not await self._model_turn(session_id, agent, toolbox, progress):
-                    await self._idle(session_id, await self.transcript(session_id), "retries_exhausted")
+                await self._ensure_running(run, transcript)
+                toolbox = toolbox or await self._toolbox(run, agent)
+                if not await self._model_turn(run, agent, toolbox):
+                    await self._idle(run, await self.transcript(run), "retries_exhausted")
                     return
                 continue
-            await self._idle(session_id, transcript, "end_turn")
+            await self._idle(run, transcript, "end_turn")
             return
+
+    async def _recover(self, run: Run, transcript: Transcript, toolbox: Toolbox) -> None:
+        """The previous run of this session never finished (a crash or a shutdown).
+
+        A model request it left open is closed as failed. A tool call it may have been running
+        is re-run only when the tool declares itself read-only or idempotent; otherwise the
+        model gets an error result, because running it twice could repeat a side effect.
+        """
+        log.info("recovering %s (status %s)", run.session_id, transcript.status)
+        closing: list[Body] = []
+        if transcript.status == "running":
+            closing.append(ev.new_event("session.status_rescheduled"))
+        if transcript.open_model_request is not None:
+            closing.append(_request_end(transcript.open_model_request, None, is_error=True))
+        for call in transcript.pending():
+            if call.awaits_client:
+                continue
+            spec = toolbox.lookup(toolbox.exposed_name(call.use))
+            if spec is not None and spec.safe_to_retry:
+                continue
+            result_type, link = RESULT_TYPES[call.kind]
+            closing.append(ev.text_result(result_type, link, call.id, INTERRUPTED_BY_RESTART, True))
+        if closing:
+            await self.append(run, *closing)
 
     # Status ------------------------------------------------------------------------------
 
-    async def append(self, session_id: str, *bodies: Body) -> None:
-        await self.store.append_events(session_id, bodies)
+    async def append(self, run: Run, *bodies: Body) -> None:
+        stored = await self.store.append_events(run.session_id, bodies, fence=run.lease)
+        run.last_seq = max(run.last_seq, stored[-1].seq)
         for body in bodies:
-            status = {"session.status_running": "running", "session.status_idle": "idle"}.get(body["type"])
+            status = STATUS_OF_EVENT.get(body["type"])
             if status:
-                await session_state.set_status(self.store, session_id, status)
+                await session_state.set_status(self.store, run.session_id, status)
 
-    async def _ensure_running(self, session_id: str, transcript: Transcript) -> None:
+    async def _ensure_running(self, run: Run, transcript: Transcript) -> None:
         if transcript.status != "running":
-            await self.append(session_id, ev.new_event("session.status_running"))
+            await self.append(run, ev.new_event("session.status_running"))
 
     async def _idle(
-        self, session_id: str, transcript: Transcript, reason: str, event_ids: list[str] | None = None
+        self, run: Run, transcript: Transcript, reason: str, event_ids: list[str] | None = None
     ) -> None:
         last = transcript.last_idle
         if transcript.status == "idle" and last is not None:
             if last["stop_reason"]["type"] == reason and last["stop_reason"].get("event_ids") == event_ids:
                 return
-        await self.append(session_id, ev.status_idle(reason, event_ids))
-        await files.sync_session(self.store, self.sandboxes.workspaces, session_id)
+        await self.append(run, ev.status_idle(reason, event_ids))
+        await files.sync_session(self.store, self.sandboxes.workspaces, run.session_id)
 
     # Tools -------------------------------------------------------------------------------
 
-    async def _toolbox(self, session_id: str, agent: Body) -> Toolbox:
+    async def _toolbox(self, run: Run, agent: Body) -> Toolbox:
         sandbox_tools = await self.sandbox_catalog() if _uses_toolset(agent) else []
         listings: dict[str, Sequence[mcp_types.Tool]] = {}
         unavailable: dict[str, str] = {}
@@ -120,7 +166,7 @@ class Harness:
             except mcp_client.MCPUnavailable as exc:
                 unavailable[server["name"]] = str(exc)
                 await self.append(
-                    session_id,
+                    run,
                     ev.session_error(
                         "mcp_connection_failed_error",
                         f"MCP server {server['name']!r} is unavailable: {exc}",
@@ -129,27 +175,25 @@ class Harness:
                 )
         return build_toolbox(agent, sandbox_tools, listings, unavailable)
 
-    async def _settle(
-        self, session_id: str, agent: Body, toolbox: Toolbox, call: ToolCall, progress: Progress
-    ) -> None:
+    async def _settle(self, run: Run, agent: Body, toolbox: Toolbox, call: ToolCall) -> None:
         """Run an allowed tool call, or record why it did not run."""
         result_type, link = RESULT_TYPES[call.kind]
         if call.permission == "deny":
             reason = call.use.get("_denied_reason") or "This tool call was denied by policy."
-            await self.append(session_id, ev.text_result(result_type, link, call.id, reason, True))
+            await self.append(run, ev.text_result(result_type, link, call.id, reason, True))
             return
         confirmation = call.confirmation
         if call.permission == "ask" and confirmation is not None and confirmation["result"] == "deny":
             message = confirmation.get("deny_message") or "The user denied this tool call."
-            await self.append(session_id, ev.text_result(result_type, link, call.id, message, True))
+            await self.append(run, ev.text_result(result_type, link, call.id, message, True))
             return
-        progress.tool_call = call
+        run.tool_call = call
         try:
-            content, is_error = await self._execute(session_id, agent, toolbox, call)
+            content, is_error = await self._execute(run.session_id, agent, toolbox, call)
         finally:
-            progress.tool_call = None
+            run.tool_call = None
         await self.append(
-            session_id, ev.new_event(result_type, **{link: call.id}, content=content, is_error=is_error)
+            run, ev.new_event(result_type, **{link: call.id}, content=content, is_error=is_error)
         )
 
     async def _execute(
@@ -179,36 +223,34 @@ class Harness:
 
     # Model -------------------------------------------------------------------------------
 
-    async def _call_with_retries(
-        self, session_id: str, request: dict[str, Any], progress: Progress
-    ) -> tuple[ModelResult, str] | None:
+    async def _call_with_retries(self, run: Run, request: dict[str, Any]) -> tuple[ModelResult, str] | None:
         """One model request per attempt, each a ``span.model_request_*`` pair in the log; a failed
         attempt is a ``session.error`` saying whether it will be retried."""
         for attempt in range(1, self.retry.max_attempts + 1):
             start = ev.new_event("span.model_request_start")
-            await self.append(session_id, start)
-            progress.model_start_id = start["id"]
+            await self.append(run, start)
+            run.model_start_id = start["id"]
             try:
                 return await call_model(self.model, request), start["id"]
             except ModelCallFailed as exc:
                 retrying = is_retryable(exc.status) and attempt < self.retry.max_attempts
-                log.warning("model call %d for %s failed: %s", attempt, session_id, exc.message)
+                log.warning("model call %d for %s failed: %s", attempt, run.session_id, exc.message)
                 status = "retrying" if retrying else ("exhausted" if is_retryable(exc.status) else "terminal")
+                run.model_start_id = None
                 await self.append(
-                    session_id,
+                    run,
                     _request_end(start["id"], None, is_error=True),
                     ev.session_error(exc.error_type, exc.message, status),
                 )
                 if not retrying:
                     return None
-                progress.model_start_id = None
                 await anyio.sleep(self.retry.delay(attempt, exc.retry_after))
             finally:
-                progress.model_start_id = None
+                run.model_start_id = None
         return None
 
-    async def _model_turn(self, session_id: str, agent: Body, toolbox: Toolbox, progress: Progress) -> bool:
-        transcript = await self.transcript(session_id)
+    async def _model_turn(self, run: Run, agent: Body, toolbox: Toolbox) -> bool:
+        transcript = await self.transcript(run)
         request: dict[str, Any] = {
             "model": agent["model"]["id"],
             "max_tokens": self.max_output_tokens,
@@ -219,13 +261,13 @@ class Harness:
         tools = toolbox.model_tools()
         if tools:
             request["tools"] = tools
-        outcome = await self._call_with_retries(session_id, request, progress)
+        outcome = await self._call_with_retries(run, request)
         if outcome is None:
             return False
         result, start_id = outcome
         produced = _response_events(result.content, toolbox)
-        await self.append(session_id, *produced, _request_end(start_id, result.usage, is_error=False))
-        await session_state.add_usage(self.store, session_id, result.usage)
+        await self.append(run, *produced, _request_end(start_id, result.usage, is_error=False))
+        await session_state.add_usage(self.store, run.session_id, result.usage)
         return True
 
 

@@ -1,30 +1,59 @@
-"""Schedules harness runs: at most one per session in this process, cancellable by interrupt."""
+"""Schedules harness runs: one writer per session across every gateway process.
+
+A run holds the session's lease (renewed in the background, every append fenced
+with it). Sessions whose owner died are found by a periodic pickup scan and
+resumed from the log; on shutdown, running sessions are handed back as
+``rescheduling`` so another process (or the next start) continues them.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
 
 import anyio
 import anyio.abc
 
 from gateway.harness import events as ev
-from gateway.harness.loop import Harness, Progress, interrupted_request_end
+from gateway.harness.loop import Harness, Run, interrupted_request_end
 from gateway.harness.transcript import RESULT_TYPES
+from gateway.store.base import LeaseLost
 
 log = logging.getLogger("tether.runner")
 
 INTERRUPTED = "The tool call was interrupted by the user before it finished."
+DEFAULT_LEASE_TTL = 15.0
+
+
+def process_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class SessionRunner:
-    def __init__(self, harness: Harness, task_group: anyio.abc.TaskGroup) -> None:
+    def __init__(
+        self,
+        harness: Harness,
+        task_group: anyio.abc.TaskGroup,
+        owner: str | None = None,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+    ) -> None:
         self.harness = harness
+        self.store = harness.store
+        self.owner = owner or process_owner()
+        self.lease_ttl = lease_ttl
         self._tasks = task_group
         self._scopes: dict[str, anyio.CancelScope] = {}
+        self._runs: dict[str, Run] = {}
         self._again: set[str] = set()
+        self._contended: set[str] = set()
+        self._stopping = False
 
     def wake(self, session_id: str) -> None:
         """Make sure the session's log gets looked at; cheap to call repeatedly."""
+        if self._stopping:
+            return
         if session_id in self._scopes:
             self._again.add(session_id)
             return
@@ -37,50 +66,116 @@ class SessionRunner:
         if scope is not None:
             scope.cancel()
 
-    def is_running(self, session_id: str) -> bool:
-        return session_id in self._scopes
+    async def pickup_forever(self, interval: float | None = None) -> None:
+        """Resume sessions whose owner vanished, and retry sessions another process held."""
+        period = interval if interval is not None else max(self.lease_ttl / 3, 0.2)
+        while True:
+            for session_id in await self.store.sessions_needing_harness(100):
+                self.wake(session_id)
+            for session_id in list(self._contended):
+                self.wake(session_id)
+            await anyio.sleep(period)
+
+    async def shutdown(self) -> None:
+        """Stop every run and hand its session back (``rescheduling``) for someone to resume."""
+        self._stopping = True
+        runs = list(self._runs.values())
+        for session_id in list(self._scopes):
+            self._scopes[session_id].cancel()
+        with anyio.CancelScope(shield=True):
+            for run in runs:
+                try:
+                    await self.harness.append(run, ev.new_event("session.status_rescheduled"))
+                except LeaseLost:
+                    continue
+                if run.lease is not None:
+                    await self.store.release_lease(run.lease)
 
     async def _drive(self, session_id: str) -> None:
         try:
-            while True:
-                scope = self._scopes[session_id]
-                progress = Progress()
-                with scope:
-                    try:
-                        await self.harness.run(session_id, progress)
-                    except Exception as exc:
-                        log.exception("harness failed for %s", session_id)
-                        with anyio.CancelScope(shield=True):
-                            await self._record_failure(session_id, exc)
-                if scope.cancelled_caught:
-                    with anyio.CancelScope(shield=True):
-                        await self._record_interrupt(session_id, progress)
-                if session_id not in self._again:
+            while not self._stopping:
+                lease = await self.store.acquire_lease(session_id, self.owner, self.lease_ttl)
+                if lease is None:
+                    self._contended.add(session_id)
+                    return
+                self._contended.discard(session_id)
+                run = Run(session_id, lease)
+                self._runs[session_id] = run
+                try:
+                    await self._run_once(run)
+                finally:
+                    self._runs.pop(session_id, None)
+                    if not self._stopping and run.lease is not None:
+                        await self.store.release_lease(run.lease)
+                # Something appended after this run's last look (here or by another process)?
+                newer = await self.store.last_seq(session_id) > run.last_seq
+                if session_id not in self._again and not newer:
                     return
                 self._again.discard(session_id)
                 self._scopes[session_id] = anyio.CancelScope()
         finally:
             self._scopes.pop(session_id, None)
 
-    async def _record_interrupt(self, session_id: str, progress: Progress) -> None:
+    async def _run_once(self, run: Run) -> None:
+        scope = self._scopes[run.session_id]
+        lost = False
+        with scope:
+            async with anyio.create_task_group() as keepalive:
+                keepalive.start_soon(self._renew, run, scope)
+                try:
+                    await self.harness.run(run)
+                except LeaseLost:
+                    lost = True
+                    log.warning("lost the lease on %s; another process continues it", run.session_id)
+                except Exception as exc:
+                    log.exception("harness failed for %s", run.session_id)
+                    with anyio.CancelScope(shield=True):
+                        await self._record_failure(run, exc)
+                keepalive.cancel_scope.cancel()
+        if lost or self._stopping:
+            run.lease = None if lost else run.lease
+            return
+        if scope.cancelled_caught:
+            with anyio.CancelScope(shield=True):
+                await self._record_interrupt(run)
+
+    async def _renew(self, run: Run, scope: anyio.CancelScope) -> None:
+        while True:
+            await anyio.sleep(self.lease_ttl / 3)
+            assert run.lease is not None
+            try:
+                run.lease = await self.store.renew_lease(run.lease, self.lease_ttl)
+            except LeaseLost:
+                log.warning("lease on %s was taken over; stopping this run", run.session_id)
+                run.lease = None
+                scope.cancel()
+                return
+
+    async def _record_interrupt(self, run: Run) -> None:
         """Close off whatever was in flight so the log reads as a finished turn."""
-        if await self.harness.store.get("session", session_id) is None:
+        if await self.store.get("session", run.session_id) is None or run.lease is None:
             return
         closing = []
-        if progress.model_start_id is not None:
-            closing.append(interrupted_request_end(progress.model_start_id))
-        call = progress.tool_call
+        if run.model_start_id is not None:
+            closing.append(interrupted_request_end(run.model_start_id))
+        call = run.tool_call
         if call is not None:
             result_type, link = RESULT_TYPES[call.kind]
             closing.append(ev.text_result(result_type, link, call.id, INTERRUPTED, True))
         closing.append(ev.status_idle("end_turn"))
-        await self.harness.append(session_id, *closing)
+        try:
+            await self.harness.append(run, *closing)
+        except LeaseLost:
+            pass
 
-    async def _record_failure(self, session_id: str, exc: Exception) -> None:
-        if await self.harness.store.get("session", session_id) is None:
+    async def _record_failure(self, run: Run, exc: Exception) -> None:
+        if await self.store.get("session", run.session_id) is None:
             return
-        await self.harness.append(
-            session_id,
-            ev.session_error("unknown_error", f"the harness failed: {type(exc).__name__}"),
-            ev.status_idle("end_turn"),
-        )
+        try:
+            await self.harness.append(
+                run,
+                ev.session_error("unknown_error", f"the harness failed: {type(exc).__name__}"),
+                ev.status_idle("end_turn"),
+            )
+        except LeaseLost:
+            pass

@@ -73,6 +73,8 @@ class Transcript:
     last_interrupt_seq: int = 0
     last_idle: Body | None = None
     status: str = "idle"
+    open_model_request: str | None = None
+    """A ``span.model_request_start`` with no end yet: a call in flight, or lost in a crash."""
 
     @classmethod
     def from_events(cls, events: Sequence[StoredEvent]) -> Transcript:
@@ -98,8 +100,12 @@ class Transcript:
             self.last_input_seq = event.seq
         elif kind == "user.interrupt":
             self.last_interrupt_seq = event.seq
-        elif kind == "span.model_request_end" and not body.get("is_error"):
-            self.last_model_end_seq = event.seq
+        elif kind == "span.model_request_start":
+            self.open_model_request = event.id
+        elif kind == "span.model_request_end":
+            self.open_model_request = None
+            if not body.get("is_error"):
+                self.last_model_end_seq = event.seq
         if kind in STATUS_EVENTS:
             self.status = STATUS_EVENTS[kind]
             self.last_idle = body if kind == "session.status_idle" else None

@@ -14,7 +14,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -92,6 +92,9 @@ class Turn(_Strict):
     usage: UsageSpec | None = None
     fail_first: list[ErrorSpec] = Field(default_factory=list)
     hang_after_events: int | None = Field(default=None, ge=0)
+    hang_first: int = Field(default=0, ge=0)
+    """Only the first N attempts (after ``fail_first``) hang, after ``hang_after_events`` events
+    (default 1); later attempts succeed. Stands in for a stream that dies once."""
 
 
 class Script(_Strict):
@@ -285,7 +288,12 @@ class ScriptBook:
         if attempt < len(turn.fail_first):
             spec = turn.fail_first[attempt]
             return Failure(spec.status, spec.type, spec.message, spec.retry_after)
-        return _reply(turn, messages)
+        reply = _reply(turn, messages)
+        if turn.hang_first:
+            hanging = attempt - len(turn.fail_first) < turn.hang_first
+            hang = (turn.hang_after_events or 1) if hanging else None
+            reply = replace(reply, hang_after_events=hang)
+        return reply
 
 
 def _reply(turn: Turn, messages: list[Any]) -> Reply:

@@ -7,6 +7,7 @@ are namespaced ``server__tool`` only where they would collide.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections import Counter
@@ -36,6 +37,13 @@ class ToolSpec:
     input_schema: dict[str, Any]
     policy: str
     """``always_allow`` | ``always_ask`` | ``auto`` (custom tools: ``always_allow``)."""
+    safe_to_retry: bool = False
+    """The server declares the tool read-only or idempotent, so a restart may run it again."""
+
+
+def _safe_to_retry(tool: mcp_types.Tool) -> bool:
+    hints = tool.annotations
+    return hints is not None and bool(hints.read_only_hint or hints.idempotent_hint)
 
 
 def safe_name(raw: str) -> str:
@@ -106,6 +114,7 @@ def build_toolbox(
                             tool.description or "",
                             tool.input_schema,
                             policy,
+                            _safe_to_retry(tool),
                         )
                     )
         elif toolset["type"] == "mcp_toolset":
@@ -122,6 +131,7 @@ def build_toolbox(
                             tool.description or "",
                             tool.input_schema,
                             policy,
+                            _safe_to_retry(tool),
                         )
                     )
         elif toolset["type"] == "custom":
@@ -140,14 +150,6 @@ def build_toolbox(
     resolved = []
     for spec in specs:
         if counts[spec.exposed] > 1 and spec.server is not None:
-            spec = ToolSpec(
-                namespaced(spec.server, spec.name),
-                spec.kind,
-                spec.name,
-                spec.server,
-                spec.description,
-                spec.input_schema,
-                spec.policy,
-            )
+            spec = dataclasses.replace(spec, exposed=namespaced(spec.server, spec.name))
         resolved.append(spec)
     return Toolbox(resolved, unavailable)

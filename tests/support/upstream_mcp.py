@@ -6,10 +6,14 @@ Run: ``python -m tests.support.upstream_mcp --port 0`` (prints ``listening on UR
 from __future__ import annotations
 
 import argparse
+import os
 
+import anyio
+import anyio.to_thread
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.types import ToolAnnotations
 
 from gateway.serving import serve
 
@@ -29,7 +33,44 @@ def build() -> MCPServer:
     def whoami() -> str:
         return "anonymous"
 
+    @server.tool(description="Append a line to a ledger (a side effect that must not repeat), then block.")
+    async def record(line: str, ledger: str, started_fifo: str) -> str:
+        await anyio.to_thread.run_sync(_append_line, ledger, line)
+        await anyio.to_thread.run_sync(_signal, started_fifo)
+        await anyio.sleep(3600)  # stands in for a long-running call the gateway dies during
+        return "recorded"
+
+    @server.tool(
+        description="Look a key up (read-only); the first call blocks, later ones answer at once.",
+        annotations=ToolAnnotations(read_only_hint=True),
+    )
+    async def lookup(key: str, marker: str, started_fifo: str) -> str:
+        if await anyio.to_thread.run_sync(_first_call, marker):
+            await anyio.to_thread.run_sync(_signal, started_fifo)
+            await anyio.sleep(3600)
+        return f"value-of-{key}"
+
     return server
+
+
+def _append_line(path: str, line: str) -> None:
+    with open(path, "a") as handle:
+        handle.write(line + "\n")
+
+
+def _first_call(marker: str) -> bool:
+    """True exactly once per marker path (creating it is atomic with O_EXCL)."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _signal(fifo: str) -> None:
+    """Tell the waiting test this call has started (it blocks reading the FIFO)."""
+    with open(fifo, "w") as handle:
+        handle.write("started\n")
 
 
 def main() -> None:

@@ -1,0 +1,283 @@
+"""Fault tests with real processes: ``kill -9`` a gateway mid-turn, then a restarted gateway
+(or a second replica on the same database) resumes the session from the log."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+
+from tests.conftest import Scripts
+from tests.support.processes import ServerProcess, running_server, start_server
+from tests.support.sessions import strictly_valid, user_message
+
+LEASE_TTL = "1.5"
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[ServerProcess]:
+    with running_server(["--port", "0"], module="tests.support.upstream_mcp") as server:
+        yield server
+
+
+@pytest.fixture
+def launch(
+    tmp_path: Path, model_server: ServerProcess, api_key: str
+) -> Iterator[Callable[[], ServerProcess]]:
+    """Start gateways that share one data directory (one database), like restarts or replicas."""
+    started: list[ServerProcess] = []
+    env = {
+        "TETHER_API_KEYS": api_key,
+        "TETHER_MODEL_BASE_URL": model_server.url,
+        "TETHER_LEASE_TTL_SECONDS": LEASE_TTL,
+        "TETHER_MODEL_RETRY_BASE_SECONDS": "0.01",
+    }
+
+    def start() -> ServerProcess:
+        server = start_server(["gateway", "--port", "0", "--data-dir", str(tmp_path / "data")], env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def _client(server: ServerProcess, api_key: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=server.url, api_key=api_key, max_retries=0, timeout=30)
+
+
+def _mcp_agent(client: anthropic.Anthropic, marker: str, upstream: ServerProcess) -> Any:
+    return client.beta.agents.create(
+        name="recoverable",
+        model="claude-sonnet-4-6",
+        system=marker,
+        mcp_servers=[{"type": "url", "name": "ops", "url": upstream.url + "/mcp"}],
+        tools=[
+            {
+                "type": "mcp_toolset",
+                "mcp_server_name": "ops",
+                "default_config": {"permission_policy": {"type": "always_allow"}},
+            }
+        ],
+    )
+
+
+def _await_fifo(path: Path) -> Callable[[], None]:
+    """Create a FIFO and return a wait() that blocks until a tool writes to it (bounded)."""
+    os.mkfifo(path)
+    done = threading.Event()
+
+    def reader() -> None:
+        with open(path) as fifo:
+            fifo.readline()
+        done.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+
+    def wait() -> None:
+        assert done.wait(30), "the tool never started"
+
+    return wait
+
+
+def _stream_until_idle(client: anthropic.Anthropic, session_id: str, after: str | None) -> list[Any]:
+    headers = {"Last-Event-ID": after} if after else {}
+    seen = []
+    with client.beta.sessions.events.stream(session_id, extra_headers=headers) as stream:
+        for event in stream:
+            seen.append(event)
+            if event.type == "session.status_idle":
+                return seen
+    raise AssertionError("stream ended before the session went idle")
+
+
+def _all_events(client: anthropic.Anthropic, session_id: str) -> list[dict[str, Any]]:
+    return client.beta.sessions.events.with_raw_response.list(session_id, limit=1000).http_response.json()[
+        "data"
+    ]
+
+
+def _kill(server: ServerProcess) -> None:
+    os.kill(server.process.pid, signal.SIGKILL)
+    server.process.wait()
+
+
+def test_kill_during_a_non_idempotent_tool_call_records_the_interruption_and_never_repeats_it(
+    launch: Callable[[], ServerProcess],
+    api_key: str,
+    scripts: Scripts,
+    upstream: ServerProcess,
+    tmp_path: Path,
+) -> None:
+    ledger, fifo = tmp_path / "ledger.txt", tmp_path / "started"
+    marker = scripts.add(
+        [
+            {
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "name": "record",
+                        "input": {"line": "charge $10", "ledger": str(ledger), "started_fifo": str(fifo)},
+                    }
+                ]
+            },
+            {"content": [{"type": "text", "text": "after restart: {{last_tool_result}}"}]},
+        ]
+    )
+    first = launch()
+    client = _client(first, api_key)
+    session = client.beta.sessions.create(
+        agent=_mcp_agent(client, marker, upstream).id,
+        environment_id=client.beta.environments.create(name="e").id,
+    )
+    tool_started = _await_fifo(fifo)
+    client.beta.sessions.events.send(session.id, events=[user_message("charge it")])  # type: ignore[list-item]
+    tool_started()
+    before = _all_events(client, session.id)
+    _kill(first)
+
+    second = launch()
+    client = _client(second, api_key)
+    resumed = _stream_until_idle(client, session.id, before[-1]["id"])
+
+    types = [e.type for e in resumed]
+    assert types[0] == "session.status_rescheduled"
+    result = next(e for e in resumed if e.type == "agent.mcp_tool_result")
+    assert result.is_error and "interrupted by a gateway restart" in result.content[0].text
+    assert resumed[-1].stop_reason.type == "end_turn"
+    assert ledger.read_text() == "charge $10\n", "the non-idempotent tool ran again"
+    events = _all_events(client, session.id)
+    assert len({e["id"] for e in events}) == len(events)
+    assert [e["id"] for e in events] == [e["id"] for e in before] + [e.id for e in resumed]
+    strictly_valid(events)
+    # The model never saw an orphaned tool_use: the interruption is its tool_result.
+    last_request = scripts.requests_for(marker)[-1]
+    tool_result = last_request["messages"][-1]["content"][0]
+    assert tool_result["type"] == "tool_result" and tool_result["is_error"] is True
+
+
+def test_kill_during_a_read_only_tool_call_re_runs_it(
+    launch: Callable[[], ServerProcess],
+    api_key: str,
+    scripts: Scripts,
+    upstream: ServerProcess,
+    tmp_path: Path,
+) -> None:
+    fifo, lookup_marker = tmp_path / "started", tmp_path / "looked-up"
+    marker = scripts.add(
+        [
+            {
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "name": "lookup",
+                        "input": {"key": "k1", "marker": str(lookup_marker), "started_fifo": str(fifo)},
+                    }
+                ]
+            },
+            {"content": [{"type": "text", "text": "found {{last_tool_result}}"}]},
+        ]
+    )
+    first = launch()
+    client = _client(first, api_key)
+    session = client.beta.sessions.create(
+        agent=_mcp_agent(client, marker, upstream).id,
+        environment_id=client.beta.environments.create(name="e").id,
+    )
+    tool_started = _await_fifo(fifo)
+    client.beta.sessions.events.send(session.id, events=[user_message("look it up")])  # type: ignore[list-item]
+    tool_started()
+    before = _all_events(client, session.id)
+    _kill(first)
+
+    second = launch()
+    client = _client(second, api_key)
+    resumed = _stream_until_idle(client, session.id, before[-1]["id"])
+
+    result = next(e for e in resumed if e.type == "agent.mcp_tool_result")
+    assert not result.is_error and result.content[0].text == "value-of-k1"
+    assert next(e for e in resumed if e.type == "agent.message").content[0].text == "found value-of-k1"
+
+
+def test_kill_during_a_model_stream_closes_the_request_and_calls_the_model_again(
+    launch: Callable[[], ServerProcess], api_key: str, scripts: Scripts
+) -> None:
+    marker = scripts.add([{"hang_first": 1, "content": [{"type": "text", "text": "answer after restart"}]}])
+    first = launch()
+    client = _client(first, api_key)
+    agent = client.beta.agents.create(name="streamer", model="claude-sonnet-4-6", system=marker)
+    session = client.beta.sessions.create(
+        agent=agent.id, environment_id=client.beta.environments.create(name="e").id
+    )
+    with client.beta.sessions.events.stream(session.id) as stream:
+        client.beta.sessions.events.send(session.id, events=[user_message("hi")])  # type: ignore[list-item]
+        for event in stream:
+            if event.type == "span.model_request_start":
+                break
+    before = _all_events(client, session.id)
+    _kill(first)
+
+    second = launch()
+    client = _client(second, api_key)
+    resumed = _stream_until_idle(client, session.id, before[-1]["id"])
+
+    types = [e.type for e in resumed]
+    assert types[:2] == ["session.status_rescheduled", "span.model_request_end"]
+    assert resumed[1].is_error and resumed[1].model_request_start_id == before[-1]["id"]
+    assert next(e for e in resumed if e.type == "agent.message").content[0].text == "answer after restart"
+    assert resumed[-1].stop_reason.type == "end_turn"
+
+
+def test_a_second_replica_takes_over_when_the_running_one_dies(
+    launch: Callable[[], ServerProcess],
+    api_key: str,
+    scripts: Scripts,
+    upstream: ServerProcess,
+    tmp_path: Path,
+) -> None:
+    ledger, fifo = tmp_path / "ledger.txt", tmp_path / "started"
+    marker = scripts.add(
+        [
+            {
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "name": "record",
+                        "input": {"line": "once", "ledger": str(ledger), "started_fifo": str(fifo)},
+                    }
+                ]
+            },
+            {"content": [{"type": "text", "text": "replica B finished"}]},
+        ]
+    )
+    replica_a, replica_b = launch(), launch()
+    client_a, client_b = _client(replica_a, api_key), _client(replica_b, api_key)
+    session = client_a.beta.sessions.create(
+        agent=_mcp_agent(client_a, marker, upstream).id,
+        environment_id=client_a.beta.environments.create(name="e").id,
+    )
+    tool_started = _await_fifo(fifo)
+    client_a.beta.sessions.events.send(session.id, events=[user_message("go")])  # type: ignore[list-item]
+    tool_started()
+    # Replica B serves the same session's log while A owns the run.
+    assert client_b.beta.sessions.retrieve(session.id).status == "running"
+    before = _all_events(client_b, session.id)
+    killed_at = datetime.now(UTC)
+    _kill(replica_a)
+
+    resumed = _stream_until_idle(client_b, session.id, before[-1]["id"])
+
+    assert resumed[0].type == "session.status_rescheduled"
+    takeover = (resumed[0].processed_at - killed_at).total_seconds()
+    assert takeover < float(LEASE_TTL) + 3, f"took {takeover:.1f}s to take over"
+    assert next(e for e in resumed if e.type == "agent.message").content[0].text == "replica B finished"
+    assert ledger.read_text() == "once\n"
+    assert client_b.beta.sessions.retrieve(session.id).status == "idle"
