@@ -29,7 +29,7 @@ from gateway.harness.runner import SessionRunner
 from gateway.scripted_model.script import ScriptBook
 from gateway.scripted_model.server import create_app as create_scripted_model
 from gateway.serving import bind_socket, serve_socket, socket_url
-from gateway.store.sqlite import SQLiteStore
+from gateway.store import open_store
 from gateway.tools.sandbox import SandboxPool
 
 log = logging.getLogger("tether")
@@ -64,7 +64,7 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = SQLiteStore(settings.database_path)
+        store = await open_store(settings.database_url)
         sandboxes = SandboxPool(
             settings.workspaces_dir,
             settings.sandbox_args,

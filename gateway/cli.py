@@ -47,6 +47,12 @@ def _sandbox(args: argparse.Namespace) -> None:
     )
 
 
+def _audit_verify(args: argparse.Namespace) -> None:
+    from gateway.audit import run_verify
+
+    sys.exit(run_verify(args.session_id, args.data_dir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_limit_arguments(sandbox)
     sandbox.set_defaults(func=_sandbox)
+
+    audit = commands.add_parser("audit", help="check the tamper-evident session log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser("verify", help="verify a session's hash chain")
+    verify.add_argument("session_id")
+    verify.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", ".tether"))
+    verify.set_defaults(func=_audit_verify)
     return parser
 
 

@@ -3,6 +3,7 @@
 | variable               | default                                   |
 |------------------------|-------------------------------------------|
 | TETHER_DATA_DIR        | ``.tether`` (SQLite log, workspaces, key) |
+| TETHER_DATABASE_URL    | ``sqlite:///DATA_DIR/tether.db``; or ``postgresql://...`` |
 | TETHER_API_KEYS        | generated once into ``DATA_DIR/api_key``  |
 | ANTHROPIC_API_KEY      | unset: the embedded scripted model        |
 | TETHER_MODEL_BASE_URL  | Anthropic's API, or the scripted model    |
@@ -49,9 +50,8 @@ class Settings:
     serve_scripted_model: bool = False
     """Mount the scripted model inside the gateway (set when no model is configured)."""
 
-    @property
-    def database_path(self) -> Path:
-        return self.data_dir / "tether.db"
+    database_url: str = ""
+    """``TETHER_DATABASE_URL``: ``postgresql://...`` or SQLite (default ``DATA_DIR/tether.db``)."""
 
     @property
     def workspaces_dir(self) -> Path:
@@ -68,6 +68,7 @@ class Settings:
             keys, generated = [load_or_create_key(root / "api_key")], True
         return cls(
             data_dir=root,
+            database_url=env.get("TETHER_DATABASE_URL") or f"sqlite:///{root / 'tether.db'}",
             api_keys=keys,
             model_api_key=env.get("ANTHROPIC_API_KEY") or None,
             model_base_url=env.get("TETHER_MODEL_BASE_URL") or None,

@@ -132,7 +132,7 @@ def test_mcp_tool_calls_reach_an_upstream_server_and_errors_come_back_as_error_r
     assert "exploded: on purpose" in results[1].content[0].text
     # The model was offered the upstream's tools and read the error.
     requests = scripts.requests_for(marker)
-    assert {t["name"] for t in requests[0]["tools"]} == {"add", "explode", "whoami"}
+    assert {t["name"] for t in requests[0]["tools"]} == {"add", "explode", "whoami", "record", "lookup"}
     last = requests[-1]["messages"][-1]["content"][0]
     assert last["is_error"] is True and "exploded" in str(last["content"])
     strictly_valid(_raw_events(client, session.id))

@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from gateway.store.chain import ChainLink
+
 Body = dict[str, Any]
 Mutation = Callable[[Body], Body]
 """Receives the stored body and returns the new one; runs atomically, may raise to abort."""
@@ -30,6 +32,9 @@ class StoredEvent:
     id: str
     type: str
     body: Body
+    prev_hash: str = ""
+    hash: str = ""
+    """The tamper-evident chain (see ``chain``)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,10 @@ class Store(Protocol):
     async def last_seq(self, session_id: str) -> int: ...
 
     async def event_seq(self, session_id: str, event_id: str) -> int | None: ...
+
+    async def read_chain(self, session_id: str) -> list[ChainLink]:
+        """Every event with its stored hashes, in seq order, for ``chain.verify``."""
+        ...
 
     async def wait_for_append(self, session_id: str, after_seq: int, timeout: float) -> bool:
         """Block until the session's log holds an event past ``after_seq`` or ``timeout`` passes.

@@ -18,6 +18,7 @@ import anyio
 import anyio.to_thread
 
 from gateway.store.base import Body, EventQuery, Lease, LeaseLost, Mutation, Page, StoredEvent
+from gateway.store.chain import GENESIS, ChainLink, link_hash
 from gateway.store.notifier import Notifier
 
 T = TypeVar("T")
@@ -46,6 +47,8 @@ CREATE TABLE IF NOT EXISTS events (
     type TEXT NOT NULL,
     processed_at TEXT NOT NULL,
     body TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
     PRIMARY KEY (session_id, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (
@@ -241,18 +244,31 @@ class SQLiteStore:
                 ).fetchone()
                 if held != (fence.owner, fence.generation):
                     raise LeaseLost(f"lease on {session_id} generation {fence.generation} was taken over")
-            (last,) = conn.execute(
-                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE session_id = ?", (session_id,)
+            head = conn.execute(
+                "SELECT seq, hash FROM events WHERE session_id = ? ORDER BY seq DESC LIMIT 1", (session_id,)
             ).fetchone()
+            last, prev = head if head else (0, GENESIS)
             stored = []
             for offset, body in enumerate(events, start=1):
-                event = StoredEvent(session_id, last + offset, body["id"], body["type"], body)
+                seq = last + offset
+                digest = link_hash(session_id, seq, prev, body)
+                event = StoredEvent(session_id, seq, body["id"], body["type"], body, prev, digest)
                 conn.execute(
-                    "INSERT INTO events (session_id, seq, id, type, processed_at, body) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (session_id, event.seq, event.id, event.type, body["processed_at"], json.dumps(body)),
+                    "INSERT INTO events (session_id, seq, id, type, processed_at, body, prev_hash, hash) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        session_id,
+                        seq,
+                        event.id,
+                        event.type,
+                        body["processed_at"],
+                        json.dumps(body),
+                        prev,
+                        digest,
+                    ),
                 )
                 stored.append(event)
+                prev = digest
             return stored
 
         stored = await self._transaction(append)
@@ -358,6 +374,15 @@ class SQLiteStore:
             ).fetchall()
         )
         return [row[0] for row in rows]
+
+    async def read_chain(self, session_id: str) -> list[ChainLink]:
+        rows = await self._run(
+            lambda conn: conn.execute(
+                "SELECT seq, id, prev_hash, hash, body FROM events WHERE session_id = ? ORDER BY seq",
+                (session_id,),
+            ).fetchall()
+        )
+        return [ChainLink(seq, id_, prev, digest, json.loads(body)) for seq, id_, prev, digest, body in rows]
 
     async def wait_for_append(self, session_id: str, after_seq: int, timeout: float) -> bool:
         with self._notifier.watch(session_id) as appended:
