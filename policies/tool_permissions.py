@@ -1,30 +1,20 @@
-"""Turn an agent's ``permission_policy`` into the decision recorded on a tool-use event.
+"""Compatibility seam: the decision an agent's own ``permission_policy`` makes.
 
-This is the seam the full policy engine (deployment policy files, argument rules)
-plugs into; today it applies the agent's own configuration only.
+The gateway's harness calls :func:`evaluate` today. The full engine
+(:class:`policies.engine.PolicySet`, which adds deployment policy files and argument
+rules) supersedes it: ``PolicySet.decide(call, policy_type)`` with no files loaded
+returns exactly what ``evaluate(policy_type)`` returns, so the gateway can switch over
+without changing any recorded event.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from policies.engine import Decision, agent_decision
+from policies.rules import Permission
 
-Permission = Literal["allow", "ask", "deny"]
-
-
-@dataclass(frozen=True)
-class Decision:
-    permission: Permission
-    evaluation: dict[str, Any]
-    """The ``evaluation`` object of the SDK's tool-use event models."""
+__all__ = ["Decision", "Permission", "evaluate"]
 
 
 def evaluate(policy_type: str) -> Decision:
-    if policy_type == "always_allow":
-        return Decision("allow", {"type": "always_allow"})
-    if policy_type == "always_ask":
-        return Decision("ask", {"type": "always_ask"})
-    # ``auto`` needs an evaluator Tether does not have yet: ask a human rather than guess.
-    return Decision(
-        "ask", {"type": "auto", "evaluated_permission": {"type": "ask", "reason_code": "no_evaluator"}}
-    )
+    """The agent-policy-only decision: always_allow → allow, always_ask and auto → ask."""
+    return agent_decision(policy_type)
