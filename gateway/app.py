@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -31,6 +32,8 @@ from gateway.scripted_model.server import create_app as create_scripted_model
 from gateway.serving import bind_socket, serve_socket, socket_url
 from gateway.store import open_store
 from gateway.tools.sandbox import SandboxPool
+from policies.engine import PolicySet
+from policies.rules import PolicyError
 
 log = logging.getLogger("tether")
 
@@ -59,7 +62,7 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlette:
     """``settings.model_base_url`` must be set (``run_gateway`` points it at the embedded model)."""
 
     @contextlib.asynccontextmanager
@@ -83,6 +86,7 @@ def create_app(settings: Settings) -> Starlette:
             sandbox_catalog=SandboxCatalog(),
             max_output_tokens=settings.max_output_tokens,
             tool_timeout=settings.tool_timeout,
+            policies=policies or PolicySet(),
             retry=RetryPolicy(
                 settings.model_max_attempts,
                 settings.model_retry_base_seconds,
@@ -120,11 +124,19 @@ def create_app(settings: Settings) -> Starlette:
     )
 
 
-def run_gateway(host: str, port: int, data_dir: str | None) -> None:
+def run_gateway(host: str, port: int, data_dir: str | None, policy_files: Sequence[str] = ()) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx2", "httpx", "mcp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = Settings.from_env(data_dir)
+    settings.policy_files += list(policy_files)
+    try:
+        policies = PolicySet.load(settings.policy_files)
+    except PolicyError as exc:
+        # Never run without the policy an operator asked for.
+        sys.exit(f"tether: refusing to start, invalid policy file: {exc}")
+    if settings.policy_files:
+        log.info("policy files: %s (%d rules)", ", ".join(settings.policy_files), len(policies.rules))
     sock = bind_socket(host, port)
     url = socket_url(sock)
     embedded = settings.model_base_url is None and settings.model_api_key is None
@@ -142,4 +154,4 @@ def run_gateway(host: str, port: int, data_dir: str | None) -> None:
         else (settings.model_base_url or "Anthropic API")
     )
     log.info("data in %s; model: %s", settings.data_dir, model)
-    serve_socket(create_app(settings), sock, log_level="warning")
+    serve_socket(create_app(settings, policies), sock, log_level="warning")

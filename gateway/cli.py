@@ -12,7 +12,7 @@ from pathlib import Path
 def _gateway(args: argparse.Namespace) -> None:
     from gateway.app import run_gateway
 
-    run_gateway(host=args.host, port=args.port, data_dir=args.data_dir)
+    run_gateway(host=args.host, port=args.port, data_dir=args.data_dir, policy_files=args.policy)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -47,6 +47,18 @@ def _sandbox(args: argparse.Namespace) -> None:
     )
 
 
+def _policy_check(args: argparse.Namespace) -> None:
+    from policies.cli import check
+
+    sys.exit(check(args.files))
+
+
+def _policy_dry_run(args: argparse.Namespace) -> None:
+    from gateway.policy_replay import run_dry_run
+
+    sys.exit(run_dry_run(args))
+
+
 def _audit_verify(args: argparse.Namespace) -> None:
     from gateway.audit import run_verify
 
@@ -61,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--host", default=os.environ.get("TETHER_HOST", "127.0.0.1"))
     gateway.add_argument("--port", type=int, default=int(os.environ.get("TETHER_PORT", "8420")))
     gateway.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", ".tether"))
+    gateway.add_argument("--policy", action="append", default=[], help="policy YAML file (repeatable)")
     gateway.set_defaults(func=_gateway)
 
     demo = commands.add_parser("demo", help="start a gateway and run one session end to end")
@@ -90,6 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_limit_arguments(sandbox)
     sandbox.set_defaults(func=_sandbox)
+
+    policy = commands.add_parser("policy", help="validate and try out policy files")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    check = policy_commands.add_parser("check", help="validate files and explain each rule")
+    check.add_argument("files", nargs="+")
+    check.set_defaults(func=_policy_check)
+    dry_run = policy_commands.add_parser(
+        "dry-run", help="replay a recorded session's tool calls against new policy files"
+    )
+    dry_run.add_argument("files", nargs="+")
+    source = dry_run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--session", help="a session id, fetched from --gateway")
+    source.add_argument("--events", help="a JSON file of events, an events page, or a session export")
+    dry_run.add_argument("--agent", help="agent JSON (with --events, when the export has none)")
+    dry_run.add_argument("--gateway", default=os.environ.get("TETHER_URL", "http://127.0.0.1:8420"))
+    dry_run.add_argument("--api-key", default=os.environ.get("TETHER_API_KEY"))
+    dry_run.set_defaults(func=_policy_dry_run)
 
     audit = commands.add_parser("audit", help="check the tamper-evident session log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)

@@ -11,6 +11,7 @@
 | TETHER_MODEL_STREAM_TIMEOUT | 120 s without bytes fails an attempt |
 | TETHER_MODEL_MAX_ATTEMPTS   | 4 tries per model call (429/529/5xx) |
 | TETHER_MODEL_RETRY_BASE_SECONDS / _MAX_SECONDS | backoff 1 s .. 30 s |
+| TETHER_POLICY_FILES    | policy YAML files; an invalid one stops the start |
 | TETHER_LEASE_TTL_SECONDS    | 15: a dead process's sessions resume after this |
 | TETHER_SANDBOX_ARGS    | extra ``tether sandbox`` flags (limits)   |
 | TETHER_SANDBOX_IDLE_SECONDS | 900: stop a sandbox unused this long |
@@ -19,6 +20,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shlex
 from dataclasses import dataclass, field
@@ -42,6 +44,8 @@ class Settings:
     model_retry_base_seconds: float = 1.0
     model_retry_max_seconds: float = 30.0
     tool_timeout: float = 600.0
+    policy_files: list[str] = field(default_factory=list)
+    """``TETHER_POLICY_FILES`` (separated by ``:`` or ``,``) plus ``tether gateway --policy``."""
     lease_ttl_seconds: float = 15.0
     """How long a dead gateway's sessions wait before another process resumes them."""
     sandbox_args: list[str] = field(default_factory=list)
@@ -77,6 +81,7 @@ class Settings:
             model_max_attempts=max(1, int(env.get("TETHER_MODEL_MAX_ATTEMPTS", 4))),
             model_retry_base_seconds=float(env.get("TETHER_MODEL_RETRY_BASE_SECONDS", 1.0)),
             model_retry_max_seconds=float(env.get("TETHER_MODEL_RETRY_MAX_SECONDS", 30.0)),
+            policy_files=[p for p in re.split(r"[:,]", env.get("TETHER_POLICY_FILES", "")) if p.strip()],
             lease_ttl_seconds=float(env.get("TETHER_LEASE_TTL_SECONDS", 15)),
             sandbox_args=shlex.split(env.get("TETHER_SANDBOX_ARGS", "")),
             sandbox_idle_seconds=float(env.get("TETHER_SANDBOX_IDLE_SECONDS", 900)),

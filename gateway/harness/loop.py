@@ -27,7 +27,8 @@ from gateway.store.base import Body, EventQuery, Lease, Store
 from gateway.tools import mcp_client
 from gateway.tools.sandbox import SandboxPool, SandboxStartFailed
 from gateway.tools.toolbox import Toolbox, build_toolbox
-from policies.tool_permissions import evaluate
+from policies.engine import PolicySet
+from policies.rules import ToolCall as PolicyCall
 
 log = logging.getLogger("tether.harness")
 
@@ -37,6 +38,8 @@ INTERRUPTED_BY_RESTART = (
     "The tool call was interrupted by a gateway restart and was not re-run, because the tool "
     "is not declared read-only or idempotent. Check its effects before trying again."
 )
+POLICY_FIELD = "tether_policy"
+"""Extra field on tool-use events: the rule that decided, so a reviewer can see why a call ran."""
 STATUS_OF_EVENT = {
     "session.status_running": "running",
     "session.status_idle": "idle",
@@ -67,6 +70,7 @@ class Harness:
     max_output_tokens: int = 8192
     tool_timeout: float = 600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    policies: PolicySet = field(default_factory=PolicySet)
 
     async def transcript(self, run: Run) -> Transcript:
         transcript = Transcript.from_events(await self.store.read_events(run.session_id, EventQuery()))
@@ -179,7 +183,9 @@ class Harness:
         """Run an allowed tool call, or record why it did not run."""
         result_type, link = RESULT_TYPES[call.kind]
         if call.permission == "deny":
-            reason = call.use.get("_denied_reason") or "This tool call was denied by policy."
+            reason = (call.use.get(POLICY_FIELD) or {}).get(
+                "message"
+            ) or "This tool call was denied by policy."
             await self.append(run, ev.text_result(result_type, link, call.id, reason, True))
             return
         confirmation = call.confirmation
@@ -265,7 +271,7 @@ class Harness:
         if outcome is None:
             return False
         result, start_id = outcome
-        produced = _response_events(result.content, toolbox)
+        produced = _response_events(result.content, toolbox, self.policies)
         await self.append(run, *produced, _request_end(start_id, result.usage, is_error=False))
         await session_state.add_usage(self.store, run.session_id, result.usage)
         return True
@@ -298,7 +304,7 @@ def interrupted_request_end(start_id: str) -> Body:
     return _request_end(start_id, None, is_error=True)
 
 
-def _response_events(content: list[dict[str, Any]], toolbox: Toolbox) -> list[Body]:
+def _response_events(content: list[dict[str, Any]], toolbox: Toolbox, policies: PolicySet) -> list[Body]:
     """One event per thinking block, per run of text, and per tool use, in order."""
     produced: list[Body] = []
     for block in content:
@@ -313,13 +319,15 @@ def _response_events(content: list[dict[str, Any]], toolbox: Toolbox) -> list[Bo
                     ev.new_event("agent.message", content=[{"type": "text", "text": block["text"]}])
                 )
         elif kind == "tool_use":
-            produced.append(_tool_use_event(block, toolbox))
+            produced.append(_tool_use_event(block, toolbox, policies))
     return produced
 
 
-def _tool_use_event(block: dict[str, Any], toolbox: Toolbox) -> Body:
+def _tool_use_event(block: dict[str, Any], toolbox: Toolbox, policies: PolicySet) -> Body:
+    """The intent, with the permission decided before anything runs and the rule behind it."""
     spec = toolbox.lookup(block["name"])
-    arguments = block.get("input") if isinstance(block.get("input"), dict) else {}
+    raw_input = block.get("input")
+    arguments: dict[str, Any] = raw_input if isinstance(raw_input, dict) else {}
     if spec is None:
         return ev.new_event(
             "agent.tool_use",
@@ -327,15 +335,22 @@ def _tool_use_event(block: dict[str, Any], toolbox: Toolbox) -> Body:
             input=arguments,
             evaluated_permission="deny",
             evaluation=None,
+            **{
+                POLICY_FIELD: {"rule": "unknown tool", "message": f"Tool {block['name']!r} is not available."}
+            },
         )
     if spec.kind == "custom":
         return ev.new_event("agent.custom_tool_use", name=spec.name, input=arguments)
-    decision = evaluate(spec.policy)
+    decision = policies.decide(PolicyCall(spec.name, spec.kind, spec.server, arguments), spec.policy)
+    record: dict[str, Any] = {"rule": decision.rule, "matched": list(decision.matched)}
+    if decision.message:
+        record["message"] = decision.message
     fields: dict[str, Any] = {
         "name": spec.name,
         "input": arguments,
         "evaluated_permission": decision.permission,
         "evaluation": decision.evaluation,
+        POLICY_FIELD: record,
     }
     if spec.kind == "mcp":
         return ev.new_event("agent.mcp_tool_use", mcp_server_name=spec.server, **fields)

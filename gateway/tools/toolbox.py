@@ -19,6 +19,7 @@ import mcp.types as mcp_types
 
 from gateway.harness.transcript import TOOL_USE_KINDS, ToolKind
 from gateway.store.base import Body
+from policies.agent_config import toolset_config
 
 AGENT_TOOLSET = "agent_toolset_20260401"
 SANDBOX_TOOLS = ("bash", "read", "write", "edit", "glob", "grep")
@@ -59,11 +60,8 @@ def namespaced(server: str, tool: str) -> str:
 
 
 def _policy(toolset: Body, tool_name: str) -> tuple[bool, str]:
-    for config in toolset.get("configs", []):
-        if config["name"] == tool_name:
-            return bool(config["enabled"]), config["permission_policy"]["type"]
-    default = toolset["default_config"]
-    return bool(default["enabled"]), default["permission_policy"]["type"]
+    config = toolset_config(toolset, tool_name)
+    return config.enabled, config.permission_policy
 
 
 class Toolbox:
