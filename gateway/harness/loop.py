@@ -242,17 +242,15 @@ class Harness:
                 retrying = is_retryable(exc.status) and attempt < self.retry.max_attempts
                 log.warning("model call %d for %s failed: %s", attempt, run.session_id, exc.message)
                 status = "retrying" if retrying else ("exhausted" if is_retryable(exc.status) else "terminal")
-                run.model_start_id = None
                 await self.append(
                     run,
                     _request_end(start["id"], None, is_error=True),
                     ev.session_error(exc.error_type, exc.message, status),
                 )
+                run.model_start_id = None
                 if not retrying:
                     return None
                 await anyio.sleep(self.retry.delay(attempt, exc.retry_after))
-            finally:
-                run.model_start_id = None
         return None
 
     async def _model_turn(self, run: Run, agent: Body, toolbox: Toolbox) -> bool:
@@ -273,6 +271,7 @@ class Harness:
         result, start_id = outcome
         produced = _response_events(result.content, toolbox, self.policies)
         await self.append(run, *produced, _request_end(start_id, result.usage, is_error=False))
+        run.model_start_id = None
         await session_state.add_usage(self.store, run.session_id, result.usage)
         return True
 

@@ -158,8 +158,9 @@ class SessionRunner:
         closing = []
         if run.model_start_id is not None:
             closing.append(interrupted_request_end(run.model_start_id))
-        call = run.tool_call
-        if call is not None:
+        # The call that was running, and any the model asked for that had not started yet.
+        transcript = await self.harness.transcript(run)
+        for call in transcript.abandoned_by_last_interrupt():
             result_type, link = RESULT_TYPES[call.kind]
             closing.append(ev.text_result(result_type, link, call.id, INTERRUPTED, True))
         closing.append(ev.status_idle("end_turn"))

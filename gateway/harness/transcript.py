@@ -71,6 +71,7 @@ class Transcript:
     last_input_seq: int = 0
     last_model_end_seq: int = 0
     last_interrupt_seq: int = 0
+    previous_interrupt_seq: int = 0
     last_idle: Body | None = None
     status: str = "idle"
     open_model_request: str | None = None
@@ -99,7 +100,7 @@ class Transcript:
         elif kind == "user.message":
             self.last_input_seq = event.seq
         elif kind == "user.interrupt":
-            self.last_interrupt_seq = event.seq
+            self.previous_interrupt_seq, self.last_interrupt_seq = self.last_interrupt_seq, event.seq
         elif kind == "span.model_request_start":
             self.open_model_request = event.id
         elif kind == "span.model_request_end":
@@ -118,6 +119,16 @@ class Transcript:
         """Tool uses with no result that an interrupt has not abandoned, oldest first."""
         return [
             call for call in self.calls.values() if call.result is None and call.seq > self.last_interrupt_seq
+        ]
+
+    def abandoned_by_last_interrupt(self) -> list[ToolCall]:
+        """Server-side tool uses the latest interrupt left without a result."""
+        return [
+            call
+            for call in self.calls.values()
+            if call.result is None
+            and call.kind != "custom"
+            and self.previous_interrupt_seq < call.seq < self.last_interrupt_seq
         ]
 
     def awaiting_client(self) -> list[ToolCall]:
