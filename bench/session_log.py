@@ -17,23 +17,21 @@ import asyncio
 import json
 import os
 import secrets
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway import ids  # noqa: E402
-from gateway.serving import READY_PREFIX  # noqa: E402
-from gateway.store import open_store  # noqa: E402
+from gateway import ids
+from gateway.serving import READY_PREFIX
+from gateway.store import open_store
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 CONCURRENCY = (1, 10, 100)
@@ -111,7 +109,7 @@ async def sse_latency(base: str, key: str, sessions: int, events_per_session: in
 
         async def one(session_id: str) -> None:
             sent: dict[str, float] = {}
-            got = asyncio.Event()
+            arrived: dict[str, float] = {}
             async with http.stream("GET", f"/v1/sessions/{session_id}/events/stream") as stream:
 
                 async def send_all() -> None:
@@ -130,14 +128,12 @@ async def sse_latency(base: str, key: str, sessions: int, events_per_session: in
                     event = json.loads(line[6:])
                     if event["type"] != "user.interrupt":
                         continue
-                    while event["id"] not in sent:
-                        await asyncio.sleep(0)
-                    latencies.append(time.perf_counter() - sent[event["id"]])
+                    arrived[event["id"]] = time.perf_counter()
                     seen += 1
                     if seen == events_per_session:
-                        got.set()
                         break
                 await sender
+            latencies.extend(arrived[event_id] - began for event_id, began in sent.items())
 
         created = [
             (
