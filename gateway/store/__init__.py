@@ -16,9 +16,11 @@ async def open_store(url: str) -> Store:
 
         return await PostgresStore.connect(url)
     if url.startswith("sqlite://"):
-        path = url.removeprefix("sqlite://")
-        if not path.startswith("/"):
+        rest = url.removeprefix("sqlite://")
+        if not rest.startswith("/"):
             raise ValueError(f"sqlite URL needs an absolute path (sqlite:///abs/path.db): {url!r}")
+        # sqlite:////abs/path.db (SQLAlchemy's spelling, and what f"sqlite:///{abs_path}" gives) too.
+        path = "/" + rest.lstrip("/")
     elif "://" in url:
         raise ValueError(f"unsupported store URL scheme: {url!r}")
     else:
