@@ -8,44 +8,52 @@ containment in ``workspace``. A failure the model should read comes back as a
 anything unexpected is caught by ``MCPServer`` itself and reported as a generic
 ``is_error`` result, so no tool call can take the server down.
 
-``bash`` is pluggable (``BashBackend``): until the bubblewrap backend exists it is
-registered but answers with an error, so clients see the full toolset from day one.
+``bash`` is pluggable (``BashBackend``): bubblewrap by default (``bwrap``), Docker
+where an engine runs (``docker_backend``). ``write`` and ``edit`` share the
+workspace disk quota with it (``quota``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Protocol
 
 from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
 from gateway.serving import serve
 from sandbox_server import file_tools
+from sandbox_server.backends import BackendName, BackendUnavailable, make_bash_backend
+from sandbox_server.bwrap import BubblewrapBash
+from sandbox_server.docker_backend import DockerSettings
+from sandbox_server.limits import SandboxLimits, format_seconds
+from sandbox_server.quota import DiskQuota, QuotaExceeded
+from sandbox_server.results import text_result
 from sandbox_server.workspace import WORKSPACE_MOUNT, Workspace
 
 MCP_PATH = "/mcp"
 SERVER_NAME = "tether-sandbox"
-BASH_UNAVAILABLE = "bash is not available in this sandbox yet"
+BASH_UNAVAILABLE = "bash is not available in this sandbox"
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def text_result(text: str, *, is_error: bool = False) -> CallToolResult:
-    """A tool result with one text block."""
-    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=is_error)
+__all__ = ["BashBackend", "UnavailableBash", "build_server", "run", "text_result"]
 
 
 class BashBackend(Protocol):
-    """Runs the ``bash`` tool; the bubblewrap sandbox will provide the real implementation."""
+    """Runs the ``bash`` tool (``bwrap.BubblewrapBash``, ``docker_backend.DockerBash``)."""
 
     async def run(self, command: str | None, restart: bool, timeout_ms: int | None) -> CallToolResult: ...
 
 
 class UnavailableBash:
-    """The placeholder backend: every call is an error result the model can read."""
+    """A backend for servers that must not run commands: every call is an error result the model can read."""
 
     async def run(self, command: str | None, restart: bool, timeout_ms: int | None) -> CallToolResult:
         return text_result(BASH_UNAVAILABLE, is_error=True)
@@ -55,8 +63,15 @@ def _run_tool(action: Callable[[], str]) -> CallToolResult:
     """Run one file tool, turning its ``ToolError`` into an ``is_error`` result with the bare message."""
     try:
         return text_result(action())
-    except file_tools.ToolError as exc:
+    except (file_tools.ToolError, QuotaExceeded) as exc:
         return text_result(str(exc), is_error=True)
+
+
+def _current_size(ws: Workspace, file_path: str) -> int:
+    """Size of the file ``write`` would replace (0 if absent or unreachable: ``write`` reports that)."""
+    with contextlib.suppress(Exception):
+        return os.stat(ws.resolve(file_path), follow_symlinks=False).st_size
+    return 0
 
 
 _PATH_RULES = (
@@ -70,14 +85,20 @@ GlobPath = Annotated[
 ]
 
 
-def build_server(workspace: Path, *, bash_backend: BashBackend | None = None) -> MCPServer:
+def build_server(
+    workspace: Path, *, bash_backend: BashBackend | None = None, limits: SandboxLimits | None = None
+) -> MCPServer:
     """Build the MCP server for ``workspace`` (created if missing).
 
-    ``bash_backend`` runs the ``bash`` tool; by default it is ``UnavailableBash`` until the
-    bubblewrap backend lands.
+    ``bash_backend`` runs the ``bash`` tool; by default a ``BubblewrapBash`` with
+    ``limits``, which starts nothing until the first command, so building a server
+    just to list its tools is cheap. ``limits.disk_quota`` also bounds ``write``
+    and ``edit``.
     """
     ws = Workspace.open(workspace)
-    backend: BashBackend = bash_backend if bash_backend is not None else UnavailableBash()
+    limits = limits or SandboxLimits()
+    backend: BashBackend = bash_backend if bash_backend is not None else BubblewrapBash(ws, limits)
+    quota = DiskQuota(ws.root, limits.disk_quota)
     server: MCPServer = MCPServer(
         SERVER_NAME,
         instructions=f"Tools over the agent's workspace, mounted at {WORKSPACE_MOUNT}. {_PATH_RULES}",
@@ -117,7 +138,11 @@ def build_server(workspace: Path, *, bash_backend: BashBackend | None = None) ->
         file_path: Annotated[str, Field(description="Path of the file to write.")],
         content: Annotated[str, Field(description="Full file contents to write.")],
     ) -> CallToolResult:
-        return _run_tool(lambda: file_tools.write(ws, file_path, content))
+        def action() -> str:
+            quota.ensure_room(len(content.encode("utf-8")) - _current_size(ws, file_path))
+            return file_tools.write(ws, file_path, content)
+
+        return _run_tool(action)
 
     @server.tool(
         description=(
@@ -140,7 +165,12 @@ def build_server(workspace: Path, *, bash_backend: BashBackend | None = None) ->
             ),
         ] = None,
     ) -> CallToolResult:
-        return _run_tool(lambda: file_tools.edit(ws, file_path, old_string, new_string, replace_all))
+        def action() -> str:
+            # At least one occurrence changes; more only makes the real growth larger.
+            quota.ensure_room(len(new_string.encode("utf-8")) - len(old_string.encode("utf-8")))
+            return file_tools.edit(ws, file_path, old_string, new_string, replace_all)
+
+        return _run_tool(action)
 
     @server.tool(
         description=(
@@ -188,8 +218,14 @@ def build_server(workspace: Path, *, bash_backend: BashBackend | None = None) ->
 
     @server.tool(
         description=(
-            f"Run a shell command in the workspace ({WORKSPACE_MOUNT}) in a persistent bash session. "
-            "Set restart to true (without command) to start a fresh session."
+            f"Run a shell command with bash in an isolated sandbox over the workspace ({WORKSPACE_MOUNT}); "
+            "stdout and stderr are returned together, followed by the exit code when it is not 0. "
+            "The working directory carries over between calls; variables and background processes do "
+            "not (each command runs in a fresh shell and everything it started is stopped when it "
+            "returns). There is no network access. Commands time out after "
+            f"{format_seconds(limits.timeout)} s unless timeout_ms says otherwise (at most "
+            f"{format_seconds(limits.max_timeout)} s); long output is shortened in the middle. "
+            f"Set restart to true (without command) to go back to {WORKSPACE_MOUNT}."
         ),
         annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=True),
     )
@@ -228,17 +264,38 @@ def _transport_security(host: str) -> TransportSecuritySettings:
     return TransportSecuritySettings(enable_dns_rebinding_protection=False)
 
 
-def run(workspace: Path, host: str, port: int, stdio: bool) -> None:
+def run(
+    workspace: Path,
+    host: str,
+    port: int,
+    stdio: bool,
+    *,
+    limits: SandboxLimits | None = None,
+    backend: BackendName = "bwrap",
+    docker_settings: DockerSettings | None = None,
+) -> None:
     """Serve the toolset for ``workspace``: over stdin/stdout, or streamable HTTP at ``/mcp``.
 
     The HTTP app is served directly (not mounted), so its own lifespan runs the
-    session manager; ``gateway.serving.serve`` prints the ready line.
+    session manager; ``gateway.serving.serve`` prints the ready line. A backend
+    that cannot run here ends the process with a message before anything is served.
     """
-    server = build_server(workspace)
-    if stdio:
-        server.run("stdio")
-        return
-    app = server.streamable_http_app(
-        streamable_http_path=MCP_PATH, transport_security=_transport_security(host), host=host
-    )
-    serve(app, host, port)
+    limits = limits or SandboxLimits()
+    ws = Workspace.open(workspace)
+    try:
+        bash = make_bash_backend(backend, ws.root, limits, docker_settings=docker_settings)
+    except BackendUnavailable as exc:
+        sys.exit(f"tether sandbox: the {backend} backend is unavailable: {exc}")
+    server = build_server(ws.root, bash_backend=bash, limits=limits)
+    try:
+        if stdio:
+            server.run("stdio")
+            return
+        app = server.streamable_http_app(
+            streamable_http_path=MCP_PATH, transport_security=_transport_security(host), host=host
+        )
+        serve(app, host, port)
+    finally:
+        close = getattr(bash, "close", None)
+        if close is not None:
+            close()

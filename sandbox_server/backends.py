@@ -1,0 +1,73 @@
+"""Choose the ``bash`` backend for ``tether sandbox --backend {bwrap,docker,auto}``.
+
+``auto`` uses Docker only when an engine answers a ping, and bubblewrap
+otherwise, so one command line works on a laptop with Docker and on a host
+without it. An explicitly requested backend that cannot work is an error at
+start-up, with a message saying what is missing, rather than a sandbox whose
+every ``bash`` call fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from sandbox_server.bwrap import BubblewrapBash, find_bwrap
+from sandbox_server.docker_backend import DockerBash, DockerSettings
+from sandbox_server.limits import SandboxLimits
+from sandbox_server.shell import ShellSession
+
+log = logging.getLogger("tether.sandbox")
+
+BackendName = Literal["bwrap", "docker", "auto"]
+BACKENDS: tuple[BackendName, ...] = ("bwrap", "docker", "auto")
+
+
+class BackendUnavailable(Exception):
+    """The requested backend cannot run on this host; the message says why."""
+
+
+def _docker_from_env() -> Any:
+    import docker
+
+    return docker.from_env()
+
+
+def _reachable_docker(factory: Callable[[], Any]) -> Any:
+    """A Docker client whose engine answered a ping; ``BackendUnavailable`` otherwise."""
+    try:
+        client = factory()
+        client.ping()
+    except Exception as exc:
+        raise BackendUnavailable(f"no Docker engine is reachable ({exc})") from exc
+    return client
+
+
+def make_bash_backend(
+    name: BackendName,
+    workspace: Path,
+    limits: SandboxLimits,
+    *,
+    docker_settings: DockerSettings | None = None,
+    docker_factory: Callable[[], Any] = _docker_from_env,
+    bwrap: str | None = None,
+) -> ShellSession:
+    """The backend called ``name`` for ``workspace``; ``docker_factory`` makes the Docker client."""
+    if name in ("docker", "auto"):
+        try:
+            client = _reachable_docker(docker_factory)
+        except BackendUnavailable:
+            if name == "docker":
+                raise
+            log.info("no Docker engine reachable; using bubblewrap")
+        else:
+            return DockerBash(workspace, limits, client=client, settings=docker_settings)
+    found = bwrap or find_bwrap()
+    if found is None:
+        raise BackendUnavailable(
+            "bubblewrap (bwrap) is not installed; install the `bubblewrap` package "
+            "or use --backend docker with a reachable Docker engine"
+        )
+    return BubblewrapBash(workspace, limits, bwrap=found)

@@ -1,0 +1,375 @@
+"""The ``bash`` tool in bubblewrap: one ``bwrap`` process per command.
+
+Isolation (``bwrap_argv``): every namespace is unshared, so the command sees its
+own pid tree (bwrap is pid 1), only a loopback interface, and a mount tree built
+from scratch: read-only ``/usr`` (and the ``/bin``, ``/lib``... links into it), a
+few read-only files of ``/etc`` plus a generated ``passwd``/``group``/``hosts``
+(handed to bwrap through pipes, so no file is left on the host), a
+fresh ``/proc`` and ``/dev``, a size-limited tmpfs ``/tmp``, and the workspace
+read-write at ``/workspace``. Nothing else of the host (``/root``, ``/home``,
+``/var``, the server's own files) exists inside. The command runs as uid 1000 in
+a user namespace with every capability dropped and no further user namespaces
+allowed; files it creates belong to the server's uid on the host, so the file
+tools can use them.
+
+Environment: ``--clearenv`` plus a minimal set inside, and ``bwrap`` itself is
+started with an *empty* environment: it is pid 1 of the sandbox, so
+``/proc/1/environ`` shows bwrap's own environment to the command.
+
+Limits: a per-command cgroup (``cgroups``) bounds memory and process count for
+the whole tree and lists every process to kill; ``RLIMIT_FSIZE`` (the disk quota)
+and ``RLIMIT_CORE=0`` always apply; without cgroups, ``RLIMIT_AS``/``RLIMIT_NPROC``
+stand in. Lifetime: ``--die-with-parent`` plus the pid namespace mean that when
+the command's shell exits, or the server kills bwrap, every process of the
+command dies too; nothing outlives its call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from sandbox_server.cgroups import CgroupFactory, CommandCgroup
+from sandbox_server.execution import Finished
+from sandbox_server.limits import SandboxLimits
+from sandbox_server.shell import LaunchError, ShellSession, parse_reported_cwd, shell_argv
+from sandbox_server.workspace import WORKSPACE_MOUNT, Workspace
+
+SANDBOX_UID = 1000
+SANDBOX_HOSTNAME = "sandbox"
+SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SANDBOX_ENV = {
+    "PATH": SANDBOX_PATH,
+    "HOME": WORKSPACE_MOUNT,
+    "LANG": "C.UTF-8",
+    "TERM": "dumb",
+    "USER": "sandbox",
+}
+BWRAP_ENV: dict[str, str] = {}
+"""bwrap's own environment, visible inside as ``/proc/1/environ``: deliberately empty."""
+
+ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+"""Top-level names that merged-/usr systems make symlinks into ``/usr`` (bound as-is otherwise)."""
+
+ETC_FILES = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "nsswitch.conf",
+    "localtime",
+    "timezone",
+    "os-release",
+    "debian_version",
+    "mime.types",
+    "magic",
+    "magic.mime",
+    "protocols",
+    "services",
+    "inputrc",
+    "terminfo",
+    "python3",
+    "python3.11",
+)
+"""Host ``/etc`` entries bound read-only when present: what a shell, libc and common tools read."""
+
+NOT_INSTALLED = (
+    "bash is unavailable: bubblewrap (bwrap) is not installed on the sandbox host "
+    "(Debian/Ubuntu package `bubblewrap`)."
+)
+_READ_CHUNK = 64 * 1024
+
+
+def find_bwrap() -> str | None:
+    """The ``bwrap`` executable on ``PATH`` (or in ``/usr/bin``), if installed."""
+    found = shutil.which("bwrap")
+    if found:
+        return found
+    return "/usr/bin/bwrap" if os.access("/usr/bin/bwrap", os.X_OK) else None
+
+
+@cache
+def _root_entries() -> tuple[tuple[str, str | None], ...]:
+    """``(name, symlink target or None)`` for each of ``ROOT_LINKS`` present on the host."""
+    entries: list[tuple[str, str | None]] = []
+    for name in ROOT_LINKS:
+        path = Path("/", name)
+        if path.is_symlink():
+            entries.append((name, os.readlink(path)))
+        elif path.is_dir():
+            entries.append((name, None))
+    return tuple(entries)
+
+
+def _generated_etc(uid: int) -> dict[str, str]:
+    """``/etc`` files written for the sandbox rather than copied from the host (no host accounts leak)."""
+    return {
+        "passwd": (
+            "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+            f"sandbox:x:{uid}:{uid}:sandbox:{WORKSPACE_MOUNT}:/bin/bash\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        ),
+        "group": f"root:x:0:\nsandbox:x:{uid}:\nnogroup:x:65534:\n",
+        "hosts": f"127.0.0.1\tlocalhost {SANDBOX_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        "hostname": f"{SANDBOX_HOSTNAME}\n",
+    }
+
+
+def etc_pipes(uid: int | None) -> dict[str, int]:
+    """Read ends of pipes holding the generated ``/etc`` files, for ``--ro-bind-data`` (closed by the caller).
+
+    Each file is far smaller than a pipe buffer, so it is written whole before
+    bwrap starts and no temporary file ever exists on the host.
+    """
+    fds: dict[str, int] = {}
+    try:
+        for name, text in sorted(_generated_etc(uid or 0).items()):
+            read_fd, write_fd = os.pipe()
+            fds[name] = read_fd
+            try:
+                os.write(write_fd, text.encode())
+            finally:
+                os.close(write_fd)
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    return fds
+
+
+def bwrap_argv(
+    bwrap: str,
+    *,
+    workspace: Path,
+    etc_fds: Mapping[str, int],
+    limits: SandboxLimits,
+    inner: Sequence[str],
+    uid: int | None = SANDBOX_UID,
+) -> list[str]:
+    """The full ``bwrap`` command line for one sandboxed command (``inner``).
+
+    Pure apart from looking at which of ``/bin``, ``/lib``... exist on the host,
+    so the benchmark can time exactly what the server runs. ``etc_fds`` maps
+    generated ``/etc`` file names to readable descriptors (``etc_pipes``).
+    ``uid=None`` skips the user namespace (the command then runs as root without
+    capabilities).
+    """
+    argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    if uid is not None:
+        argv += ["--unshare-user", "--disable-userns", "--uid", str(uid), "--gid", str(uid)]
+    argv += ["--hostname", SANDBOX_HOSTNAME, "--ro-bind", "/usr", "/usr"]
+    for name, target in _root_entries():
+        if target is None:
+            argv += ["--ro-bind", f"/{name}", f"/{name}"]
+        else:
+            argv += ["--symlink", target, f"/{name}"]
+    argv += ["--perms", "0755", "--dir", "/etc"]
+    for name in ETC_FILES:
+        argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    for name, fd in sorted(etc_fds.items()):
+        argv += ["--perms", "0644", "--ro-bind-data", str(fd), f"/etc/{name}"]
+    argv += [
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--size", str(limits.tmp_size), "--perms", "1777", "--tmpfs", "/tmp",
+        "--bind", str(workspace), WORKSPACE_MOUNT,
+        "--chdir", WORKSPACE_MOUNT,
+        "--clearenv",
+    ]  # fmt: skip
+    for key, value in SANDBOX_ENV.items():
+        argv += ["--setenv", key, value]
+    argv += ["--", *inner]
+    return argv
+
+
+@dataclass
+class PreparedCommand:
+    """A ``bwrap`` command line and the descriptors it refers to, which the child must inherit."""
+
+    argv: list[str]
+    pass_fds: tuple[int, ...]
+    _owned: list[int] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Close the descriptors this side still holds (call once the child is started)."""
+        for fd in self._owned:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._owned = []
+
+
+def command_rlimits(limits: SandboxLimits, *, with_cgroup: bool) -> list[tuple[int, int]]:
+    """``(resource, value)`` pairs applied to each command, clamped to the server's own hard limits."""
+    wanted = [(resource.RLIMIT_FSIZE, limits.disk_quota), (resource.RLIMIT_CORE, 0)]
+    if not with_cgroup:
+        wanted += [(resource.RLIMIT_AS, limits.memory), (resource.RLIMIT_NPROC, limits.pids)]
+    clamped: list[tuple[int, int]] = []
+    for which, value in wanted:
+        hard = resource.getrlimit(which)[1]
+        clamped.append((which, value if hard == resource.RLIM_INFINITY else min(value, hard)))
+    return clamped
+
+
+def _pre_exec(group: CommandCgroup | None, rlimits: list[tuple[int, int]]) -> Callable[[], None]:
+    """The hook run in the child between fork and exec: join the cgroup, then lower the rlimits."""
+
+    def hook() -> None:
+        if group is not None:
+            group.attach()
+        for which, value in rlimits:
+            resource.setrlimit(which, (value, value))
+
+    return hook
+
+
+@dataclass
+class _BwrapCommand:
+    """One running ``bwrap``: output through its stdout pipe, final cwd through ``cwd_fd``."""
+
+    process: asyncio.subprocess.Process
+    cwd_fd: int
+    group: CommandCgroup | None
+
+    async def read(self) -> bytes:
+        assert self.process.stdout is not None
+        return await self.process.stdout.read(_READ_CHUNK)
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+    async def kill(self) -> None:
+        # The session (start_new_session) holds the outer bwrap; killing it makes the
+        # kernel kill the sandbox's pid 1 (--die-with-parent) and with it the namespace.
+        if self.process.returncode is None:  # a reaped pid may already belong to someone else
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        if self.group is not None:
+            self.group.kill_all()
+
+    async def finish(self) -> Finished:
+        try:
+            cwd = parse_reported_cwd(_read_available(self.cwd_fd))
+        finally:
+            os.close(self.cwd_fd)
+        memory = pids = False
+        if self.group is not None:
+            memory = self.group.memory_exceeded()
+            pids = self.group.pids_exceeded()
+            await self.group.remove()
+        return Finished(cwd=cwd, memory_exceeded=memory, pids_exceeded=pids)
+
+
+def _read_available(fd: int) -> bytes:
+    """What is buffered in a pipe, without waiting for writers that might still hold it."""
+    os.set_blocking(fd, False)
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 8192):
+            data += chunk
+            if len(data) > 65536:
+                break
+    return data
+
+
+class BubblewrapBash(ShellSession):
+    """``BashBackend`` running each command in a fresh bubblewrap sandbox over the workspace.
+
+    Construction does no I/O beyond resolving the workspace: ``build_server`` makes
+    one just to list tools. ``bwrap`` is looked up and the cgroup layout
+    discovered on the first command.
+    """
+
+    def __init__(
+        self,
+        workspace: Path | Workspace,
+        limits: SandboxLimits | None = None,
+        *,
+        bwrap: str | None = None,
+        cgroups: CgroupFactory | None = None,
+        uid: int | None = SANDBOX_UID,
+    ) -> None:
+        super().__init__(workspace, limits)
+        self._bwrap = bwrap
+        self._cgroups = cgroups if cgroups is not None else CgroupFactory()
+        self._uid = uid
+
+    def prepare(self, inner: Sequence[str], extra_fds: Sequence[int] = ()) -> PreparedCommand:
+        """The ``bwrap`` command line this backend runs for ``inner``, with its ``/etc`` pipes open.
+
+        ``extra_fds`` are descriptors ``inner`` refers to (the cwd report pipe).
+        The caller closes the result after starting the child.
+        """
+        bwrap = self._bwrap or find_bwrap()
+        if bwrap is None:
+            raise LaunchError(NOT_INSTALLED)
+        self._bwrap = bwrap
+        fds = etc_pipes(self._uid)
+        argv = bwrap_argv(
+            bwrap, workspace=self.workspace.root, etc_fds=fds, limits=self.limits, inner=inner, uid=self._uid
+        )
+        return PreparedCommand(argv, (*fds.values(), *extra_fds), list(fds.values()))
+
+    async def _launch(self, cwd: str, command: str) -> _BwrapCommand:
+        read_fd, write_fd = os.pipe()
+        prepared: PreparedCommand | None = None
+        try:
+            prepared = self.prepare(shell_argv(cwd, command, f"/dev/fd/{write_fd}"), (write_fd,))
+            process, group = await self._spawn(prepared)
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+            if prepared is not None:
+                prepared.close()
+        return _BwrapCommand(process, read_fd, group)
+
+    async def _spawn(
+        self, prepared: PreparedCommand
+    ) -> tuple[asyncio.subprocess.Process, CommandCgroup | None]:
+        """Start bwrap in a fresh cgroup; if joining it fails in the child, retry once with rlimits only."""
+        group = self._cgroups.create(self.limits.memory, self.limits.pids)
+        try:
+            try:
+                return await self._exec(prepared, group), group
+            except subprocess.SubprocessError:
+                if group is None:
+                    raise
+                self._cgroups.disable(f"joining {group.dirs[0].name} failed")
+                await group.remove()
+                group = None
+                return await self._exec(prepared, None), None
+        except (OSError, subprocess.SubprocessError) as exc:
+            if group is not None:
+                await group.remove()
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise LaunchError(f"could not start the sandbox: {detail}") from exc
+        finally:
+            if group is not None:
+                group.close_fds()
+
+    async def _exec(
+        self, prepared: PreparedCommand, group: CommandCgroup | None
+    ) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            *prepared.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=prepared.pass_fds,
+            env=BWRAP_ENV,
+            start_new_session=True,
+            preexec_fn=_pre_exec(group, command_rlimits(self.limits, with_cgroup=group is not None)),
+        )

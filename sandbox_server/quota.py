@@ -1,0 +1,103 @@
+"""The workspace disk quota: measuring usage, and the checks built on it.
+
+The quota is *soft*. No file system quota is assumed on the host, so usage is
+measured by walking the workspace (allocated blocks, each inode counted once,
+symlinks not followed) and enforced at three points:
+
+* ``write``/``edit`` are refused when they would grow a workspace past the quota;
+* while a command runs a watcher re-measures every ``disk_poll_interval`` and the
+  command is killed once usage passes the quota, so a fast writer can overshoot
+  by what it writes within one interval (plus the time one walk takes);
+* each command also runs with ``RLIMIT_FSIZE`` set to the quota, which stops any
+  single file from growing past it however fast it is written.
+
+A workspace already over quota is not locked: commands still run (the model needs
+``rm`` to recover) but are killed as soon as they make usage grow.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+import anyio
+
+from sandbox_server.limits import format_size
+
+
+def disk_usage(root: str | os.PathLike[str]) -> int:
+    """Bytes allocated to everything under ``root`` (hard links counted once); vanishing entries are skipped."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    stack = [os.fspath(root)]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = os.scandir(directory)
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if info.st_nlink > 1:
+                    key = (info.st_dev, info.st_ino)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                total += info.st_blocks * 512
+                if stat.S_ISDIR(info.st_mode):
+                    stack.append(entry.path)
+    return total
+
+
+class QuotaExceeded(Exception):
+    """The message is written for the model."""
+
+
+class DiskQuota:
+    """The quota of one workspace and the checks that share it."""
+
+    def __init__(self, root: str | os.PathLike[str], limit: int, poll_interval: float = 0.1) -> None:
+        self.root = os.fspath(root)
+        self.limit = limit
+        self.poll_interval = poll_interval
+
+    def usage(self) -> int:
+        return disk_usage(self.root)
+
+    def describe(self) -> str:
+        return f"the workspace disk quota of {format_size(self.limit)}"
+
+    def ensure_room(self, growth: int) -> None:
+        """Refuse (``QuotaExceeded``) a file change that adds ``growth`` bytes to a workspace it would put over quota.
+
+        Shrinking changes always pass, so a model can make room with ``write`` too.
+        """
+        if growth <= 0:
+            return
+        used = self.usage()
+        if used + growth > self.limit:
+            raise QuotaExceeded(
+                f"Refused: this would take the workspace to about {format_size(used + growth)}, "
+                f"over {self.describe()} (now {format_size(used)} used). Delete files to make room."
+            )
+
+    async def watch(self, baseline: int) -> int:
+        """Return the usage once it passes ``max(limit, baseline)``; otherwise run until cancelled.
+
+        ``baseline`` is the usage when the command started: a workspace already
+        over quota may shrink but not grow. Each walk runs in a worker thread; the
+        pause after it is at least as long as the walk, so a huge workspace costs
+        at most about half a core while a command runs.
+        """
+        allowed = max(self.limit, baseline)
+        while True:
+            started = time.monotonic()
+            used = await anyio.to_thread.run_sync(self.usage)
+            if used > allowed:
+                return used
+            await anyio.sleep(max(self.poll_interval, time.monotonic() - started))
