@@ -143,23 +143,6 @@ async def test_insert_get_update_delete(store: Store) -> None:
     assert await store.delete("session", "sesn_1") is False
 
 
-async def test_bodies_round_trip_nul_characters(store: Store, request: pytest.FixtureRequest) -> None:
-    """JSON allows U+0000 in strings and the API accepts it in request bodies."""
-    if isinstance(store, PostgresStore):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                raises=asyncpg.UntranslatableCharacterError,
-                reason="jsonb cannot hold \\u0000; the API must reject it (as it rejects lone surrogates)",
-            )
-        )
-    body = resource("sesn_1", title="nul\u0000here")
-    await store.insert("session", body)
-    assert await store.get("session", "sesn_1") == body
-    await store.append_events("sesn_1", [{**event("e1"), "text": "a\u0000b"}])
-    assert (await store.read_events("sesn_1", EventQuery()))[0].body["text"] == "a\u0000b"
-
-
 async def test_ids_are_unique(store: Store) -> None:
     await store.insert("session", resource("sesn_1"))
     with pytest.raises(DUPLICATE_KEY):
@@ -385,16 +368,22 @@ async def test_hash_chain_links_every_event(store: Store) -> None:
     assert await store.read_chain("sesn_other") == []
 
 
-async def test_read_events_carry_the_chain(store: Store, request: pytest.FixtureRequest) -> None:
-    if isinstance(store, SQLiteStore):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="SQLiteStore.read_events leaves prev_hash/hash empty; append_events fills them",
-            )
-        )
+async def test_read_events_carry_the_chain(store: Store) -> None:
     appended = await store.append_events("sesn_1", [event("e1"), event("e2")])
     assert await store.read_events("sesn_1", EventQuery()) == appended
+
+
+async def test_status_events_move_the_session_status_in_the_same_append(store: Store) -> None:
+    await store.insert("session", resource("sesn_1", status="idle"))
+    await store.append_events("sesn_1", [{**event("e1"), "type": "session.status_running"}])
+    assert (await store.get("session", "sesn_1") or {})["status"] == "running"
+    await store.append_events(
+        "sesn_1", [{**event("e2"), "type": "agent.message"}, {**event("e3"), "type": "session.status_idle"}]
+    )
+    body = await store.get("session", "sesn_1") or {}
+    assert body["status"] == "idle" and body["updated_at"] == event("e3")["processed_at"]
+    await store.append_events("sesn_1", [{**event("e4"), "type": "session.status_rescheduled"}])
+    assert (await store.get("session", "sesn_1") or {})["status"] == "rescheduling"
 
 
 async def test_concurrent_appenders_get_gap_free_seqs(store: Store) -> None:
@@ -458,18 +447,8 @@ async def test_wait_for_append_times_out(store: Store) -> None:
     assert await wait_during(store, "sesn_1", 1, 0.2, append_elsewhere) is False
 
 
-async def test_wait_for_append_ignores_appends_not_past_the_cursor(
-    store: Store, request: pytest.FixtureRequest
-) -> None:
+async def test_wait_for_append_ignores_appends_not_past_the_cursor(store: Store) -> None:
     """The protocol promises True only "when there is something new to read"."""
-    if isinstance(store, SQLiteStore):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="SQLiteStore returns True on any append to the session, even one that "
-                "does not reach past after_seq (e.g. a client cursor ahead of the log)",
-            )
-        )
     await store.append_events("sesn_1", [event("e1")])
 
     async def append_short_of_cursor(_: object) -> None:

@@ -28,13 +28,26 @@ async def read_json(request: Request, max_bytes: int = DEFAULT_MAX_BODY) -> Any:
         return {}
     try:
         data = json.loads(chunks, parse_constant=_reject_constant)
-        # Lone surrogates parse but cannot be stored or returned as UTF-8: refuse them here.
+        # Lone surrogates parse but cannot be stored or returned as UTF-8, and U+0000 cannot be
+        # stored by PostgreSQL: refuse both here, before anything is written.
         json.dumps(data, ensure_ascii=False).encode()
+        if _contains_nul(data):
+            raise ValueError("strings may not contain U+0000")
     except (UnicodeError, json.JSONDecodeError, ValueError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise InvalidRequest("request body is nested too deeply") from None
     return data
+
+
+def _contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(key) or _contains_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(item) for item in value)
+    return False
 
 
 def _reject_constant(name: str) -> Any:

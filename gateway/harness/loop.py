@@ -40,12 +40,6 @@ INTERRUPTED_BY_RESTART = (
 )
 POLICY_FIELD = "tether_policy"
 """Extra field on tool-use events: the rule that decided, so a reviewer can see why a call ran."""
-STATUS_OF_EVENT = {
-    "session.status_running": "running",
-    "session.status_idle": "idle",
-    "session.status_rescheduled": "rescheduling",
-    "session.status_terminated": "terminated",
-}
 
 
 @dataclass
@@ -137,12 +131,10 @@ class Harness:
     # Status ------------------------------------------------------------------------------
 
     async def append(self, run: Run, *bodies: Body) -> None:
-        stored = await self.store.append_events(run.session_id, bodies, fence=run.lease)
+        stored = await self.store.append_events(
+            run.session_id, [_without_nul(b) for b in bodies], fence=run.lease
+        )
         run.last_seq = max(run.last_seq, stored[-1].seq)
-        for body in bodies:
-            status = STATUS_OF_EVENT.get(body["type"])
-            if status:
-                await session_state.set_status(self.store, run.session_id, status)
 
     async def _ensure_running(self, run: Run, transcript: Transcript) -> None:
         if transcript.status != "running":
@@ -274,6 +266,17 @@ class Harness:
         run.model_start_id = None
         await session_state.add_usage(self.store, run.session_id, result.usage)
         return True
+
+
+def _without_nul(value: Any) -> Any:
+    """Model and tool output may contain U+0000, which the log cannot store: show it as U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {key: _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
 
 
 def _uses_toolset(agent: Body) -> bool:

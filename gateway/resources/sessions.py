@@ -128,12 +128,6 @@ async def delete(store: Store, session_id: str) -> None:
     await store.delete(KIND, session_id)
 
 
-async def set_status(store: Store, session_id: str, status: str) -> None:
-    await store.update(
-        KIND, session_id, lambda body: {**body, "status": status, "updated_at": ids.timestamp()}
-    )
-
-
 async def add_usage(store: Store, session_id: str, usage: dict[str, int]) -> None:
     def add(body: Body) -> Body:
         total = body.get("usage") or _empty_usage()

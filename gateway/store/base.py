@@ -13,6 +13,25 @@ from typing import Any, Literal, Protocol
 from gateway.store.chain import ChainLink
 
 Body = dict[str, Any]
+
+SESSION_STATUS_OF_EVENT = {
+    "session.status_running": "running",
+    "session.status_idle": "idle",
+    "session.status_rescheduled": "rescheduling",
+    "session.status_terminated": "terminated",
+}
+"""Status events move the session's ``status`` in the same transaction that logs them, so a
+client never sees the event while the session still reports the old status."""
+
+
+def status_after(events: Sequence[Body]) -> str | None:
+    """The session status a batch of events leaves behind, if it contains a status event."""
+    status = None
+    for event in events:
+        status = SESSION_STATUS_OF_EVENT.get(event["type"], status)
+    return status
+
+
 Mutation = Callable[[Body], Body]
 """Receives the stored body and returns the new one; runs atomically, may raise to abort."""
 
@@ -113,7 +132,10 @@ class Store(Protocol):
         """Persist events (each with ``id`` and ``type``) atomically, assigning the next seqs.
 
         With ``fence``, the append fails with ``LeaseLost`` unless that lease is still the
-        session's current one, so a stalled process can never write after a takeover.
+        session's current one, so a stalled process can never write after a takeover. A status
+        event in the batch also sets the session's ``status`` (see ``status_after``). String
+        values never contain U+0000 (the API rejects it, the harness replaces it): PostgreSQL's
+        jsonb cannot store it.
         """
         ...
 

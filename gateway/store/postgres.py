@@ -28,7 +28,7 @@ from typing import Any, Literal
 import anyio
 import asyncpg
 
-from gateway.store.base import Body, EventQuery, Lease, LeaseLost, Mutation, Page, StoredEvent
+from gateway.store.base import Body, EventQuery, Lease, LeaseLost, Mutation, Page, StoredEvent, status_after
 from gateway.store.chain import GENESIS, ChainLink, link_hash
 from gateway.store.notifier import Notifier
 from gateway.store.pg_schema import migrate
@@ -215,6 +215,15 @@ class PostgresStore:
                 stored[-1].seq,
                 stored[-1].hash,
             )
+            status = status_after(events)
+            if status is not None:
+                await conn.execute(
+                    "UPDATE resources SET body = body || jsonb_build_object('status', $2::text, 'updated_at', $3::text) "
+                    "WHERE kind = 'session' AND id = $1",
+                    session_id,
+                    status,
+                    events[-1]["processed_at"],
+                )
             await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, session_id)
         # Our own listener will hear the NOTIFY too; waking local waiters now saves the
         # round trip and keeps them prompt while the listener is reconnecting.

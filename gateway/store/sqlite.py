@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 import anyio
 import anyio.to_thread
 
-from gateway.store.base import Body, EventQuery, Lease, LeaseLost, Mutation, Page, StoredEvent
+from gateway.store.base import Body, EventQuery, Lease, LeaseLost, Mutation, Page, StoredEvent, status_after
 from gateway.store.chain import GENESIS, ChainLink, link_hash
 from gateway.store.notifier import Notifier
 
@@ -269,6 +269,13 @@ class SQLiteStore:
                 )
                 stored.append(event)
                 prev = digest
+            status = status_after(events)
+            if status is not None:
+                conn.execute(
+                    "UPDATE resources SET body = json_set(body, '$.status', ?, '$.updated_at', ?) "
+                    "WHERE kind = 'session' AND id = ?",
+                    (status, events[-1]["processed_at"], session_id),
+                )
             return stored
 
         stored = await self._transaction(append)
@@ -291,14 +298,17 @@ class SQLiteStore:
             clauses.append("processed_at <= ?" if query.processed_before_inclusive else "processed_at < ?")
             params.append(query.processed_before)
         sql = (
-            f"SELECT seq, id, type, body FROM events WHERE {' AND '.join(clauses)} "
+            f"SELECT seq, id, type, body, prev_hash, hash FROM events WHERE {' AND '.join(clauses)} "
             f"ORDER BY seq {'DESC' if query.order == 'desc' else 'ASC'}"
         )
         if query.limit is not None:
             sql += " LIMIT ?"
             params.append(query.limit)
         rows = await self._run(lambda conn: conn.execute(sql, params).fetchall())
-        return [StoredEvent(session_id, seq, id_, type_, json.loads(body)) for seq, id_, type_, body in rows]
+        return [
+            StoredEvent(session_id, seq, id_, type_, json.loads(body), prev, digest)
+            for seq, id_, type_, body, prev, digest in rows
+        ]
 
     async def last_seq(self, session_id: str) -> int:
         (last,) = await self._run(
@@ -385,12 +395,12 @@ class SQLiteStore:
         return [ChainLink(seq, id_, prev, digest, json.loads(body)) for seq, id_, prev, digest, body in rows]
 
     async def wait_for_append(self, session_id: str, after_seq: int, timeout: float) -> bool:
-        with self._notifier.watch(session_id) as appended:
-            if await self.last_seq(session_id) > after_seq:
-                return True
-            with anyio.move_on_after(timeout):
-                await appended.wait()
-                return True
+        with anyio.move_on_after(timeout):
+            while True:
+                with self._notifier.watch(session_id) as appended:
+                    if await self.last_seq(session_id) > after_seq:
+                        return True
+                    await appended.wait()
         return False
 
 
