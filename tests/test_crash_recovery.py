@@ -15,6 +15,7 @@ import anthropic
 import pytest
 
 from tests.conftest import Scripts
+from tests.support.postgres import fresh_database_sync
 from tests.support.processes import ServerProcess, running_server, start_server
 from tests.support.sessions import strictly_valid, user_message
 
@@ -27,15 +28,25 @@ def upstream() -> Iterator[ServerProcess]:
         yield server
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'shared.db'}"
+    else:
+        with fresh_database_sync() as dsn:
+            yield dsn
+
+
 @pytest.fixture
 def launch(
-    tmp_path: Path, model_server: ServerProcess, api_key: str
+    tmp_path: Path, model_server: ServerProcess, api_key: str, database_url: str
 ) -> Iterator[Callable[[], ServerProcess]]:
-    """Start gateways that share one data directory (one database), like restarts or replicas."""
+    """Start gateways that share one database, like restarts or replicas."""
     started: list[ServerProcess] = []
     env = {
         "TETHER_API_KEYS": api_key,
         "TETHER_MODEL_BASE_URL": model_server.url,
+        "TETHER_DATABASE_URL": database_url,
         "TETHER_LEASE_TTL_SECONDS": LEASE_TTL,
         "TETHER_MODEL_RETRY_BASE_SECONDS": "0.01",
     }

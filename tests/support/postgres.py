@@ -9,10 +9,11 @@ elsewhere (any DSN whose user may create databases).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -40,21 +41,44 @@ def dsn_for(database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
-@asynccontextmanager
-async def fresh_database() -> AsyncIterator[str]:
-    """Create an empty database, yield its DSN, then drop it (and any connection left to it)."""
+async def create_database() -> str:
     name = "tether_test_" + secrets.token_hex(6)
     admin = await connect_admin()
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield dsn_for(name)
-        finally:
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = $1 AND pid <> pg_backend_pid()",
-                name,
-            )
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+    return name
+
+
+async def drop_database(name: str) -> None:
+    """Drop it, ending any connection a test (or a killed gateway) left behind."""
+    admin = await connect_admin()
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@asynccontextmanager
+async def fresh_database() -> AsyncIterator[str]:
+    """Create an empty database, yield its DSN, then drop it."""
+    name = await create_database()
+    try:
+        yield dsn_for(name)
+    finally:
+        await drop_database(name)
+
+
+@contextmanager
+def fresh_database_sync() -> Iterator[str]:
+    """``fresh_database`` for synchronous fixtures (gateway processes)."""
+    name = asyncio.run(create_database())
+    try:
+        yield dsn_for(name)
+    finally:
+        asyncio.run(drop_database(name))
