@@ -120,3 +120,53 @@ def test_interrupt_during_a_model_stream_closes_the_request(
     assert end.model_request_start_id == start.id and end.is_error
     assert not [e for e in seen if e.type == "agent.message"]
     assert seen[-1].type == "session.status_idle"
+
+
+def _processes_running(fragment: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if fragment.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_interrupt_during_a_long_bash_kills_it_within_a_second(
+    client: anthropic.Anthropic, scripts: Scripts, environment: Any
+) -> None:
+    duration = "37.4242"  # unusual enough to find the process by its command line
+    marker = scripts.add(
+        [
+            {"content": [{"type": "tool_use", "name": "bash", "input": {"command": f"sleep {duration}"}}]},
+            {"content": [{"type": "tool_use", "name": "bash", "input": {"command": "echo still usable"}}]},
+            {"content": [{"type": "text", "text": "{{last_tool_result}}"}]},
+        ]
+    )
+    agent = client.beta.agents.create(
+        name="sleeper", model="claude-sonnet-4-6", system=marker, tools=[{"type": "agent_toolset_20260401"}]
+    )
+    session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
+
+    def sleeping() -> None:
+        deadline = time.monotonic() + 30
+        while not _processes_running(f"sleep {duration}"):
+            assert time.monotonic() < deadline, "bash never started"
+            time.sleep(0.02)  # waiting for an external process to appear; no event to wait on
+
+    seen, stopped_after = _interrupt_when(client, session.id, "agent.tool_use", sleeping)
+
+    assert stopped_after < 1.0, f"the interrupt took {stopped_after:.2f}s"
+    result = next(e for e in seen if e.type == "agent.tool_result")
+    assert result.is_error and "interrupted by the user" in result.content[0].text
+    deadline = time.monotonic() + 5
+    while _processes_running(f"sleep {duration}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _processes_running(f"sleep {duration}"), "the interrupted command is still running"
+
+    with client.beta.sessions.events.stream(session.id) as stream:
+        client.beta.sessions.events.send(session.id, events=[user_message("go on")])  # type: ignore[list-item]
+        reply = next(e for e in stream if e.type == "agent.message")
+    assert "still usable" in reply.content[0].text

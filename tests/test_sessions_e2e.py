@@ -364,3 +364,54 @@ def test_a_non_retryable_model_error_is_recorded_and_a_new_message_recovers(
 
     retried = send_and_stream(client, session.id, [user_message("try again")])
     assert next(e for e in retried if e.type == "agent.message").content[0].text == "recovered"
+
+
+def test_several_pending_confirmations_in_one_turn_are_answered_together(
+    client: anthropic.Anthropic, scripts: Scripts, environment: Any, upstream: ServerProcess
+) -> None:
+    marker = scripts.add(
+        [
+            {
+                "content": [
+                    {"type": "tool_use", "name": "add", "input": {"a": 1, "b": 2}},
+                    {"type": "tool_use", "name": "add", "input": {"a": 3, "b": 4}},
+                ]
+            },
+            {"content": [{"type": "text", "text": "results: {{last_tool_result}}"}]},
+        ]
+    )
+    agent = client.beta.agents.create(
+        name="double-asker",
+        model="claude-sonnet-4-6",
+        system=marker,
+        mcp_servers=[{"type": "url", "name": "calc", "url": upstream.url + "/mcp"}],
+        tools=[{"type": "mcp_toolset", "mcp_server_name": "calc"}],
+    )
+    session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
+
+    first = send_and_stream(client, session.id, [user_message("two sums")])
+    uses = [e for e in first if e.type == "agent.mcp_tool_use"]
+    assert first[-1].stop_reason.event_ids == [u.id for u in uses]
+
+    # Answering only one keeps the session waiting on the other.
+    partial = send_and_stream(
+        client, session.id, [{"type": "user.tool_confirmation", "tool_use_id": uses[0].id, "result": "allow"}]
+    )
+    assert partial[-1].stop_reason.type == "requires_action"
+    assert partial[-1].stop_reason.event_ids == [uses[1].id]
+    assert next(e for e in partial if e.type == "agent.mcp_tool_result").content[0].text == "3"
+
+    rest = send_and_stream(
+        client,
+        session.id,
+        [
+            {
+                "type": "user.tool_confirmation",
+                "tool_use_id": uses[1].id,
+                "result": "deny",
+                "deny_message": "no",
+            }
+        ],
+    )
+    assert next(e for e in rest if e.type == "agent.message").content[0].text == "results: 3\nno"
+    assert rest[-1].stop_reason.type == "end_turn"

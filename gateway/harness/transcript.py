@@ -92,7 +92,9 @@ class Transcript:
             call = self.calls.get(body[RESULT_LINKS[kind]])
             if call is not None and call.result is None:
                 call.result = body
-            self.last_input_seq = event.seq
+            # A result closing a call an interrupt abandoned is bookkeeping, not new input.
+            if call is None or call.seq > self.last_interrupt_seq:
+                self.last_input_seq = event.seq
         elif kind == "user.tool_confirmation":
             call = self.calls.get(body["tool_use_id"])
             if call is not None and call.confirmation is None:
