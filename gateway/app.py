@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Sequence
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from gateway.api import agents, environments, files, sessions
+from gateway.api import agents, environments, files, sessions, vaults
 from gateway.api.auth import APIKeyMiddleware
 from gateway.api.errors import HANDLERS
 from gateway.api.state import GatewayState
@@ -32,6 +33,7 @@ from gateway.scripted_model.server import create_app as create_scripted_model
 from gateway.serving import bind_socket, serve_socket, socket_url
 from gateway.store import open_store
 from gateway.tools.sandbox import SandboxPool
+from gateway.vault.keyring import KeyRing
 from policies.engine import PolicySet
 from policies.rules import PolicyError
 
@@ -68,6 +70,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = await open_store(settings.database_url)
+        keyring = KeyRing.load(settings.data_dir / "master.keys", os.environ.get("TETHER_MASTER_KEY"))
         sandboxes = SandboxPool(
             settings.workspaces_dir,
             settings.sandbox_args,
@@ -87,6 +90,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
             max_output_tokens=settings.max_output_tokens,
             tool_timeout=settings.tool_timeout,
             policies=policies or PolicySet(),
+            keyring=keyring,
             retry=RetryPolicy(
                 settings.model_max_attempts,
                 settings.model_retry_base_seconds,
@@ -98,7 +102,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
                 runner = SessionRunner(harness, tasks, lease_ttl=settings.lease_ttl_seconds)
                 tasks.start_soon(sandboxes.reap_forever, name="sandbox reaper")
                 tasks.start_soon(runner.pickup_forever, name="session pickup")
-                app.state.gateway = GatewayState(settings, store, runner, sandboxes)
+                app.state.gateway = GatewayState(settings, store, runner, sandboxes, keyring)
                 yield
                 await runner.shutdown()
                 tasks.cancel_scope.cancel()
@@ -113,6 +117,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
         *environments.routes,
         *sessions.routes,
         *files.routes,
+        *vaults.routes,
     ]
     if settings.serve_scripted_model:
         routes.append(Mount(SCRIPTED_MODEL_PATH, app=create_scripted_model(ScriptBook.load(DEMO_SCRIPT))))

@@ -59,6 +59,12 @@ def _policy_dry_run(args: argparse.Namespace) -> None:
     sys.exit(run_dry_run(args))
 
 
+def _vault_rotate(args: argparse.Namespace) -> None:
+    from gateway.vault.rotate import run_rotate
+
+    sys.exit(run_rotate(args.data_dir))
+
+
 def _audit_verify(args: argparse.Namespace) -> None:
     from gateway.audit import run_verify
 
@@ -120,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     dry_run.add_argument("--gateway", default=os.environ.get("TETHER_URL", "http://127.0.0.1:8420"))
     dry_run.add_argument("--api-key", default=os.environ.get("TETHER_API_KEY"))
     dry_run.set_defaults(func=_policy_dry_run)
+
+    vault = commands.add_parser("vault", help="manage the master key that encrypts credentials")
+    vault_commands = vault.add_subparsers(dest="vault_command", required=True)
+    rotate = vault_commands.add_parser("rotate-key", help="re-encrypt every credential under a new key")
+    rotate.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", ".tether"))
+    rotate.set_defaults(func=_vault_rotate)
 
     audit = commands.add_parser("audit", help="check the tamper-evident session log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)

@@ -595,12 +595,20 @@ def test_session_with_an_unknown_environment_is_not_found(http: httpx2.Client, a
     assert MISSING["environment"] in error_message(response, 404, "not_found_error")
 
 
-def test_session_with_vault_ids_is_rejected(http: httpx2.Client, agent_id: str, environment_id: str) -> None:
+def test_session_with_an_unknown_vault_is_not_found(
+    http: httpx2.Client, agent_id: str, environment_id: str
+) -> None:
     response = http.post(
         "/v1/sessions", json={"agent": agent_id, "environment_id": environment_id, "vault_ids": ["vlt_1"]}
     )
 
-    assert "vault_ids" in invalid(response)
+    assert "vlt_1" in error_message(response, 404, "not_found_error")
+
+
+def test_nul_characters_are_refused(http: httpx2.Client) -> None:
+    response = http.post("/v1/agents", json={"name": "a\u0000b", "model": "m"})
+
+    assert "U+0000" in invalid(response)
 
 
 def test_session_with_an_unknown_agent_version_is_not_found(

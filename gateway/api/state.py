@@ -10,6 +10,7 @@ from gateway.config import Settings
 from gateway.harness.runner import SessionRunner
 from gateway.store.base import Store
 from gateway.tools.sandbox import SandboxPool
+from gateway.vault.keyring import KeyRing
 
 
 @dataclass
@@ -18,6 +19,7 @@ class GatewayState:
     store: Store
     runner: SessionRunner
     sandboxes: SandboxPool
+    keyring: KeyRing
 
 
 def state(request: Request) -> GatewayState:

@@ -27,6 +27,8 @@ from gateway.store.base import Body, EventQuery, Lease, Store
 from gateway.tools import mcp_client
 from gateway.tools.sandbox import SandboxPool, SandboxStartFailed
 from gateway.tools.toolbox import Toolbox, build_toolbox
+from gateway.vault.keyring import KeyRing
+from gateway.vault.mcp_auth import RefreshFailed, auth_for
 from policies.engine import PolicySet
 from policies.rules import ToolCall as PolicyCall
 
@@ -49,6 +51,7 @@ class Run:
 
     session_id: str
     lease: Lease | None = None
+    vault_ids: list[str] = field(default_factory=list)
     model_start_id: str | None = None
     tool_call: ToolCall | None = None
     last_seq: int = 0
@@ -65,6 +68,7 @@ class Harness:
     tool_timeout: float = 600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     policies: PolicySet = field(default_factory=PolicySet)
+    keyring: KeyRing | None = None
 
     async def transcript(self, run: Run) -> Transcript:
         transcript = Transcript.from_events(await self.store.read_events(run.session_id, EventQuery()))
@@ -76,6 +80,7 @@ class Harness:
         if session is None or session["status"] == "terminated" or session.get("archived_at"):
             return
         agent = session["agent"]
+        run.vault_ids = list(session.get("vault_ids") or [])
         toolbox: Toolbox | None = None
         transcript = await self.transcript(run)
         if transcript.status != "idle":
@@ -158,7 +163,10 @@ class Harness:
         unavailable: dict[str, str] = {}
         for server in agent["mcp_servers"]:
             try:
-                listings[server["name"]] = await mcp_client.list_tools(server["url"])
+                headers = await self._server_headers(run, server)
+                listings[server["name"]] = await mcp_client.list_tools(server["url"], headers)
+            except RefreshFailed as exc:
+                unavailable[server["name"]] = f"authentication failed: {exc}"
             except mcp_client.MCPUnavailable as exc:
                 unavailable[server["name"]] = str(exc)
                 await self.append(
@@ -187,16 +195,35 @@ class Harness:
             return
         run.tool_call = call
         try:
-            content, is_error = await self._execute(run.session_id, agent, toolbox, call)
+            content, is_error = await self._execute(run, agent, toolbox, call)
         finally:
             run.tool_call = None
         await self.append(
             run, ev.new_event(result_type, **{link: call.id}, content=content, is_error=is_error)
         )
 
+    async def _server_headers(self, run: Run, server: Body) -> dict[str, str]:
+        """The server's credential from the session's vaults, added on this last hop only.
+        A failed OAuth refresh is recorded as a ``session.error`` and re-raised."""
+        if self.keyring is None or not run.vault_ids:
+            return {}
+        try:
+            return (await auth_for(self.store, self.keyring, run.vault_ids, server["url"])).headers
+        except RefreshFailed as exc:
+            await self.append(
+                run,
+                ev.session_error(
+                    "mcp_authentication_failed_error",
+                    f"refreshing the credential for MCP server {server['name']!r} failed: {exc}",
+                    mcp_server_name=server["name"],
+                ),
+            )
+            raise
+
     async def _execute(
-        self, session_id: str, agent: Body, toolbox: Toolbox, call: ToolCall
+        self, run: Run, agent: Body, toolbox: Toolbox, call: ToolCall
     ) -> tuple[list[dict[str, Any]], bool]:
+        session_id = run.session_id
         spec = toolbox.lookup(toolbox.exposed_name(call.use))
         if spec is None:
             if call.use.get("mcp_server_name") in toolbox.unavailable:
@@ -210,11 +237,18 @@ class Harness:
             except SandboxStartFailed as exc:
                 return _text(f"The sandbox could not be started: {exc}"), True
             where = "the sandbox"
+            headers: dict[str, str] = {}
         else:
-            url = next(s["url"] for s in agent["mcp_servers"] if s["name"] == spec.server)
-            where = f"MCP server {spec.server!r}"
+            server = next(s for s in agent["mcp_servers"] if s["name"] == spec.server)
+            url, where = server["url"], f"MCP server {spec.server!r}"
+            try:
+                headers = await self._server_headers(run, server)
+            except RefreshFailed as exc:
+                return _text(f"{where} could not be authenticated: {exc}"), True
         try:
-            outcome = await mcp_client.call_tool(url, spec.name, arguments, timeout=self.tool_timeout)
+            outcome = await mcp_client.call_tool(
+                url, spec.name, arguments, headers, timeout=self.tool_timeout
+            )
         except mcp_client.MCPUnavailable as exc:
             return _text(f"{where} is unavailable: {exc}"), True
         return outcome.content, outcome.is_error

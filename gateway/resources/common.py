@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from gateway import ids
 from gateway.errors import NotFound
-from gateway.store.base import Body, Store
+from gateway.store.base import Body, Mutation, Store
 
 
 async def fetch(store: Store, kind: str, resource_id: str) -> Body:
@@ -27,3 +29,8 @@ async def archive(store: Store, kind: str, resource_id: str) -> Body:
     if body is None:
         raise NotFound(kind, resource_id)
     return body
+
+
+def with_field(name: str, value: Any) -> Mutation:
+    """A mutation that sets one field."""
+    return lambda body: {**body, name: value}

@@ -19,7 +19,7 @@ import anyio.to_thread
 from gateway import ids
 from gateway.errors import NotFound
 from gateway.resources import common
-from gateway.store.base import Body, Mutation, Store
+from gateway.store.base import Body, Store
 
 KIND = "file"
 OUTPUTS = "outputs"
@@ -89,16 +89,13 @@ async def sync_session(store: Store, workspaces: Path, session_id: str) -> list[
             await store.insert(KIND, created)
             result.append(created)
         elif existing["size_bytes"] != item.size:
-            resized: Body = {**existing, "size_bytes": item.size}
-            await store.update(KIND, existing["id"], _replace_with(resized))
-            result.append(resized)
+            result.append(
+                await store.update(KIND, existing["id"], common.with_field("size_bytes", item.size))
+                or existing
+            )
         else:
             result.append(existing)
     return result
-
-
-def _replace_with(new: Body) -> Mutation:
-    return lambda _old: new
 
 
 def _new_record(session_id: str, item: OutputFile) -> Body:

@@ -9,7 +9,7 @@ from gateway import ids
 from gateway.errors import InvalidRequest, NotFound
 from gateway.harness.events import new_event
 from gateway.harness.transcript import Transcript
-from gateway.resources import agents, common, environments, files
+from gateway.resources import agents, common, environments, files, vaults
 from gateway.schemas.common import apply_metadata_patch
 from gateway.schemas.sessions import (
     ClientEvent,
@@ -56,6 +56,7 @@ async def create(store: Store, request: SessionCreate) -> tuple[Body, list[Store
     environment = await environments.get(store, request.environment_id)
     if environment.get("archived_at"):
         raise InvalidRequest(f"environment_id: {environment['id']} is archived")
+    await vaults.require_usable(store, request.vault_ids)
     moment = ids.timestamp()
     body: Body = {
         "type": "session",
@@ -67,7 +68,7 @@ async def create(store: Store, request: SessionCreate) -> tuple[Body, list[Store
         "status": "idle",
         "usage": _empty_usage(),
         "resources": [],
-        "vault_ids": [],
+        "vault_ids": request.vault_ids,
         "outcome_evaluations": [],
         "created_at": moment,
         "updated_at": moment,
@@ -93,6 +94,9 @@ def render(body: Body) -> Body:
 
 
 async def update(store: Store, session_id: str, request: SessionUpdate) -> Body:
+    if request.vault_ids is not None:
+        await vaults.require_usable(store, request.vault_ids)
+
     def apply(current: Body) -> Body:
         updated = dict(current)
         fields = request.model_fields_set
@@ -100,6 +104,8 @@ async def update(store: Store, session_id: str, request: SessionUpdate) -> Body:
             updated["title"] = request.title
         if "metadata" in fields:
             updated["metadata"] = apply_metadata_patch(current["metadata"], request.metadata or {})
+        if request.vault_ids is not None:
+            updated["vault_ids"] = request.vault_ids
         if updated != current:
             updated["updated_at"] = ids.timestamp()
         return updated

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from gateway.schemas.common import Metadata, MetadataPatch, Strict
 
 MAX_EVENTS_PER_POST = 100
+MAX_VAULTS = 20
 MAX_TEXT_CHARS = 1_000_000
 
 
@@ -133,16 +134,9 @@ class SessionCreate(Strict):
     initial_events: Annotated[list[UserMessage], Field(max_length=MAX_EVENTS_PER_POST)] = Field(
         default_factory=list
     )
-    vault_ids: list[str] = Field(default_factory=list)
+    vault_ids: Annotated[list[str], Field(max_length=MAX_VAULTS)] = Field(default_factory=list)
     resources: list[dict[str, Any]] = Field(default_factory=list)
     budget: None = None
-
-    @field_validator("vault_ids")
-    @classmethod
-    def _no_vaults_yet(cls, vault_ids: list[str]) -> list[str]:
-        if vault_ids:
-            raise ValueError("vaults are not available in this Tether version")
-        return vault_ids
 
     @field_validator("resources")
     @classmethod
@@ -155,12 +149,5 @@ class SessionCreate(Strict):
 class SessionUpdate(Strict):
     title: Annotated[str, Field(max_length=512)] | None = None
     metadata: MetadataPatch | None = None
-    vault_ids: list[str] | None = None
+    vault_ids: Annotated[list[str], Field(max_length=MAX_VAULTS)] | None = None
     budget: None = None
-
-    @field_validator("vault_ids")
-    @classmethod
-    def _no_vaults_yet(cls, vault_ids: list[str] | None) -> list[str] | None:
-        if vault_ids:
-            raise ValueError("vaults are not available in this Tether version")
-        return vault_ids

@@ -6,11 +6,13 @@ Run: ``python -m tests.support.upstream_mcp --port 0`` (prints ``listening on UR
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 
 import anyio
 import anyio.to_thread
 from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import ToolAnnotations
@@ -29,9 +31,12 @@ def build() -> MCPServer:
     def explode(reason: str) -> str:
         raise ToolError(f"exploded: {reason}")
 
-    @server.tool(description="Report the Authorization header the server received (credential tests).")
-    def whoami() -> str:
-        return "anonymous"
+    @server.tool(description="Report a digest of the Authorization header received (credential tests).")
+    def whoami(ctx: Context) -> str:
+        header = (ctx.headers or {}).get("authorization")
+        # A digest, so a test can check which credential arrived without the tool's own
+        # output carrying the secret into the session log.
+        return "anonymous" if header is None else "sha256:" + hashlib.sha256(header.encode()).hexdigest()
 
     @server.tool(description="Append a line to a ledger (a side effect that must not repeat), then block.")
     async def record(line: str, ledger: str, started_fifo: str) -> str:

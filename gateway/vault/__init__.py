@@ -1,0 +1,1 @@
+"""Credentials at rest: encrypted with a master key, decrypted only at the last hop."""
