@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from gateway.api import agents, environments, files, sessions, vaults
+from gateway.api import agents, egress, environments, files, sessions, vaults
 from gateway.api.auth import APIKeyMiddleware
 from gateway.api.errors import HANDLERS
 from gateway.api.state import GatewayState
@@ -118,12 +118,15 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
         *sessions.routes,
         *files.routes,
         *vaults.routes,
+        *egress.routes,
     ]
     if settings.serve_scripted_model:
         routes.append(Mount(SCRIPTED_MODEL_PATH, app=create_scripted_model(ScriptBook.load(DEMO_SCRIPT))))
     return Starlette(
         routes=routes,
-        middleware=[Middleware(APIKeyMiddleware, keys=settings.api_keys)],
+        middleware=[
+            Middleware(APIKeyMiddleware, keys=settings.api_keys, public_paths=("/health", egress.PATH))
+        ],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )

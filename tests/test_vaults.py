@@ -10,12 +10,14 @@ import secrets
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx2
 import pytest
 import uvicorn
 from anthropic.types.beta import BetaManagedAgentsVault
@@ -26,6 +28,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.serving import bind_socket, socket_url
+from gateway.vault.egress import mint_token
 from gateway.vault.keyring import DecryptionFailed, KeyRing
 from tests.conftest import Scripts, gateway_data_dir
 from tests.support.processes import ServerProcess, running_server
@@ -331,3 +334,45 @@ def test_ciphertexts_are_bound_to_their_record_and_tamper_evident(tmp_path: Path
     with pytest.raises(DecryptionFailed):
         ring.decrypt(f"{prefix}:{key_id}:{flipped}", "vcrd_a")
     assert (tmp_path / "master.keys").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_egress_table_needs_a_live_token_for_that_session(
+    client: anthropic.Anthropic, gateway: ServerProcess, environment: Any
+) -> None:
+    secret = "sv-" + secrets.token_hex(12)
+    vault = client.beta.vaults.create(display_name="env")
+    client.beta.vaults.credentials.create(
+        vault.id,
+        auth={
+            "type": "environment_variable",
+            "secret_name": "API_TOKEN",
+            "secret_value": secret,
+            "networking": {"type": "limited", "allowed_hosts": ["api.example.com"]},
+        },
+    )
+    agent = client.beta.agents.create(name="env-user", model="m")
+    mine = client.beta.sessions.create(agent=agent.id, environment_id=environment.id, vault_ids=[vault.id])
+    other = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
+    ring = KeyRing.load(gateway_data_dir(gateway) / "master.keys")
+    url = gateway.url + "/v1/tether/egress/credentials"
+
+    def fetch(token: str | None, session_id: str) -> httpx2.Response:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        return httpx2.get(url, params={"session_id": session_id}, headers=headers)
+
+    granted = fetch(mint_token(ring, mine.id), mine.id)
+    assert granted.status_code == 200
+    [entry] = granted.json()["credentials"]
+    assert entry["secret_value"] == secret and entry["allowed_hosts"] == ["api.example.com"]
+    assert entry["placeholder"].startswith("tether-ph-") and secret not in entry["placeholder"]
+    assert fetch(mint_token(ring, mine.id), other.id).status_code == 401
+    assert fetch(mint_token(ring, mine.id, now=time.time() - 3600), mine.id).status_code == 401
+    assert (
+        fetch(
+            mint_token(KeyRing.load(gateway_data_dir(gateway) / "other.keys"), mine.id), mine.id
+        ).status_code
+        == 401
+    )
+    assert fetch(None, mine.id).status_code == 401
+    # The API key is not a way in either.
+    assert httpx2.get(url, headers={"x-api-key": client.api_key}).status_code == 401
