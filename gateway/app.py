@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from gateway.api import agents, egress, environments, files, sessions, vaults
+from gateway.api import agents, egress, environments, files, sessions, vaults, work
 from gateway.api.auth import APIKeyMiddleware
 from gateway.api.errors import HANDLERS
 from gateway.api.state import GatewayState
@@ -119,6 +119,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
         *files.routes,
         *vaults.routes,
         *egress.routes,
+        *work.routes,
     ]
     if settings.serve_scripted_model:
         routes.append(Mount(SCRIPTED_MODEL_PATH, app=create_scripted_model(ScriptBook.load(DEMO_SCRIPT))))

@@ -15,6 +15,10 @@ class TetherError(Exception):
         super().__init__(message)
         self.message = message
 
+    def extra(self) -> dict[str, object]:
+        """Further fields of the error object (e.g. ``error_code``, ``details``)."""
+        return {}
+
 
 class InvalidRequest(TetherError):
     status_code = 400

@@ -35,7 +35,8 @@ def error_response(status: int, error_type: str, message: str) -> JSONResponse:
 
 async def tether_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TetherError)
-    return error_response(exc.status_code, exc.error_type, exc.message)
+    error = {"type": exc.error_type, "message": exc.message, **exc.extra()}
+    return JSONResponse({"type": "error", "error": error}, status_code=exc.status_code)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

@@ -34,3 +34,8 @@ async def archive(store: Store, kind: str, resource_id: str) -> Body:
 def with_field(name: str, value: Any) -> Mutation:
     """A mutation that sets one field."""
     return lambda body: {**body, name: value}
+
+
+def public(body: Body) -> Body:
+    """The wire shape: fields starting with ``_`` are internal (secrets, paths, leases)."""
+    return {key: value for key, value in body.items() if not key.startswith("_")}

@@ -37,9 +37,7 @@ def outputs_dir(workspaces: Path, session_id: str) -> Path:
     return workspaces / session_id / OUTPUTS
 
 
-def render(body: Body) -> Body:
-    """Internal fields (the file's path in the workspace) never leave the gateway."""
-    return {key: value for key, value in body.items() if not key.startswith("_")}
+render = common.public
 
 
 def _scan(root: Path) -> list[OutputFile]:

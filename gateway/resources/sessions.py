@@ -9,7 +9,7 @@ from gateway import ids
 from gateway.errors import InvalidRequest, NotFound
 from gateway.harness.events import new_event
 from gateway.harness.transcript import Transcript
-from gateway.resources import agents, common, environments, files, vaults
+from gateway.resources import agents, common, environments, files, vaults, work
 from gateway.schemas.common import apply_metadata_patch
 from gateway.schemas.sessions import (
     ClientEvent,
@@ -75,6 +75,9 @@ async def create(store: Store, request: SessionCreate) -> tuple[Body, list[Store
         "archived_at": None,
     }
     await store.insert(KIND, body)
+    if environment["config"]["type"] == "self_hosted":
+        # The session's tools run on-prem: a worker in that network picks this up.
+        await work.enqueue(store, environment["id"], body["id"])
     initial = [
         new_event("user.message", **event.model_dump(exclude_none=True)) for event in request.initial_events
     ]

@@ -39,8 +39,7 @@ SECRET_FIELD = "_secret"
 MAX_CREDENTIALS = 1000
 
 
-def render(body: Body) -> Body:
-    return {key: value for key, value in body.items() if not key.startswith("_")}
+render = common.public
 
 
 # Vaults -------------------------------------------------------------------------------
