@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -12,14 +9,10 @@ from gateway.api.bodies import parse
 from gateway.api.pagination import int_param, page_body, page_params
 from gateway.api.routing import endpoint
 from gateway.api.state import state
+from gateway.errors import InvalidRequest
 from gateway.resources import environments, work
 from gateway.resources.common import public
 from gateway.schemas.common import MetadataPatch, Strict
-
-
-class Heartbeat(Strict):
-    expected_last_heartbeat: Annotated[str, Field(min_length=1)]
-    desired_ttl_seconds: Annotated[int, Field(ge=1, le=work.MAX_TTL)] | None = None
 
 
 class Stop(Strict):
@@ -89,16 +82,18 @@ async def ack(request: Request) -> JSONResponse:
 
 
 async def heartbeat(request: Request) -> JSONResponse:
+    """The SDK sends ``expected_last_heartbeat`` and ``desired_ttl_seconds`` as query parameters."""
     environment_id = await _environment(request)
-    gateway = state(request)
-    body = await parse(request, Heartbeat, gateway.settings.max_body_bytes)
+    expected = request.query_params.get("expected_last_heartbeat")
+    if not expected:
+        raise InvalidRequest("expected_last_heartbeat: required ('NO_HEARTBEAT' for the first heartbeat)")
     return JSONResponse(
         await work.heartbeat(
-            gateway.store,
+            state(request).store,
             environment_id,
             request.path_params["work_id"],
-            body.expected_last_heartbeat,
-            body.desired_ttl_seconds,
+            expected,
+            int_param(request, "desired_ttl_seconds", maximum=work.MAX_TTL),
         )
     )
 
