@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from sandbox_server.bwrap import BubblewrapBash, find_bwrap
 from sandbox_server.docker_backend import DockerBash, DockerSettings
+from sandbox_server.egress.mount import EgressMount
 from sandbox_server.limits import SandboxLimits
 from sandbox_server.shell import ShellSession
 
@@ -53,9 +54,19 @@ def make_bash_backend(
     docker_settings: DockerSettings | None = None,
     docker_factory: Callable[[], Any] = _docker_from_env,
     bwrap: str | None = None,
+    egress: EgressMount | None = None,
 ) -> ShellSession:
-    """The backend called ``name`` for ``workspace``; ``docker_factory`` makes the Docker client."""
-    if name in ("docker", "auto"):
+    """The backend called ``name`` for ``workspace``; ``docker_factory`` makes the Docker client.
+
+    ``egress`` (the proxy's mount) is only wired into bubblewrap: ``auto`` then
+    skips Docker, and an explicit ``docker`` is refused rather than silently
+    run without the network the sandbox was configured with.
+    """
+    if egress is not None and name == "docker":
+        raise BackendUnavailable(
+            "egress (--egress limited|unrestricted) is only supported on the bwrap backend"
+        )
+    if name == "docker" or (name == "auto" and egress is None):
         try:
             client = _reachable_docker(docker_factory)
         except BackendUnavailable:
@@ -70,4 +81,4 @@ def make_bash_backend(
             "bubblewrap (bwrap) is not installed; install the `bubblewrap` package "
             "or use --backend docker with a reachable Docker engine"
         )
-    return BubblewrapBash(workspace, limits, bwrap=found)
+    return BubblewrapBash(workspace, limits, bwrap=found, egress=egress)

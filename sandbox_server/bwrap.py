@@ -12,6 +12,11 @@ a user namespace with every capability dropped and no further user namespaces
 allowed; files it creates belong to the server's uid on the host, so the file
 tools can use them.
 
+Network: none but loopback, unless the server runs an egress proxy
+(``sandbox_server.egress``): then its directory is bound read-only into every
+command, the shell starts the in-sandbox forwarder before the command, and the
+proxy and CA variables (and credential placeholders) join the environment.
+
 Environment: ``--clearenv`` plus a minimal set inside, and ``bwrap`` itself is
 started with an *empty* environment: it is pid 1 of the sandbox, so
 ``/proc/1/environ`` shows bwrap's own environment to the command.
@@ -39,6 +44,7 @@ from functools import cache
 from pathlib import Path
 
 from sandbox_server.cgroups import CgroupFactory, CommandCgroup
+from sandbox_server.egress.mount import EgressMount
 from sandbox_server.execution import Finished
 from sandbox_server.limits import SandboxLimits
 from sandbox_server.shell import LaunchError, ShellSession, parse_reported_cwd, shell_argv
@@ -157,6 +163,8 @@ def bwrap_argv(
     limits: SandboxLimits,
     inner: Sequence[str],
     uid: int | None = SANDBOX_UID,
+    extra_args: Sequence[str] = (),
+    extra_env: Mapping[str, str] | None = None,
 ) -> list[str]:
     """The full ``bwrap`` command line for one sandboxed command (``inner``).
 
@@ -164,7 +172,8 @@ def bwrap_argv(
     so the benchmark can time exactly what the server runs. ``etc_fds`` maps
     generated ``/etc`` file names to readable descriptors (``etc_pipes``).
     ``uid=None`` skips the user namespace (the command then runs as root without
-    capabilities).
+    capabilities). ``extra_args`` (more mounts) follow the workspace bind and
+    ``extra_env`` is set after the defaults: the egress proxy's additions.
     """
     argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     if uid is not None:
@@ -185,10 +194,11 @@ def bwrap_argv(
         "--dev", "/dev",
         "--size", str(limits.tmp_size), "--perms", "1777", "--tmpfs", "/tmp",
         "--bind", str(workspace), WORKSPACE_MOUNT,
+        *extra_args,
         "--chdir", WORKSPACE_MOUNT,
         "--clearenv",
     ]  # fmt: skip
-    for key, value in SANDBOX_ENV.items():
+    for key, value in {**SANDBOX_ENV, **(extra_env or {})}.items():
         argv += ["--setenv", key, value]
     argv += ["--", *inner]
     return argv
@@ -299,11 +309,13 @@ class BubblewrapBash(ShellSession):
         bwrap: str | None = None,
         cgroups: CgroupFactory | None = None,
         uid: int | None = SANDBOX_UID,
+        egress: EgressMount | None = None,
     ) -> None:
         super().__init__(workspace, limits)
         self._bwrap = bwrap
         self._cgroups = cgroups if cgroups is not None else CgroupFactory()
         self._uid = uid
+        self.egress = egress
 
     def prepare(self, inner: Sequence[str], extra_fds: Sequence[int] = ()) -> PreparedCommand:
         """The ``bwrap`` command line this backend runs for ``inner``, with its ``/etc`` pipes open.
@@ -316,8 +328,16 @@ class BubblewrapBash(ShellSession):
             raise LaunchError(NOT_INSTALLED)
         self._bwrap = bwrap
         fds = etc_pipes(self._uid)
+        egress = self.egress
         argv = bwrap_argv(
-            bwrap, workspace=self.workspace.root, etc_fds=fds, limits=self.limits, inner=inner, uid=self._uid
+            bwrap,
+            workspace=self.workspace.root,
+            etc_fds=fds,
+            limits=self.limits,
+            inner=inner,
+            uid=self._uid,
+            extra_args=egress.bwrap_args() if egress is not None else (),
+            extra_env=egress.env if egress is not None else None,
         )
         return PreparedCommand(argv, (*fds.values(), *extra_fds), list(fds.values()))
 
@@ -325,7 +345,9 @@ class BubblewrapBash(ShellSession):
         read_fd, write_fd = os.pipe()
         prepared: PreparedCommand | None = None
         try:
-            prepared = self.prepare(shell_argv(cwd, command, f"/dev/fd/{write_fd}"), (write_fd,))
+            prelude = self.egress.prelude if self.egress is not None else ""
+            argv = shell_argv(cwd, command, f"/dev/fd/{write_fd}", prelude=prelude)
+            prepared = self.prepare(argv, (write_fd,))
             process, group = await self._spawn(prepared)
         except BaseException:
             os.close(read_fd)

@@ -10,14 +10,18 @@ anything unexpected is caught by ``MCPServer`` itself and reported as a generic
 
 ``bash`` is pluggable (``BashBackend``): bubblewrap by default (``bwrap``), Docker
 where an engine runs (``docker_backend``). ``write`` and ``edit`` share the
-workspace disk quota with it (``quota``).
+workspace disk quota with it (``quota``). With ``--egress limited|unrestricted``
+the server also runs the sandbox's egress proxy (``sandbox_server.egress``), the
+only way ``bash`` commands reach the network.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Protocol
@@ -32,6 +36,7 @@ from sandbox_server import file_tools
 from sandbox_server.backends import BackendName, BackendUnavailable, make_bash_backend
 from sandbox_server.bwrap import BubblewrapBash
 from sandbox_server.docker_backend import DockerSettings
+from sandbox_server.egress.config import TOKEN_ENV, EgressSettings, describe_network
 from sandbox_server.limits import SandboxLimits, format_seconds
 from sandbox_server.quota import DiskQuota, QuotaExceeded
 from sandbox_server.results import text_result
@@ -40,6 +45,7 @@ from sandbox_server.workspace import WORKSPACE_MOUNT, Workspace
 MCP_PATH = "/mcp"
 SERVER_NAME = "tether-sandbox"
 BASH_UNAVAILABLE = "bash is not available in this sandbox"
+NO_NETWORK = "There is no network access."
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -86,14 +92,19 @@ GlobPath = Annotated[
 
 
 def build_server(
-    workspace: Path, *, bash_backend: BashBackend | None = None, limits: SandboxLimits | None = None
+    workspace: Path,
+    *,
+    bash_backend: BashBackend | None = None,
+    limits: SandboxLimits | None = None,
+    network: str = NO_NETWORK,
 ) -> MCPServer:
     """Build the MCP server for ``workspace`` (created if missing).
 
     ``bash_backend`` runs the ``bash`` tool; by default a ``BubblewrapBash`` with
     ``limits``, which starts nothing until the first command, so building a server
     just to list its tools is cheap. ``limits.disk_quota`` also bounds ``write``
-    and ``edit``.
+    and ``edit``. ``network`` is the sentence telling the model what network
+    ``bash`` has (``egress.config.describe_network``).
     """
     ws = Workspace.open(workspace)
     limits = limits or SandboxLimits()
@@ -222,7 +233,7 @@ def build_server(
             "stdout and stderr are returned together, followed by the exit code when it is not 0. "
             "The working directory carries over between calls; variables and background processes do "
             "not (each command runs in a fresh shell and everything it started is stopped when it "
-            "returns). There is no network access. Commands time out after "
+            f"returns). {network} Commands time out after "
             f"{format_seconds(limits.timeout)} s unless timeout_ms says otherwise (at most "
             f"{format_seconds(limits.max_timeout)} s); long output is shortened in the middle. "
             f"Set restart to true (without command) to go back to {WORKSPACE_MOUNT}."
@@ -273,29 +284,64 @@ def run(
     limits: SandboxLimits | None = None,
     backend: BackendName = "bwrap",
     docker_settings: DockerSettings | None = None,
+    egress: EgressSettings | None = None,
 ) -> None:
     """Serve the toolset for ``workspace``: over stdin/stdout, or streamable HTTP at ``/mcp``.
 
     The HTTP app is served directly (not mounted), so its own lifespan runs the
     session manager; ``gateway.serving.serve`` prints the ready line. A backend
-    that cannot run here ends the process with a message before anything is served.
+    that cannot run here, or an egress proxy that cannot start (credentials
+    unreachable, say), ends the process with a message before anything is served.
     """
+    _exit_on_sigterm()
     limits = limits or SandboxLimits()
+    egress = egress or EgressSettings()
+    token = os.environ.pop(TOKEN_ENV, None)  # read once; never inherited by anything started later
     ws = Workspace.open(workspace)
-    try:
-        bash = make_bash_backend(backend, ws.root, limits, docker_settings=docker_settings)
-    except BackendUnavailable as exc:
-        sys.exit(f"tether sandbox: the {backend} backend is unavailable: {exc}")
-    server = build_server(ws.root, bash_backend=bash, limits=limits)
-    try:
-        if stdio:
-            server.run("stdio")
-            return
-        app = server.streamable_http_app(
-            streamable_http_path=MCP_PATH, transport_security=_transport_security(host), host=host
-        )
-        serve(app, host, port)
-    finally:
+    with contextlib.ExitStack() as cleanup:
+        mount = None
+        network = NO_NETWORK
+        if egress.enabled:
+            if backend == "docker":
+                sys.exit("tether sandbox: --egress is only supported on the bwrap backend")
+            # Imported here: the proxy's TLS stack is only loaded by sandboxes that have a network.
+            from sandbox_server.egress.service import EgressService, EgressStartError, configure_logging
+
+            configure_logging()
+            try:
+                service = EgressService.start(egress, token=token)
+            except EgressStartError as exc:
+                sys.exit(f"tether sandbox: egress: {exc}")
+            cleanup.callback(service.close)
+            mount = service.mount
+            network = describe_network(egress, list(service.vault.environment()))
+        try:
+            bash = make_bash_backend(backend, ws.root, limits, docker_settings=docker_settings, egress=mount)
+        except BackendUnavailable as exc:
+            sys.exit(f"tether sandbox: the {backend} backend is unavailable: {exc}")
         close = getattr(bash, "close", None)
         if close is not None:
-            close()
+            cleanup.callback(close)
+        server = build_server(ws.root, bash_backend=bash, limits=limits, network=network)
+        _serve(server, host, port, stdio)
+
+
+def _exit_on_sigterm() -> None:
+    """Make SIGTERM unwind the stack (``SystemExit``) so ``run``'s cleanup happens.
+
+    uvicorn handles SIGTERM itself while serving, then raises it again once it
+    has stopped; with the default action the process would die right there,
+    before the egress proxy's directory or a Docker container is cleaned up.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
+def _serve(server: MCPServer, host: str, port: int, stdio: bool) -> None:
+    if stdio:
+        server.run("stdio")
+        return
+    app = server.streamable_http_app(
+        streamable_http_path=MCP_PATH, transport_security=_transport_security(host), host=host
+    )
+    serve(app, host, port)

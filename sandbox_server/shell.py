@@ -53,9 +53,12 @@ COMMAND_REQUIRED = "command is required (omit it only with restart: true)."
 _MAX_CWD = 4096
 
 
-def shell_argv(cwd: str, command: str, report_path: str) -> list[str]:
-    """The argv that runs ``command`` from ``cwd`` and writes the final directory to ``report_path``."""
-    return ["bash", "-c", SHELL_SCRIPT, "bash", cwd, command, report_path]
+def shell_argv(cwd: str, command: str, report_path: str, *, prelude: str = "") -> list[str]:
+    """The argv that runs ``command`` from ``cwd`` and writes the final directory to ``report_path``.
+
+    ``prelude`` is trusted shell code run first (the egress forwarder's start).
+    """
+    return ["bash", "-c", prelude + SHELL_SCRIPT, "bash", cwd, command, report_path]
 
 
 def parse_reported_cwd(raw: bytes) -> str | None:
