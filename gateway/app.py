@@ -33,6 +33,7 @@ from gateway.scripted_model.server import create_app as create_scripted_model
 from gateway.serving import bind_socket, serve_socket, socket_url
 from gateway.store import open_store
 from gateway.tools.sandbox import SandboxPool
+from gateway.tools.sandbox_plan import SandboxPlanner
 from gateway.vault.keyring import KeyRing
 from policies.engine import PolicySet
 from policies.rules import PolicyError
@@ -76,6 +77,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
             settings.sandbox_args,
             # Never reap a sandbox while a tool call could still be running in it.
             idle_seconds=max(settings.sandbox_idle_seconds, settings.tool_timeout + 60),
+            plan=SandboxPlanner(store, keyring, settings.public_url, settings.data_dir),
         )
         model = make_client(
             settings.model_api_key or settings.api_keys[0],
@@ -148,6 +150,7 @@ def run_gateway(host: str, port: int, data_dir: str | None, policy_files: Sequen
         log.info("policy files: %s (%d rules)", ", ".join(settings.policy_files), len(policies.rules))
     sock = bind_socket(host, port)
     url = socket_url(sock)
+    settings.public_url = url
     embedded = settings.model_base_url is None and settings.model_api_key is None
     if embedded:
         settings.serve_scripted_model = True

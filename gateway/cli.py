@@ -29,11 +29,13 @@ def _model(args: argparse.Namespace) -> None:
 
 def _sandbox(args: argparse.Namespace) -> None:
     from sandbox_server.docker_backend import DockerSettings
+    from sandbox_server.egress import egress_from_args
     from sandbox_server.limits import limits_from_args
     from sandbox_server.server import run
 
     try:
         limits = limits_from_args(args)
+        egress = egress_from_args(args)
     except ValueError as exc:
         sys.exit(f"tether sandbox: {exc}")
     run(
@@ -44,6 +46,7 @@ def _sandbox(args: argparse.Namespace) -> None:
         limits=limits,
         backend=args.backend,
         docker_settings=DockerSettings(image=args.docker_image),
+        egress=egress,
     )
 
 
@@ -105,9 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="where bash runs: bubblewrap, a Docker container, or Docker if an engine answers (default bwrap)",
     )
     sandbox.add_argument("--docker-image", default="debian:bookworm-slim", help="image for --backend docker")
+    from sandbox_server.egress import add_egress_arguments
     from sandbox_server.limits import add_limit_arguments
 
     add_limit_arguments(sandbox)
+    add_egress_arguments(sandbox)
     sandbox.set_defaults(func=_sandbox)
 
     policy = commands.add_parser("policy", help="validate and try out policy files")

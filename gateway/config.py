@@ -51,6 +51,8 @@ class Settings:
     sandbox_args: list[str] = field(default_factory=list)
     sandbox_idle_seconds: float = 900.0
     generated_key: bool = False
+    public_url: str = "http://127.0.0.1:8420"
+    """Where sandboxes reach this gateway (set from the bound socket at start)."""
     serve_scripted_model: bool = False
     """Mount the scripted model inside the gateway (set when no model is configured)."""
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +40,20 @@ class _Sandbox:
     last_used: float
 
 
+@dataclass(frozen=True)
+class Launch:
+    """What one session's sandbox is started with, beyond the deployment-wide flags."""
+
+    args: list[str]
+    env: dict[str, str]
+
+
+LaunchPlanner = Callable[[str], Awaitable[Launch]]
+
+
 class SandboxPool:
-    """``sandbox_args`` are extra ``tether sandbox`` flags (backend, limits) from the gateway's settings."""
+    """``sandbox_args`` are extra ``tether sandbox`` flags (backend, limits) from the gateway's settings;
+    ``plan`` adds per-session ones (egress policy, credentials) at every start."""
 
     def __init__(
         self,
@@ -48,8 +61,10 @@ class SandboxPool:
         sandbox_args: Sequence[str] = (),
         idle_seconds: float = DEFAULT_IDLE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        plan: LaunchPlanner | None = None,
     ) -> None:
         self.workspaces = workspaces
+        self.plan = plan
         self.sandbox_args = list(sandbox_args)
         self.idle_seconds = idle_seconds
         self._clock = clock
@@ -89,8 +104,14 @@ class SandboxPool:
             str(workspace),
             "--port",
             "0",
+            *self.sandbox_args,
         ]
-        process = await anyio.open_process(command, stdin=None, stderr=None)
+        env = None
+        if self.plan is not None:
+            launch = await self.plan(session_id)
+            command += launch.args
+            env = {**os.environ, **launch.env}
+        process = await anyio.open_process(command, stdin=None, stderr=None, env=env)
         assert process.stdout is not None
         buffered = b""
         url = None

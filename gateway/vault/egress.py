@@ -78,13 +78,13 @@ async def proxy_credentials(store: Store, keyring: KeyRing, session: Body) -> li
     table = []
     for credential in await environment_credentials(store, session):
         auth = credential["auth"]
-        networking = auth["networking"]
         table.append(
             {
+                "type": "environment_variable",
                 "secret_name": auth["secret_name"],
                 "placeholder": placeholder(keyring, session["id"], credential["id"]),
                 "secret_value": vaults.unseal(keyring, credential)["secret_value"],
-                "allowed_hosts": networking["allowed_hosts"] if networking["type"] == "limited" else ["*"],
+                "networking": auth["networking"],
                 "injection_location": auth["injection_location"],
             }
         )
