@@ -1,0 +1,133 @@
+"""An httpx2 transport that carries each request through a new tunnel stream.
+
+Plugged into any ``httpx2.AsyncClient`` (and so into the MCP SDK's streamable HTTP
+client), it sends the request head and body down a stream to the agent, which does the
+real HTTP on-prem, and streams the response back. Responses stream both ways (MCP's SSE
+responses included) under the mux's per-stream credit.
+
+Errors map onto httpx2's exceptions so callers need no tunnel-specific handling: an agent
+refusing or failing to reach a target is a ``ConnectError`` (nothing was sent upstream);
+a link lost mid-response is a ``ReadError``; httpx2 timeouts are honoured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import anyio
+import httpx2
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from gateway.tunnels.errors import TunnelUnavailable
+from tunnel_agent.httpwire import HeadError, RequestHead, encode_request, end_to_end, read_response
+from tunnel_agent.mux import MuxStream, StreamReset
+from tunnel_agent.protocol import ErrorCode
+
+if TYPE_CHECKING:
+    from gateway.tunnels.hub import AgentConnection, TunnelHub
+
+_NOT_SENT = frozenset({ErrorCode.REFUSED, ErrorCode.UNREACHABLE, ErrorCode.OVERLOADED})
+
+
+class TunnelTransport(httpx2.AsyncBaseTransport):
+    def __init__(self, hub: TunnelHub) -> None:
+        self._hub = hub
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        timeouts = request.extensions.get("timeout", {})
+        try:
+            with anyio.fail_after(timeouts.get("connect")):
+                stream, connection = await self._hub.open_stream(request.url.host)
+        except TimeoutError:
+            raise httpx2.ConnectTimeout("timed out waiting for a tunnel agent", request=request) from None
+        except TunnelUnavailable as exc:
+            raise httpx2.ConnectError(str(exc), request=request) from None
+        try:
+            await self._send_request(stream, request, timeouts.get("write"))
+            reader = BufferedByteReceiveStream(stream)
+            with anyio.fail_after(timeouts.get("read")):
+                head = await read_response(reader)
+        except StreamReset as exc:
+            raise self._failure(exc, connection, request) from None
+        except HeadError as exc:
+            stream.reset(ErrorCode.PROTOCOL, str(exc))
+            self._hub.record_stream_error(connection, ErrorCode.PROTOCOL, str(exc))
+            raise httpx2.RemoteProtocolError(f"tunnel agent sent {exc}", request=request) from None
+        except TimeoutError:
+            stream.reset(ErrorCode.CANCELLED, "timed out")
+            raise httpx2.ReadTimeout("timed out waiting for the response", request=request) from None
+        except BaseException:
+            stream.reset(ErrorCode.CANCELLED, "request abandoned")
+            raise
+        body = _ResponseBody(self, reader, stream, connection, request, timeouts.get("read"))
+        return httpx2.Response(
+            head.status, headers=head.headers, stream=body, extensions={"http_version": b"HTTP/1.1"}
+        )
+
+    async def _send_request(self, stream: MuxStream, request: httpx2.Request, timeout: float | None) -> None:
+        headers = end_to_end(request.headers.multi_items())
+        has_body = any(name == "content-length" and value != "0" for name, value in headers) or (
+            "transfer-encoding" in request.headers
+        )
+        target = request.url.raw_path.decode("ascii")
+        with anyio.fail_after(timeout):
+            await stream.send(encode_request(RequestHead(request.method, target, headers, has_body)))
+            if has_body:
+                async for chunk in _chunks(request):
+                    await stream.send(chunk)
+            await stream.send_eof()
+
+    def _failure(
+        self, exc: StreamReset, connection: AgentConnection, request: httpx2.Request
+    ) -> httpx2.TransportError:
+        self._hub.record_stream_error(connection, exc.code, exc.message)
+        message = f"tunnel: {exc.message}"
+        if exc.code in _NOT_SENT:
+            return httpx2.ConnectError(message, request=request)
+        if exc.code is ErrorCode.PROTOCOL:
+            return httpx2.RemoteProtocolError(message, request=request)
+        return httpx2.ReadError(message, request=request)
+
+
+async def _chunks(request: httpx2.Request) -> AsyncIterator[bytes]:
+    stream = request.stream
+    assert isinstance(stream, httpx2.AsyncByteStream)
+    async for chunk in stream:
+        if chunk:
+            yield chunk
+
+
+class _ResponseBody(httpx2.AsyncByteStream):
+    def __init__(
+        self,
+        transport: TunnelTransport,
+        reader: BufferedByteReceiveStream,
+        stream: MuxStream,
+        connection: AgentConnection,
+        request: httpx2.Request,
+        read_timeout: float | None,
+    ) -> None:
+        self._transport = transport
+        self._reader = reader
+        self._stream = stream
+        self._connection = connection
+        self._request = request
+        self._read_timeout = read_timeout
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                with anyio.fail_after(self._read_timeout):
+                    chunk = await self._reader.receive()
+            except anyio.EndOfStream:
+                return
+            except StreamReset as exc:
+                raise self._transport._failure(exc, self._connection, self._request) from None
+            except TimeoutError:
+                self._stream.reset(ErrorCode.CANCELLED, "timed out")
+                raise httpx2.ReadTimeout("timed out reading the response", request=self._request) from None
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()

@@ -1,0 +1,145 @@
+"""Serve one tunnel stream on-prem: route, allow-list, last-hop credentials, real HTTP.
+
+Order matters: the route and the allow-list are checked when the stream opens, before a
+byte of the request is read; the connection goes to the exact address that was checked;
+the route's headers (credentials) replace any the gateway sent and are added only here,
+so they never cross the tunnel.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+import httpx2
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from tunnel_agent.allowlist import Refused, Resolver, resolve_allowed, system_resolver
+from tunnel_agent.config import AgentConfig, Route
+from tunnel_agent.httpwire import (
+    HeadError,
+    RequestHead,
+    ResponseHead,
+    body_chunks,
+    encode_response,
+    end_to_end,
+    read_request,
+)
+from tunnel_agent.metrics import AgentMetrics
+from tunnel_agent.mux import MuxStream
+from tunnel_agent.protocol import ErrorCode
+
+log = logging.getLogger("tether.tunnel.relay")
+
+
+def upstream_client(connect_timeout: float = 10.0) -> httpx2.AsyncClient:
+    """No proxies from the environment (they would bypass the allow-list), no redirects
+    followed (a redirect is relayed to the gateway, never chased on-prem), and no read
+    timeout: the gateway bounds each call and cancels the stream."""
+    return httpx2.AsyncClient(
+        timeout=httpx2.Timeout(None, connect=connect_timeout),
+        trust_env=False,
+        follow_redirects=False,
+    )
+
+
+class Relay:
+    """The mux's stream handler on the agent."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        http: httpx2.AsyncClient,
+        metrics: AgentMetrics,
+        resolver: Resolver = system_resolver,
+    ) -> None:
+        self.config = config
+        self.http = http
+        self.metrics = metrics
+        self.resolver = resolver
+
+    async def __call__(self, stream: MuxStream) -> None:
+        async with anyio.create_task_group() as tasks:
+
+            async def stop_when_aborted() -> None:
+                await stream.wait_aborted()
+                tasks.cancel_scope.cancel()
+
+            tasks.start_soon(stop_when_aborted)
+            try:
+                await self._serve(stream)
+            finally:
+                tasks.cancel_scope.cancel()
+
+    async def _serve(self, stream: MuxStream) -> None:
+        route = self.config.routes.get(stream.target)
+        if route is None:
+            self._refuse(stream, "unknown", f"no route for subdomain {stream.target!r}")
+            return
+        self.metrics.streams.inc(route=route.subdomain)
+        try:
+            address = await resolve_allowed(route.host, route.port, self.config.allow, self.resolver)
+        except Refused as exc:
+            self._refuse(stream, "not_allowed", str(exc))
+            return
+        reader = BufferedByteReceiveStream(stream)
+        try:
+            head = await read_request(reader)
+            if not head.has_body:
+                await _expect_end(reader)
+        except HeadError as exc:
+            stream.reset(ErrorCode.PROTOCOL, str(exc))
+            return
+        request = self._upstream_request(route, address, head, reader)
+        try:
+            response = await self.http.send(request, stream=True)
+        except httpx2.HTTPError as exc:
+            self.metrics.upstream_errors.inc(route=route.subdomain)
+            log.warning(
+                "route %s: upstream %s failed: %s", route.subdomain, route.authority, type(exc).__name__
+            )
+            stream.reset(ErrorCode.UNREACHABLE, f"route {route.subdomain}: upstream unreachable")
+            return
+        try:
+            self.metrics.responses.inc(route=route.subdomain, status=f"{response.status_code // 100}xx")
+            head_out = ResponseHead(response.status_code, end_to_end(response.headers.multi_items()))
+            await stream.send(encode_response(head_out))
+            async for chunk in response.aiter_raw():
+                await stream.send(chunk)
+            await stream.send_eof()
+        except httpx2.HTTPError as exc:
+            self.metrics.upstream_errors.inc(route=route.subdomain)
+            log.warning("route %s: upstream response broke off: %s", route.subdomain, type(exc).__name__)
+            stream.reset(ErrorCode.UNREACHABLE, f"route {route.subdomain}: upstream response broke off")
+        finally:
+            await response.aclose()
+
+    def _upstream_request(
+        self, route: Route, address: str, head: RequestHead, reader: BufferedByteReceiveStream
+    ) -> httpx2.Request:
+        # The route's headers win over anything the gateway sent with the same name.
+        headers = [(name, value) for name, value in end_to_end(head.headers) if name not in route.headers]
+        headers += list(route.headers.items())
+        headers.append(("host", route.authority))
+        extensions = {"sni_hostname": route.host} if route.scheme == "https" else {}
+        return self.http.build_request(
+            head.method,
+            route.url(address, head.target),
+            headers=headers,
+            content=body_chunks(reader) if head.has_body else None,
+            extensions=extensions,
+        )
+
+    def _refuse(self, stream: MuxStream, reason: str, message: str) -> None:
+        self.metrics.refused.inc(reason=reason)
+        log.warning("refused stream %d: %s", stream.id, message)
+        stream.reset(ErrorCode.REFUSED, message)
+
+
+async def _expect_end(reader: BufferedByteReceiveStream) -> None:
+    """A request without a body: the gateway's half must end right after the head."""
+    try:
+        await reader.receive()
+    except anyio.EndOfStream:
+        return
+    raise HeadError("request without a body carried body bytes")
