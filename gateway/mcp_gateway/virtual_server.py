@@ -1,0 +1,321 @@
+"""The MCP request handlers behind every ``/mcp/{name}``: list, route, govern, audit.
+
+One low-level ``Server`` serves all virtual servers; each handler finds its virtual server
+and caller in the request (``context.request_info``), builds that server's view from the
+catalog, and routes by exposed name back to (upstream, original name).
+
+A ``tools/call`` goes through, in order: lookup (unknown name: ``INVALID_PARAMS``), the
+policy decision (refusal: an ``is_error`` result carrying the reason, so a model can read
+it), the vault credential for the upstream, then the upstream under its breaker and the
+call timeout. An unreachable upstream or an open circuit is an ``is_error`` result naming
+the upstream and the reason; an upstream's own protocol error is passed through
+unchanged. Every call, whatever its fate, leaves an audit record.
+
+Resources and prompts route the same way (without the policy step, which governs tools);
+their failures are protocol errors, as those methods have no ``is_error``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from importlib import metadata
+from typing import Any, TypeVar
+
+import mcp.types as mcp_types
+from mcp import Client, MCPError
+from mcp.server import NotificationOptions, Server
+from mcp.server.context import ServerRequestContext
+from mcp.server.models import InitializationOptions
+from pydantic import ValidationError
+
+from gateway.mcp_gateway.audit import AuditLog, CallRecord
+from gateway.mcp_gateway.catalog import Catalog, Target, View
+from gateway.mcp_gateway.context import RequestInfo, current_virtual_server, request_info
+from gateway.mcp_gateway.credentials import Credentials
+from gateway.mcp_gateway.errors import UpstreamTimeout, UpstreamUnavailable
+from gateway.mcp_gateway.governance import Governance
+from gateway.mcp_gateway.notifications import Broadcaster, SessionTracker
+from gateway.mcp_gateway.registry import Registry
+from gateway.mcp_gateway.upstreams import UpstreamPool
+
+T = TypeVar("T")
+Ctx = ServerRequestContext[Any, Any]
+RESOURCE_NOT_FOUND = -32002
+SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("tether")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+class GatewayServer(Server[Any]):
+    """Advertises ``list_changed`` to legacy clients too: the gateway relays upstream changes."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        every_list = NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True)
+        return super().create_initialization_options(
+            notification_options or every_list, experimental_capabilities, extensions
+        )
+
+
+async def forward_call(client: Client, name: str, arguments: dict[str, Any]) -> mcp_types.CallToolResult:
+    """``tools/call`` passed through as is.
+
+    Not ``Client.call_tool``: it validates structured output against the tool's output
+    schema, listing the tools first on every fresh connection (an extra round trip per
+    call), and judging the upstream's output is the downstream client's business.
+    """
+    request = mcp_types.CallToolRequest(
+        params=mcp_types.CallToolRequestParams(name=name, arguments=arguments)
+    )
+    try:
+        return await client.session.send_request(request, mcp_types.CallToolResult)
+    except ValidationError:
+        # e.g. an input_required result: the upstream answered, the gateway cannot relay it.
+        raise MCPError(
+            mcp_types.INTERNAL_ERROR, f"the upstream's answer to {name!r} is not a result the gateway relays"
+        ) from None
+
+
+def error_result(text: str) -> mcp_types.CallToolResult:
+    return mcp_types.CallToolResult(content=[mcp_types.TextContent(type="text", text=text)], is_error=True)
+
+
+def _without_upstream_identity(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Results are the gateway's: the upstream's own ``serverInfo`` stamp is not passed on."""
+    if not meta:
+        return None
+    kept = {key: value for key, value in meta.items() if key != SERVER_INFO_KEY}
+    return kept or None
+
+
+class Handlers:
+    def __init__(
+        self,
+        registry: Registry,
+        catalog: Catalog,
+        pool: UpstreamPool,
+        credentials: Credentials,
+        governance: Governance,
+        audit: AuditLog,
+    ) -> None:
+        self.registry = registry
+        self.catalog = catalog
+        self.pool = pool
+        self.credentials = credentials
+        self.governance = governance
+        self.audit = audit
+
+    async def view(self, info: RequestInfo) -> View:
+        vault_ids = info.virtual_server.get("vault_ids") or []
+
+        async def credential(body: dict[str, Any]) -> Any:
+            return await self.credentials.for_upstream(vault_ids, body)
+
+        return await self.catalog.view(info.virtual_server, self.registry.snapshot.servers, credential)
+
+    def input_schema(self, name: str) -> Mapping[str, Any] | None:
+        """For the SDK's ``Mcp-Param-*`` header check: the schema from the last view, never a fetch."""
+        virtual_server = current_virtual_server.get()
+        view = self.catalog.last_views.get(virtual_server or "")
+        entry = view.tools.get(name) if view is not None else None
+        return entry[1].input_schema if entry is not None else None
+
+    async def _upstream(self, info: RequestInfo, target: Target, op: Callable[[Client], Awaitable[T]]) -> T:
+        body = self.registry.server(target.upstream)
+        if body is None:
+            raise UpstreamUnavailable("it is not registered")
+        auth = await self.credentials.for_upstream(info.virtual_server.get("vault_ids") or [], body)
+        timeout = self.governance.limits(info.virtual_server, body).call_timeout
+        return await self.pool.use(target.upstream, auth.headers, op, timeout)
+
+    async def _record(
+        self,
+        ctx: Ctx,
+        info: RequestInfo,
+        started: float,
+        outcome: str,
+        name: str | None,
+        target: Target | None,
+        arguments: Any,
+        detail: str | None = None,
+    ) -> None:
+        await self.audit.record(
+            CallRecord(
+                caller=info.caller,
+                virtual_server=info.virtual_server["name"],
+                method=ctx.method,
+                tool=name,
+                upstream=target.upstream if target else None,
+                upstream_tool=target.name if target else None,
+                arguments=arguments,
+                outcome=outcome,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                detail=detail,
+                protocol_version=ctx.protocol_version,
+            )
+        )
+
+    # Tools ---------------------------------------------------------------------------
+
+    async def list_tools(
+        self, ctx: Ctx, params: mcp_types.PaginatedRequestParams | None
+    ) -> mcp_types.ListToolsResult:
+        view = await self.view(request_info(ctx))
+        return mcp_types.ListToolsResult(tools=[tool for _, tool in view.tools.values()])
+
+    async def call_tool(self, ctx: Ctx, params: mcp_types.CallToolRequestParams) -> mcp_types.CallToolResult:
+        started = time.perf_counter()
+        info = request_info(ctx)
+        arguments = dict(params.arguments or {})
+        view = await self.view(info)
+        entry = view.tools.get(params.name)
+        if entry is None:
+            down = "; ".join(f"{name}: {why}" for name, why in sorted(view.unavailable.items()))
+            detail = f"Unknown tool: {params.name}" + (f" (unavailable upstreams: {down})" if down else "")
+            await self._record(ctx, info, started, "not_found", params.name, None, arguments, detail)
+            raise MCPError(mcp_types.INVALID_PARAMS, detail)
+        target = entry[0]
+        verdict = self.governance.decide(info.virtual_server, target.upstream, target.name, arguments)
+        if not verdict.allowed:
+            await self._record(ctx, info, started, "denied", params.name, target, arguments, verdict.rule)
+            return error_result(verdict.message or "Permission denied.")
+        try:
+            result = await self._upstream(
+                info, target, lambda client: forward_call(client, target.name, arguments)
+            )
+        except UpstreamTimeout as exc:
+            await self._record(ctx, info, started, "timeout", params.name, target, arguments, str(exc))
+            return error_result(f"Tool {params.name!r} failed: upstream server {target.upstream!r} {exc}.")
+        except UpstreamUnavailable as exc:
+            await self._record(ctx, info, started, "unavailable", params.name, target, arguments, str(exc))
+            return error_result(
+                f"Tool {params.name!r} is unavailable: upstream server {target.upstream!r} cannot be "
+                f"reached ({exc}). Try again later."
+            )
+        except MCPError as exc:
+            await self._record(ctx, info, started, "error", params.name, target, arguments, str(exc))
+            raise
+        outcome = "tool_error" if result.is_error else "ok"
+        await self._record(ctx, info, started, outcome, params.name, target, arguments)
+        return result.model_copy(update={"meta": _without_upstream_identity(result.meta)})
+
+    # Resources -----------------------------------------------------------------------
+
+    async def list_resources(
+        self, ctx: Ctx, params: mcp_types.PaginatedRequestParams | None
+    ) -> mcp_types.ListResourcesResult:
+        view = await self.view(request_info(ctx))
+        return mcp_types.ListResourcesResult(resources=[resource for _, resource in view.resources.values()])
+
+    async def list_resource_templates(
+        self, ctx: Ctx, params: mcp_types.PaginatedRequestParams | None
+    ) -> mcp_types.ListResourceTemplatesResult:
+        view = await self.view(request_info(ctx))
+        return mcp_types.ListResourceTemplatesResult(resource_templates=[t for _, t in view.templates])
+
+    async def read_resource(
+        self, ctx: Ctx, params: mcp_types.ReadResourceRequestParams
+    ) -> mcp_types.ReadResourceResult:
+        started = time.perf_counter()
+        info = request_info(ctx)
+        view = await self.view(info)
+        target = view.route_uri(params.uri)
+        if target is None:
+            await self._record(ctx, info, started, "not_found", params.uri, None, None, "unknown resource")
+            raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {params.uri}")
+        try:
+            result = await self._upstream(info, target, lambda client: client.read_resource(target.name))
+        except UpstreamUnavailable as exc:
+            outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "unavailable"
+            await self._record(ctx, info, started, outcome, params.uri, target, None, str(exc))
+            raise MCPError(
+                mcp_types.INTERNAL_ERROR,
+                f"Resource {params.uri} is unavailable: upstream server {target.upstream!r} cannot be "
+                f"reached ({exc})",
+            ) from None
+        except MCPError as exc:
+            await self._record(ctx, info, started, "error", params.uri, target, None, str(exc))
+            raise
+        await self._record(ctx, info, started, "ok", params.uri, target, None)
+        contents = [
+            content.model_copy(
+                update={
+                    "uri": params.uri
+                    if content.uri == target.name
+                    else view.exposed_uri(target.upstream, content.uri)
+                }
+            )
+            for content in result.contents
+        ]
+        return result.model_copy(
+            update={"contents": contents, "meta": _without_upstream_identity(result.meta)}
+        )
+
+    # Prompts -------------------------------------------------------------------------
+
+    async def list_prompts(
+        self, ctx: Ctx, params: mcp_types.PaginatedRequestParams | None
+    ) -> mcp_types.ListPromptsResult:
+        view = await self.view(request_info(ctx))
+        return mcp_types.ListPromptsResult(prompts=[prompt for _, prompt in view.prompts.values()])
+
+    async def get_prompt(
+        self, ctx: Ctx, params: mcp_types.GetPromptRequestParams
+    ) -> mcp_types.GetPromptResult:
+        started = time.perf_counter()
+        info = request_info(ctx)
+        arguments = dict(params.arguments or {})
+        view = await self.view(info)
+        entry = view.prompts.get(params.name)
+        if entry is None:
+            await self._record(
+                ctx, info, started, "not_found", params.name, None, arguments, "unknown prompt"
+            )
+            raise MCPError(mcp_types.INVALID_PARAMS, f"Unknown prompt: {params.name}")
+        target = entry[0]
+        try:
+            result = await self._upstream(
+                info, target, lambda client: client.get_prompt(target.name, arguments or None)
+            )
+        except UpstreamUnavailable as exc:
+            outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "unavailable"
+            await self._record(ctx, info, started, outcome, params.name, target, arguments, str(exc))
+            raise MCPError(
+                mcp_types.INTERNAL_ERROR,
+                f"Prompt {params.name!r} is unavailable: upstream server {target.upstream!r} cannot be "
+                f"reached ({exc})",
+            ) from None
+        except MCPError as exc:
+            await self._record(ctx, info, started, "error", params.name, target, arguments, str(exc))
+            raise
+        await self._record(ctx, info, started, "ok", params.name, target, arguments)
+        return result.model_copy(update={"meta": _without_upstream_identity(result.meta)})
+
+
+def build_server(handlers: Handlers, broadcaster: Broadcaster) -> Server[Any]:
+    server = GatewayServer(
+        "tether-mcp-gateway",
+        version=_version(),
+        title="Tether MCP gateway",
+        get_tool_input_schema=handlers.input_schema,
+        on_list_tools=handlers.list_tools,
+        on_call_tool=handlers.call_tool,
+        on_list_resources=handlers.list_resources,
+        on_list_resource_templates=handlers.list_resource_templates,
+        on_read_resource=handlers.read_resource,
+        on_list_prompts=handlers.list_prompts,
+        on_get_prompt=handlers.get_prompt,
+        on_subscriptions_listen=broadcaster.listen,
+    )
+    server.middleware.append(SessionTracker(broadcaster))
+    return server

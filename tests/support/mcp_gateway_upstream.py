@@ -1,0 +1,149 @@
+"""An HTTP MCP server for the MCP gateway tests, run twice with different labels.
+
+Both copies offer ``add``, ``whoami``, the ``greet`` prompt, the ``memo://readme``
+resource and the ``notes://{topic}`` template, so a virtual server selecting both must
+namespace them; each also has something of its own (``only_LABEL``, ``memo://LABEL``).
+
+Run: ``python -m tests.support.mcp_gateway_upstream --label alpha --port 0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+
+import anyio
+import anyio.to_thread
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.serving import serve
+
+
+def build(label: str) -> MCPServer:
+    server = MCPServer(f"upstream-{label}")
+
+    @server.tool(description="Add two integers; the answer names the server that computed it.")
+    def add(a: int, b: int) -> str:
+        return f"{label}:{a + b}"
+
+    def only() -> str:
+        return f"only on {label}"
+
+    server.add_tool(only, name=f"only_{label}", description=f"A tool only {label} has.")
+
+    @server.tool(description="Echo text back (policy tests match on it).")
+    def echo(text: str) -> str:
+        return f"{label} echo: {text}"
+
+    @server.tool(description="Always fails, to prove is_error results pass through.")
+    def explode(reason: str) -> str:
+        raise ToolError(f"exploded: {reason}")
+
+    @server.tool(description="A digest of the Authorization header received (credential tests).")
+    def whoami(ctx: Context) -> str:
+        header = (ctx.headers or {}).get("authorization")
+        return "anonymous" if header is None else "sha256:" + hashlib.sha256(header.encode()).hexdigest()
+
+    @server.tool(description="Create MARKER (so a test knows the call arrived), then never answer.")
+    async def block(marker: str) -> str:
+        await anyio.to_thread.run_sync(_touch, marker)
+        await anyio.sleep_forever()
+        return "unreachable"
+
+    @server.tool(description="Add a tool, prompt or resource named NAME and announce the list change.")
+    async def grow(kind: str, name: str, ctx: Context) -> str:
+        if kind == "tools":
+
+            def grown() -> str:
+                return f"{name} on {label}"
+
+            server.add_tool(grown, name=name, description="Added at runtime.")
+            await ctx.notify_tools_changed()
+        elif kind == "prompts":
+
+            def prompt() -> str:
+                return f"prompt {name} from {label}"
+
+            server.prompt(name=name)(prompt)
+            await ctx.notify_prompts_changed()
+        else:
+
+            def read() -> str:
+                return f"resource {name} from {label}"
+
+            server.resource(f"grown://{name}", name=name)(read)
+            await ctx.notify_resources_changed()
+        return f"grew {kind} {name}"
+
+    @server.resource("memo://readme", name="readme", mime_type="text/plain")
+    def readme() -> str:
+        return f"readme of {label}"
+
+    @server.resource(f"memo://{label}", name=f"memo_{label}", mime_type="text/plain")
+    def own_memo() -> str:
+        return f"memo of {label}"
+
+    @server.resource("notes://{topic}", name="notes")
+    def notes(topic: str) -> str:
+        return f"{label} notes on {topic}"
+
+    @server.prompt(description="Greet someone.")
+    def greet(name: str) -> str:
+        return f"{label} says hello to {name}"
+
+    return server
+
+
+def _touch(path: str) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+
+
+class LegacyOnly:
+    """Refuse 2026-07-28 requests, like a server that predates that revision.
+
+    A probing client (``mode="auto"``) then falls back to the initialize handshake, so the
+    gateway's legacy upstream path gets exercised.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        version = Headers(scope=scope).get("mcp-protocol-version") if scope["type"] == "http" else None
+        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            body = {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": {"code": -32600, "message": "unknown protocol version"},
+            }
+            await JSONResponse(body, status_code=400)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--label", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--legacy-only", action="store_true")
+    args = parser.parse_args()
+    app: ASGIApp = build(args.label).streamable_http_app(
+        streamable_http_path="/mcp",
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        host=args.host,
+    )
+    serve(LegacyOnly(app) if args.legacy_only else app, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
