@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from gateway.api import agents, egress, environments, files, sessions, vaults, work
 from gateway.api.auth import APIKeyMiddleware
@@ -28,12 +28,14 @@ from gateway.harness.loop import Harness
 from gateway.harness.model import make_client
 from gateway.harness.retry import RetryPolicy
 from gateway.harness.runner import SessionRunner
+from gateway.mcp_gateway import wiring as mcp_gateway
 from gateway.scripted_model.script import ScriptBook
 from gateway.scripted_model.server import create_app as create_scripted_model
 from gateway.serving import bind_socket, serve_socket, socket_url
 from gateway.store import open_store
 from gateway.tools.sandbox import SandboxPool
 from gateway.tools.sandbox_plan import SandboxPlanner
+from gateway.tunnels import wiring as tunnel_wiring
 from gateway.vault.keyring import KeyRing
 from policies.engine import PolicySet
 from policies.rules import PolicyError
@@ -84,28 +86,35 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
             settings.model_base_url,
             settings.model_stream_timeout,
         )
-        harness = Harness(
-            store=store,
-            model=model,
-            sandboxes=sandboxes,
-            sandbox_catalog=SandboxCatalog(),
-            max_output_tokens=settings.max_output_tokens,
-            tool_timeout=settings.tool_timeout,
-            policies=policies or PolicySet(),
-            keyring=keyring,
-            retry=RetryPolicy(
-                settings.model_max_attempts,
-                settings.model_retry_base_seconds,
-                settings.model_retry_max_seconds,
-            ),
-        )
         try:
-            async with anyio.create_task_group() as tasks:
+            async with (
+                tunnel_wiring.running_hub(app, store, settings.tunnel_base_domain, sealer=keyring) as hub,
+                anyio.create_task_group() as tasks,
+            ):
+                harness = Harness(
+                    store=store,
+                    model=model,
+                    sandboxes=sandboxes,
+                    sandbox_catalog=SandboxCatalog(),
+                    max_output_tokens=settings.max_output_tokens,
+                    tool_timeout=settings.tool_timeout,
+                    policies=policies or PolicySet(),
+                    keyring=keyring,
+                    transport_for=hub.transport_for,
+                    retry=RetryPolicy(
+                        settings.model_max_attempts,
+                        settings.model_retry_base_seconds,
+                        settings.model_retry_max_seconds,
+                    ),
+                )
                 runner = SessionRunner(harness, tasks, lease_ttl=settings.lease_ttl_seconds)
                 tasks.start_soon(sandboxes.reap_forever, name="sandbox reaper")
                 tasks.start_soon(runner.pickup_forever, name="session pickup")
                 app.state.gateway = GatewayState(settings, store, runner, sandboxes, keyring)
-                yield
+                async with mcp_gateway.lifespan(
+                    app, store, keyring, policies or PolicySet(), settings, transport_for=hub.transport_for
+                ):
+                    yield
                 await runner.shutdown()
                 tasks.cancel_scope.cancel()
         finally:
@@ -113,7 +122,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
             await model.close()
             await store.close()
 
-    routes: list[Route | Mount] = [
+    routes: list[BaseRoute] = [
         Route("/health", health),
         *agents.routes,
         *environments.routes,
@@ -122,13 +131,21 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
         *vaults.routes,
         *egress.routes,
         *work.routes,
+        *mcp_gateway.routes(),
+        *tunnel_wiring.routes(),
     ]
     if settings.serve_scripted_model:
         routes.append(Mount(SCRIPTED_MODEL_PATH, app=create_scripted_model(ScriptBook.load(DEMO_SCRIPT))))
     return Starlette(
         routes=routes,
         middleware=[
-            Middleware(APIKeyMiddleware, keys=settings.api_keys, public_paths=("/health", egress.PATH))
+            Middleware(
+                APIKeyMiddleware,
+                keys=settings.api_keys,
+                public_paths=("/health", egress.PATH, *tunnel_wiring.PUBLIC_PATHS),
+                # The MCP endpoints authenticate callers themselves (API keys or scoped tokens).
+                public_prefixes=mcp_gateway.PUBLIC_PATH_PREFIXES,
+            )
         ],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,

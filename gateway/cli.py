@@ -50,6 +50,12 @@ def _sandbox(args: argparse.Namespace) -> None:
     )
 
 
+def _tunnel(args: argparse.Namespace) -> None:
+    from tunnel_agent.cli import run
+
+    run(args)
+
+
 def _policy_check(args: argparse.Namespace) -> None:
     from policies.cli import check
 
@@ -114,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_limit_arguments(sandbox)
     add_egress_arguments(sandbox)
     sandbox.set_defaults(func=_sandbox)
+
+    tunnel = commands.add_parser("tunnel", help="run the on-prem tunnel agent (dials out to a gateway)")
+    from tunnel_agent.cli import add_arguments
+
+    add_arguments(tunnel)
+    tunnel.set_defaults(func=_tunnel)
 
     policy = commands.add_parser("policy", help="validate and try out policy files")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)

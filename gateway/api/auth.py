@@ -11,12 +11,20 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 class APIKeyMiddleware:
     """Pure ASGI, so it guards HTTP and WebSocket routes alike (and SSE without buffering)."""
 
-    def __init__(self, app: ASGIApp, keys: list[str], public_paths: tuple[str, ...] = ("/health",)) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: list[str],
+        public_paths: tuple[str, ...] = ("/health",),
+        public_prefixes: tuple[str, ...] = (),
+    ) -> None:
         if not keys:
             raise ValueError("at least one API key must be configured")
         self.app = app
         self.keys = [k.encode() for k in keys]
         self.public_paths = public_paths
+        self.public_prefixes = public_prefixes
+        """Paths under these prefixes authenticate their callers themselves."""
 
     def _valid(self, presented: bytes | None) -> bool:
         if not presented:
@@ -27,7 +35,12 @@ class APIKeyMiddleware:
         return matched
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in self.public_paths:
+        path = scope.get("path", "")
+        if (
+            scope["type"] not in ("http", "websocket")
+            or path in self.public_paths
+            or path.startswith(self.public_prefixes)
+        ):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])

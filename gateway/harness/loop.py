@@ -69,6 +69,8 @@ class Harness:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     policies: PolicySet = field(default_factory=PolicySet)
     keyring: KeyRing | None = None
+    transport_for: mcp_client.TransportFor | None = None
+    """Routes MCP servers under a tunnel's domain through that tunnel."""
 
     async def transcript(self, run: Run) -> Transcript:
         transcript = Transcript.from_events(await self.store.read_events(run.session_id, EventQuery()))
@@ -164,7 +166,9 @@ class Harness:
         for server in agent["mcp_servers"]:
             try:
                 headers = await self._server_headers(run, server)
-                listings[server["name"]] = await mcp_client.list_tools(server["url"], headers)
+                listings[server["name"]] = await mcp_client.list_tools(
+                    server["url"], headers, self.transport_for
+                )
             except RefreshFailed as exc:
                 unavailable[server["name"]] = f"authentication failed: {exc}"
             except mcp_client.MCPUnavailable as exc:
@@ -247,7 +251,12 @@ class Harness:
                 return _text(f"{where} could not be authenticated: {exc}"), True
         try:
             outcome = await mcp_client.call_tool(
-                url, spec.name, arguments, headers, timeout=self.tool_timeout
+                url,
+                spec.name,
+                arguments,
+                headers,
+                timeout=self.tool_timeout,
+                transport_for=self.transport_for,
             )
         except mcp_client.MCPUnavailable as exc:
             return _text(f"{where} is unavailable: {exc}"), True
