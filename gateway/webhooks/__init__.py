@@ -1,0 +1,1 @@
+"""Signed webhook deliveries of session status changes (Standard Webhooks format)."""
