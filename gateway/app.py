@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from gateway.api import agents, egress, environments, files, sessions, vaults, work
+from gateway.api import agents, egress, environments, files, sessions, vaults, webhooks, work
 from gateway.api.auth import APIKeyMiddleware
 from gateway.api.errors import HANDLERS
 from gateway.api.state import GatewayState
@@ -29,6 +29,9 @@ from gateway.harness.model import make_client
 from gateway.harness.retry import RetryPolicy
 from gateway.harness.runner import SessionRunner
 from gateway.mcp_gateway import wiring as mcp_gateway
+from gateway.observability import metrics, tracing
+from gateway.observability import routes as observability_routes
+from gateway.observability.observed_store import observe_store
 from gateway.scripted_model.script import ScriptBook
 from gateway.scripted_model.server import create_app as create_scripted_model
 from gateway.serving import bind_socket, serve_socket, socket_url
@@ -36,7 +39,9 @@ from gateway.store import open_store
 from gateway.tools.sandbox import SandboxPool
 from gateway.tools.sandbox_plan import SandboxPlanner
 from gateway.tunnels import wiring as tunnel_wiring
+from gateway.ui import routes as ui_routes
 from gateway.vault.keyring import KeyRing
+from gateway.webhooks.dispatcher import WebhookDispatcher
 from policies.engine import PolicySet
 from policies.rules import PolicyError
 
@@ -72,7 +77,11 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = await open_store(settings.database_url)
+        shutdown_tracing = tracing.configure_tracing()
+        raw_store = await open_store(settings.database_url)
+        dispatcher = WebhookDispatcher.from_env(raw_store)
+        # Every committed append feeds the metrics and queues status webhooks (never blocking).
+        store = observe_store(raw_store, metrics.observe_events, dispatcher.observe)
         keyring = KeyRing.load(settings.data_dir / "master.keys", os.environ.get("TETHER_MASTER_KEY"))
         sandboxes = SandboxPool(
             settings.workspaces_dir,
@@ -110,6 +119,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
                 runner = SessionRunner(harness, tasks, lease_ttl=settings.lease_ttl_seconds)
                 tasks.start_soon(sandboxes.reap_forever, name="sandbox reaper")
                 tasks.start_soon(runner.pickup_forever, name="session pickup")
+                tasks.start_soon(dispatcher.run, name="webhook deliveries")
                 app.state.gateway = GatewayState(settings, store, runner, sandboxes, keyring)
                 async with mcp_gateway.lifespan(
                     app, store, keyring, policies or PolicySet(), settings, transport_for=hub.transport_for
@@ -121,6 +131,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
             await sandboxes.close()
             await model.close()
             await store.close()
+            shutdown_tracing()
 
     routes: list[BaseRoute] = [
         Route("/health", health),
@@ -133,19 +144,30 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
         *work.routes,
         *mcp_gateway.routes(),
         *tunnel_wiring.routes(),
+        *webhooks.routes,
+        *observability_routes.routes,
+        *ui_routes.routes,
     ]
     if settings.serve_scripted_model:
         routes.append(Mount(SCRIPTED_MODEL_PATH, app=create_scripted_model(ScriptBook.load(DEMO_SCRIPT))))
     return Starlette(
         routes=routes,
         middleware=[
+            # Outermost, so requests the key check refuses are counted too.
+            Middleware(metrics.MetricsMiddleware, routes=routes),
             Middleware(
                 APIKeyMiddleware,
                 keys=settings.api_keys,
-                public_paths=("/health", egress.PATH, *tunnel_wiring.PUBLIC_PATHS),
+                public_paths=(
+                    "/health",
+                    egress.PATH,
+                    *tunnel_wiring.PUBLIC_PATHS,
+                    *ui_routes.PUBLIC_PATHS,
+                    *metrics.public_paths(),
+                ),
                 # The MCP endpoints authenticate callers themselves (API keys or scoped tokens).
                 public_prefixes=mcp_gateway.PUBLIC_PATH_PREFIXES,
-            )
+            ),
         ],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,

@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("session_id")
     verify.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", ".tether"))
     verify.set_defaults(func=_audit_verify)
+
+    from gateway.operator_cli import register as register_operator_commands
+
+    register_operator_commands(commands)  # sessions list|show|tail|export, agents list|show
     return parser
 
 

@@ -21,6 +21,7 @@ from gateway.harness.context import build_messages
 from gateway.harness.model import ModelCallFailed, ModelResult, call_model
 from gateway.harness.retry import RetryPolicy, is_retryable
 from gateway.harness.transcript import RESULT_TYPES, ToolCall, Transcript
+from gateway.observability import tracing
 from gateway.resources import files
 from gateway.resources import sessions as session_state
 from gateway.store.base import Body, EventQuery, Lease, Store
@@ -83,6 +84,16 @@ class Harness:
             return
         agent = session["agent"]
         run.vault_ids = list(session.get("vault_ids") or [])
+        with tracing.turn_span(
+            run.session_id,
+            agent_id=agent.get("id"),
+            agent_name=agent.get("name"),
+            agent_version=agent.get("version"),
+        ):
+            await self._run_turn(run, agent)
+
+    async def _run_turn(self, run: Run, agent: Body) -> None:
+        """One turn, inside its trace: until the session idles."""
         toolbox: Toolbox | None = None
         transcript = await self.transcript(run)
         if transcript.status != "idle":
@@ -150,6 +161,7 @@ class Harness:
     async def _idle(
         self, run: Run, transcript: Transcript, reason: str, event_ids: list[str] | None = None
     ) -> None:
+        tracing.set_stop_reason(reason)
         last = transcript.last_idle
         if transcript.status == "idle" and last is not None:
             if last["stop_reason"]["type"] == reason and last["stop_reason"].get("event_ids") == event_ids:
@@ -199,7 +211,15 @@ class Harness:
             return
         run.tool_call = call
         try:
-            content, is_error = await self._execute(run, agent, toolbox, call)
+            with tracing.tool_span(
+                call.use["name"],
+                call.id,
+                call.kind,
+                server=call.use.get("mcp_server_name"),
+                permission=call.permission,
+            ) as span:
+                content, is_error = await self._execute(run, agent, toolbox, call)
+                span.result(is_error)
         finally:
             run.tool_call = None
         await self.append(
@@ -272,7 +292,10 @@ class Harness:
             await self.append(run, start)
             run.model_start_id = start["id"]
             try:
-                return await call_model(self.model, request), start["id"]
+                with tracing.model_span(request, attempt=attempt) as span:
+                    result = await call_model(self.model, request)
+                    span.record(result.usage, result.stop_reason)
+                return result, start["id"]
             except ModelCallFailed as exc:
                 retrying = is_retryable(exc.status) and attempt < self.retry.max_attempts
                 log.warning("model call %d for %s failed: %s", attempt, run.session_id, exc.message)

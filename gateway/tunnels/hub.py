@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import httpx2
 
+from gateway.observability import metrics
 from gateway.resources import tunnels
 from gateway.store.base import Store
 from gateway.tunnels import addressing
@@ -362,6 +363,7 @@ class TunnelHub:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+        metrics.set_tunnel_connections(sum(len(slots) for slots in self._connections.values()))
 
     @staticmethod
     def _count(counter: dict[str, int], key: str) -> None:
