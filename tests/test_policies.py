@@ -10,10 +10,9 @@ import pytest
 
 from policies.agent_config import ToolConfig, agent_tools, tool_config, toolset_config
 from policies.conditions import is_under, normalise_path
-from policies.engine import AGENT_POLICIES, PolicySet, agent_decision
+from policies.engine import AGENT_POLICIES, PolicySet
 from policies.loader import parse_policy
 from policies.rules import ToolCall
-from policies.tool_permissions import evaluate
 
 
 def policies(*texts: str) -> PolicySet:
@@ -355,16 +354,6 @@ def test_agent_policies_without_files() -> None:
 def test_unknown_agent_policy_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown permission_policy"):
         PolicySet().decide(bash(), "sometimes")
-
-
-@pytest.mark.parametrize("agent_policy", AGENT_POLICIES)
-def test_tool_permissions_seam_still_works(agent_policy: str) -> None:
-    old = evaluate(agent_policy)
-    assert old == agent_decision(agent_policy)
-    assert (old.permission, old.evaluation) == (
-        PolicySet().decide(bash(), agent_policy).permission,
-        PolicySet().decide(bash(), agent_policy).evaluation,
-    )
 
 
 def test_decisions_are_json_serialisable() -> None:
