@@ -55,6 +55,15 @@ def connect_url(gateway: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
+def api_url(gateway: str) -> str:
+    """The REST API base for the same ``--gateway`` (ws -> http, wss -> https, no path)."""
+    parts = urlsplit(gateway)
+    scheme = {"http": "http", "https": "https", "ws": "http", "wss": "https"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"--gateway must be an http(s):// or ws(s):// URL, not {gateway!r}")
+    return urlunsplit((scheme, parts.netloc, "", "", ""))
+
+
 class Connector:
     def __init__(self, settings: ConnectorSettings, handler: StreamHandler, metrics: AgentMetrics) -> None:
         self.settings = settings

@@ -60,6 +60,15 @@ class AgentMetrics:
             "tether_tunnel_upstream_responses_total", "Upstream responses relayed, by route and status class."
         )
         self.rtt = Metric("tether_tunnel_ping_rtt_seconds", "Latest ping round trip, per slot.", "gauge")
+        # Worker mode (--environment): local sandboxes for self-hosted sessions.
+        self.sandboxes = Metric("tether_worker_sandboxes", "Local sandboxes running for held work.", "gauge")
+        self.sandbox_starts = Metric(
+            "tether_worker_sandbox_starts_total", "Sandbox starts, by outcome (started, restarted, failed)."
+        )
+        self.leases_ended = Metric(
+            "tether_worker_leases_ended_total",
+            "Work leases ended, by how (stopped, lost, rejected, released).",
+        )
 
     @property
     def ready(self) -> bool:
@@ -76,5 +85,8 @@ class AgentMetrics:
             self.upstream_errors,
             self.responses,
             self.rtt,
+            self.sandboxes,
+            self.sandbox_starts,
+            self.leases_ended,
         ]
         return "\n".join(line for metric in metrics for line in metric.render()) + "\n"

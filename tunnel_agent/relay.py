@@ -4,6 +4,10 @@ Order matters: the route and the allow-list are checked when the stream opens, b
 byte of the request is read; the connection goes to the exact address that was checked;
 the route's headers (credentials) replace any the gateway sent and are added only here,
 so they never cross the tunnel.
+
+Routes come from the config file and, in worker mode, from ``DynamicRoutes`` (one loopback
+route per local sandbox, each allowed only its own port). Metrics label every dynamic route
+``sandbox`` so per-session names never become Prometheus label values.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import anyio
 import httpx2
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from tunnel_agent.allowlist import Refused, Resolver, resolve_allowed, system_resolver
+from tunnel_agent.allowlist import AllowList, Refused, Resolver, resolve_allowed, system_resolver
 from tunnel_agent.config import AgentConfig, Route
 from tunnel_agent.httpwire import (
     HeadError,
@@ -28,6 +32,7 @@ from tunnel_agent.httpwire import (
 from tunnel_agent.metrics import AgentMetrics
 from tunnel_agent.mux import MuxStream
 from tunnel_agent.protocol import ErrorCode
+from tunnel_agent.routes import DynamicRoutes
 
 log = logging.getLogger("tether.tunnel.relay")
 
@@ -52,11 +57,13 @@ class Relay:
         http: httpx2.AsyncClient,
         metrics: AgentMetrics,
         resolver: Resolver = system_resolver,
+        dynamic: DynamicRoutes | None = None,
     ) -> None:
         self.config = config
         self.http = http
         self.metrics = metrics
         self.resolver = resolver
+        self.dynamic = dynamic
 
     async def __call__(self, stream: MuxStream) -> None:
         async with anyio.create_task_group() as tasks:
@@ -71,14 +78,25 @@ class Relay:
             finally:
                 tasks.cancel_scope.cancel()
 
+    def _lookup(self, subdomain: str) -> tuple[Route, AllowList, str] | None:
+        """The route, the allow-list that governs it, and its metrics label."""
+        route = self.config.routes.get(subdomain)
+        if route is not None:
+            return route, self.config.allow, route.subdomain
+        found = self.dynamic.get(subdomain) if self.dynamic is not None else None
+        if found is not None:
+            return found.route, found.allow, "sandbox"
+        return None
+
     async def _serve(self, stream: MuxStream) -> None:
-        route = self.config.routes.get(stream.target)
-        if route is None:
+        found = self._lookup(stream.target)
+        if found is None:
             self._refuse(stream, "unknown", f"no route for subdomain {stream.target!r}")
             return
-        self.metrics.streams.inc(route=route.subdomain)
+        route, allow, label = found
+        self.metrics.streams.inc(route=label)
         try:
-            address = await resolve_allowed(route.host, route.port, self.config.allow, self.resolver)
+            address = await resolve_allowed(route.host, route.port, allow, self.resolver)
         except Refused as exc:
             self._refuse(stream, "not_allowed", str(exc))
             return
@@ -94,21 +112,21 @@ class Relay:
         try:
             response = await self.http.send(request, stream=True)
         except httpx2.HTTPError as exc:
-            self.metrics.upstream_errors.inc(route=route.subdomain)
+            self.metrics.upstream_errors.inc(route=label)
             log.warning(
                 "route %s: upstream %s failed: %s", route.subdomain, route.authority, type(exc).__name__
             )
             stream.reset(ErrorCode.UNREACHABLE, f"route {route.subdomain}: upstream unreachable")
             return
         try:
-            self.metrics.responses.inc(route=route.subdomain, status=f"{response.status_code // 100}xx")
+            self.metrics.responses.inc(route=label, status=f"{response.status_code // 100}xx")
             head_out = ResponseHead(response.status_code, end_to_end(response.headers.multi_items()))
             await stream.send(encode_response(head_out))
             async for chunk in response.aiter_raw():
                 await stream.send(chunk)
             await stream.send_eof()
         except httpx2.HTTPError as exc:
-            self.metrics.upstream_errors.inc(route=route.subdomain)
+            self.metrics.upstream_errors.inc(route=label)
             log.warning("route %s: upstream response broke off: %s", route.subdomain, type(exc).__name__)
             stream.reset(ErrorCode.UNREACHABLE, f"route {route.subdomain}: upstream response broke off")
         finally:

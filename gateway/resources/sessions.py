@@ -120,11 +120,16 @@ async def update(store: Store, session_id: str, request: SessionUpdate) -> Body:
 
 
 async def archive(store: Store, session_id: str) -> Body:
-    return await common.archive(store, KIND, session_id)
+    """Archive the session; a self-hosted worker is told to stop its on-prem sandbox."""
+    body = await common.archive(store, KIND, session_id)
+    await work.stop_for_session(store, session_id)
+    return body
 
 
 async def delete(store: Store, session_id: str) -> None:
-    """Drop the session, its log and its file records (the workspace is the sandbox pool's)."""
+    """Drop the session, its log and its file records (the workspace is the sandbox pool's, or
+    a self-hosted worker's: its work item is stopped so the worker stops the sandbox)."""
+    await work.stop_for_session(store, session_id)
     outputs = await store.list_resources(
         files.KIND,
         cursor=None,

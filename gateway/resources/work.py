@@ -5,11 +5,19 @@ States follow the SDK: ``queued`` (visible to pollers) → ``starting`` (acknowl
 other pollers for ``reclaim_older_than_ms`` unless acknowledged; a lease whose heartbeats
 lapse returns its item to ``queued`` for another worker. Heartbeats are conditional on the
 previous value (``expected_last_heartbeat``), so two workers can never both hold a lease.
+A reclaimed item starts over at ``NO_HEARTBEAT``: its next worker claims it like a new one.
+
+Stopping a session's item is how the gateway tells its worker the session is gone
+(``stopping``; the worker confirms with a forced stop). An item nobody holds any more (queued,
+or its lease lapsed) goes straight to ``stopped``: no worker is left to confirm it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +39,8 @@ MAX_TTL = 3600
 WORKER_WINDOW = 30.0
 
 _arrivals = Notifier()
+_changes = Notifier()
+"""Keyed by session id: wakes a gateway waiting for the session's sandbox (``watch``)."""
 _pollers: dict[str, dict[str, float]] = {}
 
 
@@ -98,13 +108,21 @@ async def _all(store: Store, environment_id: str) -> list[Body]:
     return page.items
 
 
+def _lapsed(item: Body, now: float) -> bool:
+    return bool(
+        item["state"] in ("starting", "active") and item["_lease_expires"] and item["_lease_expires"] < now
+    )
+
+
+def held(item: Body, now: float | None = None) -> bool:
+    """A worker holds the item now: acknowledged or active, with a lease that has not lapsed."""
+    return item["state"] in ("starting", "active") and not _lapsed(item, _now() if now is None else now)
+
+
 def _claimable(item: Body, now: float, reclaim_ms: int) -> bool:
     if item["state"] == "queued":
         return item["_polled_at"] <= now - reclaim_ms / 1000
-    lapsed = (
-        item["state"] in ("starting", "active") and item["_lease_expires"] and item["_lease_expires"] < now
-    )
-    return bool(lapsed)
+    return _lapsed(item, now)
 
 
 async def poll(
@@ -132,7 +150,15 @@ async def _claim(store: Store, environment_id: str, reclaim_ms: int) -> Body | N
         def mark(current: Body, now: float = now) -> Body:
             if not _claimable(current, now, reclaim_ms):
                 raise _Taken
-            return {**current, "state": "queued", "_polled_at": now, "_lease_expires": 0.0}
+            # A lapsed lease's last heartbeat belonged to the old worker: the next one starts
+            # over at NO_HEARTBEAT, and the old worker's heartbeats now fail with 412.
+            return {
+                **current,
+                "state": "queued",
+                "latest_heartbeat_at": None,
+                "_polled_at": now,
+                "_lease_expires": 0.0,
+            }
 
         try:
             return await store.update(KIND, candidate["id"], mark)
@@ -206,8 +232,9 @@ async def stop(store: Store, environment_id: str, work_id: str, force: bool) -> 
     def apply(current: Body) -> Body:
         if current["state"] == "stopped":
             return current
-        moment = _stamp(_now())
-        final = force or current["state"] == "queued"
+        now = _now()
+        moment = _stamp(now)
+        final = force or current["state"] == "queued" or _lapsed(current, now)
         return {
             **current,
             "state": "stopped" if final else "stopping",
@@ -242,8 +269,36 @@ async def stats(store: Store, environment_id: str) -> Body:
     }
 
 
+async def for_session(store: Store, session_id: str) -> Body | None:
+    """The session's newest work item (one is queued per self-hosted session)."""
+    page = await store.list_resources(
+        KIND, cursor=None, limit=1, include_archived=True, equals={"data.id": session_id}
+    )
+    return page.items[0] if page.items else None
+
+
+async def stop_for_session(store: Store, session_id: str) -> None:
+    """The session was archived or deleted: ask whoever runs its sandbox to stop."""
+    page = await store.list_resources(
+        KIND, cursor=None, limit=100, include_archived=True, equals={"data.id": session_id}
+    )
+    for item in page.items:
+        if item["state"] != "stopped":
+            await stop(store, item["environment_id"], item["id"], force=False)
+
+
+@contextmanager
+def watch(session_id: str) -> Iterator[asyncio.Event]:
+    """An event set by the next change to the session's work item in this process. Take it
+    *before* reading the item, so a change in between still wakes the waiter; changes made
+    through another replica are only seen by re-reading."""
+    with _changes.watch(session_id) as changed:
+        yield changed
+
+
 async def _update(store: Store, work_id: str, mutate: Any) -> Body:
     body = await store.update(KIND, work_id, mutate)
     if body is None:
         raise NotFound(KIND, work_id)
+    _changes.notify(body["data"]["id"])
     return body

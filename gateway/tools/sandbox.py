@@ -2,6 +2,9 @@
 
 A sandbox that died is noticed on the next call and replaced by a fresh one on
 the same workspace, so files survive and the model sees at most one tool error.
+
+A session whose sandbox runs elsewhere (a ``self_hosted`` environment: on-prem, behind a
+tunnel) is answered by the pool's ``locate`` hook instead, and never gets a local process.
 """
 
 from __future__ import annotations
@@ -49,11 +52,15 @@ class Launch:
 
 
 LaunchPlanner = Callable[[str], Awaitable[Launch]]
+Locator = Callable[[str], Awaitable[str | None]]
+"""The MCP URL of a session's sandbox that runs elsewhere, or None to start one here. Raises
+``SandboxStartFailed`` (shown to the model) when the remote sandbox is not available."""
 
 
 class SandboxPool:
     """``sandbox_args`` are extra ``tether sandbox`` flags (backend, limits) from the gateway's settings;
-    ``plan`` adds per-session ones (egress policy, credentials) at every start."""
+    ``plan`` adds per-session ones (egress policy, credentials) at every start; ``locate`` finds
+    sandboxes that run elsewhere (self-hosted environments)."""
 
     def __init__(
         self,
@@ -62,9 +69,11 @@ class SandboxPool:
         idle_seconds: float = DEFAULT_IDLE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         plan: LaunchPlanner | None = None,
+        locate: Locator | None = None,
     ) -> None:
         self.workspaces = workspaces
         self.plan = plan
+        self.locate = locate
         self.sandbox_args = list(sandbox_args)
         self.idle_seconds = idle_seconds
         self._clock = clock
@@ -76,6 +85,10 @@ class SandboxPool:
 
     async def url_for(self, session_id: str) -> str:
         """The MCP endpoint of the session's sandbox, starting one if none is alive."""
+        if self.locate is not None:
+            remote = await self.locate(session_id)
+            if remote is not None:
+                return remote
         lock = self._locks.setdefault(session_id, anyio.Lock())
         async with lock:
             sandbox = self._sandboxes.get(session_id)

@@ -1,0 +1,51 @@
+"""Routes added while the agent runs: one per local sandbox the worker started.
+
+Each dynamic route points at ``127.0.0.1:<port>`` and carries its own allow-list of exactly
+that address and port. The operator's allow-list is never widened: a static route cannot
+reach a sandbox port, and a dynamic route can reach nothing but its own loopback port. A
+dynamic name never shadows a route from the config file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from tunnel_agent.allowlist import AllowList
+from tunnel_agent.config import Route
+
+LOOPBACK = "127.0.0.1"
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class DynamicRoute:
+    route: Route
+    allow: AllowList
+
+
+class DynamicRoutes:
+    def __init__(self, reserved: Iterable[str] = ()) -> None:
+        self._reserved = frozenset(reserved)
+        self._routes: dict[str, DynamicRoute] = {}
+
+    def set_loopback(self, subdomain: str, port: int) -> None:
+        """Point ``subdomain`` at a loopback port, replacing any previous port (a restart)."""
+        if not _LABEL.match(subdomain):
+            raise ValueError(f"dynamic route {subdomain!r} is not a lower-case DNS label")
+        if subdomain in self._reserved:
+            raise ValueError(f"dynamic route {subdomain!r} would shadow a configured route")
+        if not 1 <= port <= 65535:
+            raise ValueError(f"dynamic route {subdomain!r}: bad port {port}")
+        route = Route(subdomain, "http", LOOPBACK, port, "", {})
+        self._routes[subdomain] = DynamicRoute(route, AllowList.parse([f"{LOOPBACK}:{port}"]))
+
+    def remove(self, subdomain: str) -> None:
+        self._routes.pop(subdomain, None)
+
+    def get(self, subdomain: str) -> DynamicRoute | None:
+        return self._routes.get(subdomain)
+
+    def names(self) -> list[str]:
+        return sorted(self._routes)

@@ -1,0 +1,125 @@
+"""A local ``tether sandbox`` process for one session the worker holds.
+
+The sandbox serves the agent toolset for ``<workspaces>/<session id>`` on a loopback port
+chosen by the OS; the worker exposes that port as a dynamic tunnel route. The address flags
+come last on the command line, after the operator's ``--sandbox-args``, so no extra flag can
+make a sandbox listen beyond loopback.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+log = logging.getLogger("tether.tunnel.sandbox")
+
+READY_PREFIX = "listening on "
+STOP_GRACE = 5.0
+
+
+class SandboxStartFailed(Exception):
+    """The message is shown to the gateway (work item metadata): it names no secret."""
+
+
+def sandbox_command(workspace: Path, extra_args: Sequence[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "sandbox",
+        *extra_args,
+        "--workspace",
+        str(workspace),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+    ]
+
+
+@dataclass
+class LocalSandbox:
+    process: anyio.abc.Process
+    port: int
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    @classmethod
+    async def start(
+        cls,
+        workspace: Path,
+        extra_args: Sequence[str],
+        tasks: anyio.abc.TaskGroup,
+        timeout: float = 30.0,
+    ) -> LocalSandbox:
+        """Start the process and wait for its ``listening on URL`` line; its remaining output
+        is drained by a task in ``tasks`` so a chatty sandbox never blocks on a full pipe."""
+        await anyio.to_thread.run_sync(lambda: workspace.mkdir(parents=True, exist_ok=True))
+        process = await anyio.open_process(
+            sandbox_command(workspace, extra_args), stdin=subprocess.DEVNULL, stderr=None
+        )
+        try:
+            port = await _read_port(process, timeout)
+        except BaseException:
+            await _terminate(process)
+            raise
+        if port is None:
+            code = process.returncode
+            await _terminate(process)
+            detail = f"exited with status {code}" if code is not None else f"not ready in {timeout:g}s"
+            raise SandboxStartFailed(f"the sandbox did not start ({detail}); see the agent's log")
+        tasks.start_soon(_drain, process, name=f"sandbox {process.pid} output")
+        log.info("sandbox for %s on 127.0.0.1:%d (pid %d)", workspace.name, port, process.pid)
+        return cls(process, port)
+
+    async def stop(self) -> None:
+        await _terminate(self.process)
+
+
+async def _read_port(process: anyio.abc.Process, timeout: float) -> int | None:
+    assert process.stdout is not None
+    buffered = b""
+    with anyio.move_on_after(timeout):
+        async for chunk in process.stdout:
+            buffered += chunk
+            *lines, rest = buffered.split(b"\n")
+            buffered = rest
+            for raw in lines:
+                line = raw.decode(errors="replace").strip()
+                if line.startswith(READY_PREFIX):
+                    return urlsplit(line[len(READY_PREFIX) :].strip()).port
+        await process.wait()
+    return None
+
+
+async def _drain(process: anyio.abc.Process) -> None:
+    assert process.stdout is not None
+    try:
+        async for _ in process.stdout:
+            pass
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        pass
+
+
+async def _terminate(process: anyio.abc.Process) -> None:
+    """SIGTERM, then SIGKILL after a grace period; shielded so a cancelled worker still reaps it."""
+    with anyio.CancelScope(shield=True):
+        if process.returncode is None:
+            process.terminate()
+            with anyio.move_on_after(STOP_GRACE):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        await process.aclose()
