@@ -37,7 +37,7 @@ from gateway.scripted_model.server import create_app as create_scripted_model
 from gateway.serving import bind_socket, serve_socket, socket_url
 from gateway.store import open_store
 from gateway.tools.sandbox import SandboxPool
-from gateway.tools.sandbox_plan import SandboxPlanner, SelfHostedSandboxes, self_hosted_wait_seconds
+from gateway.tools.sandbox_plan import SandboxPlanner, SelfHostedSandboxes
 from gateway.tunnels import wiring as tunnel_wiring
 from gateway.ui import routes as ui_routes
 from gateway.vault.keyring import KeyRing
@@ -90,7 +90,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
             idle_seconds=max(settings.sandbox_idle_seconds, settings.tool_timeout + 60),
             plan=SandboxPlanner(store, keyring, settings.public_url, settings.data_dir),
             # Self-hosted sessions use the sandbox their on-prem worker runs, through its tunnel.
-            locate=SelfHostedSandboxes(store, settings.tunnel_base_domain, self_hosted_wait_seconds()),
+            locate=SelfHostedSandboxes(store, settings.tunnel_base_domain, settings.self_hosted_wait_seconds),
         )
         model = make_client(
             settings.model_api_key or settings.api_keys[0],

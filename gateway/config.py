@@ -13,6 +13,7 @@
 | TETHER_MODEL_RETRY_BASE_SECONDS / _MAX_SECONDS | backoff 1 s .. 30 s |
 | TETHER_POLICY_FILES    | policy YAML files; an invalid one stops the start |
 | TETHER_LEASE_TTL_SECONDS    | 15: a dead process's sessions resume after this |
+| TETHER_SELF_HOSTED_WAIT_SECONDS | 30: wait for a worker's sandbox |
 | TETHER_TUNNEL_BASE_DOMAIN | ``tunnels.tether.internal``          |
 | TETHER_SANDBOX_ARGS    | extra ``tether sandbox`` flags (limits)   |
 | TETHER_SANDBOX_IDLE_SECONDS | 900: stop a sandbox unused this long |
@@ -52,6 +53,8 @@ class Settings:
     sandbox_args: list[str] = field(default_factory=list)
     sandbox_idle_seconds: float = 900.0
     generated_key: bool = False
+    self_hosted_wait_seconds: float = 30.0
+    """How long a self-hosted session's tool call waits for a worker to start its sandbox."""
     tunnel_base_domain: str = "tunnels.tether.internal"
     """Tunnels get ``<random>.<this>``; MCP URLs under a tunnel's domain go through that tunnel."""
     public_url: str = "http://127.0.0.1:8420"
@@ -87,6 +90,7 @@ class Settings:
             model_retry_base_seconds=float(env.get("TETHER_MODEL_RETRY_BASE_SECONDS", 1.0)),
             model_retry_max_seconds=float(env.get("TETHER_MODEL_RETRY_MAX_SECONDS", 30.0)),
             policy_files=[p for p in re.split(r"[:,]", env.get("TETHER_POLICY_FILES", "")) if p.strip()],
+            self_hosted_wait_seconds=float(env.get("TETHER_SELF_HOSTED_WAIT_SECONDS", 30)),
             tunnel_base_domain=env.get("TETHER_TUNNEL_BASE_DOMAIN", "tunnels.tether.internal"),
             lease_ttl_seconds=float(env.get("TETHER_LEASE_TTL_SECONDS", 15)),
             sandbox_args=shlex.split(env.get("TETHER_SANDBOX_ARGS", "")),

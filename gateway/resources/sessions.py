@@ -170,11 +170,13 @@ async def accept_events(store: Store, session: Body, events: list[Any]) -> list[
         raise InvalidRequest(f"session {session['id']} is archived")
     if session["status"] == "terminated":
         raise InvalidRequest(f"session {session['id']} is terminated")
-    transcript = Transcript.from_events(await store.read_events(session["id"], EventQuery()))
-    pending = {call.id: call for call in transcript.pending()}
-    answered: set[str] = set()
-    for index, event in enumerate(events):
-        _check_event(index, event, pending, answered)
+    if any(isinstance(event, UserToolConfirmation | UserCustomToolResult) for event in events):
+        # Only answers to pending tool calls need the session's state to be checked.
+        transcript = Transcript.from_events(await store.read_events(session["id"], EventQuery()))
+        pending = {call.id: call for call in transcript.pending()}
+        answered: set[str] = set()
+        for index, event in enumerate(events):
+            _check_event(index, event, pending, answered)
     bodies = [new_event(e.type, **e.model_dump(exclude_none=True, exclude={"type"})) for e in events]
     return await store.append_events(session["id"], bodies)
 

@@ -10,8 +10,6 @@ session's work item, and is reached through the tunnel (``SelfHostedSandboxes``)
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,7 +26,6 @@ from sandbox_server.egress.ca import ensure_ca
 from tunnel_agent.work_contract import SANDBOX_ERROR, SANDBOX_URL
 
 CREDENTIALS_PATH = "/v1/tether/egress/credentials"
-SELF_HOSTED_WAIT_ENV = "TETHER_SELF_HOSTED_WAIT_SECONDS"
 DEFAULT_SELF_HOSTED_WAIT = 30.0
 
 
@@ -68,11 +65,6 @@ class SandboxPlanner:
             args += ["--credentials-url", url, "--ca-cert", str(cert), "--ca-key", str(key)]
             env[TOKEN_ENV] = mint_token(self.keyring, session_id)
         return Launch(args, env)
-
-
-def self_hosted_wait_seconds(environ: Mapping[str, str] = os.environ) -> float:
-    """How long a tool call waits for a worker to pick up its session (``TETHER_SELF_HOSTED_WAIT_SECONDS``)."""
-    return float(environ.get(SELF_HOSTED_WAIT_ENV, DEFAULT_SELF_HOSTED_WAIT))
 
 
 class SelfHostedSandboxes:
