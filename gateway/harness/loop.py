@@ -99,14 +99,15 @@ class Harness:
         if transcript.status != "idle":
             toolbox = await self._toolbox(run, agent)
             await self._recover(run, transcript, toolbox)
-        while True:
             transcript = await self.transcript(run)
+        while True:
             runnable = [call for call in transcript.pending() if not call.awaits_client]
             if runnable:
                 await self._ensure_running(run, transcript)
                 toolbox = toolbox or await self._toolbox(run, agent)
                 for call in runnable:
                     await self._settle(run, agent, toolbox, call)
+                transcript = await self.transcript(run)
                 continue
             waiting = transcript.awaiting_client()
             if waiting:
@@ -118,6 +119,7 @@ class Harness:
                 if not await self._model_turn(run, agent, toolbox):
                     await self._idle(run, await self.transcript(run), "retries_exhausted")
                     return
+                transcript = await self.transcript(run)
                 continue
             await self._idle(run, transcript, "end_turn")
             return
