@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from tests.conftest import Scripts
 from tests.support.postgres import fresh_database_sync
 from tests.support.processes import ServerProcess, running_server, start_server
-from tests.support.sessions import strictly_valid, user_message
+from tests.support.sessions import mcp_agent, strictly_valid, user_message
 
 LEASE_TTL = "1.5"
 
@@ -66,19 +67,7 @@ def _client(server: ServerProcess, api_key: str) -> anthropic.Anthropic:
 
 
 def _mcp_agent(client: anthropic.Anthropic, marker: str, upstream: ServerProcess) -> Any:
-    return client.beta.agents.create(
-        name="recoverable",
-        model="claude-sonnet-4-6",
-        system=marker,
-        mcp_servers=[{"type": "url", "name": "ops", "url": upstream.url + "/mcp"}],
-        tools=[
-            {
-                "type": "mcp_toolset",
-                "mcp_server_name": "ops",
-                "default_config": {"permission_policy": {"type": "always_allow"}},
-            }
-        ],
-    )
+    return mcp_agent(client, marker, "ops", upstream.url + "/mcp", name="recoverable")
 
 
 def _await_fifo(path: Path) -> Callable[[], None]:
@@ -121,26 +110,34 @@ def _kill(server: ServerProcess) -> None:
     server.process.wait()
 
 
-def test_kill_during_a_non_idempotent_tool_call_records_the_interruption_and_never_repeats_it(
+@dataclass
+class Resumed:
+    client: anthropic.Anthropic
+    session_id: str
+    before: list[dict[str, Any]]
+    """Events logged before the kill."""
+    events: list[Any]
+    """What the next gateway streamed, up to idle."""
+    marker: str
+    """The scripted model's marker for this session."""
+
+
+def _kill_mid_tool_and_resume(
     launch: Callable[[], ServerProcess],
     api_key: str,
     scripts: Scripts,
     upstream: ServerProcess,
-    tmp_path: Path,
-) -> None:
-    ledger, fifo = tmp_path / "ledger.txt", tmp_path / "started"
+    tool: str,
+    arguments: dict[str, Any],
+    reply: str,
+) -> Resumed:
+    """A session calls ``tool`` (which signals ``started_fifo`` and blocks); the gateway is
+    killed while the call runs; a new gateway on the same database streams the rest."""
+    fifo = Path(arguments["started_fifo"])
     marker = scripts.add(
         [
-            {
-                "content": [
-                    {
-                        "type": "tool_use",
-                        "name": "record",
-                        "input": {"line": "charge $10", "ledger": str(ledger), "started_fifo": str(fifo)},
-                    }
-                ]
-            },
-            {"content": [{"type": "text", "text": "after restart: {{last_tool_result}}"}]},
+            {"content": [{"type": "tool_use", "name": tool, "input": arguments}]},
+            {"content": [{"type": "text", "text": reply}]},
         ]
     )
     first = launch()
@@ -150,27 +147,42 @@ def test_kill_during_a_non_idempotent_tool_call_records_the_interruption_and_nev
         environment_id=client.beta.environments.create(name="e").id,
     )
     tool_started = _await_fifo(fifo)
-    client.beta.sessions.events.send(session.id, events=[user_message("charge it")])  # type: ignore[list-item]
+    client.beta.sessions.events.send(session.id, events=[user_message("go")])  # type: ignore[list-item]
     tool_started()
     before = _all_events(client, session.id)
     _kill(first)
 
-    second = launch()
-    client = _client(second, api_key)
+    client = _client(launch(), api_key)
     resumed = _stream_until_idle(client, session.id, before[-1]["id"])
+    return Resumed(client, session.id, before, resumed, marker)
 
-    types = [e.type for e in resumed]
+
+def test_kill_during_a_non_idempotent_tool_call_records_the_interruption_and_never_repeats_it(
+    launch: Callable[[], ServerProcess],
+    api_key: str,
+    scripts: Scripts,
+    upstream: ServerProcess,
+    tmp_path: Path,
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    arguments = {"line": "charge $10", "ledger": str(ledger), "started_fifo": str(tmp_path / "started")}
+
+    resumed = _kill_mid_tool_and_resume(
+        launch, api_key, scripts, upstream, "record", arguments, "after restart: {{last_tool_result}}"
+    )
+
+    types = [e.type for e in resumed.events]
     assert types[0] == "session.status_rescheduled"
-    result = next(e for e in resumed if e.type == "agent.mcp_tool_result")
+    result = next(e for e in resumed.events if e.type == "agent.mcp_tool_result")
     assert result.is_error and "interrupted by a gateway restart" in result.content[0].text
-    assert resumed[-1].stop_reason.type == "end_turn"
+    assert resumed.events[-1].stop_reason.type == "end_turn"
     assert ledger.read_text() == "charge $10\n", "the non-idempotent tool ran again"
-    events = _all_events(client, session.id)
+    events = _all_events(resumed.client, resumed.session_id)
     assert len({e["id"] for e in events}) == len(events)
-    assert [e["id"] for e in events] == [e["id"] for e in before] + [e.id for e in resumed]
+    assert [e["id"] for e in events] == [e["id"] for e in resumed.before] + [e.id for e in resumed.events]
     strictly_valid(events)
     # The model never saw an orphaned tool_use: the interruption is its tool_result.
-    last_request = scripts.requests_for(marker)[-1]
+    last_request = scripts.requests_for(resumed.marker)[-1]
     tool_result = last_request["messages"][-1]["content"][0]
     assert tool_result["type"] == "tool_result" and tool_result["is_error"] is True
 
@@ -182,40 +194,19 @@ def test_kill_during_a_read_only_tool_call_re_runs_it(
     upstream: ServerProcess,
     tmp_path: Path,
 ) -> None:
-    fifo, lookup_marker = tmp_path / "started", tmp_path / "looked-up"
-    marker = scripts.add(
-        [
-            {
-                "content": [
-                    {
-                        "type": "tool_use",
-                        "name": "lookup",
-                        "input": {"key": "k1", "marker": str(lookup_marker), "started_fifo": str(fifo)},
-                    }
-                ]
-            },
-            {"content": [{"type": "text", "text": "found {{last_tool_result}}"}]},
-        ]
-    )
-    first = launch()
-    client = _client(first, api_key)
-    session = client.beta.sessions.create(
-        agent=_mcp_agent(client, marker, upstream).id,
-        environment_id=client.beta.environments.create(name="e").id,
-    )
-    tool_started = _await_fifo(fifo)
-    client.beta.sessions.events.send(session.id, events=[user_message("look it up")])  # type: ignore[list-item]
-    tool_started()
-    before = _all_events(client, session.id)
-    _kill(first)
+    arguments = {
+        "key": "k1",
+        "marker": str(tmp_path / "looked-up"),
+        "started_fifo": str(tmp_path / "started"),
+    }
 
-    second = launch()
-    client = _client(second, api_key)
-    resumed = _stream_until_idle(client, session.id, before[-1]["id"])
+    resumed = _kill_mid_tool_and_resume(
+        launch, api_key, scripts, upstream, "lookup", arguments, "found {{last_tool_result}}"
+    )
 
-    result = next(e for e in resumed if e.type == "agent.mcp_tool_result")
+    result = next(e for e in resumed.events if e.type == "agent.mcp_tool_result")
     assert not result.is_error and result.content[0].text == "value-of-k1"
-    assert next(e for e in resumed if e.type == "agent.message").content[0].text == "found value-of-k1"
+    assert next(e for e in resumed.events if e.type == "agent.message").content[0].text == "found value-of-k1"
 
 
 def test_kill_during_a_model_stream_closes_the_request_and_calls_the_model_again(

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import Scripts
 from tests.support.processes import ServerProcess, running_server
-from tests.support.sessions import strictly_valid, user_message
+from tests.support.sessions import mcp_agent, strictly_valid, user_message
 
 
 @pytest.fixture(scope="module")
@@ -65,19 +65,7 @@ def test_interrupt_during_a_long_tool_call_stops_it_within_a_second(
             {"content": [{"type": "text", "text": "continuing: {{last_user_text}}"}]},
         ]
     )
-    agent = client.beta.agents.create(
-        name="long-tool",
-        model="claude-sonnet-4-6",
-        system=marker,
-        mcp_servers=[{"type": "url", "name": "ops", "url": upstream.url + "/mcp"}],
-        tools=[
-            {
-                "type": "mcp_toolset",
-                "mcp_server_name": "ops",
-                "default_config": {"permission_policy": {"type": "always_allow"}},
-            }
-        ],
-    )
+    agent = mcp_agent(client, marker, "ops", upstream.url + "/mcp", name="long-tool")
     session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
 
     seen, stopped_after = _interrupt_when(

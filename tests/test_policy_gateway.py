@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import Scripts
 from tests.support.processes import ServerProcess, running_server
-from tests.support.sessions import send_and_stream, strictly_valid, user_message
+from tests.support.sessions import mcp_agent, send_and_stream, strictly_valid, user_message
 
 POLICY = """\
 version: 1
@@ -69,19 +69,7 @@ def governed(governed_gateway: ServerProcess, api_key: str) -> Iterator[anthropi
 
 
 def _calc_session(client: anthropic.Anthropic, marker: str, upstream: ServerProcess) -> Any:
-    agent = client.beta.agents.create(
-        name="calc-user",
-        model="claude-sonnet-4-6",
-        system=marker,
-        mcp_servers=[{"type": "url", "name": "calc", "url": upstream.url + "/mcp"}],
-        tools=[
-            {
-                "type": "mcp_toolset",
-                "mcp_server_name": "calc",
-                "default_config": {"permission_policy": {"type": "always_allow"}},
-            }
-        ],
-    )
+    agent = mcp_agent(client, marker, "calc", upstream.url + "/mcp", name="calc-user")
     environment = client.beta.environments.create(name="governed")
     return client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
 

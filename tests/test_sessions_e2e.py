@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import Scripts, gateway_data_dir
 from tests.support.processes import ServerProcess, running_server
-from tests.support.sessions import send_and_stream, strictly_valid, user_message
+from tests.support.sessions import mcp_agent, send_and_stream, strictly_valid, user_message
 
 
 @pytest.fixture(scope="module")
@@ -106,19 +106,7 @@ def test_mcp_tool_calls_reach_an_upstream_server_and_errors_come_back_as_error_r
             {"content": [{"type": "text", "text": "done: {{last_tool_result}}"}]},
         ]
     )
-    agent = client.beta.agents.create(
-        name="mcp-user",
-        model="claude-sonnet-4-6",
-        system=marker,
-        mcp_servers=[{"type": "url", "name": "calc", "url": upstream.url + "/mcp"}],
-        tools=[
-            {
-                "type": "mcp_toolset",
-                "mcp_server_name": "calc",
-                "default_config": {"permission_policy": {"type": "always_allow"}},
-            }
-        ],
-    )
+    agent = mcp_agent(client, marker, "calc", upstream.url + "/mcp", name="mcp-user")
     session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
 
     streamed = send_and_stream(client, session.id, [user_message("add then explode")])
@@ -142,13 +130,7 @@ def test_unreachable_mcp_server_is_reported_and_the_session_still_answers(
     client: anthropic.Anthropic, scripts: Scripts, environment: Any
 ) -> None:
     marker = scripts.add([{"content": [{"type": "text", "text": "I have no tools today."}]}])
-    agent = client.beta.agents.create(
-        name="offline",
-        model="claude-sonnet-4-6",
-        system=marker,
-        mcp_servers=[{"type": "url", "name": "gone", "url": "http://127.0.0.1:9/mcp"}],
-        tools=[{"type": "mcp_toolset", "mcp_server_name": "gone"}],
-    )
+    agent = mcp_agent(client, marker, "gone", "http://127.0.0.1:9/mcp", policy=None, name="offline")
     session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
 
     streamed = send_and_stream(client, session.id, [user_message("hi")])
@@ -217,13 +199,9 @@ def test_always_ask_waits_for_confirmation_then_runs_or_reports_the_denial(
             {"content": [{"type": "text", "text": "after denial: {{last_tool_result}}"}]},
         ]
     )
-    agent = client.beta.agents.create(
-        name="asker",
-        model="claude-sonnet-4-6",
-        system=marker,
-        mcp_servers=[{"type": "url", "name": "calc", "url": upstream.url + "/mcp"}],
-        tools=[{"type": "mcp_toolset", "mcp_server_name": "calc"}],  # MCP toolsets default to always_ask
-    )
+    agent = mcp_agent(
+        client, marker, "calc", upstream.url + "/mcp", policy=None, name="asker"
+    )  # MCP toolsets default to always_ask
     session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
 
     first = send_and_stream(client, session.id, [user_message("add twice")])
@@ -380,13 +358,7 @@ def test_several_pending_confirmations_in_one_turn_are_answered_together(
             {"content": [{"type": "text", "text": "results: {{last_tool_result}}"}]},
         ]
     )
-    agent = client.beta.agents.create(
-        name="double-asker",
-        model="claude-sonnet-4-6",
-        system=marker,
-        mcp_servers=[{"type": "url", "name": "calc", "url": upstream.url + "/mcp"}],
-        tools=[{"type": "mcp_toolset", "mcp_server_name": "calc"}],
-    )
+    agent = mcp_agent(client, marker, "calc", upstream.url + "/mcp", policy=None, name="double-asker")
     session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
 
     first = send_and_stream(client, session.id, [user_message("two sums")])

@@ -32,7 +32,7 @@ from gateway.vault.egress import mint_token
 from gateway.vault.keyring import DecryptionFailed, KeyRing
 from tests.conftest import Scripts, gateway_data_dir
 from tests.support.processes import ServerProcess, running_server
-from tests.support.sessions import send_and_stream, strictly_valid, user_message
+from tests.support.sessions import mcp_agent, send_and_stream, strictly_valid, user_message
 
 
 @pytest.fixture(scope="module")
@@ -75,19 +75,7 @@ def token_endpoint() -> Iterator[TokenEndpoint]:
 
 
 def _whoami_agent(client: anthropic.Anthropic, marker: str, upstream: ServerProcess) -> Any:
-    return client.beta.agents.create(
-        name="whoami",
-        model="claude-sonnet-4-6",
-        system=marker,
-        mcp_servers=[{"type": "url", "name": "ident", "url": upstream.url + "/mcp"}],
-        tools=[
-            {
-                "type": "mcp_toolset",
-                "mcp_server_name": "ident",
-                "default_config": {"permission_policy": {"type": "always_allow"}},
-            }
-        ],
-    )
+    return mcp_agent(client, marker, "ident", upstream.url + "/mcp", name="whoami")
 
 
 def _whoami_script(scripts: Scripts) -> str:
