@@ -65,14 +65,6 @@ async def environment_credentials(store: Store, session: Body) -> list[Body]:
     return found
 
 
-async def sandbox_environment(store: Store, keyring: KeyRing, session: Body) -> dict[str, str]:
-    """``SECRET_NAME=placeholder`` for the sandbox: the only form of a secret it ever holds."""
-    return {
-        c["auth"]["secret_name"]: placeholder(keyring, session["id"], c["id"])
-        for c in await environment_credentials(store, session)
-    }
-
-
 async def proxy_credentials(store: Store, keyring: KeyRing, session: Body) -> list[dict[str, Any]]:
     """The substitution table the proxy fetches (with the token) once per sandbox."""
     table = []

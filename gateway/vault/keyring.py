@@ -104,9 +104,6 @@ class KeyRing:
         except (ValueError, KeyError, InvalidTag):
             raise DecryptionFailed(f"cannot decrypt the secret of {record_id}") from None
 
-    def key_of(self, token: str) -> str:
-        return token.split(":", 2)[1]
-
     def derive(self, purpose: str) -> bytes:
         """A separate key for another job (token signing, placeholders), from the active key."""
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()).derive(
