@@ -81,6 +81,23 @@ def _raw(response: Any) -> Any:
     return response.http_response.json()
 
 
+def _collect(
+    list_raw: Callable[..., Any],
+    query: dict[str, Any],
+    limit: int,
+    keep: Callable[[dict[str, Any]], bool] = lambda _item: True,
+) -> list[dict[str, Any]]:
+    """Follow ``next_page`` until ``limit`` kept items (raw JSON, as the API returned them)."""
+    found: list[dict[str, Any]] = []
+    while len(found) < limit:
+        body = _raw(list_raw(**query))
+        found += [item for item in body["data"] if keep(item)]
+        query["page"] = body.get("next_page")
+        if not query["page"]:
+            break
+    return found[:limit]
+
+
 def _session(client: anthropic.Anthropic, session_id: str) -> dict[str, Any]:
     result: dict[str, Any] = _raw(client.beta.sessions.with_raw_response.retrieve(session_id))
     return result
@@ -150,14 +167,12 @@ def sessions_list(args: argparse.Namespace, client: anthropic.Anthropic) -> int:
         query["agent_id"] = args.agent
     if args.include_archived:
         query["include_archived"] = True
-    found: list[dict[str, Any]] = []
-    while len(found) < args.limit:
-        body = _raw(client.beta.sessions.with_raw_response.list(**query))
-        found += [s for s in body["data"] if not args.status or s["status"] in args.status]
-        query["page"] = body.get("next_page")
-        if not query["page"]:
-            break
-    found = found[: args.limit]
+    found = _collect(
+        client.beta.sessions.with_raw_response.list,
+        query,
+        args.limit,
+        lambda s: not args.status or s["status"] in args.status,
+    )
     if args.json:
         for session in found:
             _json_line(session, sys.stdout)
@@ -371,14 +386,7 @@ def agents_list(args: argparse.Namespace, client: anthropic.Anthropic) -> int:
     query: dict[str, Any] = {"limit": min(args.limit, 100)}
     if args.include_archived:
         query["include_archived"] = True
-    found: list[dict[str, Any]] = []
-    while len(found) < args.limit:
-        body = _raw(client.beta.agents.with_raw_response.list(**query))
-        found += body["data"]
-        query["page"] = body.get("next_page")
-        if not query["page"]:
-            break
-    found = found[: args.limit]
+    found = _collect(client.beta.agents.with_raw_response.list, query, args.limit)
     if args.json:
         for agent in found:
             _json_line(agent, sys.stdout)
