@@ -10,6 +10,9 @@ from pathlib import Path
 
 
 def _gateway(args: argparse.Namespace) -> None:
+    from sandbox_server.workspace_fs import enter_private_mounts
+
+    enter_private_mounts()  # first, while single-threaded: its sandboxes' workspace mounts die with it
     from gateway.app import run_gateway
 
     run_gateway(host=args.host, port=args.port, data_dir=args.data_dir, policy_files=args.policy)

@@ -122,8 +122,10 @@ def run_demo(data_dir: str | None = None, port: int = 0) -> int:
         usage = finished.usage
         print(f"\nsession {finished.status}; tokens in {usage.input_tokens}, out {usage.output_tokens}")
         plan = root / "workspaces" / session.id / "notes" / "plan.md"
-        if plan.exists():
-            print(f"workspace file {plan}:\n{plan.read_text()}")
+        # The gateway mounts workspaces in its own mount namespace: look through its eyes.
+        seen = Path(f"/proc/{process.pid}/root{plan.resolve()}")
+        if seen.exists():
+            print(f"workspace file {plan}:\n{seen.read_text()}")
         return 0 if stop_reason == "end_turn" else 1
     finally:
         process.terminate()

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from sandbox_server.bwrap import BubblewrapBash, find_bwrap
 from sandbox_server.docker_backend import DockerBash, DockerSettings
 from sandbox_server.egress.mount import EgressMount
+from sandbox_server.identity import SandboxIdentity
 from sandbox_server.limits import SandboxLimits
 from sandbox_server.shell import ShellSession
 
@@ -55,6 +56,8 @@ def make_bash_backend(
     docker_factory: Callable[[], Any] = _docker_from_env,
     bwrap: str | None = None,
     egress: EgressMount | None = None,
+    identity: SandboxIdentity | None = None,
+    bind_root: Path | None = None,
 ) -> ShellSession:
     """The backend called ``name`` for ``workspace``; ``docker_factory`` makes the Docker client.
 
@@ -81,4 +84,6 @@ def make_bash_backend(
             "bubblewrap (bwrap) is not installed; install the `bubblewrap` package "
             "or use --backend docker with a reachable Docker engine"
         )
-    return BubblewrapBash(workspace, limits, bwrap=found, egress=egress)
+    return BubblewrapBash(
+        workspace, limits, bwrap=found, egress=egress, identity=identity, bind_root=bind_root
+    )

@@ -5,12 +5,21 @@ own pid tree (bwrap is pid 1), only a loopback interface, and a mount tree built
 from scratch: read-only ``/usr`` (and the ``/bin``, ``/lib``... links into it), a
 few read-only files of ``/etc`` plus a generated ``passwd``/``group``/``hosts``
 (handed to bwrap through pipes, so no file is left on the host), a
-fresh ``/proc`` and ``/dev``, a size-limited tmpfs ``/tmp``, and the workspace
-read-write at ``/workspace``. Nothing else of the host (``/root``, ``/home``,
-``/var``, the server's own files) exists inside. The command runs as uid 1000 in
-a user namespace with every capability dropped and no further user namespaces
-allowed; files it creates belong to the server's uid on the host, so the file
-tools can use them.
+fresh ``/proc`` with the kernel's knobs read-only and its sensitive files masked
+(``PROC_READ_ONLY``, ``PROC_MASKED``, as container runtimes do), a fresh ``/dev``, a
+size-limited tmpfs ``/tmp``, and the workspace read-write (nosuid, nodev) at
+``/workspace``. Nothing else of the host (``/root``, ``/home``, ``/var``, ``/sys``, the
+server's own files) exists inside.
+
+Identity (``identity``): the command runs as uid 1000 in a user namespace with every
+capability dropped and no further user namespaces allowed. That uid is an unprivileged
+host uid: the server's own, or, when the server is root, one from the sandbox range that
+the child becomes before bwrap starts (``drop_privileges``). The sandbox never holds host
+root or any host capability.
+
+Host paths: none reaches the sandbox. The workspace and the egress directory are bound
+from descriptors (``--bind-fd``), and bwrap reads its whole command line from a memfd
+(``--args``), so ``/proc/1/cmdline`` shows ``bwrap --args N`` and the command, nothing of the host.
 
 Network: none but loopback, unless the server runs an egress proxy
 (``sandbox_server.egress``): then its directory is bound read-only into every
@@ -46,6 +55,7 @@ from pathlib import Path
 from sandbox_server.cgroups import CgroupFactory, CommandCgroup
 from sandbox_server.egress.mount import EgressMount
 from sandbox_server.execution import Finished
+from sandbox_server.identity import SandboxIdentity, drop_privileges
 from sandbox_server.limits import SandboxLimits
 from sandbox_server.shell import LaunchError, ShellSession, parse_reported_cwd, shell_argv
 from sandbox_server.workspace import WORKSPACE_MOUNT, Workspace
@@ -91,6 +101,26 @@ ETC_FILES = (
 )
 """Host ``/etc`` entries bound read-only when present: what a shell, libc and common tools read."""
 
+PROC_READ_ONLY = ("sys", "irq", "bus", "fs")
+"""``/proc`` directories bound read-only over themselves: the kernel's knobs."""
+PROC_MASKED = (
+    "kcore",
+    "keys",
+    "key-users",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+    "latency_stats",
+    "sysrq-trigger",
+    "kallsyms",
+    "config.gz",
+    "acpi",
+    "asound",
+    "scsi",
+    "driver",
+)
+"""``/proc`` entries hidden behind ``/dev/null`` (files) or an empty read-only tmpfs (directories)."""
+
 NOT_INSTALLED = (
     "bash is unavailable: bubblewrap (bwrap) is not installed on the sandbox host "
     "(Debian/Ubuntu package `bubblewrap`)."
@@ -117,6 +147,28 @@ def _root_entries() -> tuple[tuple[str, str | None], ...]:
         elif path.is_dir():
             entries.append((name, None))
     return tuple(entries)
+
+
+@cache
+def _proc_entries() -> tuple[list[str], list[str], list[str]]:
+    """``(read-only dirs, masked files, masked dirs)`` among ``PROC_*`` that this kernel's ``/proc`` has."""
+    read_only = [name for name in PROC_READ_ONLY if os.path.isdir(f"/proc/{name}")]
+    files = [name for name in PROC_MASKED if os.path.isfile(f"/proc/{name}")]
+    dirs = [name for name in PROC_MASKED if os.path.isdir(f"/proc/{name}")]
+    return read_only, files, dirs
+
+
+def proc_args() -> list[str]:
+    """Mounts over the fresh ``/proc``: knobs read-only, sensitive entries masked."""
+    read_only, files, dirs = _proc_entries()
+    args: list[str] = []
+    for name in read_only:
+        args += ["--ro-bind", f"/proc/{name}", f"/proc/{name}"]
+    for name in files:
+        args += ["--ro-bind", "/dev/null", f"/proc/{name}"]
+    for name in dirs:
+        args += ["--perms", "0555", "--tmpfs", f"/proc/{name}", "--remount-ro", f"/proc/{name}"]
+    return args
 
 
 def _generated_etc(uid: int) -> dict[str, str]:
@@ -158,7 +210,7 @@ def etc_pipes(uid: int | None) -> dict[str, int]:
 def bwrap_argv(
     bwrap: str,
     *,
-    workspace: Path,
+    workspace_fd: int,
     etc_fds: Mapping[str, int],
     limits: SandboxLimits,
     inner: Sequence[str],
@@ -169,7 +221,8 @@ def bwrap_argv(
     """The full ``bwrap`` command line for one sandboxed command (``inner``).
 
     Pure apart from looking at which of ``/bin``, ``/lib``... exist on the host,
-    so the benchmark can time exactly what the server runs. ``etc_fds`` maps
+    so the benchmark can time exactly what the server runs. ``workspace_fd`` is an
+    ``O_PATH`` descriptor of the workspace (``open_workspace_fd``); ``etc_fds`` maps
     generated ``/etc`` file names to readable descriptors (``etc_pipes``).
     ``uid=None`` skips the user namespace (the command then runs as root without
     capabilities). ``extra_args`` (more mounts) follow the workspace bind and
@@ -191,9 +244,10 @@ def bwrap_argv(
         argv += ["--perms", "0644", "--ro-bind-data", str(fd), f"/etc/{name}"]
     argv += [
         "--proc", "/proc",
+        *proc_args(),
         "--dev", "/dev",
         "--size", str(limits.tmp_size), "--perms", "1777", "--tmpfs", "/tmp",
-        "--bind", str(workspace), WORKSPACE_MOUNT,
+        "--bind-fd", str(workspace_fd), WORKSPACE_MOUNT,
         *extra_args,
         "--chdir", WORKSPACE_MOUNT,
         "--clearenv",
@@ -202,6 +256,27 @@ def bwrap_argv(
         argv += ["--setenv", key, value]
     argv += ["--", *inner]
     return argv
+
+
+def open_workspace_fd(root: Path) -> int:
+    """An ``O_PATH`` descriptor of the workspace root for ``--bind-fd`` (the sandbox uid may not
+    be able to walk the host path down to it, and the path must not show in bwrap's argv)."""
+    return os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def args_memfd(argv: Sequence[str]) -> int:
+    """A memfd holding ``argv`` NUL-separated, for ``bwrap --args FD`` (no size limit, no file)."""
+    fd = os.memfd_create("bwrap-args", os.MFD_CLOEXEC)
+    try:
+        data = b"".join(os.fsencode(arg) + b"\0" for arg in argv)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @dataclass
@@ -232,14 +307,19 @@ def command_rlimits(limits: SandboxLimits, *, with_cgroup: bool) -> list[tuple[i
     return clamped
 
 
-def _pre_exec(group: CommandCgroup | None, rlimits: list[tuple[int, int]]) -> Callable[[], None]:
-    """The hook run in the child between fork and exec: join the cgroup, then lower the rlimits."""
+def _pre_exec(
+    group: CommandCgroup | None, rlimits: list[tuple[int, int]], identity: SandboxIdentity | None
+) -> Callable[[], None]:
+    """The hook run in the child between fork and exec: join the cgroup and lower the rlimits
+    (both need the server's rights), then become the sandbox's unprivileged identity."""
 
     def hook() -> None:
         if group is not None:
             group.attach()
         for which, value in rlimits:
             resource.setrlimit(which, (value, value))
+        if identity is not None:
+            drop_privileges(identity)
 
     return hook
 
@@ -310,12 +390,19 @@ class BubblewrapBash(ShellSession):
         cgroups: CgroupFactory | None = None,
         uid: int | None = SANDBOX_UID,
         egress: EgressMount | None = None,
+        identity: SandboxIdentity | None = None,
+        bind_root: Path | None = None,
     ) -> None:
         super().__init__(workspace, limits)
+        self._bind_root = bind_root
+        """Where bwrap finds the workspace, if not at its root (``workspace_fs.stage``)."""
         self._bwrap = bwrap
         self._cgroups = cgroups if cgroups is not None else CgroupFactory()
         self._uid = uid
         self.egress = egress
+        self.identity = identity
+        """Host identity commands run as (``identity.identity_for``); None: the server's own."""
+        self._fds: dict[str, int] = {}
 
     def prepare(self, inner: Sequence[str], extra_fds: Sequence[int] = ()) -> PreparedCommand:
         """The ``bwrap`` command line this backend runs for ``inner``, with its ``/etc`` pipes open.
@@ -327,24 +414,53 @@ class BubblewrapBash(ShellSession):
         if bwrap is None:
             raise LaunchError(NOT_INSTALLED)
         self._bwrap = bwrap
+        held = self._held_fds()
         fds = etc_pipes(self._uid)
         egress = self.egress
-        argv = bwrap_argv(
-            bwrap,
-            workspace=self.workspace.root,
-            etc_fds=fds,
-            limits=self.limits,
-            inner=inner,
-            uid=self._uid,
-            extra_args=egress.bwrap_args() if egress is not None else (),
-            extra_env=egress.env if egress is not None else None,
+        try:
+            argv = bwrap_argv(
+                bwrap,
+                workspace_fd=held["workspace"],
+                etc_fds=fds,
+                limits=self.limits,
+                inner=inner,
+                uid=self._uid,
+                extra_args=egress.bwrap_args(held["egress"], held.get("bundle")) if egress else (),
+                extra_env=egress.env if egress is not None else None,
+            )
+            split = argv.index("--")
+            args_fd = args_memfd(argv[1:split])
+        except BaseException:
+            for fd in fds.values():
+                os.close(fd)
+            raise
+        owned = [*fds.values(), args_fd]
+        return PreparedCommand(
+            [bwrap, "--args", str(args_fd), *argv[split:]], (*owned, *held.values(), *extra_fds), owned
         )
-        return PreparedCommand(argv, (*fds.values(), *extra_fds), list(fds.values()))
+
+    def _held_fds(self) -> dict[str, int]:
+        """``O_PATH`` descriptors of what is bound from the host, opened once and kept."""
+        if not self._fds:
+            self._fds["workspace"] = open_workspace_fd(self._bind_root or self.workspace.root)
+            if self.egress is not None:
+                self._fds.update(self.egress.open_fds())
+        return self._fds
+
+    def close(self) -> None:
+        """Release the descriptors of the host directories this backend binds."""
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     async def _launch(self, cwd: str, command: str) -> _BwrapCommand:
         read_fd, write_fd = os.pipe()
         prepared: PreparedCommand | None = None
         try:
+            if self.identity is not None and not self.identity.is_current:
+                # The shell reopens /dev/fd/N, which checks the pipe's owner: make it the sandbox's.
+                os.fchown(write_fd, self.identity.uid, self.identity.gid)
             prelude = self.egress.prelude if self.egress is not None else ""
             argv = shell_argv(cwd, command, f"/dev/fd/{write_fd}", prelude=prelude)
             prepared = self.prepare(argv, (write_fd,))
@@ -393,5 +509,7 @@ class BubblewrapBash(ShellSession):
             pass_fds=prepared.pass_fds,
             env=BWRAP_ENV,
             start_new_session=True,
-            preexec_fn=_pre_exec(group, command_rlimits(self.limits, with_cgroup=group is not None)),
+            preexec_fn=_pre_exec(
+                group, command_rlimits(self.limits, with_cgroup=group is not None), self.identity
+            ),
         )

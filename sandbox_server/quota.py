@@ -1,8 +1,13 @@
 """The workspace disk quota: measuring usage, and the checks built on it.
 
-The quota is *soft*. No file system quota is assumed on the host, so usage is
-measured by walking the workspace (allocated blocks, each inode counted once,
-symlinks not followed) and enforced at three points:
+Where the workspace is its own size-limited filesystem (``workspace_fs``: the server runs
+as root), the kernel enforces the quota: a write past it fails with ``ENOSPC`` whoever makes
+it, usage is read off the filesystem and nothing is walked. ``is_full`` lets the ``bash``
+tool say why a command failed.
+
+Elsewhere (an unprivileged server) the quota is *soft*: usage is measured by walking the
+workspace (allocated blocks, each inode counted once, symlinks not followed, through
+directory descriptors so no depth or permission hides a subtree) and enforced at three points:
 
 * ``write``/``edit`` are refused when they would grow a workspace past the quota;
 * while a command runs a watcher re-measures every ``disk_poll_interval`` and the
@@ -20,10 +25,15 @@ from __future__ import annotations
 import os
 import stat
 import time
+from pathlib import Path
 
 import anyio
 
-from sandbox_server.limits import format_size
+from sandbox_server import workspace_fs
+from sandbox_server.limits import KiB, format_size
+
+FULL_BELOW = 64 * KiB
+"""Free space under which a filesystem-enforced workspace counts as full."""
 
 
 def disk_usage(root: str | os.PathLike[str]) -> int:
@@ -65,9 +75,21 @@ class DiskQuota:
         self.root = os.fspath(root)
         self.limit = limit
         self.poll_interval = poll_interval
+        self.enforced = workspace_fs.capacity(Path(self.root)) is not None
+        """True when the workspace is its own size-limited filesystem (``workspace_fs``): the
+        kernel enforces the quota, usage is read off the filesystem, nothing is walked."""
 
     def usage(self) -> int:
+        if self.enforced:
+            measured = workspace_fs.capacity(Path(self.root))
+            if measured is not None:
+                return measured[0]
         return disk_usage(self.root)
+
+    def is_full(self) -> bool:
+        """Whether a filesystem-enforced workspace has no room left (writes fail with ``ENOSPC``)."""
+        measured = workspace_fs.capacity(Path(self.root)) if self.enforced else None
+        return measured is not None and measured[1] < FULL_BELOW
 
     def describe(self) -> str:
         return f"the workspace disk quota of {format_size(self.limit)}"
@@ -94,6 +116,8 @@ class DiskQuota:
         pause after it is at least as long as the walk, so a huge workspace costs
         at most about half a core while a command runs.
         """
+        if self.enforced:
+            await anyio.sleep_forever()  # the filesystem refuses the growth itself
         allowed = max(self.limit, baseline)
         while True:
             started = time.monotonic()

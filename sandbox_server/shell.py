@@ -137,6 +137,11 @@ class ShellSession(ABC):
                 f"Command was killed: the workspace grew to {used}, over {self.quota.describe()}. "
                 "Delete files to make room."
             )
+        if self.quota.is_full():
+            errors.append(
+                f"The workspace is full: it reached {self.quota.describe()}, and writes now fail "
+                "with 'No space left on device'. Delete files to make room."
+            )
         if result.finished.memory_exceeded:
             errors.append(
                 f"Command ran out of memory (limit {format_size(limits.memory)}); "

@@ -82,3 +82,9 @@ def environment(client: anthropic.Anthropic) -> Any:
 
 def gateway_data_dir(gateway: ServerProcess) -> Path:
     return Path(gateway.data_dir)  # type: ignore[attr-defined]
+
+
+def gateway_workspaces(gateway: ServerProcess) -> Path:
+    """The gateway's workspaces as the gateway sees them: as root it mounts each one (a filesystem
+    image) in a mount namespace of its own, so the test looks through ``/proc/PID/root``."""
+    return Path(f"/proc/{gateway.process.pid}/root{gateway_data_dir(gateway).resolve()}/workspaces")

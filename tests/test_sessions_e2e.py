@@ -9,7 +9,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from tests.conftest import Scripts, gateway_data_dir
+from tests.conftest import Scripts, gateway_workspaces
 from tests.support.processes import ServerProcess, running_server
 from tests.support.sessions import mcp_agent, send_and_stream, strictly_valid, user_message
 
@@ -77,7 +77,7 @@ def test_toolset_session_writes_and_reads_a_file_through_the_sandbox(
     assert write_result.tool_use_id == write_use.id and not write_result.is_error
     assert "alpha" in streamed[-3].content[0].text
     assert streamed[-1].stop_reason.type == "end_turn"
-    workspace_file = gateway_data_dir(gateway) / "workspaces" / session.id / "out" / "a.txt"
+    workspace_file = gateway_workspaces(gateway) / session.id / "out" / "a.txt"
     assert workspace_file.read_text() == "alpha\n"
 
     raw = _raw_events(client, session.id)

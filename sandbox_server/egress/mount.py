@@ -57,10 +57,20 @@ class EgressMount:
     def socket_path(self) -> Path:
         return self.host_dir / SOCKET_NAME
 
-    def bwrap_args(self) -> list[str]:
-        args = ["--ro-bind", str(self.host_dir), SANDBOX_DIR]
+    def open_fds(self) -> dict[str, int]:
+        """``O_PATH`` descriptors bwrap binds from (``egress``, and ``bundle`` when there is one):
+        bound by descriptor, the host directory's path never shows in the sandbox's argv."""
+        flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+        fds = {"egress": os.open(self.host_dir, flags | os.O_DIRECTORY)}
         if self.bundle and SYSTEM_BUNDLE.is_file() and not SYSTEM_BUNDLE.is_symlink():
-            args += ["--ro-bind", str(self.host_dir / BUNDLE_NAME), str(SYSTEM_BUNDLE)]
+            fds["bundle"] = os.open(self.host_dir / BUNDLE_NAME, flags)
+        return fds
+
+    def bwrap_args(self, dir_fd: int, bundle_fd: int | None = None) -> list[str]:
+        """Bind the directory (``open_fds``) read-only at ``SANDBOX_DIR``, and the bundle over the system one."""
+        args = ["--ro-bind-fd", str(dir_fd), SANDBOX_DIR]
+        if bundle_fd is not None:
+            args += ["--ro-bind-fd", str(bundle_fd), str(SYSTEM_BUNDLE)]
         return args
 
     @property
