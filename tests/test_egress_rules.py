@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import ssl
 import stat
 from pathlib import Path
@@ -407,15 +408,23 @@ def test_mount_and_command_line(tmp_path: Path) -> None:
     assert f"/usr/bin/python3 -I -S {SANDBOX_DIR}/forwarder.py 127.0.0.1 3128" in mount.prelude
     argv = bwrap_argv(
         "/usr/bin/bwrap",
-        workspace=tmp_path,
+        workspace_fd=5,
         etc_fds={},
         limits=SandboxLimits(),
         inner=["bash"],
-        extra_args=mount.bwrap_args(),
+        extra_args=mount.bwrap_args(6, 7),
         extra_env=mount.env,
     )
     joined = " ".join(argv)
-    assert f"--ro-bind {tmp_path} {SANDBOX_DIR}" in joined
+    assert f"--ro-bind-fd 6 {SANDBOX_DIR} --ro-bind-fd 7 /etc/ssl/certs/ca-certificates.crt" in joined
+    assert str(tmp_path) not in joined, "bound by descriptor: no host path on the command line"
+    fds = mount.open_fds()
+    try:
+        assert os.readlink(f"/proc/self/fd/{fds['egress']}") == str(tmp_path)
+        assert os.readlink(f"/proc/self/fd/{fds['bundle']}") == str(tmp_path / "ca-bundle.pem")
+    finally:
+        for fd in fds.values():
+            os.close(fd)
     assert f"--setenv KEY {PLACEHOLDER}" in joined
     assert "--unshare-all" in argv and "--share-net" not in argv, "still no network namespace shared"
     plain = tmp_path / "plain"
@@ -423,7 +432,10 @@ def test_mount_and_command_line(tmp_path: Path) -> None:
     no_ca = prepare_mount(plain, ca_pem=None, variables={})
     assert "SSL_CERT_FILE" not in no_ca.env
     assert not (plain / "ca-bundle.pem").exists()
-    assert no_ca.bwrap_args() == ["--ro-bind", str(plain), SANDBOX_DIR]
+    assert no_ca.bwrap_args(6) == ["--ro-bind-fd", "6", SANDBOX_DIR]
+    plain_fds = no_ca.open_fds()
+    assert set(plain_fds) == {"egress"}, "no bundle to bind"
+    os.close(plain_fds["egress"])
 
 
 @pytest.mark.parametrize("name", ["api.example.com", "a" * 60 + "." + "b" * 60 + ".example.com", "192.0.2.7"])

@@ -312,7 +312,7 @@ def test_cgroup_layout_v2(tmp_path: Path) -> None:
 def test_bwrap_command_line(tmp_path: Path) -> None:
     argv = bwrap_argv(
         "/usr/bin/bwrap",
-        workspace=tmp_path,
+        workspace_fd=9,
         etc_fds={"passwd": 7, "hosts": 8},
         limits=SandboxLimits(tmp_size=64 * MiB),
         inner=["bash", "-c", "true"],
@@ -329,7 +329,8 @@ def test_bwrap_command_line(tmp_path: Path) -> None:
         "--proc /proc",
         "--dev /dev",
         f"--size {64 * MiB} --perms 1777 --tmpfs /tmp",
-        f"--bind {tmp_path} /workspace",
+        "--bind-fd 9 /workspace",
+        "--ro-bind /proc/sys /proc/sys",
         "--ro-bind /usr /usr",
         "--setenv HOME /workspace",
         "--perms 0644 --ro-bind-data 8 /etc/hosts --perms 0644 --ro-bind-data 7 /etc/passwd",
