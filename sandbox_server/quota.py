@@ -101,8 +101,10 @@ class DiskQuota:
         """
         if growth <= 0:
             return
-        used = self.usage()
-        if used + growth > self.limit:
+        measured = workspace_fs.capacity(Path(self.root)) if self.enforced else None
+        used = measured[0] if measured is not None else self.usage()
+        room = measured[1] if measured is not None else self.limit - used
+        if growth > room:
             raise QuotaExceeded(
                 f"Refused: this would take the workspace to about {format_size(used + growth)}, "
                 f"over {self.describe()} (now {format_size(used)} used). Delete files to make room."
