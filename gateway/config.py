@@ -17,6 +17,7 @@
 | TETHER_TUNNEL_BASE_DOMAIN | ``tunnels.tether.internal``          |
 | TETHER_SANDBOX_ARGS    | extra ``tether sandbox`` flags (limits)   |
 | TETHER_SANDBOX_IDLE_SECONDS | 900: stop a sandbox unused this long |
+| TETHER_WEBHOOK_ALLOWED_HOSTS | none: public targets only; else hosts, ``*.``, IPs, CIDRs |
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import re
 import secrets
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +63,8 @@ class Settings:
     """Where sandboxes reach this gateway (set from the bound socket at start)."""
     serve_scripted_model: bool = False
     """Mount the scripted model inside the gateway (set when no model is configured)."""
+    webhook_allowed_hosts: list[str] = field(default_factory=list)
+    """Webhook targets allowed although internal (see ``gateway.webhooks.targets``)."""
 
     database_url: str = ""
     """``TETHER_DATABASE_URL``: ``postgresql://...`` or SQLite (default ``DATA_DIR/tether.db``)."""
@@ -95,8 +99,16 @@ class Settings:
             lease_ttl_seconds=float(env.get("TETHER_LEASE_TTL_SECONDS", 15)),
             sandbox_args=shlex.split(env.get("TETHER_SANDBOX_ARGS", "")),
             sandbox_idle_seconds=float(env.get("TETHER_SANDBOX_IDLE_SECONDS", 900)),
+            webhook_allowed_hosts=webhook_allowed_hosts(env),
             generated_key=generated,
         )
+
+
+def webhook_allowed_hosts(env: Mapping[str, str]) -> list[str]:
+    """``TETHER_WEBHOOK_ALLOWED_HOSTS``: comma-separated host names, ``*.`` wildcards, IPs and CIDRs."""
+    return [
+        entry.strip() for entry in env.get("TETHER_WEBHOOK_ALLOWED_HOSTS", "").split(",") if entry.strip()
+    ]
 
 
 def load_or_create_key(path: Path) -> str:

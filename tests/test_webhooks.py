@@ -1,9 +1,12 @@
 """Webhooks: Standard Webhooks signatures, deliveries retried against a loopback receiver
-that fails and then recovers, and the REST API plus real session status deliveries."""
+that fails and then recovers, the REST API plus real session status deliveries, and the
+refusal of internal targets (at registration, and at delivery when DNS changes)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ import anyio
 import httpx2
 import pytest
 
+from gateway.errors import InvalidRequest
 from gateway.harness import events as ev
 from gateway.observability.metrics import Metrics
 from gateway.store import open_store
@@ -20,6 +24,7 @@ from gateway.webhooks import endpoints
 from gateway.webhooks.dispatcher import DeliveryResult, WebhookDispatcher
 from gateway.webhooks.endpoints import WebhookCreate
 from gateway.webhooks.signing import WebhookVerificationError, generate_secret, sign, signed_headers, verify
+from gateway.webhooks.targets import IPAddress, TargetRefused, TargetUnresolved, WebhookTargets
 from tests.conftest import Scripts
 from tests.support.observability import Received, observability_gateway, receiving, sdk
 from tests.support.processes import ServerProcess
@@ -63,6 +68,9 @@ def test_verify_accepts_a_genuine_delivery_and_refuses_anything_else() -> None:
 
 # The dispatcher against loopback receivers ---------------------------------------------------
 
+LOOPBACK = WebhookTargets.from_entries(["127.0.0.1"])
+"""The receivers listen on 127.0.0.1: an operator allow-list is what lets them be targets."""
+
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
@@ -74,7 +82,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 async def _register(store: Store, url: str, types: list[str] | None = None) -> dict[str, Any]:
-    return await endpoints.create(store, WebhookCreate(url=url + "/hook", event_types=types))
+    return await endpoints.create(store, WebhookCreate(url=url + "/hook", event_types=types), LOOPBACK)
 
 
 class Finished:
@@ -97,7 +105,13 @@ async def test_a_failing_receiver_gets_the_delivery_again_until_it_recovers(stor
         endpoint = await _register(store, receiver.url)
         finished = Finished(1)
         dispatcher = WebhookDispatcher(
-            store, base_delay=0.01, max_delay=0.05, max_attempts=5, metrics=metrics, on_result=finished
+            store,
+            base_delay=0.01,
+            max_delay=0.05,
+            max_attempts=5,
+            metrics=metrics,
+            on_result=finished,
+            targets=LOOPBACK,
         )
         status = ev.status_idle("end_turn")
         async with anyio.create_task_group() as tasks:
@@ -137,6 +151,7 @@ async def test_attempts_are_bounded_and_gone_stops_at_once(store: Store) -> None
             max_attempts=3,
             metrics=Metrics(process_metrics=False),
             on_result=finished,
+            targets=LOOPBACK,
         )
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(dispatcher.run)
@@ -156,7 +171,9 @@ async def test_publishing_never_blocks_and_only_subscribed_types_are_sent(store:
     with receiving() as receiver:
         await _register(store, receiver.url, ["session.status_idle"])
         finished = Finished(1)
-        dispatcher = WebhookDispatcher(store, queue_size=2, metrics=metrics, on_result=finished)
+        dispatcher = WebhookDispatcher(
+            store, queue_size=2, metrics=metrics, on_result=finished, targets=LOOPBACK
+        )
         # No worker yet: two events fill the queue, the rest are dropped, and nothing blocks.
         dispatcher.publish("sesn_q", ev.new_event("session.status_running"))
         dispatcher.publish("sesn_q", ev.status_idle("end_turn"))
@@ -182,7 +199,9 @@ async def test_publishing_never_blocks_and_only_subscribed_types_are_sent(store:
 def hooked(
     tmp_path_factory: pytest.TempPathFactory, model_server: ServerProcess, api_key: str
 ) -> Iterator[ServerProcess]:
-    with observability_gateway(tmp_path_factory.mktemp("webhooks"), model_server.url, api_key) as server:
+    # The receivers below listen on loopback, which only an operator's allow-list permits.
+    env = {"TETHER_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1"}
+    with observability_gateway(tmp_path_factory.mktemp("webhooks"), model_server.url, api_key, env) as server:
         yield server
 
 
@@ -264,3 +283,164 @@ def test_a_session_turn_delivers_signed_status_changes_even_through_a_failure(
         payload = verify(secret, delivery.headers, delivery.body)
         assert payload["data"]["session_id"] == session.id
         assert payload["type"] == statuses[delivery.headers["webhook-id"]]
+
+
+# Internal targets (SSRF) ---------------------------------------------------------------------
+
+INTERNAL_URLS = [
+    "http://127.0.0.1:8080/hook",
+    "http://localhost/hook",
+    "http://[::1]/hook",
+    "http://2130706433/hook",  # 127.0.0.1 spelled as a number, as clients read it
+    "http://[::ffff:127.0.0.1]/hook",
+    "http://10.1.2.3/hook",
+    "http://172.16.5.4/hook",
+    "http://192.168.0.10/hook",
+    "http://[fd12:3456::1]/hook",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://[fe80::1]/hook",
+    "http://0.0.0.0:9/hook",
+    "http://224.0.0.1/hook",
+    "http://240.0.0.1/hook",
+]
+
+
+@pytest.mark.parametrize("url", INTERNAL_URLS)
+def test_internal_targets_are_refused_at_registration_without_an_allow_list(
+    gateway: ServerProcess, api_key: str, url: str
+) -> None:
+    response = _api(gateway, api_key, "POST", "/v1/tether/webhooks", {"url": url})
+
+    assert response.status_code == 400
+    error = response.json()
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert error["error"]["message"].startswith("url: ")
+    assert "TETHER_WEBHOOK_ALLOWED_HOSTS" in error["error"]["message"]
+
+
+def test_the_allow_list_lets_listed_targets_through_and_no_others(
+    hooked: ServerProcess, api_key: str
+) -> None:
+    listed = _api(hooked, api_key, "POST", "/v1/tether/webhooks", {"url": "http://127.0.0.1:9/hook"})
+    assert listed.status_code == 200
+    _api(hooked, api_key, "DELETE", f"/v1/tether/webhooks/{listed.json()['id']}")
+    for url in ("http://127.0.0.2/hook", "http://[::1]/hook", "http://169.254.169.254/"):
+        response = _api(hooked, api_key, "POST", "/v1/tether/webhooks", {"url": url})
+        assert response.status_code == 400, url
+
+
+class FakeDNS:
+    """An injected resolver whose answers a test changes between calls; records each lookup."""
+
+    def __init__(self, answers: dict[str, list[str]]) -> None:
+        self.answers = answers
+        self.lookups: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[IPAddress]:
+        self.lookups.append(host)
+        if host not in self.answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [ipaddress.ip_address(a) for a in self.answers[host]]
+
+
+PUBLIC = "93.184.216.34"
+
+
+@pytest.mark.anyio
+async def test_a_name_is_refused_if_any_address_it_resolves_to_is_internal() -> None:
+    dns = FakeDNS(
+        {"public.test": [PUBLIC], "mixed.test": [PUBLIC, "10.0.0.7"], "meta.test": ["169.254.169.254"]}
+    )
+    strict = WebhookTargets(resolver=dns)
+
+    assert await strict.addresses("public.test", 443) == [ipaddress.ip_address(PUBLIC)]
+    for name in ("mixed.test", "meta.test"):
+        with pytest.raises(TargetRefused, match="internal address"):
+            await strict.addresses(name, 443)
+    with pytest.raises(TargetUnresolved):
+        await strict.addresses("nowhere.test", 443)
+    with pytest.raises(InvalidRequest, match=r"^url: meta\.test resolves to an internal address"):
+        await strict.check_url("https://meta.test/hook")
+    await strict.check_url("https://nowhere.test/hook")  # unresolvable now: checked at delivery
+
+
+@pytest.mark.anyio
+async def test_allow_list_entries_admit_names_addresses_and_networks() -> None:
+    dns = FakeDNS(
+        {
+            "hooks.corp.test": ["10.9.9.9"],
+            "corp.test": ["10.9.9.8"],
+            "other.test": ["10.1.2.3"],
+            "v6.test": ["fd00::5"],
+        }
+    )
+    targets = WebhookTargets.from_entries(["*.corp.test", "10.1.0.0/16", " fd00::/8 "], resolver=dns)
+
+    assert await targets.addresses("hooks.corp.test", 80)  # listed by name: any address
+    assert await targets.addresses("other.test", 80)  # its address is in a listed network
+    assert await targets.addresses("v6.test", 80)
+    assert await targets.addresses("10.1.200.1", 80)
+    with pytest.raises(TargetRefused):
+        await targets.addresses("10.2.0.1", 80)
+    with pytest.raises(TargetRefused):
+        await targets.addresses("corp.test", 80)  # a wildcard does not cover its apex
+    for bad in ("10.0.0.1/8", "10.0.0.0/33", "https://hooks.corp.test", "hooks.corp.test:443"):
+        with pytest.raises(ValueError, match="TETHER_WEBHOOK_ALLOWED_HOSTS"):
+            WebhookTargets.from_entries([bad])
+
+
+@pytest.mark.anyio
+async def test_a_name_that_turns_internal_after_registration_is_not_delivered_to(store: Store) -> None:
+    metrics = Metrics(process_metrics=False)
+    with receiving() as receiver:
+        port = receiver.url.rsplit(":", 1)[1]
+        dns = FakeDNS({"hooks.rebind.test": [PUBLIC]})
+        targets = WebhookTargets(resolver=dns)
+        await endpoints.create(
+            store, WebhookCreate(url=f"http://hooks.rebind.test:{port}/hook"), targets
+        )  # public when registered
+        dns.answers["hooks.rebind.test"] = ["127.0.0.1"]  # ... and loopback by the time of delivery
+        finished = Finished(1)
+        dispatcher = WebhookDispatcher(
+            store, base_delay=0.01, max_attempts=4, metrics=metrics, on_result=finished, targets=targets
+        )
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(dispatcher.run)
+            dispatcher.publish("sesn_r", ev.status_idle("end_turn"))
+            with anyio.fail_after(15):
+                await finished.all.wait()
+            tasks.cancel_scope.cancel()
+
+    assert receiver.requests == []
+    (result,) = dispatcher.results
+    assert not result.delivered and result.last_status is None
+    assert result.attempts == 1, "a refused target is not retried"
+    assert result.last_error is not None and "internal address (127.0.0.1)" in result.last_error
+    assert metrics.webhook_deliveries.labels("failed")._value.get() == 1
+
+
+@pytest.mark.anyio
+async def test_a_delivery_connects_to_the_address_that_was_checked(store: Store) -> None:
+    # hooks.pinned.test exists only in the injected resolver: had the connection looked the
+    # name up again (the rebinding window), it would have failed instead of arriving.
+    with receiving() as receiver:
+        port = receiver.url.rsplit(":", 1)[1]
+        dns = FakeDNS({"hooks.pinned.test": ["127.0.0.1"]})
+        targets = WebhookTargets.from_entries(["127.0.0.1"], resolver=dns)
+        await endpoints.create(store, WebhookCreate(url=f"http://hooks.pinned.test:{port}/hook"), targets)
+        dns.lookups.clear()
+        finished = Finished(1)
+        dispatcher = WebhookDispatcher(
+            store, metrics=Metrics(process_metrics=False), on_result=finished, targets=targets
+        )
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(dispatcher.run)
+            dispatcher.publish("sesn_p", ev.status_idle("end_turn"))
+            with anyio.fail_after(15):
+                await finished.all.wait()
+            tasks.cancel_scope.cancel()
+
+    (delivery,) = receiver.requests
+    assert delivery.headers["host"] == f"hooks.pinned.test:{port}", "the URL's name is kept in Host"
+    assert dns.lookups == ["hooks.pinned.test"], "one lookup, checked, then connected to"
+    assert dispatcher.results[0].delivered

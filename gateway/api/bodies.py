@@ -6,7 +6,7 @@ import json
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from gateway.errors import InvalidRequest, RequestTooLarge
 
@@ -15,15 +15,26 @@ M = TypeVar("M", bound=BaseModel)
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 
 
+class BodyInterrupted(ClientDisconnect):
+    """The client went away before sending the whole body; ``received`` bytes had arrived."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"client disconnected after {received} bytes of the body")
+        self.received = received
+
+
 async def read_json(request: Request, max_bytes: int = DEFAULT_MAX_BODY) -> Any:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise RequestTooLarge(f"request body exceeds {max_bytes} bytes")
     chunks = bytearray()
-    async for chunk in request.stream():
-        chunks += chunk
-        if len(chunks) > max_bytes:
-            raise RequestTooLarge(f"request body exceeds {max_bytes} bytes")
+    try:
+        async for chunk in request.stream():
+            chunks += chunk
+            if len(chunks) > max_bytes:
+                raise RequestTooLarge(f"request body exceeds {max_bytes} bytes")
+    except ClientDisconnect:
+        raise BodyInterrupted(len(chunks)) from None
     if not chunks.strip():
         return {}
     try:
@@ -64,6 +75,8 @@ def describe(exc: ValidationError, data: Any) -> str:
             message = "unknown field"
         elif error["type"] == "missing":
             message = "field required"
+        elif error["type"] == "value_error":
+            message = str(error.get("ctx", {}).get("error") or message.removeprefix("Value error, "))
         problems.append(f"{location}: {message}" if location else message)
     return "; ".join(problems)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.errors import TetherError
@@ -47,9 +47,30 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def client_disconnected(request: Request, exc: Exception) -> Response:
+    """A client that hangs up mid-body is routine: one warning line, no traceback, no 500.
+
+    The response is never delivered (the connection is gone); it only ends the request.
+    """
+    received = getattr(exc, "received", None)
+    log.warning(
+        "client disconnected before sending the whole body: %s %s (%s of %s bytes received)",
+        request.method,
+        request.url.path,
+        "?" if received is None else received,
+        request.headers.get("content-length", "?"),
+    )
+    return error_response(400, "invalid_request_error", "the client disconnected before sending the body")
+
+
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "api_error", "internal error")
 
 
-HANDLERS = {TetherError: tether_error, HTTPException: http_error, Exception: unexpected_error}
+HANDLERS = {
+    TetherError: tether_error,
+    HTTPException: http_error,
+    ClientDisconnect: client_disconnected,
+    Exception: unexpected_error,
+}

@@ -13,14 +13,15 @@ from gateway.api.bodies import parse
 from gateway.api.pagination import page_body, page_params
 from gateway.api.routing import endpoint
 from gateway.api.state import state
-from gateway.webhooks import endpoints
+from gateway.webhooks import endpoints, targets
 from gateway.webhooks.endpoints import WebhookCreate
 
 
 async def create(request: Request) -> JSONResponse:
     gateway = state(request)
     body = await parse(request, WebhookCreate, gateway.settings.max_body_bytes)
-    created = await endpoints.create(gateway.store, body)
+    allowed = targets.allowing(tuple(gateway.settings.webhook_allowed_hosts))
+    created = await endpoints.create(gateway.store, body, allowed)
     return JSONResponse({**endpoints.render(created), "secret": created["secret"]})
 
 

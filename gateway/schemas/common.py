@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from sandbox_server.egress.validation import InvalidHost, check_allowed_host
+
 MAX_METADATA_PAIRS = 16
 
 
@@ -38,6 +40,20 @@ MetadataPatch = Annotated[dict[str, str | None], AfterValidator(_check_metadata_
 """An update: a ``None`` value deletes the key."""
 
 Name = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+def _check_allowed_hosts(hosts: list[str]) -> list[str]:
+    # The sandbox's own rules, so the API never stores an entry the sandbox would refuse at start.
+    for index, host in enumerate(hosts):
+        try:
+            check_allowed_host(host)
+        except InvalidHost as exc:
+            raise ValueError(f"{host!r} (item {index}) is not a valid host: {exc}") from None
+    return hosts
+
+
+AllowedHosts = Annotated[list[str], AfterValidator(_check_allowed_hosts)]
+"""An egress allow-list: ``api.example.com``, ``*.example.com``, ``192.0.2.1`` or ``2001:db8::1``."""
 
 
 class AlwaysAllow(Strict):

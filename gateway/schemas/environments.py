@@ -7,12 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from gateway.schemas.common import Metadata, MetadataPatch, Name, Strict
+from gateway.schemas.common import AllowedHosts, Metadata, MetadataPatch, Name, Strict
 
-_HOST = re.compile(
-    r"^(\*\.)?([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$"
-)
-_IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 _PACKAGE = re.compile(r"^[A-Za-z0-9@][A-Za-z0-9@._+/:=<>~!^,\[\]-]*$")
 PACKAGE_MANAGERS = ("apt", "cargo", "gem", "go", "npm", "pip")
 
@@ -23,17 +19,9 @@ class Unrestricted(Strict):
 
 class Limited(Strict):
     type: Literal["limited"]
-    allowed_hosts: list[str] | None = None
+    allowed_hosts: AllowedHosts | None = None
     allow_mcp_servers: bool | None = None
     allow_package_managers: bool | None = None
-
-    @field_validator("allowed_hosts")
-    @classmethod
-    def _hosts(cls, hosts: list[str] | None) -> list[str] | None:
-        for host in hosts or []:
-            if len(host) > 253 or not (_HOST.match(host) or _IPV4.match(host)):
-                raise ValueError(f"{host!r} is not a host name (use 'example.com' or '*.example.com')")
-        return hosts
 
 
 Networking = Annotated[Unrestricted | Limited, Field(discriminator="type")]

@@ -6,17 +6,15 @@ public part, never from these models.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from gateway.schemas.common import Metadata, MetadataPatch, Name, Strict
+from gateway.schemas.common import AllowedHosts, Metadata, MetadataPatch, Name, Strict
+from sandbox_server.egress.validation import check_secret_name
 
-_SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_HOST = re.compile(r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:\d{1,5})?$")
 Secret = Annotated[str, Field(min_length=1, max_length=16_384)]
 
 
@@ -96,15 +94,7 @@ class UnrestrictedNetworking(Strict):
 
 class LimitedNetworking(Strict):
     type: Literal["limited"]
-    allowed_hosts: Annotated[list[str], Field(min_length=1, max_length=100)]
-
-    @field_validator("allowed_hosts")
-    @classmethod
-    def _hosts(cls, hosts: list[str]) -> list[str]:
-        for host in hosts:
-            if not _HOST.match(host):
-                raise ValueError(f"{host!r} is not a host name (use 'api.example.com' or '*.example.com')")
-        return hosts
+    allowed_hosts: Annotated[AllowedHosts, Field(min_length=1, max_length=100)]
 
 
 CredentialNetworking = Annotated[UnrestrictedNetworking | LimitedNetworking, Field(discriminator="type")]
@@ -120,9 +110,8 @@ class EnvironmentVariableCreate(Strict):
     @field_validator("secret_name")
     @classmethod
     def _name(cls, name: str) -> str:
-        if not _SECRET_NAME.match(name):
-            raise ValueError("must be an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
-        return name
+        # The sandbox's own rule, so it will set every variable the API accepts.
+        return check_secret_name(name)
 
 
 AuthCreate = Annotated[

@@ -5,7 +5,8 @@ in-memory queue and returns: the harness never waits on a receiver. ``run`` is t
 (start it in the gateway's lifespan task group): for each event it looks up the
 subscribed endpoints and delivers to each in its own task, so one slow receiver delays no
 other. A failed attempt (non-2xx, timeout, connection error) is retried with exponential
-backoff and jitter, up to ``max_attempts``; ``410 Gone`` stops at once.
+backoff and jitter, up to ``max_attempts``; ``410 Gone`` stops at once, and so does a
+target that ``targets`` refuses (it resolves to an internal address now: see ``targets``).
 
 Delivery is at least once while the process lives (receivers dedupe on ``webhook-id``);
 events still queued or waiting for a retry when the process stops are not delivered.
@@ -20,15 +21,17 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import httpx2
 
+from gateway.config import webhook_allowed_hosts
 from gateway.observability.metrics import METRICS, Metrics
 from gateway.store.base import SESSION_STATUS_OF_EVENT, Body, Store, StoredEvent
 from gateway.webhooks import endpoints
 from gateway.webhooks.signing import signed_headers
+from gateway.webhooks.targets import PinnedTransport, RefusedConnect, WebhookTargets
 
 log = logging.getLogger("tether.webhooks")
 
@@ -46,6 +49,14 @@ class DeliveryResult:
     last_status: int | None
     """HTTP status of the last attempt; None when it never got a response."""
     last_error: str | None = None
+
+
+class _Attempt(NamedTuple):
+    status: int | None
+    error: str | None = None
+    retry_after: float | None = None
+    final: bool = False
+    """Not worth retrying (the target is refused)."""
 
 
 def payload(session_id: str, event: Body) -> bytes:
@@ -71,7 +82,7 @@ class WebhookDispatcher:
         queue_size: int = 10_000,
         concurrency: int = 32,
         metrics: Metrics | None = None,
-        client_factory: Callable[[], httpx2.AsyncClient] | None = None,
+        targets: WebhookTargets | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         on_result: Callable[[DeliveryResult], None] | None = None,
     ) -> None:
@@ -85,7 +96,8 @@ class WebhookDispatcher:
         """The latest finished deliveries, newest last (for tests and debugging)."""
         self._on_result = on_result
         """Called with each finished delivery (delivered or given up)."""
-        self._client_factory = client_factory or self._default_client
+        self.targets = targets or WebhookTargets()
+        """Where deliveries may go; checked again on every attempt, on the address connected to."""
         self._sleep = sleep
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._send, self._receive = anyio.create_memory_object_stream[tuple[str, Body]](queue_size)
@@ -93,19 +105,24 @@ class WebhookDispatcher:
     @classmethod
     def from_env(cls, store: Store, **overrides: Any) -> WebhookDispatcher:
         """Settings from ``TETHER_WEBHOOK_MAX_ATTEMPTS`` (6), ``TETHER_WEBHOOK_RETRY_BASE_SECONDS``
-        (1), ``TETHER_WEBHOOK_RETRY_MAX_SECONDS`` (300) and ``TETHER_WEBHOOK_TIMEOUT_SECONDS`` (10)."""
+        (1), ``TETHER_WEBHOOK_RETRY_MAX_SECONDS`` (300), ``TETHER_WEBHOOK_TIMEOUT_SECONDS`` (10) and
+        ``TETHER_WEBHOOK_ALLOWED_HOSTS`` (none; an invalid entry is a ``ValueError``)."""
         env = os.environ
         options: dict[str, Any] = {
             "max_attempts": int(env.get("TETHER_WEBHOOK_MAX_ATTEMPTS", 6)),
             "base_delay": float(env.get("TETHER_WEBHOOK_RETRY_BASE_SECONDS", 1.0)),
             "max_delay": float(env.get("TETHER_WEBHOOK_RETRY_MAX_SECONDS", 300.0)),
             "timeout": float(env.get("TETHER_WEBHOOK_TIMEOUT_SECONDS", 10.0)),
+            "targets": WebhookTargets.from_entries(webhook_allowed_hosts(env)),
         }
         return cls(store, **{**options, **overrides})
 
-    def _default_client(self) -> httpx2.AsyncClient:
+    def _client(self) -> httpx2.AsyncClient:
         return httpx2.AsyncClient(
-            timeout=self.timeout, follow_redirects=False, headers={"user-agent": USER_AGENT}
+            transport=PinnedTransport(self.targets),
+            timeout=self.timeout,
+            follow_redirects=False,
+            headers={"user-agent": USER_AGENT},
         )
 
     # Producer side: called from the harness's task, must never block ---------------------------
@@ -132,7 +149,7 @@ class WebhookDispatcher:
 
     async def run(self) -> None:
         """Deliver until cancelled. Run exactly one per dispatcher."""
-        async with self._client_factory() as client, anyio.create_task_group() as deliveries:
+        async with self._client() as client, anyio.create_task_group() as deliveries:
             async with self._receive:
                 async for session_id, event in self._receive:
                     try:
@@ -148,43 +165,43 @@ class WebhookDispatcher:
                         deliveries.start_soon(self._deliver, client, target, event, body)
 
     async def _deliver(self, client: httpx2.AsyncClient, target: Body, event: Body, body: bytes) -> None:
-        status: int | None = None
-        error: str | None = None
+        outcome = _Attempt(None)
         attempt = 0
         while attempt < self.max_attempts:
             attempt += 1
-            retry_after: float | None = None
             async with self._limiter:
-                status, error, retry_after = await self._attempt(client, target, event["id"], body)
-            if status is not None and 200 <= status < 300:
+                outcome = await self._attempt(client, target, event["id"], body)
+            if outcome.status is not None and 200 <= outcome.status < 300:
                 self.metrics.webhook_deliveries.labels("delivered").inc()
-                self._finish(target, event, attempt, True, status, None)
+                self._finish(target, event, attempt, True, outcome.status, None)
                 return
-            if status == 410 or attempt >= self.max_attempts:
+            if outcome.status == 410 or outcome.final or attempt >= self.max_attempts:
                 break
             self.metrics.webhook_deliveries.labels("retry").inc()
-            await self._sleep(self._delay(attempt, retry_after))
+            await self._sleep(self._delay(attempt, outcome.retry_after))
         self.metrics.webhook_deliveries.labels("failed").inc()
         log.warning(
             "webhook %s to %s failed after %d attempts (last: %s)",
             event["id"],
             target["url"],
             attempt,
-            error or f"HTTP {status}",
+            outcome.error or f"HTTP {outcome.status}",
         )
-        self._finish(target, event, attempt, False, status, error)
+        self._finish(target, event, attempt, False, outcome.status, outcome.error)
 
     async def _attempt(
         self, client: httpx2.AsyncClient, target: Body, message_id: str, body: bytes
-    ) -> tuple[int | None, str | None, float | None]:
+    ) -> _Attempt:
         # Signed per attempt: a retry carries a fresh timestamp, so it passes the receiver's
         # replay window however long the backoff was.
         headers = {"content-type": "application/json", **signed_headers(target["secret"], message_id, body)}
         try:
             response = await client.post(target["url"], content=body, headers=headers)
+        except RefusedConnect as exc:
+            return _Attempt(None, f"target refused: {exc}", final=True)
         except httpx2.HTTPError as exc:
-            return None, f"{type(exc).__name__}: {exc}", None
-        return response.status_code, None, _retry_after(response.headers.get("retry-after"))
+            return _Attempt(None, f"{type(exc).__name__}: {exc}")
+        return _Attempt(response.status_code, None, _retry_after(response.headers.get("retry-after")))
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with equal jitter; a receiver's Retry-After wins if longer."""

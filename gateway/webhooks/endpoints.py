@@ -1,7 +1,8 @@
 """Webhook endpoints as store resources: where to deliver, which events, and the secret.
 
 The secret is kept with the endpoint because every delivery must be signed with it; it is
-returned once, by ``create``, and never rendered again.
+returned once, by ``create``, and never rendered again. A URL must pass ``targets`` (no
+internal addresses unless the operator allows them) to be registered.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from gateway.resources import common
 from gateway.schemas.common import Metadata, Strict
 from gateway.store.base import SESSION_STATUS_OF_EVENT, Body, Page, Store
 from gateway.webhooks.signing import generate_secret
+from gateway.webhooks.targets import WebhookTargets
 
 KIND = "webhook_endpoint"
 ID_PREFIX = "whep"
@@ -53,8 +55,12 @@ def render(body: Body) -> Body:
     return {key: value for key, value in body.items() if key != "secret"}
 
 
-async def create(store: Store, request: WebhookCreate) -> Body:
-    """Returns the stored body, secret included: the caller shows it exactly once."""
+async def create(store: Store, request: WebhookCreate, targets: WebhookTargets) -> Body:
+    """Returns the stored body, secret included: the caller shows it exactly once.
+
+    Raises ``InvalidRequest`` if ``targets`` refuses the URL's host.
+    """
+    await targets.check_url(request.url)
     moment = ids.timestamp()
     body: Body = {
         "type": KIND,

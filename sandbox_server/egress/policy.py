@@ -24,6 +24,8 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from sandbox_server.egress.validation import InvalidHost, check_allowed_host
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
@@ -76,10 +78,6 @@ class EgressMode(enum.StrEnum):
     NONE = "none"
     LIMITED = "limited"
     UNRESTRICTED = "unrestricted"
-
-
-class InvalidHost(ValueError):
-    """A host name or pattern that is not a valid name or IP literal; the message is safe to log."""
 
 
 @dataclass(frozen=True)
@@ -194,25 +192,20 @@ class HostPattern:
 def parse_host_pattern(raw: str) -> HostPattern:
     """Parse ``api.example.com``, ``*.example.com``, ``192.0.2.1`` or ``[2001:db8::1]``.
 
-    URLs, ports, paths and a bare ``*`` are refused (``InvalidHost``), so a
+    The syntax is ``validation.check_allowed_host``'s, the one the gateway's API checks
+    too: URLs, ports, paths and a bare ``*`` are refused (``InvalidHost``), so a
     mistyped entry fails at start-up instead of silently never matching.
     """
-    text = raw.strip().lower()
-    if not text:
-        raise InvalidHost("empty host pattern")
-    if any(c in text for c in "/@?#") or text.count(":") == 1:
-        raise InvalidHost(f"{raw!r} is not a bare host (no scheme, port or path)")
+    try:
+        text = check_allowed_host(raw)
+    except InvalidHost as exc:
+        raise InvalidHost(f"{raw!r}: {exc}") from None
     if text.startswith("*."):
-        host = parse_host(text[2:])
-        if host.ip is not None:
-            raise InvalidHost(f"{raw!r}: a wildcard needs a domain name")
-        return HostPattern(raw, suffix="." + host.name)
-    if "*" in text:
-        raise InvalidHost(f"{raw!r}: only a leading '*.' wildcard is supported")
-    host = parse_host(text)
-    if host.ip is not None:
-        return HostPattern(raw, ip=host.ip)
-    return HostPattern(raw, name=host.name)
+        return HostPattern(raw, suffix=text[1:])
+    try:
+        return HostPattern(raw, ip=ipaddress.ip_address(text))
+    except ValueError:
+        return HostPattern(raw, name=text)
 
 
 def parse_host_patterns(raws: Iterable[str]) -> tuple[HostPattern, ...]:
