@@ -5,7 +5,8 @@ Run: ``python bench/sandbox_exec.py`` (add ``--calls``/``--starts`` to change N)
 Measures, each as median and p95:
 
 * ``mcp``: a ``bash`` call with ``true`` to a ``tether sandbox`` process over
-  streamable HTTP (one client session, N calls after a warm-up);
+  streamable HTTP (one client session, N calls after a warm-up, each with the sandbox's
+  bearer token, as the gateway sends it);
 * ``stdio``: the same over MCP's stdio transport (a ``tether sandbox --stdio`` child);
 * ``backend``: the same command through ``BubblewrapBash.run`` in this process
   (no MCP, no HTTP), to split the overhead between protocol and sandbox set-up;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -28,12 +30,15 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httpx2
 from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from gateway.serving import READY_PREFIX  # noqa: E402
+from sandbox_server.auth import TOKEN_ENV, bearer_headers, new_token  # noqa: E402
 from sandbox_server.bwrap import BWRAP_ENV, BubblewrapBash  # noqa: E402
 
 WARMUP = 3
@@ -45,12 +50,13 @@ def _summary(name: str, samples: list[float]) -> str:
     return f"{name:<8} n={len(samples):<3} median {statistics.median(samples) * 1000:8.2f} ms   p95 {p95 * 1000:8.2f} ms"
 
 
-def _start_sandbox(workspace: Path) -> tuple[subprocess.Popen[str], str, float]:
-    """Spawn ``tether sandbox``; return it, its URL and the seconds until its ready line."""
+def _start_sandbox(workspace: Path, token: str) -> tuple[subprocess.Popen[str], str, float]:
+    """Spawn ``tether sandbox`` with ``token``; return it, its URL and the seconds until its ready line."""
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "sandbox", "--workspace", str(workspace), "--port", "0"],
         cwd=REPO_ROOT,
+        env={**os.environ, TOKEN_ENV: token},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -83,15 +89,26 @@ async def _timed(n: int, call: Callable[[], Awaitable[object]]) -> list[float]:
     return samples
 
 
-async def _bench_mcp(target: str | StdioServerParameters, n: int) -> list[float]:
+async def _bench_mcp(
+    target: str | StdioServerParameters, n: int, headers: dict[str, str] | None = None
+) -> list[float]:
+    if isinstance(target, str):
+        async with (
+            httpx2.AsyncClient(headers=headers or {}, timeout=httpx2.Timeout(30.0, read=300.0)) as http,
+            Client(streamable_http_client(target, http_client=http)) as client,
+        ):
+            return await _bench_client(client, n)
     async with Client(target) as client:
+        return await _bench_client(client, n)
 
-        async def call() -> None:
-            result = await client.call_tool("bash", {"command": "true"})
-            if result.is_error:
-                raise RuntimeError(f"bash true failed: {result.content}")
 
-        return await _timed(n, call)
+async def _bench_client(client: Client, n: int) -> list[float]:
+    async def call() -> None:
+        result = await client.call_tool("bash", {"command": "true"})
+        if result.is_error:
+            raise RuntimeError(f"bash true failed: {result.content}")
+
+    return await _timed(n, call)
 
 
 async def _bench_backend(workspace: Path, n: int) -> list[float]:
@@ -130,13 +147,14 @@ def main() -> None:
         workspace = Path(scratch, "ws")
         starts = []
         for _ in range(args.starts):
-            process, _url, seconds = _start_sandbox(workspace)
+            process, _url, seconds = _start_sandbox(workspace, new_token())
             starts.append(seconds)
             _stop(process)
 
-        process, url, _ = _start_sandbox(workspace)
+        token = new_token()
+        process, url, _ = _start_sandbox(workspace, token)
         try:
-            mcp = asyncio.run(_bench_mcp(url + "/mcp", args.calls))
+            mcp = asyncio.run(_bench_mcp(url + "/mcp", args.calls, bearer_headers(token)))
         finally:
             _stop(process)
         stdio_server = StdioServerParameters(

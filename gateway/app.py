@@ -91,6 +91,8 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
             plan=SandboxPlanner(store, keyring, settings.public_url, settings.data_dir),
             # Self-hosted sessions use the sandbox their on-prem worker runs, through its tunnel.
             locate=SelfHostedSandboxes(store, settings.tunnel_base_domain, settings.self_hosted_wait_seconds),
+            # A pid file per running sandbox, so a restart finds any a killed gateway left behind.
+            state_dir=settings.data_dir / "sandboxes",
         )
         model = make_client(
             settings.model_api_key or settings.api_keys[0],
@@ -98,6 +100,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
             settings.model_stream_timeout,
         )
         try:
+            await sandboxes.stop_leftovers()
             async with (
                 tunnel_wiring.running_hub(app, store, settings.tunnel_base_domain, sealer=keyring) as hub,
                 anyio.create_task_group() as tasks,

@@ -32,11 +32,20 @@ from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
 from gateway.serving import serve
-from sandbox_server import file_tools
+from sandbox_server import file_tools, workspace_fs
 from sandbox_server.backends import BackendName, BackendUnavailable, make_bash_backend
 from sandbox_server.bwrap import BubblewrapBash
 from sandbox_server.docker_backend import DockerSettings
 from sandbox_server.egress.config import TOKEN_ENV, EgressSettings, describe_network
+from sandbox_server.egress.mount import EgressMount
+from sandbox_server.identity import (
+    DEFAULT_UID_RANGE,
+    UID_RANGE_ENV,
+    SandboxIdentity,
+    claim_workspace,
+    identity_for,
+    parse_uid_range,
+)
 from sandbox_server.limits import SandboxLimits, format_seconds
 from sandbox_server.quota import DiskQuota, QuotaExceeded
 from sandbox_server.results import text_result
@@ -76,7 +85,7 @@ def _run_tool(action: Callable[[], str]) -> CallToolResult:
 def _current_size(ws: Workspace, file_path: str) -> int:
     """Size of the file ``write`` would replace (0 if absent or unreachable: ``write`` reports that)."""
     with contextlib.suppress(Exception):
-        return os.stat(ws.resolve(file_path), follow_symlinks=False).st_size
+        return ws.stat_path(ws.relative(file_path), shown=file_path).st_size
     return 0
 
 
@@ -297,8 +306,12 @@ def run(
     limits = limits or SandboxLimits()
     egress = egress or EgressSettings()
     token = os.environ.pop(TOKEN_ENV, None)  # read once; never inherited by anything started later
+    from sandbox_server.auth import take_token
+
+    sandbox_token = take_token()  # who may call the tools over HTTP; popped like the egress token
     ws = Workspace.open(workspace)
     with contextlib.ExitStack() as cleanup:
+        identity, bind_root = _claim_workspace(ws, limits, cleanup)
         mount = None
         network = NO_NETWORK
         if egress.enabled:
@@ -314,16 +327,59 @@ def run(
                 sys.exit(f"tether sandbox: egress: {exc}")
             cleanup.callback(service.close)
             mount = service.mount
+            _hand_over(mount, identity)
             network = describe_network(egress, list(service.vault.environment()))
         try:
-            bash = make_bash_backend(backend, ws.root, limits, docker_settings=docker_settings, egress=mount)
+            bash = make_bash_backend(
+                backend,
+                ws.root,
+                limits,
+                docker_settings=docker_settings,
+                egress=mount,
+                identity=identity,
+                bind_root=bind_root,
+            )
         except BackendUnavailable as exc:
             sys.exit(f"tether sandbox: the {backend} backend is unavailable: {exc}")
         close = getattr(bash, "close", None)
         if close is not None:
             cleanup.callback(close)
         server = build_server(ws.root, bash_backend=bash, limits=limits, network=network)
-        _serve(server, host, port, stdio)
+        _serve(server, host, port, stdio, sandbox_token)
+
+
+def _claim_workspace(
+    ws: Workspace, limits: SandboxLimits, cleanup: contextlib.ExitStack
+) -> tuple[SandboxIdentity, Path]:
+    """Give the workspace its own size-limited filesystem where possible, and to the sandbox's identity.
+
+    Returns the identity and the path bwrap binds (a root server's stage, ``workspace_fs.stage``).
+    A server started by a gateway leaves the mount to the gateway; one started on its own
+    takes it down on the way out, in the namespace it mounted it in.
+    """
+    uids = parse_uid_range(os.environ[UID_RANGE_ENV]) if os.environ.get(UID_RANGE_ENV) else DEFAULT_UID_RANGE
+    identity = identity_for(ws.root.name, uids)
+    attached_here = not workspace_fs.is_attached(ws.root) and workspace_fs.attach(
+        ws.root, limits.disk_quota, identity
+    )
+    claim_workspace(str(ws.root), identity)
+    if identity.is_current:
+        return identity, ws.root
+    if attached_here and not workspace_fs.shared_with_parent():
+        origin = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        cleanup.callback(os.close, origin)
+        cleanup.callback(workspace_fs.detach_in, origin, ws.root)
+    staged = workspace_fs.stage(ws.root, cleanup)
+    return identity, staged or ws.root
+
+
+def _hand_over(mount: EgressMount, identity: SandboxIdentity) -> None:
+    """Let the sandbox's identity reach the proxy: its directory and socket are the server's until now."""
+    if identity.is_current:
+        return
+    os.chmod(mount.host_dir.parent, 0o711)  # traversable, not listable: bwrap reaches the directory by path
+    for path in (mount.host_dir, mount.socket_path):
+        os.chown(path, identity.uid, identity.gid, follow_symlinks=False)
 
 
 def _exit_on_sigterm() -> None:
@@ -337,11 +393,17 @@ def _exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
 
-def _serve(server: MCPServer, host: str, port: int, stdio: bool) -> None:
+def _serve(server: MCPServer, host: str, port: int, stdio: bool, token: str | None) -> None:
+    """Over stdio no token is needed (only the parent holds the pipes); over HTTP every request
+    must carry it (``sandbox_server.auth``), and without one nothing is served."""
+    from sandbox_server import auth
+
     if stdio:
         server.run("stdio")
         return
+    if not token:
+        sys.exit(f"tether sandbox: {auth.MISSING_TOKEN}")
     app = server.streamable_http_app(
         streamable_http_path=MCP_PATH, transport_security=_transport_security(host), host=host
     )
-    serve(app, host, port)
+    serve(auth.BearerAuth(app, token), host, port)

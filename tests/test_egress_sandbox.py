@@ -26,7 +26,7 @@ from mcp.types import TextContent
 
 from sandbox_server.bwrap import find_bwrap
 from tests.support.egress import RecordingServer, TestPKI, credentials_responder
-from tests.support.processes import ServerProcess, running_server, start_server
+from tests.support.processes import ServerProcess, running_sandbox, sandbox_client, start_sandbox
 
 pytestmark = [
     pytest.mark.skipif(find_bwrap() is None, reason="bubblewrap is not installed"),
@@ -142,7 +142,7 @@ def limited(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "--allow-host", "localhost",
         "--credentials-url", f"http://127.0.0.1:{world.credentials.port}/v1/credentials",
     )  # fmt: skip
-    with running_server(args, env={"TETHER_EGRESS_TOKEN": world.token}, module=MODULE) as server:
+    with running_sandbox(args, env={"TETHER_EGRESS_TOKEN": world.token}, module=MODULE) as server:
         yield Sandbox(server, world, workspace)
 
 
@@ -150,7 +150,7 @@ def limited(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def unrestricted(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     workspace = tmp_path_factory.mktemp("unrestricted-ws")
     args = _sandbox_args(world, workspace, "unrestricted")
-    with running_server(args, module=MODULE) as server:
+    with running_sandbox(args, module=MODULE) as server:
         yield Sandbox(server, world, workspace)
 
 
@@ -176,13 +176,13 @@ def nothing_leaked(world: World, request: pytest.FixtureRequest) -> Iterator[Non
 
 @pytest.fixture
 async def limited_client(limited: Sandbox) -> AsyncIterator[Client]:
-    async with Client(limited.url) as client:
+    async with sandbox_client(limited.url, limited.server.headers) as client:
         yield client
 
 
 @pytest.fixture
 async def unrestricted_client(unrestricted: Sandbox) -> AsyncIterator[Client]:
-    async with Client(unrestricted.url) as client:
+    async with sandbox_client(unrestricted.url, unrestricted.server.headers) as client:
         yield client
 
 
@@ -514,8 +514,8 @@ async def test_unrestricted_reaches_public_names_but_not_internal_addresses(
 @pytest.mark.anyio
 async def test_no_egress_means_no_proxy_and_no_network(world: World, tmp_path: Path) -> None:
     args = ["--workspace", str(tmp_path / "ws"), "--port", "0", *LIMIT_FLAGS]
-    with running_server(args, module=MODULE) as server:
-        async with Client(server.url + "/mcp") as client:
+    with running_sandbox(args, module=MODULE) as server:
+        async with sandbox_client(server.mcp_url, server.headers) as client:
             env = await _bash(client, world, "env")
             assert "PROXY" not in env.upper()
             assert "No such file" in await _bash(client, world, "ls /run/tether-egress")
@@ -528,16 +528,20 @@ async def test_no_egress_means_no_proxy_and_no_network(world: World, tmp_path: P
 @pytest.mark.anyio
 async def test_the_proxy_directory_goes_when_the_sandbox_stops(world: World, tmp_path: Path) -> None:
     args = [*_sandbox_args(world, tmp_path / "ws", "limited"), "--allow-host", "plain.allowed.test"]
-    server = start_server(args, module=MODULE)
+    server = start_sandbox(args, module=MODULE)
     try:
-        async with Client(server.url + "/mcp") as client:
-            cmdline = await _bash(client, world, "tr '\\0' '\\n' < /proc/1/cmdline | grep tether-egress-")
+        async with sandbox_client(server.mcp_url, server.headers) as client:
             assert await _bash(client, world, f"{CURL} http://plain.allowed.test/") == "ok\n"
+            # The server holds the directory open to bind it into each command (no path is on
+            # bwrap's command line any more): find it through the server's descriptors.
+            fds = f"/proc/{server.process.pid}/fd"
+            held = [os.readlink(f"{fds}/{fd}") for fd in os.listdir(fds)]
+            state = Path(next(link for link in held if "tether-egress-" in link)).parent
     finally:
         server.stop()  # SIGTERM, as the gateway stops an idle sandbox
-    state = Path(cmdline.split()[0]).parent
     assert state.name.startswith("tether-egress-")
-    assert not state.exists()
+    gone = [state, *([state.parent] if state.parent.name.startswith("tether-stage-") else [])]
+    assert not any(path.exists() for path in gone), "the proxy's directory (or a root server's stage) remains"
     assert server.process.returncode == 128 + 15
 
 
@@ -548,7 +552,7 @@ def test_a_sandbox_whose_credentials_are_refused_does_not_start(world: World, tm
     ]  # fmt: skip
     wrong = "tok_wrong_" + secrets.token_hex(8)
     with pytest.raises(RuntimeError) as failed:
-        start_server(args, env={"TETHER_EGRESS_TOKEN": wrong}, module=MODULE)
+        start_sandbox(args, env={"TETHER_EGRESS_TOKEN": wrong}, module=MODULE)
     message = str(failed.value)
     assert "the credentials endpoint answered HTTP 401" in message
     assert wrong not in message

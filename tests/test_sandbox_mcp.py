@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +32,9 @@ from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel
 
-from tests.support.processes import ServerProcess, running_server
+from sandbox_server import workspace_fs
+from sandbox_server.auth import TOKEN_ENV
+from tests.support.processes import ServerProcess, running_sandbox, sandbox_client
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +56,7 @@ def anyio_backend() -> str:
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[tuple[ServerProcess, Path]]:
     workspace = tmp_path / "ws"
-    with running_server(["sandbox", "--workspace", str(workspace), "--port", "0"]) as server:
+    with running_sandbox(["sandbox", "--workspace", str(workspace), "--port", "0"]) as server:
         yield server, workspace
 
 
@@ -75,7 +79,7 @@ def _shape(schema: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 @pytest.mark.anyio
 async def test_tools_match_the_sdk_input_types(sandbox: tuple[ServerProcess, Path]) -> None:
     server, _ = sandbox
-    async with Client(server.url + "/mcp") as client:
+    async with sandbox_client(server.mcp_url, server.headers) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
     assert sorted(tools) == sorted(SDK_INPUTS)
     for name, model in SDK_INPUTS.items():
@@ -87,7 +91,7 @@ async def test_tools_match_the_sdk_input_types(sandbox: tuple[ServerProcess, Pat
 @pytest.mark.anyio
 async def test_write_read_edit_and_errors_over_http(sandbox: tuple[ServerProcess, Path]) -> None:
     server, workspace = sandbox
-    async with Client(server.url + "/mcp") as client:
+    async with sandbox_client(server.mcp_url, server.headers) as client:
         written = await client.call_tool("write", {"file_path": "notes/todo.txt", "content": "one\ntwo\n"})
         assert not written.is_error
         assert _text(written) == "Created /workspace/notes/todo.txt (8 bytes)"
@@ -151,5 +155,38 @@ async def test_stdio_mode(tmp_path: Path) -> None:
         assert escape.is_error
         read = await client.call_tool("read", {"file_path": "a.txt"})
         assert _text(read) == "     1\thello\n"
-    assert (workspace / "a.txt").read_text() == "hello\n"
+    # As root the workspace is a filesystem image the server unmounted on its way out: look inside.
+    mounted = workspace_fs.attach_existing(workspace)
+    try:
+        assert (workspace / "a.txt").read_text() == "hello\n"
+    finally:
+        if mounted:
+            workspace_fs.detach(workspace)
     assert not (tmp_path / "a.txt").exists()
+
+
+def test_serving_http_without_a_token_is_refused(tmp_path: Path) -> None:
+    """Deny by default: with no ``TETHER_SANDBOX_TOKEN`` the server does not start listening."""
+    env = {name: value for name, value in os.environ.items() if name != TOKEN_ENV}
+    finished = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "sandbox", "--workspace", str(tmp_path / "ws"), "--port", "0"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode != 0
+    assert f"set {TOKEN_ENV}" in finished.stderr
+    assert "listening on" not in finished.stdout
+
+
+@pytest.mark.anyio
+async def test_the_token_never_reaches_a_command(sandbox: tuple[ServerProcess, Path]) -> None:
+    server, _ = sandbox
+    token = server.headers["Authorization"].split()[1]
+    async with sandbox_client(server.mcp_url, server.headers) as client:
+        seen = await client.call_tool(
+            "bash", {"command": "env; cat /proc/*/environ /proc/*/cmdline 2>/dev/null"}
+        )
+    assert token not in _text(seen) and TOKEN_ENV not in _text(seen)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 
 import anthropic
 import anyio
+import httpx2
 import pytest
 
 from gateway import ids
@@ -26,8 +28,9 @@ from gateway.store import open_store
 from gateway.store.base import Store
 from gateway.tools.sandbox import SandboxStartFailed
 from gateway.tools.sandbox_plan import SelfHostedSandboxes
+from sandbox_server import workspace_fs
 from tests.conftest import Scripts, gateway_data_dir
-from tests.support.processes import ServerProcess
+from tests.support.processes import ServerProcess, listening_ports
 from tests.support.self_hosted import agent_metric, eventually, sandbox_pids, start_worker_agent
 from tests.support.sessions import send_and_stream, user_message
 from tunnel_agent import worker_cli
@@ -130,8 +133,15 @@ def test_the_agent_toolset_runs_in_the_worker_agents_sandbox_on_prem(
     )
     eventually(lambda: not os.path.exists(f"/proc/{pid}"), "the on-prem sandbox to exit")
     assert session.id not in sandbox_pids(onprem.workspaces)
-    # The on-prem files stay with the site that owns them.
-    assert (onprem.workspaces / session.id / "notes" / "site.txt").exists()
+    # The on-prem files stay with the site that owns them (as root, in the workspace's filesystem
+    # image, which the stopped sandbox unmounted on its way out: look inside).
+    workspace = onprem.workspaces / session.id
+    mounted = workspace_fs.attach_existing(workspace)
+    try:
+        assert (workspace / "notes" / "site.txt").exists()
+    finally:
+        if mounted:
+            workspace_fs.detach(workspace)
 
 
 def test_a_crashed_onprem_sandbox_is_restarted_and_keeps_its_workspace(
@@ -198,6 +208,49 @@ def test_a_worker_that_loses_its_lease_stops_its_sandbox_and_leaves_the_work(
     assert item.state == "active"  # the agent left the item to its new holder
     assert any("lease lost" in line for line in onprem.agent.output)
     work.stop(item.id, environment_id=onprem.environment.id, force=True)
+
+
+def test_an_onprem_sandbox_opens_only_to_its_route_holds_no_agent_secret_and_dies_with_the_agent(
+    client: anthropic.Anthropic, scripts: Scripts, gateway: ServerProcess, api_key: str, tmp_path: Path
+) -> None:
+    """The worker gives each sandbox a token of its own that only the sandbox's route adds (so
+    tool calls through the tunnel work and nothing else on the host gets in), starts it with
+    none of the agent's secrets, and the sandbox dies when the agent is killed with SIGKILL."""
+    environment = client.beta.environments.create(name="on-prem-3", config={"type": "self_hosted"})
+    tunnel = client.beta.tunnels.create(display_name="site-c")
+    token = client.beta.tunnels.reveal_token(tunnel.id).tunnel_token
+    marker = scripts.add([{"content": [_write("x.txt", "through the route")]}, {"content": []}])
+    session = client.beta.sessions.create(
+        agent=_toolset_agent(client, marker).id, environment_id=environment.id
+    )
+    workspaces = tmp_path / "workspaces"
+    agent = start_worker_agent(
+        gateway.url, token, api_key, environment.id, workspaces, "site-c-1", tunnel_domain=tunnel.domain
+    )
+    try:
+        streamed = send_and_stream(client, session.id, [user_message("write")])
+        [result] = [e for e in streamed if e.type == "agent.tool_result"]
+        assert not result.is_error, result.content
+        pid = sandbox_pids(workspaces)[session.id]
+
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        names = {entry.partition(b"=")[0] for entry in environ.split(b"\0") if entry}
+        assert b"TETHER_TUNNEL_TOKEN" not in names and b"TETHER_API_KEY" not in names
+        assert token.encode() not in environ and api_key.encode() not in environ
+        [port] = listening_ports(pid)
+        forged = {"Authorization": "Bearer " + secrets.token_urlsafe(32)}
+        for headers in ({}, forged):
+            refused = httpx2.post(f"http://127.0.0.1:{port}/mcp", json={}, headers=headers, timeout=10)
+            assert refused.status_code == 401
+
+        os.kill(agent.process.pid, signal.SIGKILL)
+        agent.process.wait()
+        eventually(lambda: session.id not in sandbox_pids(workspaces), "the sandbox to die with its agent")
+    finally:
+        agent.stop()
+        client.beta.sessions.delete(session.id)
+        # Killed with the agent, the sandbox could not unmount the workspace image it mounted.
+        workspace_fs.detach(workspaces / session.id)
 
 
 def test_a_restarted_agent_reclaims_its_sessions_and_their_workspaces(
@@ -356,13 +409,18 @@ def test_sandbox_routes_are_dns_labels_unique_per_id_and_loopback_only() -> None
     assert len(route_name("work_" + "x" * 200)) <= 63
 
     routes = DynamicRoutes(reserved={"crm"})
-    routes.set_loopback(a, 4100)
+    routes.set_loopback(a, 4100, {"Authorization": "Bearer first"})
     found = routes.get(a)
     assert found is not None and (found.route.host, found.route.port) == ("127.0.0.1", 4100)
+    assert found.route.headers == {"authorization": "Bearer first"}  # lower-case: it replaces the gateway's
+    assert "first" not in repr(found)
     assert found.allow.permits("127.0.0.1", 4100)
     assert not found.allow.permits("127.0.0.1", 4101) and not found.allow.permits("10.0.0.5", 4100)
-    routes.set_loopback(a, 4200)  # a restarted sandbox: same name, new port
+    routes.set_loopback(a, 4200, {"Authorization": "Bearer second"})  # a restart: new port, new token
     assert routes.get(a).allow.permits("127.0.0.1", 4200)  # type: ignore[union-attr]
+    assert routes.get(a).route.headers == {"authorization": "Bearer second"}  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="line break"):
+        routes.set_loopback(a, 4200, {"Authorization": "Bearer x\r\nX-Injected: 1"})
     with pytest.raises(ValueError, match="shadow"):
         routes.set_loopback("crm", 4300)
     routes.remove(a)

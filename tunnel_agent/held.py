@@ -168,7 +168,7 @@ class HeldSession:
             log.error("work %s: %s", self.work_id, exc)
             self._desired = {work_contract.SANDBOX_URL: None, work_contract.SANDBOX_ERROR: str(exc)}
             return
-        self.worker.routes.set_loopback(self.route, self.sandbox.port)
+        self.worker.routes.set_loopback(self.route, self.sandbox.port, self.sandbox.headers)
         self.worker.count_sandboxes()
         metrics.sandbox_starts.inc(outcome="restarted" if restarting else "started")
         self._desired = {

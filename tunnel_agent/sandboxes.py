@@ -4,21 +4,28 @@ The sandbox serves the agent toolset for ``<workspaces>/<session id>`` on a loop
 chosen by the OS; the worker exposes that port as a dynamic tunnel route. The address flags
 come last on the command line, after the operator's ``--sandbox-args``, so no extra flag can
 make a sandbox listen beyond loopback.
+
+Each start gets a fresh bearer token (``sandbox_server.auth``) in the child's environment, which
+is otherwise a short allow-list (``sandbox_server.launch``: never the agent's tunnel token or
+API key). The token goes on the sandbox's route as an ``Authorization`` header the agent adds
+on the last hop (``headers``), so the gateway never learns it. The sandbox dies with the agent
+(``PR_SET_PDEATHSIG``), and a start cancelled at any point kills and reaps its child.
 """
 
 from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
 import anyio.to_thread
+
+from sandbox_server import auth, launch
 
 log = logging.getLogger("tether.tunnel.sandbox")
 
@@ -31,25 +38,19 @@ class SandboxStartFailed(Exception):
 
 
 def sandbox_command(workspace: Path, extra_args: Sequence[str]) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "sandbox",
-        *extra_args,
-        "--workspace",
-        str(workspace),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-    ]
+    return launch.command([*extra_args, "--workspace", str(workspace), "--host", "127.0.0.1", "--port", "0"])
 
 
 @dataclass
 class LocalSandbox:
     process: anyio.abc.Process
     port: int
+    token: str = field(repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What the sandbox's route adds to every request: its bearer token."""
+        return auth.bearer_headers(self.token)
 
     @property
     def alive(self) -> bool:
@@ -66,9 +67,15 @@ class LocalSandbox:
         """Start the process and wait for its ``listening on URL`` line; its remaining output
         is drained by a task in ``tasks`` so a chatty sandbox never blocks on a full pipe."""
         await anyio.to_thread.run_sync(lambda: workspace.mkdir(parents=True, exist_ok=True))
-        process = await anyio.open_process(
-            sandbox_command(workspace, extra_args), stdin=subprocess.DEVNULL, stderr=None
-        )
+        token = auth.new_token()
+        # Shielded: once spawned, the child must be known here, whatever is cancelled meanwhile.
+        with anyio.CancelScope(shield=True):
+            process = await anyio.open_process(
+                sandbox_command(workspace, extra_args),
+                stdin=subprocess.DEVNULL,
+                stderr=None,
+                env=launch.environment(token),
+            )
         try:
             port = await _read_port(process, timeout)
         except BaseException:
@@ -81,7 +88,7 @@ class LocalSandbox:
             raise SandboxStartFailed(f"the sandbox did not start ({detail}); see the agent's log")
         tasks.start_soon(_drain, process, name=f"sandbox {process.pid} output")
         log.info("sandbox for %s on 127.0.0.1:%d (pid %d)", workspace.name, port, process.pid)
-        return cls(process, port)
+        return cls(process, port, token)
 
     async def stop(self) -> None:
         await _terminate(self.process)

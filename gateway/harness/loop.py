@@ -259,11 +259,11 @@ class Harness:
         arguments = call.use.get("input") or {}
         if spec.kind == "agent":
             try:
-                url = await self.sandboxes.url_for(session_id)
+                endpoint = await self.sandboxes.endpoint(session_id)
             except SandboxStartFailed as exc:
                 return _text(f"The sandbox could not be started: {exc}"), True
-            where = "the sandbox"
-            headers: dict[str, str] = {}
+            url, where = endpoint.url, "the sandbox"
+            headers: dict[str, str] = dict(endpoint.headers)
         else:
             server = next(s for s in agent["mcp_servers"] if s["name"] == spec.server)
             url, where = server["url"], f"MCP server {spec.server!r}"

@@ -5,18 +5,32 @@ the same workspace, so files survive and the model sees at most one tool error.
 
 A session whose sandbox runs elsewhere (a ``self_hosted`` environment: on-prem, behind a
 tunnel) is answered by the pool's ``locate`` hook instead, and never gets a local process.
+
+Every start gets a fresh bearer token (``sandbox_server.auth``), which only the pool holds:
+it travels to the child in its environment, which is otherwise a short allow-list
+(``sandbox_server.launch``), never the gateway's API keys, model key or master key. The
+harness gets it back with the URL (``SandboxEndpoint``).
+
+No sandbox outlives the gateway: each dies with the process that started it
+(``PR_SET_PDEATHSIG``, see ``sandbox_server.launch``), a start cancelled at any point kills
+and reaps its child, and each running sandbox has a pid file under ``state_dir`` naming the
+process exactly (pid, start time, boot), so a restarted gateway stops any that survived
+(``stop_leftovers``) and never a process that merely reuses a recorded pid.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
-import shutil
-import sys
+import select
+import signal
+import subprocess
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -24,23 +38,35 @@ import anyio.abc
 import anyio.to_thread
 
 from gateway.serving import READY_PREFIX
+from sandbox_server import auth, launch, workspace_fs
 
 log = logging.getLogger("tether.sandbox")
 
 START_TIMEOUT = 30.0
 DEFAULT_IDLE_SECONDS = 900.0
+STOP_GRACE = 5.0
 
 
 class SandboxStartFailed(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class SandboxEndpoint:
+    """Where the harness's MCP client reaches a session's sandbox, and the headers it must send."""
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """The sandbox's bearer token: sent to it on this last hop only, never logged."""
+
+
 @dataclass
 class _Sandbox:
     process: anyio.abc.Process
-    url: str
+    endpoint: SandboxEndpoint
     drain: asyncio.Task[None]
     last_used: float
+    pid_file: Path | None
 
 
 @dataclass(frozen=True)
@@ -60,7 +86,8 @@ Locator = Callable[[str], Awaitable[str | None]]
 class SandboxPool:
     """``sandbox_args`` are extra ``tether sandbox`` flags (backend, limits) from the gateway's settings;
     ``plan`` adds per-session ones (egress policy, credentials) at every start; ``locate`` finds
-    sandboxes that run elsewhere (self-hosted environments)."""
+    sandboxes that run elsewhere (self-hosted environments); ``state_dir`` keeps a pid file per
+    running sandbox (None: none are kept)."""
 
     def __init__(
         self,
@@ -70,12 +97,14 @@ class SandboxPool:
         clock: Callable[[], float] = time.monotonic,
         plan: LaunchPlanner | None = None,
         locate: Locator | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.workspaces = workspaces
         self.plan = plan
         self.locate = locate
         self.sandbox_args = list(sandbox_args)
         self.idle_seconds = idle_seconds
+        self.pid_files = PidFiles(state_dir) if state_dir is not None else None
         self._clock = clock
         self._sandboxes: dict[str, _Sandbox] = {}
         self._locks: dict[str, anyio.Lock] = {}
@@ -83,71 +112,84 @@ class SandboxPool:
     def workspace(self, session_id: str) -> Path:
         return self.workspaces / session_id
 
-    async def url_for(self, session_id: str) -> str:
+    async def stop_leftovers(self) -> list[int]:
+        """Stop sandboxes a previous gateway on this data directory started and left running;
+        the pids stopped. Call once at start, before any sandbox is started."""
+        if self.pid_files is None:
+            return []
+        pid_files = self.pid_files
+        return await anyio.to_thread.run_sync(pid_files.stop_leftovers)
+
+    async def endpoint(self, session_id: str) -> SandboxEndpoint:
         """The MCP endpoint of the session's sandbox, starting one if none is alive."""
         if self.locate is not None:
             remote = await self.locate(session_id)
             if remote is not None:
-                return remote
-        lock = self._locks.setdefault(session_id, anyio.Lock())
-        async with lock:
+                # Self-hosted: the worker's route adds the sandbox's token on the last hop.
+                return SandboxEndpoint(remote)
+        async with self._lock(session_id):
             sandbox = self._sandboxes.get(session_id)
             if sandbox is not None and sandbox.process.returncode is None:
                 sandbox.last_used = self._clock()
-                return sandbox.url
+                return sandbox.endpoint
             if sandbox is not None:
                 log.warning(
                     "sandbox for %s exited with %s; starting a new one",
                     session_id,
                     sandbox.process.returncode,
                 )
+                del self._sandboxes[session_id]
+                await self._terminate(sandbox)
             sandbox = await self._start(session_id)
             self._sandboxes[session_id] = sandbox
-            return sandbox.url
+            return sandbox.endpoint
+
+    def _lock(self, session_id: str) -> anyio.Lock:
+        return self._locks.setdefault(session_id, anyio.Lock())
 
     async def _start(self, session_id: str) -> _Sandbox:
+        """Start the session's sandbox and wait for its ready line. Cancelled at any point after
+        the spawn, the child is killed and reaped (shielded) before the cancellation goes on."""
         workspace = self.workspace(session_id)
         workspace.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "sandbox",
-            "--workspace",
-            str(workspace),
-            "--port",
-            "0",
-            *self.sandbox_args,
-        ]
-        env = None
+        args = ["--workspace", str(workspace), "--port", "0", *self.sandbox_args]
+        extra: dict[str, str] = {}
         if self.plan is not None:
-            launch = await self.plan(session_id)
-            command += launch.args
-            env = {**os.environ, **launch.env}
-        process = await anyio.open_process(command, stdin=None, stderr=None, env=env)
-        assert process.stdout is not None
-        buffered = b""
-        url = None
-        with anyio.move_on_after(START_TIMEOUT):
-            async for chunk in process.stdout:
-                buffered += chunk
-                for line in buffered.decode(errors="replace").splitlines():
-                    if line.startswith(READY_PREFIX):
-                        url = line[len(READY_PREFIX) :].strip() + "/mcp"
-                if url:
-                    break
+            planned = await self.plan(session_id)
+            args += planned.args
+            extra = planned.env
+        token = auth.new_token()
+        env = launch.environment(token, extra)
+        # Shielded: once spawned, the child must be known here, whatever is cancelled meanwhile.
+        with anyio.CancelScope(shield=True):
+            process = await anyio.open_process(
+                launch.command(args), stdin=subprocess.DEVNULL, stderr=None, env=env
+            )
+        pid_file = self.pid_files.record(session_id, process.pid) if self.pid_files is not None else None
+        try:
+            url = await _ready_url(process, START_TIMEOUT)
+        except BaseException:
+            await _reap(process, pid_file, grace=0)
+            raise
         if url is None:
-            process.kill()
-            await process.aclose()
-            raise SandboxStartFailed("the sandbox did not start")
+            code = process.returncode
+            await _reap(process, pid_file, grace=0)
+            detail = f"exited with status {code}" if code is not None else f"not ready in {START_TIMEOUT:g}s"
+            raise SandboxStartFailed(f"the sandbox did not start ({detail})")
         log.info("sandbox for %s at %s (pid %s)", session_id, url, process.pid)
-        return _Sandbox(process, url, asyncio.create_task(_drain(process)), self._clock())
+        endpoint = SandboxEndpoint(url + "/mcp", auth.bearer_headers(token))
+        return _Sandbox(process, endpoint, asyncio.create_task(_drain(process)), self._clock(), pid_file)
 
     async def stop(self, session_id: str) -> None:
-        sandbox = self._sandboxes.pop(session_id, None)
-        self._locks.pop(session_id, None)
-        if sandbox is not None:
-            await _terminate(sandbox)
+        """Stop the session's sandbox; a start in progress finishes (or fails) first."""
+        async with self._lock(session_id):
+            sandbox = self._sandboxes.pop(session_id, None)
+            if sandbox is not None:
+                await self._terminate(sandbox)
+
+    async def _terminate(self, sandbox: _Sandbox) -> None:
+        await _reap(sandbox.process, sandbox.pid_file, grace=STOP_GRACE)
+        sandbox.drain.cancel()
 
     def running(self) -> list[str]:
         return [sid for sid, sandbox in self._sandboxes.items() if sandbox.process.returncode is None]
@@ -171,13 +213,33 @@ class SandboxPool:
             await self.reap_idle()
 
     async def destroy(self, session_id: str) -> None:
-        """Stop the sandbox and delete the session's workspace (the session is gone)."""
+        """Stop the sandbox and delete the session's workspace, its filesystem image included (the
+        session is gone)."""
         await self.stop(session_id)
-        await anyio.to_thread.run_sync(lambda: shutil.rmtree(self.workspace(session_id), ignore_errors=True))
+        self._locks.pop(session_id, None)
+        await anyio.to_thread.run_sync(workspace_fs.remove, self.workspace(session_id))
 
     async def close(self) -> None:
-        for session_id in list(self._sandboxes):
-            await self.stop(session_id)
+        with anyio.CancelScope(shield=True):
+            for session_id in list(self._sandboxes):
+                sandbox = self._sandboxes.pop(session_id)
+                await self._terminate(sandbox)
+
+
+async def _ready_url(process: anyio.abc.Process, timeout: float) -> str | None:
+    """The URL from the child's ``listening on URL`` line; None if it exits or times out first."""
+    assert process.stdout is not None
+    buffered = b""
+    with anyio.move_on_after(timeout):
+        async for chunk in process.stdout:
+            buffered += chunk
+            *lines, buffered = buffered.split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace").strip()
+                if line.startswith(READY_PREFIX):
+                    return line[len(READY_PREFIX) :].strip()
+        await process.wait()
+    return None
 
 
 async def _drain(process: anyio.abc.Process) -> None:
@@ -190,13 +252,174 @@ async def _drain(process: anyio.abc.Process) -> None:
         pass
 
 
-async def _terminate(sandbox: _Sandbox) -> None:
-    if sandbox.process.returncode is None:
-        sandbox.process.terminate()
-        with anyio.move_on_after(5):
-            await sandbox.process.wait()
-        if sandbox.process.returncode is None:
-            sandbox.process.kill()
-            await sandbox.process.wait()
-    sandbox.drain.cancel()
-    await sandbox.process.aclose()
+async def _reap(process: anyio.abc.Process, pid_file: Path | None, grace: float) -> None:
+    """SIGTERM (SIGKILL at once when ``grace`` is 0, or after it), wait, forget the pid file.
+    Shielded: a cancelled caller still leaves no process behind."""
+    with anyio.CancelScope(shield=True):
+        if process.returncode is None:
+            if grace > 0:
+                process.terminate()
+                with anyio.move_on_after(grace):
+                    await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await process.aclose()
+        if pid_file is not None:
+            PidFiles.forget(pid_file)
+
+
+# Pid files --------------------------------------------------------------------------------
+
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def _boot_id() -> str:
+    try:
+        return _BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of a live process (clock ticks since boot, ``/proc/PID/stat`` field 22);
+    None if there is no such process or it already exited (a zombie). With the pid and the boot
+    it names one process for good: a recycled pid has a later start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    session_id: str
+    pid: int
+    start: str
+    boot: str
+    owner_pid: int
+    owner_start: str
+
+    @classmethod
+    def load(cls, path: Path) -> _Recorded | None:
+        try:
+            data = json.loads(path.read_text())
+            owner = data["owner"]
+            return cls(
+                str(data["session_id"]),
+                int(data["pid"]),
+                str(data["start"]),
+                str(data["boot"]),
+                int(owner["pid"]),
+                str(owner["start"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+class PidFiles:
+    """``<session id>.<pid>.json`` per running sandbox: the process, and the gateway that owns it.
+
+    Gateways on one data directory (replicas on one host) share the folder: a sandbox whose
+    owner still runs is left alone, whoever looks.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def record(self, session_id: str, pid: int) -> Path | None:
+        """Write the pid file of a just-started sandbox; None if it could not be written (or the
+        child is already gone). Never raises: the sandbox still dies with this gateway."""
+        start, owner_start = process_start(pid), process_start(os.getpid())
+        if start is None or owner_start is None:
+            return None
+        document = {
+            "session_id": session_id,
+            "pid": pid,
+            "start": start,
+            "boot": _boot_id(),
+            "owner": {"pid": os.getpid(), "start": owner_start},
+        }
+        path = self.directory / f"{session_id}.{pid}.json"
+        partial = path.with_suffix(".tmp")
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            partial.write_text(json.dumps(document))
+            partial.replace(path)
+        except OSError as exc:
+            log.warning("could not record sandbox pid %d in %s: %s", pid, self.directory, exc)
+            return None
+        return path
+
+    @staticmethod
+    def forget(path: Path) -> None:
+        path.unlink(missing_ok=True)
+
+    def stop_leftovers(self, grace: float = STOP_GRACE) -> list[int]:
+        """Stop every recorded sandbox that still runs although the gateway that started it is
+        gone: SIGTERM, then SIGKILL after ``grace``. Stale files are removed; a process whose
+        start time or boot differs from the record (a recycled pid) is never signalled."""
+        if not self.directory.is_dir():
+            return []
+        boot = _boot_id()
+        victims: dict[int, tuple[int, Path]] = {}  # pid -> (pidfd, file)
+        for path in sorted(self.directory.glob("*.json")):
+            recorded = _Recorded.load(path)
+            if recorded is None or recorded.boot != boot:
+                path.unlink(missing_ok=True)
+                continue
+            if process_start(recorded.owner_pid) == recorded.owner_start:
+                continue  # its gateway still runs (a replica on this data directory)
+            pidfd = _open_exact(recorded.pid, recorded.start)
+            if pidfd is None:
+                path.unlink(missing_ok=True)
+                continue
+            log.warning(
+                "stopping sandbox pid %d for %s, left running by a previous gateway",
+                recorded.pid,
+                recorded.session_id,
+            )
+            victims[recorded.pid] = (pidfd, path)
+        try:
+            for pidfd, _ in victims.values():
+                _signal(pidfd, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            for pidfd, _ in victims.values():
+                if not _wait_exit(pidfd, deadline - time.monotonic()):
+                    _signal(pidfd, signal.SIGKILL)
+                    _wait_exit(pidfd, STOP_GRACE)
+        finally:
+            for pidfd, path in victims.values():
+                os.close(pidfd)
+                path.unlink(missing_ok=True)
+        return sorted(victims)
+
+
+def _open_exact(pid: int, start: str) -> int | None:
+    """A pidfd for ``pid`` if it is still the recorded process (checked after opening, so the
+    fd cannot end up naming a process that took the pid over later)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if process_start(pid) != start:
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
+def _signal(pidfd: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signum)
+
+
+def _wait_exit(pidfd: int, timeout: float) -> bool:
+    """Whether the process exited within ``timeout`` seconds (a pidfd polls readable on exit)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout * 1000))))

@@ -1,4 +1,9 @@
-"""Start Tether servers as real child processes and learn their URLs."""
+"""Start Tether servers as real child processes and learn their URLs.
+
+A ``tether sandbox`` serving HTTP needs a bearer token (``sandbox_server.auth``):
+``start_sandbox``/``running_sandbox`` generate one per start and keep the headers that carry it
+on ``ServerProcess.headers``; ``sandbox_client`` opens an MCP client that sends them.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,17 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from gateway.serving import READY_PREFIX
+from sandbox_server.auth import TOKEN_ENV, bearer_headers, new_token
 
 START_TIMEOUT = 30.0
 
@@ -22,6 +33,12 @@ class ServerProcess:
     process: subprocess.Popen[str]
     url: str
     output: list[str] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    """What a client must send (a sandbox's bearer token); empty for servers that need nothing."""
+
+    @property
+    def mcp_url(self) -> str:
+        return self.url + "/mcp"
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -75,3 +92,57 @@ def running_server(
         yield server
     finally:
         server.stop()
+
+
+def start_sandbox(
+    args: Sequence[str], env: dict[str, str] | None = None, module: str = "gateway.cli"
+) -> ServerProcess:
+    """``start_server`` for a sandbox served over HTTP: a fresh token in its environment (never
+    argv), the headers that carry it on ``headers``. ``args`` include the ``sandbox`` command
+    when ``module`` is the ``tether`` CLI."""
+    token = new_token()
+    server = start_server(args, {**(env or {}), TOKEN_ENV: token}, module)
+    server.headers = bearer_headers(token)
+    return server
+
+
+@contextmanager
+def running_sandbox(
+    args: Sequence[str], env: dict[str, str] | None = None, module: str = "gateway.cli"
+) -> Iterator[ServerProcess]:
+    server = start_sandbox(args, env, module)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@asynccontextmanager
+async def sandbox_client(url: str, headers: Mapping[str, str]) -> AsyncIterator[Client]:
+    """An MCP client for ``url`` that sends ``headers`` (a sandbox's token) with every request,
+    with the MCP SDK's default timeouts (a long read timeout: commands may run for a while)."""
+    async with (
+        httpx2.AsyncClient(headers=dict(headers), timeout=httpx2.Timeout(30.0, read=300.0)) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
+        yield client
+
+
+def listening_ports(pid: int) -> list[int]:
+    """The TCP ports ``pid`` listens on (IPv4, from ``/proc``): how a test finds a sandbox that
+    something else started on port 0."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    ports = []
+    for row in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = row.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and inode in inodes:  # TCP_LISTEN
+            ports.append(int(local.rsplit(":", 1)[1], 16))
+    return sorted(ports)

@@ -1,0 +1,101 @@
+"""Starting a ``tether sandbox`` for someone else: its command line and its environment.
+
+``python -m sandbox_server.launch sandbox ARGS`` is ``tether sandbox ARGS`` that dies with the
+process that started it. The starter puts its own pid in the child's environment
+(``PARENT_ENV``); before anything else, the child asks the kernel for ``SIGKILL`` when its
+parent dies (``prctl(PR_SET_PDEATHSIG)``), then checks that its parent is still that pid: a
+parent that died before the request was made would never trigger it, and the child exits
+instead. The signal is tied to the *thread* that forked the child, so starters spawn from
+their event loop thread (``anyio.open_process`` does), which lives as long as the process.
+
+The child gets a minimal environment (``environment``): an allow-list of what a sandbox server
+needs, never the starter's API keys, model key or master key.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+
+from sandbox_server.auth import TOKEN_ENV
+
+PARENT_ENV = "TETHER_SANDBOX_PARENT"
+_PR_SET_PDEATHSIG = 1
+_EGRESS_TOKEN_ENV = "TETHER_EGRESS_TOKEN"  # ``sandbox_server.egress.TOKEN_ENV``, without importing the proxy
+
+PASSED_THROUGH = frozenset(
+    {
+        "PATH",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "TMPDIR",
+        "PYTHONPATH",
+        "PYTHONUNBUFFERED",
+        # Read by the sandbox server itself.
+        "TETHER_PRIVATE_MOUNTS",  # sandbox_server.workspace_fs.PRIVATE_MOUNTS_ENV
+        "TETHER_SANDBOX_UIDS",  # sandbox_server.identity.UID_RANGE_ENV
+        # Read by the Docker SDK for the docker backend.
+        "DOCKER_HOST",
+        "DOCKER_TLS_VERIFY",
+        "DOCKER_CERT_PATH",
+    }
+)
+"""Variables copied from the starter's environment when set there."""
+PER_START = frozenset({TOKEN_ENV, _EGRESS_TOKEN_ENV})
+"""Variables the starter sets for one start (the tokens)."""
+NEVER = frozenset(
+    {"TETHER_API_KEYS", "TETHER_API_KEY", "TETHER_MASTER_KEY", "ANTHROPIC_API_KEY", "TETHER_TUNNEL_TOKEN"}
+)
+
+
+def command(args: Sequence[str]) -> list[str]:
+    """The command line of ``tether sandbox ARGS`` started through this module."""
+    return [sys.executable, "-m", "sandbox_server.launch", "sandbox", *args]
+
+
+def environment(
+    token: str, extra: Mapping[str, str] | None = None, source: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The child's whole environment: the allow-listed variables of ``source`` (``os.environ``),
+    the sandbox token, this process as the parent to die with, and ``extra`` (per-start
+    variables such as the egress token; anything not allow-listed is refused)."""
+    source = os.environ if source is None else source
+    env = {name: source[name] for name in PASSED_THROUGH if name in source}
+    env.setdefault("PATH", os.defpath)
+    env["PYTHONUNBUFFERED"] = "1"  # the ready line must not wait in a buffer
+    for name, value in (extra or {}).items():
+        if name not in PASSED_THROUGH | PER_START or name in NEVER:
+            raise ValueError(f"{name} may not be passed to a sandbox server")
+        env[name] = value
+    env[TOKEN_ENV] = token
+    env[PARENT_ENV] = str(os.getpid())
+    return env
+
+
+def die_with_parent(expected_parent: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies; exit now if it already has."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        sys.exit(f"tether sandbox: prctl(PR_SET_PDEATHSIG) failed: {os.strerror(ctypes.get_errno())}")
+    if os.getppid() != expected_parent:
+        # Reparented: the parent died before the request above, so it would never fire.
+        os._exit(1)
+
+
+def main(argv: Sequence[str]) -> None:
+    parent = os.environ.pop(PARENT_ENV, "")
+    if parent:
+        die_with_parent(int(parent))
+    if list(argv[:1]) != ["sandbox"]:
+        sys.exit("usage: python -m sandbox_server.launch sandbox [tether sandbox flags]")
+    from gateway.cli import main as tether
+
+    tether(list(argv))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
