@@ -22,6 +22,7 @@ A workspace already over quota is not locked: commands still run (the model need
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import anyio
 
-from sandbox_server import workspace_fs
+from sandbox_server import beneath, workspace_fs
 from sandbox_server.limits import KiB, format_size
 
 FULL_BELOW = 64 * KiB
@@ -37,31 +38,63 @@ FULL_BELOW = 64 * KiB
 
 
 def disk_usage(root: str | os.PathLike[str]) -> int:
-    """Bytes allocated to everything under ``root`` (hard links counted once); vanishing entries are skipped."""
+    """Bytes allocated to everything under ``root`` (hard links counted once); vanishing entries are skipped.
+
+    The walk goes through directory descriptors (``beneath.walk_stats``), so a tree deeper than
+    ``PATH_MAX`` is counted like any other and symlinks are never followed. A directory the
+    server cannot read would hide its subtree: an unprivileged server (whose uid is the
+    sandbox's) grants itself ``u+rx`` on such a directory it owns before entering it
+    (``_make_walkable``), so ``chmod 300 dir`` only costs the model its own mode bits.
+    A root server reads everything anyway.
+    """
     seen: set[tuple[int, int]] = set()
     total = 0
-    stack = [os.fspath(root)]
-    while stack:
-        directory = stack.pop()
-        try:
-            entries = os.scandir(directory)
-        except OSError:
-            continue
-        with entries:
-            for entry in entries:
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except OSError:
+    try:
+        top = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        _make_walkable_root(root, top)
+        for info in beneath.walk_stats(top, _make_walkable):
+            if info.st_nlink > 1 and not stat.S_ISDIR(info.st_mode):
+                key = (info.st_dev, info.st_ino)
+                if key in seen:
                     continue
-                if info.st_nlink > 1:
-                    key = (info.st_dev, info.st_ino)
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                total += info.st_blocks * 512
-                if stat.S_ISDIR(info.st_mode):
-                    stack.append(entry.path)
+                seen.add(key)
+            total += info.st_blocks * 512
+    except OSError:
+        pass  # the root itself could not be listed
+    finally:
+        os.close(top)
     return total
+
+
+_WALKABLE = stat.S_IRUSR | stat.S_IXUSR
+
+
+def _make_walkable(entry: beneath.WalkEntry) -> bool:
+    """Before entering a directory: give it ``u+rx`` if we own it and lack either (never as root).
+
+    ``fchmod`` cannot work through the ``O_PATH`` descriptor that is all we could open of an
+    unreadable directory, so the mode is changed by name in its parent's descriptor with
+    ``follow_symlinks=False``: if the name was swapped for a symlink meanwhile, nothing is
+    changed (and the walk then refuses to enter it anyway).
+    """
+    info = entry.stat
+    if info.st_mode & _WALKABLE != _WALKABLE and info.st_uid == os.geteuid() != 0:
+        with contextlib.suppress(OSError, ValueError, NotImplementedError):
+            mode = stat.S_IMODE(info.st_mode) | _WALKABLE
+            os.chmod(entry.name, mode, dir_fd=entry.dir_fd, follow_symlinks=False)
+    return True
+
+
+def _make_walkable_root(root: str | os.PathLike[str], top: int) -> None:
+    """``_make_walkable`` for the workspace root itself (the model may ``chmod 300 /workspace``);
+    the root is the server's own path, so it is changed by path."""
+    info = os.fstat(top)
+    if info.st_mode & _WALKABLE != _WALKABLE and info.st_uid == os.geteuid() != 0:
+        with contextlib.suppress(OSError):
+            os.chmod(root, stat.S_IMODE(info.st_mode) | _WALKABLE)
 
 
 class QuotaExceeded(Exception):

@@ -106,6 +106,7 @@ def build_server(
     bash_backend: BashBackend | None = None,
     limits: SandboxLimits | None = None,
     network: str = NO_NETWORK,
+    owner: tuple[int, int] | None = None,
 ) -> MCPServer:
     """Build the MCP server for ``workspace`` (created if missing).
 
@@ -113,9 +114,10 @@ def build_server(
     ``limits``, which starts nothing until the first command, so building a server
     just to list its tools is cheap. ``limits.disk_quota`` also bounds ``write``
     and ``edit``. ``network`` is the sentence telling the model what network
-    ``bash`` has (``egress.config.describe_network``).
+    ``bash`` has (``egress.config.describe_network``). ``owner`` receives what the file tools
+    create (a root server's sandbox identity, so its commands may change those files).
     """
-    ws = Workspace.open(workspace)
+    ws = Workspace.open(workspace, owner=owner)
     limits = limits or SandboxLimits()
     backend: BashBackend = bash_backend if bash_backend is not None else BubblewrapBash(ws, limits)
     quota = DiskQuota(ws.root, limits.disk_quota)
@@ -344,7 +346,8 @@ def run(
         close = getattr(bash, "close", None)
         if close is not None:
             cleanup.callback(close)
-        server = build_server(ws.root, bash_backend=bash, limits=limits, network=network)
+        owner = None if identity.is_current else (identity.uid, identity.gid)
+        server = build_server(ws.root, bash_backend=bash, limits=limits, network=network, owner=owner)
         _serve(server, host, port, stdio, sandbox_token)
 
 

@@ -5,20 +5,27 @@ the bubblewrap sandbox will bind it to, so paths the file tools accept and repor
 stay valid for ``bash`` too. The host location of the workspace never reaches the
 model.
 
-Containment is decided on *resolved* paths: every candidate is passed through
-``os.path.realpath`` (which follows symlinks) and compared with the resolved root,
-so ``..`` segments and symlinks pointing elsewhere are caught however they are
-spelled. A check on a path is only as good as the moment it is made, so the file
-tools also verify what they actually opened (``verify_open_fd``), which closes the
-window in which a symlink could be swapped in between check and open.
+Two layers. ``relative`` applies the model-facing rules to the *spelling* of a path
+(relative to ``/workspace`` or absolute under it, no leading ``..``) and gives the path
+relative to the root. Opening is then never done by host path: the model can swap a
+directory for a symlink between any check and any open, so every lookup starts from a
+descriptor of the root and is resolved beneath it by the kernel (``beneath``). Symlinks
+that stay inside are followed; one that leads out, whenever it appears, makes the lookup
+fail, reported as ``WorkspaceError`` ("... outside the workspace").
+
+``owner``, when set (a root server whose sandbox runs as an unprivileged uid), receives
+every file and directory the tools create, so the sandbox can change them afterwards.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
+
+from sandbox_server import beneath
 
 WORKSPACE_MOUNT = "/workspace"
 
@@ -32,9 +39,11 @@ class Workspace:
     """A workspace root on the host (always stored resolved) plus the path rules around it."""
 
     root: Path
+    owner: tuple[int, int] | None = None
+    """``(uid, gid)`` given everything the tools create; None leaves it to whoever runs the server."""
 
     @classmethod
-    def open(cls, root: Path, *, create: bool = True) -> Workspace:
+    def open(cls, root: Path, *, create: bool = True, owner: tuple[int, int] | None = None) -> Workspace:
         """Return the workspace at ``root``, creating the directory when asked to.
 
         The root is resolved once here so later comparisons are between two
@@ -46,7 +55,7 @@ class Workspace:
         resolved = Path(os.path.realpath(root))
         if not resolved.is_dir():
             raise NotADirectoryError(f"workspace root is not a directory: {root}")
-        return cls(root=resolved)
+        return cls(root=resolved, owner=owner)
 
     def contains(self, host_path: str | os.PathLike[str]) -> bool:
         """Whether ``host_path`` (already resolved) is the root or lies beneath it."""
@@ -55,25 +64,39 @@ class Workspace:
         return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
     def resolve(self, path: str) -> Path:
-        """Turn a model-supplied path into a resolved host path inside the workspace.
+        """The resolved host path a model-supplied path names right now (for messages and tests).
 
         Relative paths are taken from the workspace root; absolute paths must lie
         under ``/workspace``. Symlinks are followed and the result must still be
-        inside the root. The path need not exist (``write`` creates files).
+        inside the root. The path need not exist. A name checked now may lead
+        elsewhere a moment later, so nothing opens the result: opening goes through
+        ``open_path`` and friends.
         """
+        relative = self.relative(path)
+        candidate = os.path.join(self.root, relative) if relative else os.fspath(self.root)
+        resolved = os.path.realpath(candidate)
+        if not self.contains(resolved):
+            raise self.escape(path)
+        return Path(resolved)
+
+    def relative(self, path: str) -> str:
+        """The model's ``path`` relative to the root (``""`` for the root), after the spelling rules."""
         if not path:
             raise WorkspaceError("Path is empty; give a path relative to /workspace or under /workspace.")
         if "\x00" in path:
             raise WorkspaceError("Path contains a NUL byte.")
-        relative = self._relative_part(path)
-        candidate = os.path.join(self.root, relative) if relative else os.fspath(self.root)
-        resolved = os.path.realpath(candidate)
-        if not self.contains(resolved):
-            raise WorkspaceError(
-                f"Access denied: {path} resolves outside the workspace ({WORKSPACE_MOUNT}); "
-                "symlinks may not point out of it."
-            )
-        return Path(resolved)
+        return self._relative_part(path)
+
+    @staticmethod
+    def escape(path: str) -> WorkspaceError:
+        return WorkspaceError(
+            f"Access denied: {path} resolves outside the workspace ({WORKSPACE_MOUNT}); "
+            "symlinks may not point out of it."
+        )
+
+    def mount_path(self, relative: str) -> str:
+        """The ``/workspace/...`` spelling of a path relative to the root."""
+        return f"{WORKSPACE_MOUNT}/{relative}" if relative else WORKSPACE_MOUNT
 
     def _relative_part(self, path: str) -> str:
         """The part of ``path`` below the workspace, lexically normalised and checked."""
@@ -101,19 +124,49 @@ class Workspace:
             return WORKSPACE_MOUNT
         return f"{WORKSPACE_MOUNT}/{Path(relative).as_posix()}"
 
-    def verify_open_fd(self, fd: int, shown_as: str) -> None:
-        """Check that an open file descriptor really refers to something in the workspace.
+    # ----------------------------------------------------------------- lookups beneath the root
 
-        ``resolve`` checks a name; between that check and ``open`` a directory on
-        the way could be replaced by a symlink (once ``bash`` can run, the model can
-        do that). The kernel's own record of what the descriptor points at settles
-        it. Where ``/proc`` is unavailable the check is skipped.
-        """
+    def open_root(self) -> int:
+        """An ``O_PATH`` descriptor of the root, for lookups beneath it (opened per use: a
+        filesystem may be mounted on the root after this object was made)."""
+        return os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def open_path(
+        self, relative: str, flags: int, mode: int = 0o666, *, shown: str, symlinks: bool = True
+    ) -> int:
+        """``open`` of ``relative`` beneath the root; ``WorkspaceError`` (naming ``shown``) if it leads out."""
+        root = self.open_root()
         try:
-            actual = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            return
-        if not self.contains(actual):
-            raise WorkspaceError(
-                f"Access denied: {shown_as} resolves outside the workspace ({WORKSPACE_MOUNT})."
-            )
+            return beneath.open_beneath(root, relative, flags, mode, symlinks=symlinks)
+        except OSError as exc:
+            raise self._escape_or(exc, shown) from None
+        finally:
+            os.close(root)
+
+    def stat_path(self, relative: str, *, shown: str, follow_symlinks: bool = True) -> os.stat_result:
+        root = self.open_root()
+        try:
+            return beneath.stat_beneath(root, relative, follow_symlinks=follow_symlinks)
+        except OSError as exc:
+            raise self._escape_or(exc, shown) from None
+        finally:
+            os.close(root)
+
+    def makedirs(self, relative: str, *, shown: str) -> int:
+        """Create the missing directories of ``relative`` (given to ``owner``); an ``O_PATH`` descriptor of it."""
+        root = self.open_root()
+        try:
+            return beneath.makedirs_beneath(root, relative, owner=self.owner)
+        except OSError as exc:
+            raise self._escape_or(exc, shown) from None
+        finally:
+            os.close(root)
+
+    def hand_over(self, fd: int) -> None:
+        """Give a file the tools created (open as ``fd``) to ``owner``, if there is one."""
+        if self.owner is not None:
+            beneath.chown_if_ours(fd, self.owner)
+
+    def _escape_or(self, exc: OSError, shown: str) -> Exception:
+        """``WorkspaceError`` for a lookup the kernel stopped at the root; the error itself otherwise."""
+        return self.escape(shown) if exc.errno == errno.EXDEV else exc

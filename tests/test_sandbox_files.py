@@ -100,13 +100,13 @@ def test_model_path_uses_the_mount(ws: Workspace) -> None:
     assert ws.model_path(ws.root / "a" / "b.txt") == "/workspace/a/b.txt"
 
 
-def test_verify_open_fd_refuses_a_descriptor_outside(ws: Workspace, outside: Path) -> None:
-    fd = os.open(outside / "secret.txt", os.O_RDONLY)
-    try:
-        with pytest.raises(WorkspaceError):
-            ws.verify_open_fd(fd, "x")
-    finally:
-        os.close(fd)
+def test_open_path_refuses_what_leads_out(ws: Workspace, outside: Path) -> None:
+    """Lookups are resolved beneath the root by the kernel (``beneath``), not checked afterwards."""
+    (ws.root / "out").symlink_to(outside)
+    (ws.root / "up").symlink_to("..")
+    for relative in ("out/secret.txt", "up/outside/secret.txt", "../outside/secret.txt"):
+        with pytest.raises(WorkspaceError, match="outside the workspace"):
+            ws.open_path(relative, os.O_RDONLY, shown=relative)
 
 
 # --------------------------------------------------------------------------- read

@@ -3,10 +3,19 @@
 Files the agent writes under ``/workspace/outputs`` in its sandbox become file
 resources scoped to the session. Records are reconciled with the folder when it is
 listed and whenever a turn ends, so an id stays the same while its file exists.
+
+The model can rewrite its workspace at any moment (``rm -rf outputs && ln -s / outputs``,
+racing us), so nothing here is opened by host path: every lookup starts from a
+descriptor of the session's workspace and is resolved beneath it by the kernel with no
+symlink allowed anywhere on the way (``sandbox_server.beneath``). ``outputs`` must be a
+real directory, symlinked entries are neither listed nor followed, a download must be a
+regular file, and a delete unlinks through a descriptor of the file's directory. A
+symlink swapped in at any moment makes the file "not found", never a host file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mimetypes
 import os
 import stat
@@ -20,6 +29,7 @@ from gateway import ids
 from gateway.errors import NotFound
 from gateway.resources import common
 from gateway.store.base import Body, Store
+from sandbox_server import beneath, workspace_fs
 
 KIND = "file"
 OUTPUTS = "outputs"
@@ -33,39 +43,61 @@ class OutputFile:
     size: int
 
 
-def outputs_dir(workspaces: Path, session_id: str) -> Path:
-    return workspaces / session_id / OUTPUTS
-
-
 render = common.public
 
 
-def _scan(root: Path) -> list[OutputFile]:
-    """Regular files under ``root``; symlinks are neither followed nor listed."""
+@contextlib.contextmanager
+def _workspace(workspaces: Path, session_id: str) -> Iterator[int | None]:
+    """An ``O_PATH`` descriptor of the session's workspace (None if it has none).
+
+    The workspace directory itself is the gateway's (the sandbox is bound *inside* it),
+    so it is opened by path; everything beneath is looked up from this descriptor.
+    """
+    fd: int | None
+    # As root a workspace is a filesystem image that only a sandbox start mounts; a gateway
+    # restarted since then must mount it again to see the outputs (``workspace_fs``).
+    workspace_fs.attach_existing(workspaces / session_id)
+    try:
+        fd = os.open(workspaces / session_id, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        fd = None
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _beneath_outputs(relative: str) -> str:
+    return f"{OUTPUTS}/{relative}" if relative else OUTPUTS
+
+
+def _scan(workspaces: Path, session_id: str) -> list[OutputFile]:
+    """Regular files under the session's ``outputs``; symlinks are neither followed nor listed."""
     found: list[OutputFile] = []
-
-    def walk(directory: Path, prefix: str) -> Iterator[OutputFile]:
+    with _workspace(workspaces, session_id) as workspace:
+        if workspace is None:
+            return found
         try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            return
-        for entry in entries:
-            info = entry.stat(follow_symlinks=False)
-            if stat.S_ISDIR(info.st_mode):
-                yield from walk(Path(entry.path), f"{prefix}{entry.name}/")
-            elif stat.S_ISREG(info.st_mode):
-                yield OutputFile(f"{prefix}{entry.name}", info.st_size)
-
-    for item in walk(root, ""):
-        found.append(item)
-        if len(found) >= MAX_FILES_PER_SESSION:
-            break
+            root = beneath.open_beneath(
+                workspace, OUTPUTS, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, symlinks=False
+            )
+        except OSError:
+            return found  # missing, or not a real directory
+        try:
+            for entry in beneath.walk(root):
+                if stat.S_ISREG(entry.stat.st_mode):
+                    found.append(OutputFile(entry.path, entry.stat.st_size))
+                    if len(found) >= MAX_FILES_PER_SESSION:
+                        break
+        finally:
+            os.close(root)
     return found
 
 
 async def sync_session(store: Store, workspaces: Path, session_id: str) -> list[Body]:
     """Make the session's file records match its outputs folder; returns them oldest first."""
-    on_disk = await anyio.to_thread.run_sync(_scan, outputs_dir(workspaces, session_id))
+    on_disk = await anyio.to_thread.run_sync(_scan, workspaces, session_id)
     page = await store.list_resources(
         KIND,
         cursor=None,
@@ -116,20 +148,25 @@ async def get(store: Store, file_id: str) -> Body:
 
 
 def open_content(workspaces: Path, body: Body) -> tuple[int, int]:
-    """Open the file behind a record without following symlinks out of the outputs folder.
+    """Open the file behind a record beneath the session's workspace, following no symlink.
 
     Returns ``(fd, size)``; raises ``NotFound`` when the file is gone or was swapped for
-    something that is not a regular file inside the folder.
+    something that is not a regular file reached through real directories.
     """
-    root = outputs_dir(workspaces, body["scope"]["id"]).resolve()
-    target = root / body[_PATH]
-    try:
-        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        raise NotFound("file", body["id"]) from None
+    with _workspace(workspaces, body["scope"]["id"]) as workspace:
+        if workspace is None:
+            raise NotFound("file", body["id"])
+        try:
+            fd = beneath.open_beneath(
+                workspace,
+                _beneath_outputs(body[_PATH]),
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK,
+                symlinks=False,
+            )
+        except OSError:
+            raise NotFound("file", body["id"]) from None
     info = os.fstat(fd)
-    real = Path(os.readlink(f"/proc/self/fd/{fd}"))
-    if not stat.S_ISREG(info.st_mode) or not real.is_relative_to(root):
+    if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         raise NotFound("file", body["id"])
     return fd, info.st_size
@@ -143,17 +180,14 @@ async def delete(store: Store, workspaces: Path, file_id: str) -> Body:
 
 
 def _unlink_output(workspaces: Path, body: Body) -> None:
-    """Remove the file through a verified directory fd, so a swapped-in symlink cannot redirect it."""
-    root = outputs_dir(workspaces, body["scope"]["id"]).resolve()
-    relative = Path(body[_PATH])
-    try:
-        dir_fd = os.open(root / relative.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError:
-        return
-    try:
-        if Path(os.readlink(f"/proc/self/fd/{dir_fd}")).is_relative_to(root):
-            os.unlink(relative.name, dir_fd=dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    """Remove the file through a descriptor of its directory obtained beneath the workspace.
+
+    No symlink is followed on the way, and ``unlinkat`` removes a final symlink itself,
+    so whatever the model swapped in, nothing outside the workspace is removed. A file
+    already gone (or unreachable) only loses its record.
+    """
+    with _workspace(workspaces, body["scope"]["id"]) as workspace:
+        if workspace is None:
+            return
+        with contextlib.suppress(OSError):
+            beneath.unlink_beneath(workspace, _beneath_outputs(body[_PATH]), symlinks=False)
