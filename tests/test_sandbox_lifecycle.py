@@ -28,7 +28,8 @@ import pytest
 from anthropic.types.beta import BetaFileMetadata
 
 from gateway.tools import mcp_client
-from gateway.tools.sandbox import Launch, SandboxPool, process_start
+from gateway.tools.pidfiles import process_start
+from gateway.tools.sandbox import Launch, SandboxPool
 from sandbox_server import workspace_fs
 from sandbox_server.egress import TOKEN_ENV as EGRESS_TOKEN_ENV
 from tests.conftest import Scripts, gateway_workspaces

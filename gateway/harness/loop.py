@@ -272,17 +272,25 @@ class Harness:
             except RefreshFailed as exc:
                 return _text(f"{where} could not be authenticated: {exc}"), True
         try:
-            outcome = await mcp_client.call_tool(
-                url,
-                spec.name,
-                arguments,
-                headers,
-                timeout=self.tool_timeout,
-                transport_for=self.transport_for,
-            )
+            outcome = await self._call(url, spec.name, arguments, headers)
         except mcp_client.MCPUnavailable as exc:
-            return _text(f"{where} is unavailable: {exc}"), True
+            fresh = None
+            if spec.kind == "agent" and exc.never_connected:
+                fresh = await self.sandboxes.replacement(session_id, endpoint)
+            if fresh is None:
+                return _text(f"{where} is unavailable: {exc}"), True
+            try:  # the old sandbox died before the call reached it; nothing ran twice
+                outcome = await self._call(fresh.url, spec.name, arguments, dict(fresh.headers))
+            except mcp_client.MCPUnavailable as again:
+                return _text(f"{where} is unavailable: {again}"), True
         return outcome.content, outcome.is_error
+
+    async def _call(
+        self, url: str, name: str, arguments: dict[str, Any], headers: dict[str, str]
+    ) -> mcp_client.ToolOutcome:
+        return await mcp_client.call_tool(
+            url, name, arguments, headers, timeout=self.tool_timeout, transport_for=self.transport_for
+        )
 
     # Model -------------------------------------------------------------------------------
 

@@ -28,7 +28,15 @@ MAX_RESULT_CHARS = 200_000
 
 
 class MCPUnavailable(Exception):
-    """The server could not be reached or broke the protocol; the message is safe to show."""
+    """The server could not be reached or broke the protocol; the message is safe to show.
+
+    ``never_connected`` says the request cannot have been delivered (the connection itself
+    failed), so trying it again elsewhere cannot run the tool twice.
+    """
+
+    def __init__(self, message: str, *, never_connected: bool = False) -> None:
+        super().__init__(message)
+        self.never_connected = never_connected
 
 
 @dataclass(frozen=True)
@@ -98,7 +106,7 @@ async def call_tool(
     except MCPError as exc:
         return ToolOutcome(content=[{"type": "text", "text": f"MCP error: {exc}"}], is_error=True)
     except Exception as exc:
-        raise MCPUnavailable(_describe(exc)) from exc
+        raise MCPUnavailable(_describe(exc), never_connected=_never_connected(exc)) from exc
     return ToolOutcome(content=to_blocks(result), is_error=bool(result.is_error))
 
 
@@ -127,6 +135,12 @@ def to_blocks(result: mcp_types.CallToolResult) -> list[dict[str, Any]]:
                 block["text"] = block["text"][:room] + "\n[output truncated by the gateway]"
             total += len(block["text"])
     return blocks
+
+
+def _never_connected(exc: BaseException) -> bool:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return isinstance(exc, httpx2.ConnectError)
 
 
 def _describe(exc: BaseException) -> str:

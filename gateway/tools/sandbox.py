@@ -22,11 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import select
-import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -38,13 +34,14 @@ import anyio.abc
 import anyio.to_thread
 
 from gateway.serving import READY_PREFIX
+from gateway.tools.pidfiles import STOP_GRACE, PidFiles, process_start
 from sandbox_server import auth, launch, workspace_fs
 
 log = logging.getLogger("tether.sandbox")
 
 START_TIMEOUT = 30.0
 DEFAULT_IDLE_SECONDS = 900.0
-STOP_GRACE = 5.0
+DEATH_WAIT = 2.0
 
 
 class SandboxStartFailed(Exception):
@@ -129,7 +126,8 @@ class SandboxPool:
                 return SandboxEndpoint(remote)
         async with self._lock(session_id):
             sandbox = self._sandboxes.get(session_id)
-            if sandbox is not None and sandbox.process.returncode is None:
+            # A killed child stays a zombie until someone waits for it: ask /proc, not returncode.
+            if sandbox is not None and process_start(sandbox.process.pid) is not None:
                 sandbox.last_used = self._clock()
                 return sandbox.endpoint
             if sandbox is not None:
@@ -143,6 +141,22 @@ class SandboxPool:
             sandbox = await self._start(session_id)
             self._sandboxes[session_id] = sandbox
             return sandbox.endpoint
+
+    async def replacement(self, session_id: str, stale: SandboxEndpoint) -> SandboxEndpoint | None:
+        """After a call to ``stale`` could not even connect: a fresh sandbox's endpoint if the old
+        one has died (waiting briefly for a kill still in progress), else None.
+
+        A sandbox killed a moment before the call may not have exited when the pool checked it;
+        the call's connection is refused, and the model should not pay for that race.
+        """
+        async with self._lock(session_id):
+            sandbox = self._sandboxes.get(session_id)
+            if sandbox is not None and sandbox.endpoint is stale:
+                with anyio.move_on_after(DEATH_WAIT):
+                    await sandbox.process.wait()
+                if sandbox.process.returncode is None:
+                    return None
+        return await self.endpoint(session_id)
 
     def _lock(self, session_id: str) -> anyio.Lock:
         return self._locks.setdefault(session_id, anyio.Lock())
@@ -268,158 +282,3 @@ async def _reap(process: anyio.abc.Process, pid_file: Path | None, grace: float)
             await process.aclose()
         if pid_file is not None:
             PidFiles.forget(pid_file)
-
-
-# Pid files --------------------------------------------------------------------------------
-
-_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
-
-
-def _boot_id() -> str:
-    try:
-        return _BOOT_ID.read_text().strip()
-    except OSError:
-        return ""
-
-
-def process_start(pid: int) -> str | None:
-    """The start time of a live process (clock ticks since boot, ``/proc/PID/stat`` field 22);
-    None if there is no such process or it already exited (a zombie). With the pid and the boot
-    it names one process for good: a recycled pid has a later start time."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (OSError, ValueError):
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    if len(fields) < 20 or fields[0] in ("Z", "X"):
-        return None
-    return fields[19]
-
-
-@dataclass(frozen=True)
-class _Recorded:
-    session_id: str
-    pid: int
-    start: str
-    boot: str
-    owner_pid: int
-    owner_start: str
-
-    @classmethod
-    def load(cls, path: Path) -> _Recorded | None:
-        try:
-            data = json.loads(path.read_text())
-            owner = data["owner"]
-            return cls(
-                str(data["session_id"]),
-                int(data["pid"]),
-                str(data["start"]),
-                str(data["boot"]),
-                int(owner["pid"]),
-                str(owner["start"]),
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-
-class PidFiles:
-    """``<session id>.<pid>.json`` per running sandbox: the process, and the gateway that owns it.
-
-    Gateways on one data directory (replicas on one host) share the folder: a sandbox whose
-    owner still runs is left alone, whoever looks.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def record(self, session_id: str, pid: int) -> Path | None:
-        """Write the pid file of a just-started sandbox; None if it could not be written (or the
-        child is already gone). Never raises: the sandbox still dies with this gateway."""
-        start, owner_start = process_start(pid), process_start(os.getpid())
-        if start is None or owner_start is None:
-            return None
-        document = {
-            "session_id": session_id,
-            "pid": pid,
-            "start": start,
-            "boot": _boot_id(),
-            "owner": {"pid": os.getpid(), "start": owner_start},
-        }
-        path = self.directory / f"{session_id}.{pid}.json"
-        partial = path.with_suffix(".tmp")
-        try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            partial.write_text(json.dumps(document))
-            partial.replace(path)
-        except OSError as exc:
-            log.warning("could not record sandbox pid %d in %s: %s", pid, self.directory, exc)
-            return None
-        return path
-
-    @staticmethod
-    def forget(path: Path) -> None:
-        path.unlink(missing_ok=True)
-
-    def stop_leftovers(self, grace: float = STOP_GRACE) -> list[int]:
-        """Stop every recorded sandbox that still runs although the gateway that started it is
-        gone: SIGTERM, then SIGKILL after ``grace``. Stale files are removed; a process whose
-        start time or boot differs from the record (a recycled pid) is never signalled."""
-        if not self.directory.is_dir():
-            return []
-        boot = _boot_id()
-        victims: dict[int, tuple[int, Path]] = {}  # pid -> (pidfd, file)
-        for path in sorted(self.directory.glob("*.json")):
-            recorded = _Recorded.load(path)
-            if recorded is None or recorded.boot != boot:
-                path.unlink(missing_ok=True)
-                continue
-            if process_start(recorded.owner_pid) == recorded.owner_start:
-                continue  # its gateway still runs (a replica on this data directory)
-            pidfd = _open_exact(recorded.pid, recorded.start)
-            if pidfd is None:
-                path.unlink(missing_ok=True)
-                continue
-            log.warning(
-                "stopping sandbox pid %d for %s, left running by a previous gateway",
-                recorded.pid,
-                recorded.session_id,
-            )
-            victims[recorded.pid] = (pidfd, path)
-        try:
-            for pidfd, _ in victims.values():
-                _signal(pidfd, signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            for pidfd, _ in victims.values():
-                if not _wait_exit(pidfd, deadline - time.monotonic()):
-                    _signal(pidfd, signal.SIGKILL)
-                    _wait_exit(pidfd, STOP_GRACE)
-        finally:
-            for pidfd, path in victims.values():
-                os.close(pidfd)
-                path.unlink(missing_ok=True)
-        return sorted(victims)
-
-
-def _open_exact(pid: int, start: str) -> int | None:
-    """A pidfd for ``pid`` if it is still the recorded process (checked after opening, so the
-    fd cannot end up naming a process that took the pid over later)."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return None
-    if process_start(pid) != start:
-        os.close(pidfd)
-        return None
-    return pidfd
-
-
-def _signal(pidfd: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        signal.pidfd_send_signal(pidfd, signum)
-
-
-def _wait_exit(pidfd: int, timeout: float) -> bool:
-    """Whether the process exited within ``timeout`` seconds (a pidfd polls readable on exit)."""
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    return bool(poller.poll(max(0, int(timeout * 1000))))
