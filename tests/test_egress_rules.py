@@ -17,7 +17,7 @@ from sandbox_server.egress import PACKAGE_MANAGER_HOSTS, add_egress_arguments, e
 from sandbox_server.egress.ca import CA_CERT_NAME, CA_KEY_NAME, CAError, CertificateAuthority, ensure_ca
 from sandbox_server.egress.config import EgressSettings, describe_network
 from sandbox_server.egress.credentials import CredentialsError, parse_credentials
-from sandbox_server.egress.http import Headers, HttpError, RequestHead, StreamReplacer, request_framing
+from sandbox_server.egress.http import Headers, HttpError, RequestHead, request_framing
 from sandbox_server.egress.mount import SANDBOX_DIR, prepare_mount
 from sandbox_server.egress.policy import (
     EgressMode,
@@ -30,6 +30,7 @@ from sandbox_server.egress.policy import (
     parse_host_patterns,
 )
 from sandbox_server.egress.resolve import Override, parse_override
+from sandbox_server.egress.scrub import StreamReplacer
 from sandbox_server.egress.tls import LeafCertificates
 from sandbox_server.limits import SandboxLimits
 

@@ -6,7 +6,9 @@ Modules, one job each:
 - ``resolve``: name resolution with ``--egress-resolve`` pins;
 - ``gate``: admission of one destination and the ``tether.egress`` log line;
 - ``http``: HTTP/1.1 parsing and framing; ``exchange``: one request/response, rewritten or not;
-- ``credentials``: the gateway's credentials document, substitution and scrubbing;
+- ``credentials``: the gateway's credentials document, substitution, what to scrub;
+- ``forms``, ``scrub`` and ``codings``: the forms of a secret value, finding them in a
+  stream through escapes, and the content codings undone before looking;
 - ``ca`` and ``tls``: the egress CA, leaf certificates, upstream verification;
 - ``proxy``: the Unix-socket server; ``service``: runs it on a thread of ``tether sandbox``;
 - ``mount`` and ``forwarder``: what a sandboxed command needs to reach it;

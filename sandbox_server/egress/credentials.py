@@ -10,8 +10,9 @@ request line, so never the URL or query). Everywhere else the placeholder
 travels as the harmless string it is.
 
 Responses on intercepted connections are scrubbed the other way (value back to
-placeholder), so an upstream that echoes a request cannot hand the value to
-the sandbox.
+placeholder, in every form ``forms`` lists and through the escapings ``scrub``
+undoes), so an upstream that echoes a request cannot hand the value to the
+sandbox.
 
 The document the gateway serves mirrors the SDK's credential fields
 (``anthropic.types.beta.vaults``: ``secret_name``, ``secret_value``,
@@ -35,46 +36,24 @@ import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import httpx2
 
-from sandbox_server.egress.http import Headers, StreamReplacer
+from sandbox_server.egress.forms import exact_form, unique, value_forms
+from sandbox_server.egress.http import Headers, is_token
 from sandbox_server.egress.policy import Host, HostPattern, InvalidHost, matches_any, parse_host_pattern
+from sandbox_server.egress.scrub import Scrub, StreamScrubber
+from sandbox_server.egress.validation import InvalidSecretName, check_secret_name
 
 FETCH_TIMEOUT = 10.0
 MIN_REDACTED_LENGTH = 8
 """Shorter secret values are not scrubbed from responses: they would match ordinary text."""
+MAX_PRODUCED = 16
+"""``Basic`` credentials remembered per connection to restore them in echoed responses."""
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _PLACEHOLDER = re.compile(r"^[A-Za-z0-9._~-]{16,256}$")
-RESERVED_NAMES = frozenset(
-    {
-        "PATH",
-        "HOME",
-        "LANG",
-        "TERM",
-        "USER",
-        "SHELL",
-        "PWD",
-        "IFS",
-        "ENV",
-        "BASH_ENV",
-        "PYTHONPATH",
-        "PYTHONSTARTUP",
-        "NODE_OPTIONS",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "NO_PROXY",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "REQUESTS_CA_BUNDLE",
-        "CURL_CA_BUNDLE",
-        "NODE_EXTRA_CA_CERTS",
-    }
-)
-"""Variables a credential may not set: the sandbox's own environment and anything that changes how it runs."""
 
 
 class CredentialsError(Exception):
@@ -113,12 +92,12 @@ def _parse_one(entry: Any, index: int) -> Credential:
     if entry.get("type", "environment_variable") != "environment_variable":
         raise CredentialsError(f"{where}: type must be environment_variable")
     name = _field(entry, "secret_name", str, where)
-    if (
-        not _ENV_NAME.match(name)
-        or name.upper() in RESERVED_NAMES
-        or name.upper().startswith(("LD_", "BASH_"))
-    ):
-        raise CredentialsError(f"{where}: secret_name {name!r} is not a usable environment variable name")
+    try:
+        check_secret_name(name)
+    except InvalidSecretName as exc:
+        raise CredentialsError(
+            f"{where}: secret_name {name!r} is not a usable environment variable name: {exc}"
+        ) from None
     where = f"credential {name}"
     placeholder = _field(entry, "placeholder", str, where)
     if not _PLACEHOLDER.match(placeholder):
@@ -208,16 +187,27 @@ class Vault:
         """Whether any secret may be substituted for ``host`` (so its HTTPS must be intercepted)."""
         return any(c.applies_to(host) for c in self.credentials)
 
+    @cached_property
+    def _scrub(self) -> Scrub:
+        """Every form of every value long enough to scrub, whatever host a response comes from."""
+        return Scrub(
+            tuple(
+                unique(
+                    form
+                    for c in self.credentials
+                    if len(c.secret_value.encode()) >= MIN_REDACTED_LENGTH
+                    for form in value_forms(c.secret_value.encode(), c.placeholder.encode())
+                )
+            )
+        )
+
     def rewrite_for(self, host: Host) -> Rewrite:
+        """What to do on one intercepted connection to ``host`` (a new ``Rewrite`` per connection)."""
         applicable = [c for c in self.credentials if c.applies_to(host)]
         return Rewrite(
             header=tuple(c for c in applicable if c.header),
             body=tuple(c for c in applicable if c.body),
-            redact={
-                c.secret_value.encode(): c.placeholder.encode()
-                for c in self.credentials
-                if len(c.secret_value.encode()) >= MIN_REDACTED_LENGTH
-            },
+            scrub=self._scrub,
         )
 
 
@@ -241,11 +231,17 @@ def _basic_substituted(value: str, credentials: tuple[Credential, ...]) -> tuple
 
 @dataclass(frozen=True)
 class Rewrite:
-    """What to substitute in requests to one host, and what to scrub from its responses."""
+    """What to substitute in requests on one connection, and what to scrub from the responses.
+
+    ``produced`` remembers the base64 ``Basic`` credentials this connection built
+    (what went upstream -> what the client sent), so an upstream that echoes one
+    is answered with the client's own value.
+    """
 
     header: tuple[Credential, ...] = ()
     body: tuple[Credential, ...] = ()
-    redact: Mapping[bytes, bytes] = field(default_factory=dict, repr=False)
+    scrub: Scrub = field(default_factory=Scrub, repr=False)
+    produced: dict[bytes, bytes] = field(default_factory=dict, repr=False)
 
     def substitute_headers(self, headers: Headers) -> list[str]:
         """Replace placeholders in header values (not names, not ``Host``); returns the secret names used."""
@@ -256,7 +252,10 @@ class Rewrite:
         for name, value in headers:
             if name.lower() != "host":
                 if name.lower() == "authorization" and value[:6].lower() == "basic ":
+                    sent = value
                     value, names = _basic_substituted(value, self.header)
+                    if names:
+                        self._remember(value[6:].strip(), sent[6:].strip())
                     used += names
                 for credential in self.header:
                     placeholder = credential.placeholder
@@ -268,6 +267,12 @@ class Rewrite:
         headers.replace_values(fields)
         return sorted(set(used))
 
+    def _remember(self, produced: str, original: str) -> None:
+        self.produced.pop(produced.encode("latin-1"), None)
+        self.produced[produced.encode("latin-1")] = original.encode("latin-1")
+        while len(self.produced) > MAX_PRODUCED:
+            del self.produced[next(iter(self.produced))]
+
     def substitute_body(self, body: bytes) -> tuple[bytes, list[str]]:
         used: list[str] = []
         for credential in self.body:
@@ -277,16 +282,28 @@ class Rewrite:
                 used.append(credential.secret_name)
         return body, used
 
+    def scrubbing(self) -> Scrub:
+        """The forms to scrub from a response now: every value's, and the ``Basic`` values built so far."""
+        if not self.produced:
+            return self.scrub
+        return self.scrub.plus(exact_form(p, o) for p, o in self.produced.items())
+
     def redact_headers(self, headers: Headers) -> None:
-        if not self.redact:
+        """Scrub header names and values; a field whose scrubbed name is no longer a token is dropped."""
+        scrub = self.scrubbing()
+        if not scrub:
             return
         fields = []
         for name, value in headers:
-            raw = value.encode("latin-1")
-            for secret, placeholder in self.redact.items():
-                raw = raw.replace(secret, placeholder)
-            fields.append((name, raw.decode("latin-1")))
+            clean = scrub.apply_text(name)
+            if clean == name or is_token(clean):
+                fields.append((clean, scrub.apply_text(value)))
         headers.replace_values(fields)
 
-    def redactor(self) -> StreamReplacer | None:
-        return StreamReplacer(self.redact) if self.redact else None
+    def redact_text(self, text: str) -> str:
+        """Scrub one string of the response head (the reason phrase)."""
+        return self.scrubbing().apply_text(text)
+
+    def redactor(self) -> StreamScrubber | None:
+        scrub = self.scrubbing()
+        return scrub.stream() if scrub else None

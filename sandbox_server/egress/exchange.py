@@ -8,9 +8,14 @@ than copied with their framing, which is what makes rewriting possible:
 - a request body that gets substitutions is read whole (up to
   ``MAX_REWRITTEN_BODY``) and sent with a recomputed ``Content-Length``; a larger
   one is streamed unchanged, placeholders included (never the other way round);
-- a scrubbed response body is buffered and re-measured when small, and
-  streamed as chunks otherwise; an unscrubbed one keeps its length or is
-  re-chunked.
+- a response on an intercepted connection is decoded (``codings``: gzip and
+  deflate; any other content coding is refused with 502) and scrubbed
+  (``scrub``), then buffered and re-measured when its length is known and
+  within ``MAX_SCRUBBED_LENGTH``, streamed as chunks otherwise; an unscrubbed
+  one keeps its length or is re-chunked;
+- on an intercepted connection, protocol upgrades are refused (501: the bytes
+  after a 101 would be spliced unread) and ``Range`` is dropped (a secret could
+  otherwise be read back a few bytes at a time, each piece too short to match).
 
 Every ``HttpError`` raised before the response head reached the client can
 still be answered with an error response; ``Outcome.responded`` says whether it was.
@@ -19,9 +24,10 @@ still be answered with an error response; ``Outcome.responded`` says whether it 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from sandbox_server.egress.codings import CodingError, Decoder, decoder_for
 from sandbox_server.egress.credentials import Rewrite
 from sandbox_server.egress.http import (
     LAST_CHUNK,
@@ -31,7 +37,6 @@ from sandbox_server.egress.http import (
     HttpError,
     RequestHead,
     ResponseHead,
-    StreamReplacer,
     encode_chunk,
     iter_body,
     read_response_head,
@@ -39,6 +44,7 @@ from sandbox_server.egress.http import (
     response_framing,
     wants_close,
 )
+from sandbox_server.egress.scrub import StreamScrubber
 
 MAX_REWRITTEN_BODY = 8 * 1024 * 1024
 """Largest request body read whole for substitution."""
@@ -95,6 +101,11 @@ class Exchange:
         framing = request_framing(request)
         client_close = wants_close(request.version, request.headers)
         upgrade = "upgrade" in request.headers.tokens("connection") and request.headers.get("upgrade")
+        if upgrade and self.rewrite is not None:
+            # What follows a 101 is spliced, never read: it could carry a secret back unscrubbed.
+            raise HttpError(
+                501, "protocol upgrades (WebSocket, h2c) are refused where secrets are substituted"
+            )
         headers = request.headers.without_hop_by_hop()
         if upgrade:
             headers.add("Connection", "Upgrade")
@@ -107,8 +118,10 @@ class Exchange:
         used: list[str] = []
         if self.rewrite is not None:
             used += self.rewrite.substitute_headers(headers)
-            # Scrubbing works on what the proxy can read: ask for an uncompressed response.
+            # Scrubbing works on what the proxy can read: ask for an uncompressed response (gzip
+            # or deflate that comes anyway is decoded), and for all of it, never a byte range.
             headers.set("Accept-Encoding", "identity")
+            headers.remove("range", "if-range")
         head = RequestHead(request.method, request.target, "HTTP/1.1", headers)
         await self._send_request(head, framing, used)
         response = await self._read_final_response()
@@ -156,86 +169,130 @@ class Exchange:
                 return response
             if self.request.version == "HTTP/1.1" and response.status != 100:
                 interim = response.headers.without_hop_by_hop()
-                self._redact_headers(interim)
-                await self.client.send(
-                    ResponseHead("HTTP/1.1", response.status, response.reason, interim).serialize()
-                )
+                reason = self._redact_head(interim, response.reason)
+                await self.client.send(ResponseHead("HTTP/1.1", response.status, reason, interim).serialize())
 
-    def _redact_headers(self, headers: Headers) -> None:
-        if self.rewrite is not None:
-            self.rewrite.redact_headers(headers)
+    def _redact_head(self, headers: Headers, reason: str) -> str:
+        """Scrub a response head in place; returns the scrubbed reason phrase."""
+        if self.rewrite is None:
+            return reason
+        self.rewrite.redact_headers(headers)
+        return self.rewrite.redact_text(reason)
 
     async def _relay_response(self, response: ResponseHead, client_close: bool, upgrade: bool) -> Outcome:
         headers = response.headers.without_hop_by_hop()
-        self._redact_headers(headers)
+        reason = self._redact_head(headers, response.reason)
         if response.status == 101:
-            if not upgrade:
+            if not upgrade or self.rewrite is not None:
                 raise HttpError(502, "the upstream server switched protocols unasked")
             headers.add("Connection", "Upgrade")
             headers.add("Upgrade", response.headers.get("upgrade") or "")
-            await self._send_head(response, headers)
+            await self._send_head(response.status, reason, headers)
             return Outcome(client_keep_alive=False, upstream_reusable=False, upgraded=True)
         framing = response_framing(self.request.method, response)
         upstream_reusable = framing.kind != "close" and not wants_close(response.version, response.headers)
-        chunked_ok = self.request.version == "HTTP/1.1"
-        body = iter_body(self.upstream.reader, framing, 502)
-        scrubber = self._scrubber(response, framing)
+        head = _Head(response.status, reason, headers, client_close, upstream_reusable)
         if framing.kind == "none":
             # HEAD, 204, 304: any Content-Length describes another message; keep it as sent.
             for value in response.headers.get_all("content-length")[:1]:
                 headers.set("Content-Length", value)
-            return await self._finish(response, headers, client_close, upstream_reusable)
-        if scrubber is not None and framing.kind == "length" and framing.length <= MAX_SCRUBBED_LENGTH:
-            data = b"".join([part async for part in body])
-            data = scrubber.feed(data) + scrubber.flush()
-            headers.set("Content-Length", str(len(data)))
-            outcome = await self._finish(response, headers, client_close, upstream_reusable)
-            await self.client.send(data)
-            return outcome
-        if scrubber is None and framing.kind == "length":
+            return await self._finish(head)
+        body = iter_body(self.upstream.reader, framing, 502)
+        if self.rewrite is not None:
+            return await self._relay_scrubbed(response, head, framing, body)
+        if framing.kind == "length":
             headers.set("Content-Length", str(framing.length))
-            outcome = await self._finish(response, headers, client_close, upstream_reusable)
+            outcome = await self._finish(head)
             async for part in body:
                 await self.client.send(part)
             return outcome
-        if chunked_ok:
-            headers.set("Transfer-Encoding", "chunked")
-            outcome = await self._finish(response, headers, client_close, upstream_reusable)
+        return await self._stream(head, body)
+
+    async def _relay_scrubbed(
+        self, response: ResponseHead, head: _Head, framing: Framing, body: AsyncIterator[bytes]
+    ) -> Outcome:
+        """Decode and scrub the body. One sent with a length of at most ``MAX_SCRUBBED_LENGTH`` is read
+        whole and re-measured (decoded, it may outgrow that: then it streams); any other streams at once,
+        so event streams and long polls keep flowing (``StreamScrubber`` holds back only a little)."""
+        assert self.rewrite is not None
+        try:
+            decoder = decoder_for(response.headers.tokens("content-encoding"))
+        except CodingError as exc:
+            raise HttpError(502, f"{exc}, so the response could not be scrubbed of secrets") from None
+        if decoder is not None:
+            head.headers.remove("content-encoding")
+        scrubbed = _scrubbed(body, decoder, self.rewrite.redactor())
+        if framing.kind != "length" or framing.length > MAX_SCRUBBED_LENGTH:
+            return await self._stream(head, scrubbed)
+        buffered, complete = await _read_up_to(scrubbed, MAX_SCRUBBED_LENGTH)
+        if complete:
+            head.headers.set("Content-Length", str(len(buffered)))
+            outcome = await self._finish(head)
+            await self.client.send(buffered)
+            return outcome
+        return await self._stream(head, _prepend(buffered, scrubbed))
+
+    async def _stream(self, head: _Head, body: AsyncIterator[bytes]) -> Outcome:
+        """Send a body of unknown length: chunked to an HTTP/1.1 client, delimited by closing otherwise."""
+        head.headers.remove("content-length")
+        if self.request.version == "HTTP/1.1":
+            head.headers.set("Transfer-Encoding", "chunked")
+            outcome = await self._finish(head)
             async for part in body:
-                await self.client.send(encode_chunk(scrubber.feed(part) if scrubber else part))
-            if scrubber is not None:
-                await self.client.send(encode_chunk(scrubber.flush()))
+                await self.client.send(encode_chunk(part))
             await self.client.send(LAST_CHUNK)
             return outcome
-        # An HTTP/1.0 client: the end of the connection delimits the body.
-        outcome = await self._finish(response, headers, True, upstream_reusable)
+        head.client_close = True
+        outcome = await self._finish(head)
         async for part in body:
-            await self.client.send(scrubber.feed(part) if scrubber else part)
-        if scrubber is not None:
-            await self.client.send(scrubber.flush())
+            await self.client.send(part)
         return outcome
 
-    def _scrubber(self, response: ResponseHead, framing: Framing) -> StreamReplacer | None:
-        """A secret scrubber for this body, if the proxy is rewriting and can read it (no content coding)."""
-        if self.rewrite is None or framing.kind == "none":
-            return None
-        if any(coding not in ("identity",) for coding in response.headers.tokens("content-encoding")):
-            return None
-        return self.rewrite.redactor()
-
-    async def _finish(
-        self, response: ResponseHead, headers: Headers, client_close: bool, upstream_reusable: bool
-    ) -> Outcome:
+    async def _finish(self, head: _Head) -> Outcome:
         """Send the response head; the body (if any) follows from the caller."""
-        if client_close:
-            headers.set("Connection", "close")
-        await self._send_head(response, headers)
-        return Outcome(client_keep_alive=not client_close, upstream_reusable=upstream_reusable)
+        if head.client_close:
+            head.headers.set("Connection", "close")
+        await self._send_head(head.status, head.reason, head.headers)
+        return Outcome(client_keep_alive=not head.client_close, upstream_reusable=head.upstream_reusable)
 
-    async def _send_head(self, response: ResponseHead, headers: Headers) -> None:
+    async def _send_head(self, status: int, reason: str, headers: Headers) -> None:
         version = "HTTP/1.1" if self.request.version == "HTTP/1.1" else "HTTP/1.0"
         self.responded = True
-        await self.client.send(ResponseHead(version, response.status, response.reason, headers).serialize())
+        await self.client.send(ResponseHead(version, status, reason, headers).serialize())
+
+
+@dataclass
+class _Head:
+    """A response head on its way to the client."""
+
+    status: int
+    reason: str
+    headers: Headers
+    client_close: bool
+    upstream_reusable: bool
+
+
+async def _scrubbed(
+    body: AsyncIterator[bytes], decoder: Decoder | None, scrubber: StreamScrubber | None
+) -> AsyncIterator[bytes]:
+    """``body`` decoded and scrubbed; a body that cannot be decoded ends it with ``HttpError(502)``."""
+
+    def scrub(pieces: Iterable[bytes]) -> Iterator[bytes]:
+        for piece in pieces:
+            out = scrubber.feed(piece) if scrubber is not None else piece
+            if out:
+                yield out
+
+    try:
+        async for data in body:
+            for out in scrub(decoder.feed(data) if decoder is not None else (data,)):
+                yield out
+        for out in scrub(decoder.finish() if decoder is not None else ()):
+            yield out
+    except CodingError as exc:
+        raise HttpError(502, f"{exc}, so the response could not be scrubbed of secrets") from None
+    if scrubber is not None and (rest := scrubber.flush()):
+        yield rest
 
 
 async def _read_up_to(source: AsyncIterator[bytes], limit: int) -> tuple[bytes, bool]:

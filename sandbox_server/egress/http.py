@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -306,37 +306,13 @@ async def iter_body(reader: asyncio.StreamReader, framing: Framing, status: int)
             yield data
 
 
+def is_token(text: str) -> bool:
+    """Whether ``text`` may be a header field name."""
+    return bool(_TOKEN.fullmatch(text.encode("latin-1")))
+
+
 def encode_chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
-
-
-class StreamReplacer:
-    """Replaces byte strings in a stream that arrives in arbitrary pieces.
-
-    It holds back the last ``longest - 1`` bytes of what it has seen, so a match
-    split across two pieces is still found: any occurrence starting in the part
-    it releases ends inside the buffer it searched.
-    """
-
-    def __init__(self, replacements: Mapping[bytes, bytes]) -> None:
-        self._pairs = sorted(((k, v) for k, v in replacements.items() if k), key=lambda kv: -len(kv[0]))
-        self._keep = max((len(k) for k, _ in self._pairs), default=1) - 1
-        self._pending = b""
-
-    def feed(self, data: bytes) -> bytes:
-        buffer = self._pending + data
-        for old, new in self._pairs:
-            buffer = buffer.replace(old, new)
-        cut = len(buffer) - self._keep
-        if cut <= 0:
-            self._pending = buffer
-            return b""
-        self._pending = buffer[cut:]
-        return buffer[:cut]
-
-    def flush(self) -> bytes:
-        rest, self._pending = self._pending, b""
-        return rest
 
 
 def error_response(status: int, message: str, *, reason: str | None = None) -> bytes:

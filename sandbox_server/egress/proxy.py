@@ -16,7 +16,9 @@ What a client may send:
   terminates TLS with a leaf certificate for the host, requires every
   request's ``Host`` to name that same host (no domain fronting towards
   another origin on a shared front end), substitutes secrets and forwards the
-  request over its own verified TLS connection.
+  request over its own verified TLS connection. Every response there is
+  decoded and scrubbed (``exchange``), and the connection is never upgraded
+  to another protocol.
 
 Every decision is logged by ``Gate``.
 """
@@ -27,11 +29,12 @@ import asyncio
 import contextlib
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from sandbox_server.egress.credentials import Vault
 from sandbox_server.egress.exchange import Connection, Exchange, Outcome
-from sandbox_server.egress.gate import Admission, Gate, split_authority
+from sandbox_server.egress.gate import Admission, Decision, Gate, split_authority
 from sandbox_server.egress.http import (
     MAX_HEAD,
     READ_SIZE,
@@ -226,13 +229,18 @@ class EgressProxy:
                         substituted=names,
                     )
 
+                def failed(error: HttpError, method: str = request.method) -> None:
+                    # A refused upgrade or unreadable response is a decision too (upstream failures
+                    # are logged as errors); the messages never hold a secret.
+                    decision: Decision = "deny" if error.status == 501 else "error"
+                    self.gate.record(
+                        method, host.name, admission.port, decision, error.message, tls="intercept"
+                    )
+
                 exchange = Exchange(client, upstream, request, rewrite=rewrite, before_send=record)
-                outcome = await _run(exchange, client)
-                if outcome is None:
-                    return
-                if outcome.upgraded:
-                    await splice(client, upstream)
-                    return
+                outcome = await _run(exchange, client, failed)
+                if outcome is None or outcome.upgraded:
+                    return  # never spliced: ``Exchange`` refuses upgrades where it rewrites
                 if not outcome.upstream_reusable:
                     upstream.close()
                     upstream = None
@@ -289,11 +297,15 @@ async def _next_request(client: Connection) -> RequestHead | None:
         return None
 
 
-async def _run(exchange: Exchange, client: Connection) -> Outcome | None:
+async def _run(
+    exchange: Exchange, client: Connection, failed: Callable[[HttpError], None] | None = None
+) -> Outcome | None:
     """Run one exchange; on an ``HttpError`` answer it if nothing was sent yet, and report ``None`` (close)."""
     try:
         return await exchange.run()
     except HttpError as exc:
+        if failed is not None:
+            failed(exc)
         if not exchange.responded:
             with contextlib.suppress(*_CLOSED):
                 await client.send(error_response(exc.status, exc.message))
