@@ -54,10 +54,6 @@ def _sandbox(args: argparse.Namespace) -> None:
 
 
 def _tunnel(args: argparse.Namespace) -> None:
-    if getattr(args, "environment", None):  # a worker: its sandboxes' workspace mounts die with it
-        from sandbox_server.workspace_fs import enter_private_mounts
-
-        enter_private_mounts()
     from tunnel_agent.cli import run
 
     run(args)

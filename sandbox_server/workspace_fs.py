@@ -29,6 +29,7 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -68,26 +69,31 @@ def enter_private_mounts() -> bool:
     return True
 
 
+STAGE_NAME = ".tether-stage"
+"""The one directory (in the temp dir, 0711, root's) every root server mounts its own stage on."""
+
+
 def stage(root: Path, cleanup: contextlib.ExitStack) -> Path | None:
     """Give a root server's sandbox identity a path to its workspace; returns the path to bind.
 
     bwrap runs as the unprivileged sandbox identity and must reach what it binds by path,
     but the workspace's ancestors (a data dir under ``/root``, say) may be closed to it. So
     the server moves into a private mount namespace of its own (it is still single-threaded
-    here) and binds the workspace into a small tmpfs at a path anyone may traverse
-    (``/tmp/tether-stage-*``, 0711, not listable); its temporary files (the egress proxy's
+    here) and mounts a small tmpfs on ``/tmp/.tether-stage``, a directory anyone may traverse
+    but not list, with the workspace bound inside; its temporary files (the egress proxy's
     directory) go there too, so what the sandbox's ``mountinfo`` shows of them names no host
-    path. The namespace, and with it every such mount, ends with the server. Must run after
-    ``attach``, which mounts in the namespace the server shares with its parent.
+    path. Every server mounts on the same directory, each in its own namespace, and the
+    namespace, with every such mount, ends with the server: a killed server leaves nothing.
+    Must run after ``attach``, which mounts in the namespace the server shares with its parent.
     """
     if os.geteuid() != 0:
         return None
+    place = _stage_dir()
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(_CLONE_NEWNS) != 0 or libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
         raise OSError(ctypes.get_errno(), f"private mount namespace: {_errno()}")
-    place = Path(tempfile.mkdtemp(prefix="tether-stage-"))
-    cleanup.callback(_unstage, place)
     _run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0711,nosuid,nodev,noexec", "tether-stage", str(place)])
+    cleanup.callback(_unstage, place)
     staged = place / "ws"
     staged.mkdir(mode=0o700)
     _run(["mount", "--bind", str(root), str(staged)])
@@ -95,12 +101,22 @@ def stage(root: Path, cleanup: contextlib.ExitStack) -> Path | None:
     return staged
 
 
+def _stage_dir() -> Path:
+    """``/tmp/.tether-stage``, made once; refused unless it is root's own directory (``/tmp`` is
+    sticky, so once it is, nobody else can replace it)."""
+    place = Path(tempfile.gettempdir()) / STAGE_NAME
+    with contextlib.suppress(FileExistsError):
+        place.mkdir(mode=0o711)
+    info = place.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or stat.S_IMODE(info.st_mode) & 0o022:
+        raise OSError(f"{place} is not a directory of root's that only root may change")
+    return place
+
+
 def _unstage(place: Path) -> None:
-    """Take the stage down in our namespace and remove its (then uncovered, empty) directory."""
+    """Take the stage down in our namespace (a clean exit; a killed server's namespace just ends)."""
     tempfile.tempdir = None
     _run(["umount", "-R", "-l", str(place)], check=False)
-    with contextlib.suppress(OSError):
-        place.rmdir()
 
 
 def detach_in(origin_ns_fd: int, root: Path) -> None:

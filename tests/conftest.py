@@ -87,4 +87,4 @@ def gateway_data_dir(gateway: ServerProcess) -> Path:
 def gateway_workspaces(gateway: ServerProcess) -> Path:
     """The gateway's workspaces as the gateway sees them: as root it mounts each one (a filesystem
     image) in a mount namespace of its own, so the test looks through ``/proc/PID/root``."""
-    return Path(f"/proc/{gateway.process.pid}/root{gateway_data_dir(gateway).resolve()}/workspaces")
+    return gateway.view(gateway_data_dir(gateway) / "workspaces")

@@ -28,7 +28,6 @@ from gateway.store import open_store
 from gateway.store.base import Store
 from gateway.tools.sandbox import SandboxStartFailed
 from gateway.tools.sandbox_plan import SelfHostedSandboxes
-from sandbox_server import workspace_fs
 from tests.conftest import Scripts, gateway_data_dir
 from tests.support.processes import ServerProcess, listening_ports
 from tests.support.self_hosted import agent_metric, eventually, sandbox_pids, start_worker_agent
@@ -109,7 +108,8 @@ def test_the_agent_toolset_runs_in_the_worker_agents_sandbox_on_prem(
     assert [bool(r.is_error) for r in results] == [False, False], [r.content for r in results]
     assert "written on-prem" in results[1].content[0].text
     # The file is in the agent's workspace; the gateway never had one for this session.
-    assert (onprem.workspaces / session.id / "notes" / "site.txt").read_text() == "written on-prem"
+    on_prem = onprem.agent.view(onprem.workspaces / session.id)
+    assert (on_prem / "notes" / "site.txt").read_text() == "written on-prem"
     assert not (gateway_data_dir(gateway) / "workspaces" / session.id).exists()
 
     item = _work_item(client, onprem.environment.id, session.id)
@@ -134,14 +134,8 @@ def test_the_agent_toolset_runs_in_the_worker_agents_sandbox_on_prem(
     eventually(lambda: not os.path.exists(f"/proc/{pid}"), "the on-prem sandbox to exit")
     assert session.id not in sandbox_pids(onprem.workspaces)
     # The on-prem files stay with the site that owns them (as root, in the workspace's filesystem
-    # image, which the stopped sandbox unmounted on its way out: look inside).
-    workspace = onprem.workspaces / session.id
-    mounted = workspace_fs.attach_existing(workspace)
-    try:
-        assert (workspace / "notes" / "site.txt").exists()
-    finally:
-        if mounted:
-            workspace_fs.detach(workspace)
+    # image, still mounted in the worker's own mount namespace: look through its eyes).
+    assert (onprem.agent.view(onprem.workspaces / session.id) / "notes" / "site.txt").exists()
 
 
 def test_a_crashed_onprem_sandbox_is_restarted_and_keeps_its_workspace(
@@ -249,8 +243,6 @@ def test_an_onprem_sandbox_opens_only_to_its_route_holds_no_agent_secret_and_die
     finally:
         agent.stop()
         client.beta.sessions.delete(session.id)
-        # Killed with the agent, the sandbox could not unmount the workspace image it mounted.
-        workspace_fs.detach(workspaces / session.id)
 
 
 def test_a_restarted_agent_reclaims_its_sessions_and_their_workspaces(

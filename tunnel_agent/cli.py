@@ -150,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.environment:  # a worker: its sandboxes' workspace mounts die with it (first, single-threaded)
+        from sandbox_server.workspace_fs import enter_private_mounts
+
+        enter_private_mounts()
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

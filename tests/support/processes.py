@@ -40,6 +40,11 @@ class ServerProcess:
     def mcp_url(self) -> str:
         return self.url + "/mcp"
 
+    def view(self, path: Path) -> Path:
+        """``path`` as this process sees it: a root gateway or worker mounts its sandboxes'
+        workspaces in a mount namespace of its own (``sandbox_server.workspace_fs``)."""
+        return Path(f"/proc/{self.process.pid}/root{path.resolve()}")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
