@@ -39,7 +39,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from gateway.serving import READY_PREFIX  # noqa: E402
 from sandbox_server.auth import TOKEN_ENV, bearer_headers, new_token  # noqa: E402
-from sandbox_server.bwrap import BWRAP_ENV, BubblewrapBash  # noqa: E402
+from sandbox_server.bwrap import BubblewrapBash  # noqa: E402
+from sandbox_server.bwrap_args import BWRAP_ENV  # noqa: E402
 
 WARMUP = 3
 

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from sandbox_server.bwrap import BubblewrapBash, find_bwrap
+from sandbox_server.bwrap import BubblewrapBash
+from sandbox_server.bwrap_args import find_bwrap
 from sandbox_server.docker_backend import DockerBash, DockerSettings
 from sandbox_server.egress.mount import EgressMount
 from sandbox_server.identity import SandboxIdentity

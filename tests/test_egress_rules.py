@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from sandbox_server.bwrap import bwrap_argv
+from sandbox_server.bwrap_args import bwrap_argv
 from sandbox_server.egress import PACKAGE_MANAGER_HOSTS, add_egress_arguments, egress_from_args
 from sandbox_server.egress.ca import CA_CERT_NAME, CA_KEY_NAME, CAError, CertificateAuthority, ensure_ca
 from sandbox_server.egress.config import EgressSettings, describe_network

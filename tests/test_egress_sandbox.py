@@ -24,7 +24,7 @@ import pytest
 from mcp import Client
 from mcp.types import TextContent
 
-from sandbox_server.bwrap import find_bwrap
+from sandbox_server.bwrap_args import find_bwrap
 from tests.support.egress import RecordingServer, TestPKI, credentials_responder
 from tests.support.processes import ServerProcess, running_sandbox, sandbox_client, start_sandbox
 

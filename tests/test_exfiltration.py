@@ -32,7 +32,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from sandbox_server.bwrap import find_bwrap
+from sandbox_server.bwrap_args import find_bwrap
 from tests.conftest import Scripts
 from tests.support.egress import RecordingServer, TestPKI
 from tests.support.processes import ServerProcess, running_server

@@ -16,7 +16,8 @@ import pytest
 from mcp import Client
 from mcp.types import CallToolResult, TextContent
 
-from sandbox_server.bwrap import BWRAP_ENV, BubblewrapBash, bwrap_argv, find_bwrap
+from sandbox_server.bwrap import BubblewrapBash
+from sandbox_server.bwrap_args import BWRAP_ENV, bwrap_argv, find_bwrap
 from sandbox_server.cgroups import CgroupFactory, discover_layout
 from sandbox_server.limits import MiB, SandboxLimits, add_limit_arguments, limits_from_args, parse_size
 from sandbox_server.output import CappedOutput

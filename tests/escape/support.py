@@ -23,7 +23,7 @@ import pytest
 from mcp import Client
 from mcp.types import CallToolResult, TextContent
 
-from sandbox_server.bwrap import find_bwrap
+from sandbox_server.bwrap_args import find_bwrap
 from sandbox_server.cgroups import CGROUP_PREFIX, discover_layout
 from sandbox_server.limits import MiB
 from tests.support.processes import ServerProcess
