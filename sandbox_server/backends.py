@@ -48,6 +48,22 @@ def _reachable_docker(factory: Callable[[], Any]) -> Any:
     return client
 
 
+def resolve_backend(
+    name: BackendName, *, egress: bool, docker_factory: Callable[[], Any] = _docker_from_env
+) -> Literal["bwrap", "docker"]:
+    """What ``auto`` stands for on this host: Docker when an engine answers and no egress proxy
+    is wanted (egress is only wired into bubblewrap), bubblewrap otherwise."""
+    if name != "auto":
+        return name
+    if egress:
+        return "bwrap"
+    try:
+        _reachable_docker(docker_factory)
+    except BackendUnavailable:
+        return "bwrap"
+    return "docker"
+
+
 def make_bash_backend(
     name: BackendName,
     workspace: Path,

@@ -16,17 +16,22 @@ sandbox sees only its own workspace, its own pid namespace and no other user's f
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
 import stat
 from dataclasses import dataclass
 
+from sandbox_server import beneath
+
 DEFAULT_UID_RANGE = range(1_000_000, 2_000_000)
 """Host uids handed to sandboxes when the server is root (``--uid-range``); far from real accounts."""
 UID_RANGE_ENV = "TETHER_SANDBOX_UIDS"
 
 _PR_SET_NO_NEW_PRIVS = 38
+_LIBC = ctypes.CDLL(None, use_errno=True)
+"""Loaded once here, not in the forked child where ``drop_privileges`` runs."""
 
 
 @dataclass(frozen=True)
@@ -73,29 +78,28 @@ def drop_privileges(identity: SandboxIdentity) -> None:
         os.setgroups([])
         os.setresgid(identity.gid, identity.gid, identity.gid)
         os.setresuid(identity.uid, identity.uid, identity.uid)
-    if _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+    if _LIBC.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-
-
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
 
 
 def claim_workspace(root: str, identity: SandboxIdentity) -> None:
     """Give the workspace to ``identity``: the root 0700, and everything in it, without following links.
 
-    Runs before the sandbox starts, when none of the model's processes can race it; the walk
-    goes through directory descriptors (``os.fwalk``) regardless, so a symlink in the tree is
-    re-owned itself and never followed. Cheap when the root is already ``identity``'s.
+    Runs before the sandbox starts, when none of the model's processes should be left to race
+    it; the walk goes through directory descriptors opened ``O_NOFOLLOW|O_DIRECTORY``
+    (``beneath.walk``) regardless, so a symlink in the tree is re-owned itself and never
+    followed, and no device or FIFO is ever opened. Cheap when the root is already ``identity``'s.
     """
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         info = os.fstat(fd)
         already = (info.st_uid, info.st_gid) == (identity.uid, identity.gid)
         if not already and os.geteuid() == 0:
-            for _dir, dirs, files, dir_fd in os.fwalk(root, follow_symlinks=False):
-                for name in (*dirs, *files):
-                    os.chown(name, identity.uid, identity.gid, dir_fd=dir_fd, follow_symlinks=False)
+            for entry in beneath.walk(fd):
+                with contextlib.suppress(FileNotFoundError):
+                    os.chown(
+                        entry.name, identity.uid, identity.gid, dir_fd=entry.dir_fd, follow_symlinks=False
+                    )
             os.fchown(fd, identity.uid, identity.gid)
         if stat.S_IMODE(info.st_mode) != 0o700:
             os.fchmod(fd, 0o700)

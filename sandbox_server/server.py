@@ -33,7 +33,7 @@ from pydantic import Field
 
 from gateway.serving import serve
 from sandbox_server import file_tools, workspace_fs
-from sandbox_server.backends import BackendName, BackendUnavailable, make_bash_backend
+from sandbox_server.backends import BackendName, BackendUnavailable, make_bash_backend, resolve_backend
 from sandbox_server.bwrap import BubblewrapBash
 from sandbox_server.docker_backend import DockerSettings
 from sandbox_server.egress.config import TOKEN_ENV, EgressSettings, describe_network
@@ -313,7 +313,13 @@ def run(
     sandbox_token = take_token()  # who may call the tools over HTTP; popped like the egress token
     ws = Workspace.open(workspace)
     with contextlib.ExitStack() as cleanup:
-        identity, bind_root = _claim_workspace(ws, limits, cleanup)
+        # The sandbox identity, the workspace's filesystem and the stage are bubblewrap's: a
+        # Docker engine runs its containers as its own user, from the host's view of the path.
+        concrete = resolve_backend(backend, egress=egress.enabled)
+        if concrete == "bwrap":
+            identity, bind_root = _claim_workspace(ws, limits, cleanup)
+        else:
+            identity, bind_root = SandboxIdentity(os.geteuid(), os.getegid()), ws.root
         mount = None
         network = NO_NETWORK
         if egress.enabled:
@@ -333,7 +339,7 @@ def run(
             network = describe_network(egress, list(service.vault.environment()))
         try:
             bash = make_bash_backend(
-                backend,
+                concrete,
                 ws.root,
                 limits,
                 docker_settings=docker_settings,

@@ -28,6 +28,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -97,8 +98,28 @@ def stage(root: Path, cleanup: contextlib.ExitStack) -> Path | None:
     staged = place / "ws"
     staged.mkdir(mode=0o700)
     _run(["mount", "--bind", str(root), str(staged)])
+    _drop_other_workspaces(root)
     tempfile.tempdir = str(place)
     return staged
+
+
+def _drop_other_workspaces(root: Path) -> None:
+    """Unmount, in our namespace only, the other workspaces the gateway's namespace holds.
+
+    Our namespace began as a copy of the gateway's, every session's workspace mount included;
+    kept, those copies would pin a deleted session's image and loop device for as long as
+    this server runs.
+    """
+    parent = str(root.parent).rstrip("/") + "/"
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = _unescape(line.split()[4])
+        if point.startswith(parent) and point != str(root) and "/" not in point[len(parent) :]:
+            _run(["umount", "-l", point], check=False)
+
+
+def _unescape(field: str) -> str:
+    """Mount points in ``mountinfo`` escape space, tab, newline and backslash as octal."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
 
 
 def _stage_dir() -> Path:
@@ -165,6 +186,8 @@ def attach(root: Path, size: int, owner: SandboxIdentity | None = None) -> bool:
         fcntl.flock(fd, fcntl.LOCK_EX)
         if is_attached(root):
             return True
+        if os.fstat(fd).st_nlink == 0:
+            return False  # removed (``remove``) while we waited for the lock
         if os.fstat(fd).st_size == 0:
             os.ftruncate(fd, size)
             _run(
@@ -198,10 +221,24 @@ def detach(root: Path) -> None:
 
 
 def remove(root: Path) -> None:
-    """Delete the workspace: unmount it, then remove the directory and the image."""
-    detach(root)
-    shutil.rmtree(root, ignore_errors=True)
-    image_path(root).unlink(missing_ok=True)
+    """Delete the workspace: unmount it, then remove the directory and the image.
+
+    Holds the image's lock throughout, so a concurrent ``attach`` (the files API) cannot
+    mount it again half-way; it finds the image unlinked and gives up.
+    """
+    try:
+        fd: int | None = os.open(image_path(root), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        fd = None
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        detach(root)
+        shutil.rmtree(root, ignore_errors=True)
+        image_path(root).unlink(missing_ok=True)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def capacity(root: Path) -> tuple[int, int] | None:

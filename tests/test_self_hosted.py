@@ -28,6 +28,7 @@ from gateway.store import open_store
 from gateway.store.base import Store
 from gateway.tools.sandbox import SandboxStartFailed
 from gateway.tools.sandbox_plan import SelfHostedSandboxes
+from sandbox_server import workspace_fs
 from tests.conftest import Scripts, gateway_data_dir
 from tests.support.processes import ServerProcess, listening_ports
 from tests.support.self_hosted import agent_metric, eventually, sandbox_pids, start_worker_agent
@@ -134,8 +135,14 @@ def test_the_agent_toolset_runs_in_the_worker_agents_sandbox_on_prem(
     eventually(lambda: not os.path.exists(f"/proc/{pid}"), "the on-prem sandbox to exit")
     assert session.id not in sandbox_pids(onprem.workspaces)
     # The on-prem files stay with the site that owns them (as root, in the workspace's filesystem
-    # image, still mounted in the worker's own mount namespace: look through its eyes).
-    assert (onprem.agent.view(onprem.workspaces / session.id) / "notes" / "site.txt").exists()
+    # image, which the worker unmounted with the stopped sandbox: look inside).
+    workspace = onprem.workspaces / session.id
+    mounted = workspace_fs.attach_existing(workspace)
+    try:
+        assert (workspace / "notes" / "site.txt").exists()
+    finally:
+        if mounted:
+            workspace_fs.detach(workspace)
 
 
 def test_a_crashed_onprem_sandbox_is_restarted_and_keeps_its_workspace(

@@ -25,7 +25,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from sandbox_server import auth, launch
+from sandbox_server import auth, launch, workspace_fs
 
 log = logging.getLogger("tether.tunnel.sandbox")
 
@@ -46,6 +46,7 @@ class LocalSandbox:
     process: anyio.abc.Process
     port: int
     token: str = field(repr=False)
+    workspace: Path | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -88,10 +89,14 @@ class LocalSandbox:
             raise SandboxStartFailed(f"the sandbox did not start ({detail}); see the agent's log")
         tasks.start_soon(_drain, process, name=f"sandbox {process.pid} output")
         log.info("sandbox for %s on 127.0.0.1:%d (pid %d)", workspace.name, port, process.pid)
-        return cls(process, port, token)
+        return cls(process, port, token, workspace)
 
     async def stop(self) -> None:
+        """Stop the process, then unmount its workspace (as root, a filesystem image: loop devices
+        are the host's); the next sandbox for the session mounts it again."""
         await _terminate(self.process)
+        if self.workspace is not None:
+            await anyio.to_thread.run_sync(workspace_fs.detach, self.workspace)
 
 
 async def _read_port(process: anyio.abc.Process, timeout: float) -> int | None:

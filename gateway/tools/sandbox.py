@@ -64,6 +64,13 @@ class _Sandbox:
     drain: asyncio.Task[None]
     last_used: float
     pid_file: Path | None
+    started: str | None
+    """The process's start time (``process_start``): with the pid, it names this process only."""
+
+    def alive(self) -> bool:
+        """Running, as far as the kernel knows: a killed child is a zombie (or reaped, and its pid
+        perhaps reused) before ``returncode`` says so, so ``/proc`` is asked too."""
+        return self.process.returncode is None and process_start(self.process.pid) == self.started
 
 
 @dataclass(frozen=True)
@@ -126,8 +133,7 @@ class SandboxPool:
                 return SandboxEndpoint(remote)
         async with self._lock(session_id):
             sandbox = self._sandboxes.get(session_id)
-            # A killed child stays a zombie until someone waits for it: ask /proc, not returncode.
-            if sandbox is not None and process_start(sandbox.process.pid) is not None:
+            if sandbox is not None and sandbox.alive():
                 sandbox.last_used = self._clock()
                 return sandbox.endpoint
             if sandbox is not None:
@@ -192,14 +198,17 @@ class SandboxPool:
             raise SandboxStartFailed(f"the sandbox did not start ({detail})")
         log.info("sandbox for %s at %s (pid %s)", session_id, url, process.pid)
         endpoint = SandboxEndpoint(url + "/mcp", auth.bearer_headers(token))
-        return _Sandbox(process, endpoint, asyncio.create_task(_drain(process)), self._clock(), pid_file)
+        drain = asyncio.create_task(_drain(process))
+        return _Sandbox(process, endpoint, drain, self._clock(), pid_file, process_start(process.pid))
 
     async def stop(self, session_id: str) -> None:
-        """Stop the session's sandbox; a start in progress finishes (or fails) first."""
+        """Stop the session's sandbox; a start in progress finishes (or fails) first. Its workspace
+        is unmounted too (loop devices are the host's), and mounted again by whoever next needs it."""
         async with self._lock(session_id):
             sandbox = self._sandboxes.pop(session_id, None)
             if sandbox is not None:
                 await self._terminate(sandbox)
+                await anyio.to_thread.run_sync(workspace_fs.detach, self.workspace(session_id))
 
     async def _terminate(self, sandbox: _Sandbox) -> None:
         await _reap(sandbox.process, sandbox.pid_file, grace=STOP_GRACE)

@@ -32,7 +32,10 @@ def decoder_for(codings: list[str]) -> Decoder | None:
     applied = [coding for coding in codings if coding != "identity"]
     for coding in applied:
         if coding not in DECODABLE:
-            raise CodingError(f"Content-Encoding {coding[:32]!r} cannot be decoded by the proxy")
+            # The value itself is never echoed: a host that reflects a header could put a secret there.
+            raise CodingError(
+                "the response's Content-Encoding cannot be decoded by the proxy (gzip and deflate can)"
+            )
     return Decoder(applied) if applied else None
 
 

@@ -77,7 +77,7 @@ async def still_answers(client: Client) -> None:
     result = await bash(client, "echo alive")
     assert not result.is_error
     assert text(result) == "alive\n"
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10, "the sandbox answers promptly after the attempt"
 
 
 def command_cgroups(server_pid: int) -> list[Path]:

@@ -306,7 +306,7 @@ async def test_encodings_the_proxy_cannot_read_are_refused(sbx: Client, world: W
         assert out.startswith("HTTP/1.1 502"), coding
         assert "cannot be decoded by the proxy" in out
         assert "could not be scrubbed" in out
-        assert repr(coding.split(",")[-1]) in out
+        assert repr(coding.split(",")[-1]) not in out, "a reflected header value is never echoed back"
     await still_answers(sbx)
 
 
