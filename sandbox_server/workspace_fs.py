@@ -28,7 +28,6 @@ import ctypes
 import fcntl
 import logging
 import os
-import re
 import shutil
 import stat
 import subprocess
@@ -86,6 +85,9 @@ def stage(root: Path, cleanup: contextlib.ExitStack) -> Path | None:
     path. Every server mounts on the same directory, each in its own namespace, and the
     namespace, with every such mount, ends with the server: a killed server leaves nothing.
     Must run after ``attach``, which mounts in the namespace the server shares with its parent.
+
+    The copy holds the other sessions' workspace mounts too; they cost nothing, and when a
+    session is deleted the kernel detaches every copy of its mount as its directory goes.
     """
     if os.geteuid() != 0:
         return None
@@ -98,28 +100,8 @@ def stage(root: Path, cleanup: contextlib.ExitStack) -> Path | None:
     staged = place / "ws"
     staged.mkdir(mode=0o700)
     _run(["mount", "--bind", str(root), str(staged)])
-    _drop_other_workspaces(root)
     tempfile.tempdir = str(place)
     return staged
-
-
-def _drop_other_workspaces(root: Path) -> None:
-    """Unmount, in our namespace only, the other workspaces the gateway's namespace holds.
-
-    Our namespace began as a copy of the gateway's, every session's workspace mount included;
-    kept, those copies would pin a deleted session's image and loop device for as long as
-    this server runs.
-    """
-    parent = str(root.parent).rstrip("/") + "/"
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = _unescape(line.split()[4])
-        if point.startswith(parent) and point != str(root) and "/" not in point[len(parent) :]:
-            _run(["umount", "-l", point], check=False)
-
-
-def _unescape(field: str) -> str:
-    """Mount points in ``mountinfo`` escape space, tab, newline and backslash as octal."""
-    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
 
 
 def _stage_dir() -> Path:

@@ -32,7 +32,7 @@ from gateway.tools.pidfiles import process_start
 from gateway.tools.sandbox import Launch, SandboxPool
 from sandbox_server import workspace_fs
 from sandbox_server.egress import TOKEN_ENV as EGRESS_TOKEN_ENV
-from tests.conftest import Scripts, gateway_workspaces
+from tests.conftest import Scripts, gateway_data_dir, gateway_workspaces
 from tests.support.processes import (
     ServerProcess,
     listening_ports,
@@ -173,6 +173,45 @@ def test_deleting_a_session_stops_its_sandbox_and_removes_its_workspace(
     assert not (gateway_workspaces(gateway) / session.id).exists()
     with pytest.raises(anthropic.NotFoundError):
         client.beta.files.retrieve_metadata(file_id)
+
+
+def _loop_backing_files() -> set[str]:
+    """The files behind the host's loop devices (global, whatever mount namespace uses them)."""
+    found = set()
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            found.add(backing.read_text().strip().removesuffix(" (deleted)"))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="workspace images are mounted only by a root gateway")
+def test_a_deleted_workspace_leaves_no_loop_device_while_other_sandboxes_run(
+    client: anthropic.Anthropic, scripts: Scripts, environment: Any, gateway: ServerProcess
+) -> None:
+    # Each sandbox's private namespace starts as a copy of the gateway's, other sessions'
+    # workspace mounts included: they must not pin a deleted session's image.
+    marker = scripts.add([{"content": [_write("a.txt", "a")]}, {"content": []}])
+    first = client.beta.sessions.create(agent=_tool_agent(client, marker).id, environment_id=environment.id)
+    send_and_stream(client, first.id, [user_message("go")])
+    marker = scripts.add([{"content": [_write("b.txt", "b")]}, {"content": []}])
+    second = client.beta.sessions.create(agent=_tool_agent(client, marker).id, environment_id=environment.id)
+    send_and_stream(client, second.id, [user_message("go")])
+    images = {
+        sid: str((gateway_data_dir(gateway) / "workspaces" / f"{sid}.img").resolve())
+        for sid in (first.id, second.id)
+    }
+    assert set(images.values()) <= _loop_backing_files(), "both workspaces are images on loop devices"
+    assert sandbox_pids(first.id) and sandbox_pids(second.id)
+
+    client.beta.sessions.delete(first.id)
+
+    eventually(lambda: images[first.id] not in _loop_backing_files(), "the deleted image's loop device to go")
+    assert images[second.id] in _loop_backing_files() and sandbox_pids(second.id)
+    assert not Path(images[first.id]).exists()
+    client.beta.sessions.delete(second.id)
+    eventually(lambda: images[second.id] not in _loop_backing_files(), "the second loop device to go")
 
 
 @pytest.mark.anyio
