@@ -32,7 +32,7 @@ from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
 from gateway.serving import serve
-from sandbox_server import file_tools, workspace_fs
+from sandbox_server import auth, file_tools, workspace_fs
 from sandbox_server.backends import BackendName, BackendUnavailable, make_bash_backend, resolve_backend
 from sandbox_server.bwrap import BubblewrapBash
 from sandbox_server.docker_backend import DockerSettings
@@ -308,9 +308,7 @@ def run(
     limits = limits or SandboxLimits()
     egress = egress or EgressSettings()
     token = os.environ.pop(TOKEN_ENV, None)  # read once; never inherited by anything started later
-    from sandbox_server.auth import take_token
-
-    sandbox_token = take_token()  # who may call the tools over HTTP; popped like the egress token
+    sandbox_token = auth.take_token()  # who may call the tools over HTTP; popped like the egress token
     ws = Workspace.open(workspace)
     with contextlib.ExitStack() as cleanup:
         # The sandbox identity, the workspace's filesystem and the stage are bubblewrap's: a
@@ -405,8 +403,6 @@ def _exit_on_sigterm() -> None:
 def _serve(server: MCPServer, host: str, port: int, stdio: bool, token: str | None) -> None:
     """Over stdio no token is needed (only the parent holds the pipes); over HTTP every request
     must carry it (``sandbox_server.auth``), and without one nothing is served."""
-    from sandbox_server import auth
-
     if stdio:
         server.run("stdio")
         return
