@@ -14,12 +14,17 @@ needs, never the starter's API keys, model key or master key.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
 
+import anyio
+import anyio.abc
+
+from gateway.serving import READY_PREFIX
 from sandbox_server.auth import TOKEN_ENV
 
 PARENT_ENV = "TETHER_SANDBOX_PARENT"
@@ -99,3 +104,45 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+async def ready_url(process: anyio.abc.Process, timeout: float) -> str | None:
+    """The URL from the child's ``listening on URL`` line; None if it exits or times out first."""
+    assert process.stdout is not None
+    buffered = b""
+    with anyio.move_on_after(timeout):
+        async for chunk in process.stdout:
+            buffered += chunk
+            *lines, buffered = buffered.split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace").strip()
+                if line.startswith(READY_PREFIX):
+                    return line[len(READY_PREFIX) :].strip()
+        await process.wait()
+    return None
+
+
+async def drain(process: anyio.abc.Process) -> None:
+    """Keep reading the child's stdout so a chatty sandbox can never block on a full pipe."""
+    assert process.stdout is not None
+    try:
+        async for _ in process.stdout:
+            pass
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        pass
+
+
+async def stop(process: anyio.abc.Process, grace: float) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds (at once when it is 0), wait and close.
+    Shielded: a cancelled caller still leaves no process behind."""
+    with anyio.CancelScope(shield=True):
+        if process.returncode is None:
+            if grace > 0:
+                process.terminate()
+                with anyio.move_on_after(grace):
+                    await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await process.aclose()

@@ -29,7 +29,6 @@ from sandbox_server import auth, launch, workspace_fs
 
 log = logging.getLogger("tether.tunnel.sandbox")
 
-READY_PREFIX = "listening on "
 STOP_GRACE = 5.0
 
 
@@ -78,60 +77,23 @@ class LocalSandbox:
                 env=launch.environment(token),
             )
         try:
-            port = await _read_port(process, timeout)
+            url = await launch.ready_url(process, timeout)
+            port = urlsplit(url).port if url is not None else None
         except BaseException:
-            await _terminate(process)
+            await launch.stop(process, STOP_GRACE)
             raise
         if port is None:
             code = process.returncode
-            await _terminate(process)
+            await launch.stop(process, STOP_GRACE)
             detail = f"exited with status {code}" if code is not None else f"not ready in {timeout:g}s"
             raise SandboxStartFailed(f"the sandbox did not start ({detail}); see the agent's log")
-        tasks.start_soon(_drain, process, name=f"sandbox {process.pid} output")
+        tasks.start_soon(launch.drain, process, name=f"sandbox {process.pid} output")
         log.info("sandbox for %s on 127.0.0.1:%d (pid %d)", workspace.name, port, process.pid)
         return cls(process, port, token, workspace)
 
     async def stop(self) -> None:
         """Stop the process, then unmount its workspace (as root, a filesystem image: loop devices
         are the host's); the next sandbox for the session mounts it again."""
-        await _terminate(self.process)
+        await launch.stop(self.process, STOP_GRACE)
         if self.workspace is not None:
             await anyio.to_thread.run_sync(workspace_fs.detach, self.workspace)
-
-
-async def _read_port(process: anyio.abc.Process, timeout: float) -> int | None:
-    assert process.stdout is not None
-    buffered = b""
-    with anyio.move_on_after(timeout):
-        async for chunk in process.stdout:
-            buffered += chunk
-            *lines, rest = buffered.split(b"\n")
-            buffered = rest
-            for raw in lines:
-                line = raw.decode(errors="replace").strip()
-                if line.startswith(READY_PREFIX):
-                    return urlsplit(line[len(READY_PREFIX) :].strip()).port
-        await process.wait()
-    return None
-
-
-async def _drain(process: anyio.abc.Process) -> None:
-    assert process.stdout is not None
-    try:
-        async for _ in process.stdout:
-            pass
-    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-        pass
-
-
-async def _terminate(process: anyio.abc.Process) -> None:
-    """SIGTERM, then SIGKILL after a grace period; shielded so a cancelled worker still reaps it."""
-    with anyio.CancelScope(shield=True):
-        if process.returncode is None:
-            process.terminate()
-            with anyio.move_on_after(STOP_GRACE):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-        await process.aclose()

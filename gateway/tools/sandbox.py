@@ -21,7 +21,6 @@ process exactly (pid, start time, boot), so a restarted gateway stops any that s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import subprocess
 import time
@@ -33,7 +32,6 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from gateway.serving import READY_PREFIX
 from gateway.tools.pidfiles import STOP_GRACE, PidFiles, process_start
 from sandbox_server import auth, launch, workspace_fs
 
@@ -187,7 +185,7 @@ class SandboxPool:
             )
         pid_file = self.pid_files.record(session_id, process.pid) if self.pid_files is not None else None
         try:
-            url = await _ready_url(process, START_TIMEOUT)
+            url = await launch.ready_url(process, START_TIMEOUT)
         except BaseException:
             await _reap(process, pid_file, grace=0)
             raise
@@ -198,7 +196,7 @@ class SandboxPool:
             raise SandboxStartFailed(f"the sandbox did not start ({detail})")
         log.info("sandbox for %s at %s (pid %s)", session_id, url, process.pid)
         endpoint = SandboxEndpoint(url + "/mcp", auth.bearer_headers(token))
-        drain = asyncio.create_task(_drain(process))
+        drain = asyncio.create_task(launch.drain(process))
         return _Sandbox(process, endpoint, drain, self._clock(), pid_file, process_start(process.pid))
 
     async def stop(self, session_id: str) -> None:
@@ -249,45 +247,8 @@ class SandboxPool:
                 await self._terminate(sandbox)
 
 
-async def _ready_url(process: anyio.abc.Process, timeout: float) -> str | None:
-    """The URL from the child's ``listening on URL`` line; None if it exits or times out first."""
-    assert process.stdout is not None
-    buffered = b""
-    with anyio.move_on_after(timeout):
-        async for chunk in process.stdout:
-            buffered += chunk
-            *lines, buffered = buffered.split(b"\n")
-            for raw in lines:
-                line = raw.decode(errors="replace").strip()
-                if line.startswith(READY_PREFIX):
-                    return line[len(READY_PREFIX) :].strip()
-        await process.wait()
-    return None
-
-
-async def _drain(process: anyio.abc.Process) -> None:
-    """Keep reading the child's stdout so a chatty sandbox can never block on a full pipe."""
-    assert process.stdout is not None
-    try:
-        async for _ in process.stdout:
-            pass
-    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-        pass
-
-
 async def _reap(process: anyio.abc.Process, pid_file: Path | None, grace: float) -> None:
-    """SIGTERM (SIGKILL at once when ``grace`` is 0, or after it), wait, forget the pid file.
-    Shielded: a cancelled caller still leaves no process behind."""
-    with anyio.CancelScope(shield=True):
-        if process.returncode is None:
-            if grace > 0:
-                process.terminate()
-                with anyio.move_on_after(grace):
-                    await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            await process.aclose()
-        if pid_file is not None:
-            PidFiles.forget(pid_file)
+    """Stop the child (``launch.stop``), then forget its pid file."""
+    await launch.stop(process, grace)
+    if pid_file is not None:
+        PidFiles.forget(pid_file)
