@@ -24,13 +24,11 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sandbox_server.egress.validation import InvalidHost, check_allowed_host
+from sandbox_server.egress.validation import DNS_LABEL, NUMERIC_LABEL, InvalidHost, check_allowed_host
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 _NAME_CHARS = re.compile(r"^[a-z0-9_.-]+$")
-_NUMERIC_LABEL = re.compile(r"^(?:[0-9]+|0x[0-9a-f]*)$")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 PACKAGE_MANAGER_HOSTS: tuple[str, ...] = (
@@ -98,7 +96,7 @@ def _ipv4_literal(text: str) -> ipaddress.IPv4Address | None:
     Raises ``InvalidHost`` for names that end in a number but are no address.
     """
     last = text.rsplit(".", 1)[-1]
-    if not _NUMERIC_LABEL.match(last):
+    if not NUMERIC_LABEL.match(last):
         return None
     try:
         return ipaddress.IPv4Address(socket.inet_aton(text))
@@ -133,7 +131,7 @@ def parse_host(raw: str) -> Host:
     ip4 = _ipv4_literal(text)
     if ip4 is not None:
         return Host(str(ip4), ip4)
-    if not all(_LABEL.match(label) for label in text.split(".")):
+    if not all(DNS_LABEL.match(label) for label in text.split(".")):
         raise InvalidHost("not a valid host name")
     return Host(text)
 

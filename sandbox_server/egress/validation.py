@@ -28,8 +28,8 @@ import ipaddress
 import re
 
 MAX_NAME_LENGTH = 253
-_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
-_NUMERIC_LABEL = re.compile(r"^(?:[0-9]+|0x[0-9a-f]*)$")
+DNS_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+NUMERIC_LABEL = re.compile(r"^(?:[0-9]+|0x[0-9a-f]*)$")
 _NOT_BARE = re.compile(r"[/@?#\\]")
 
 SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -125,10 +125,10 @@ def _dns_name(text: str) -> str:
     if not name or len(name) > MAX_NAME_LENGTH:
         raise InvalidHost("not a valid host name")
     labels = name.split(".")
-    if _NUMERIC_LABEL.match(labels[-1]):
+    if NUMERIC_LABEL.match(labels[-1]):
         raise InvalidHost("ends in a number but is not an IPv4 address")
     for label in labels:
-        if not _LABEL.match(label):
+        if not DNS_LABEL.match(label):
             raise InvalidHost(f"label {label!r} is not a valid DNS label")
     return name
 
@@ -160,7 +160,7 @@ def check_allowed_host(raw: str) -> str:
         raise InvalidHost("a wildcard needs a domain name, not an IP address")
     if "*" in text:
         raise InvalidHost("only a leading '*.' wildcard is supported")
-    if _NUMERIC_LABEL.match(text.removesuffix(".").rsplit(".", 1)[-1]):
+    if NUMERIC_LABEL.match(text.removesuffix(".").rsplit(".", 1)[-1]):
         try:
             return str(ipaddress.IPv4Address(text))
         except ValueError:
