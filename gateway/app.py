@@ -21,8 +21,9 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from gateway.api import agents, egress, environments, files, sessions, vaults, webhooks, work
 from gateway.api.auth import APIKeyMiddleware
-from gateway.api.errors import HANDLERS
+from gateway.api.errors import HANDLERS, STORE_RETRY_AFTER_SECONDS
 from gateway.api.state import GatewayState
+from gateway.background import supervised
 from gateway.config import SCRIPTED_MODEL_PATH, Settings
 from gateway.harness.loop import Harness
 from gateway.harness.model import make_client
@@ -36,8 +37,11 @@ from gateway.scripted_model.script import ScriptBook
 from gateway.scripted_model.server import create_app as create_scripted_model
 from gateway.serving import bind_socket, serve_socket, socket_url
 from gateway.store import open_store
+from gateway.store.base import StoreUnavailable
+from gateway.store.patient import patient
 from gateway.tools.sandbox import SandboxPool
 from gateway.tools.sandbox_plan import SandboxPlanner, SelfHostedSandboxes
+from gateway.tools.start_queue import StartQueue
 from gateway.tunnels import wiring as tunnel_wiring
 from gateway.ui import routes as ui_routes
 from gateway.vault.keyring import KeyRing
@@ -48,6 +52,7 @@ from policies.rules import PolicyError
 log = logging.getLogger("tether")
 
 DEMO_SCRIPT = Path(__file__).parent / "scripted_model" / "demo_script.json"
+READY_CHECK_SECONDS = 2.0
 
 
 class SandboxCatalog:
@@ -69,7 +74,26 @@ class SandboxCatalog:
 
 
 async def health(request: Request) -> JSONResponse:
+    """Liveness: the process serves. Restarting it would not help a database outage."""
     return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> JSONResponse:
+    """Readiness: the store takes writes now, so requests can be served (503 while it cannot)."""
+    gateway = getattr(request.app.state, "gateway", None)
+    if gateway is None:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    try:
+        with anyio.fail_after(READY_CHECK_SECONDS):
+            await gateway.store.check()
+    except (StoreUnavailable, TimeoutError) as exc:
+        reason = str(exc) or "the store did not answer within the readiness check's time"
+        return JSONResponse(
+            {"status": "unavailable", "reason": reason},
+            status_code=503,
+            headers={"retry-after": str(STORE_RETRY_AFTER_SECONDS)},
+        )
+    return JSONResponse({"status": "ready"})
 
 
 def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlette:
@@ -79,20 +103,28 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         shutdown_tracing = tracing.configure_tracing()
         raw_store = await open_store(settings.database_url)
-        dispatcher = WebhookDispatcher.from_env(raw_store)
+        # Background work waits out a database outage; the API answers 503 at once instead.
+        dispatcher = WebhookDispatcher.from_env(patient(raw_store))
         # Every committed append feeds the metrics and queues status webhooks (never blocking).
-        store = observe_store(raw_store, metrics.observe_events, dispatcher.observe)
+        observers = (metrics.observe_events, dispatcher.observe)
+        store = observe_store(raw_store, *observers)
+        work_store = observe_store(patient(raw_store), *observers)
         keyring = KeyRing.load(settings.data_dir / "master.keys", os.environ.get("TETHER_MASTER_KEY"))
         sandboxes = SandboxPool(
             settings.workspaces_dir,
             settings.sandbox_args,
             # Never reap a sandbox while a tool call could still be running in it.
             idle_seconds=max(settings.sandbox_idle_seconds, settings.tool_timeout + 60),
-            plan=SandboxPlanner(store, keyring, settings.public_url, settings.data_dir),
+            plan=SandboxPlanner(work_store, keyring, settings.public_url, settings.data_dir),
             # Self-hosted sessions use the sandbox their on-prem worker runs, through its tunnel.
-            locate=SelfHostedSandboxes(store, settings.tunnel_base_domain, settings.self_hosted_wait_seconds),
+            locate=SelfHostedSandboxes(
+                work_store, settings.tunnel_base_domain, settings.self_hosted_wait_seconds
+            ),
             # A pid file per running sandbox, so a restart finds any a killed gateway left behind.
             state_dir=settings.data_dir / "sandboxes",
+            # Starts take turns, so a burst of sessions never times out for lack of CPU.
+            start_queue=StartQueue(settings.sandbox_start_concurrency),
+            start_timeout=settings.sandbox_start_timeout,
         )
         model = make_client(
             settings.model_api_key or settings.api_keys[0],
@@ -106,7 +138,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
                 anyio.create_task_group() as tasks,
             ):
                 harness = Harness(
-                    store=store,
+                    store=work_store,
                     model=model,
                     sandboxes=sandboxes,
                     sandbox_catalog=SandboxCatalog(),
@@ -122,9 +154,12 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
                     ),
                 )
                 runner = SessionRunner(harness, tasks, lease_ttl=settings.lease_ttl_seconds)
-                tasks.start_soon(sandboxes.reap_forever, name="sandbox reaper")
-                tasks.start_soon(runner.pickup_forever, name="session pickup")
-                tasks.start_soon(dispatcher.run, name="webhook deliveries")
+                for name, loop in (
+                    ("sandbox reaper", sandboxes.reap_forever),
+                    ("session pickup", runner.pickup_forever),
+                    ("webhook deliveries", dispatcher.run),
+                ):
+                    tasks.start_soon(supervised, name, loop, name=name)
                 app.state.gateway = GatewayState(settings, store, runner, sandboxes, keyring)
                 async with mcp_gateway.lifespan(
                     app, store, keyring, policies or PolicySet(), settings, transport_for=hub.transport_for
@@ -140,6 +175,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
 
     routes: list[BaseRoute] = [
         Route("/health", health),
+        Route("/ready", ready),
         *agents.routes,
         *environments.routes,
         *sessions.routes,
@@ -165,6 +201,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
                 keys=settings.api_keys,
                 public_paths=(
                     "/health",
+                    "/ready",
                     egress.PATH,
                     *tunnel_wiring.PUBLIC_PATHS,
                     *ui_routes.PUBLIC_PATHS,

@@ -44,8 +44,10 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "wa
 
 def serve_socket(app: Any, sock: socket.socket, log_level: str = "warning") -> None:
     """Serve on an already bound socket (when the app must know its own URL before starting)."""
-    config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=5)
+    watched = _LifespanWatch(app)
+    config = uvicorn.Config(watched, log_level=log_level, lifespan="on", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
+    watched.server = server
 
     original_startup = server.startup
 
@@ -59,5 +61,38 @@ def serve_socket(app: Any, sock: socket.socket, log_level: str = "warning") -> N
         server.run(sockets=[sock])
     finally:
         sock.close()
-    if not server.started:
+    if not server.started or watched.died:
         sys.exit(1)
+
+
+class _LifespanWatch:
+    """Stops the server when the app's lifespan ends without being asked to.
+
+    uvicorn logs a lifespan that fails after startup and goes on serving; the app's store
+    and background work are gone by then, so every request would fail while health checks
+    pass. Exiting (non-zero) lets the supervisor restart a whole gateway instead.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.server: uvicorn.Server | None = None
+        self.died = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        asked_to_stop = False
+
+        async def receiving() -> Any:
+            nonlocal asked_to_stop
+            message = await receive()
+            asked_to_stop = asked_to_stop or message["type"] == "lifespan.shutdown"
+            return message
+
+        try:
+            await self.app(scope, receiving, send)
+        finally:
+            if not asked_to_stop and self.server is not None and self.server.started:
+                self.died = True
+                self.server.should_exit = True

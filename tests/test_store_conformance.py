@@ -22,8 +22,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from gateway.store import open_store
 from gateway.store.base import Body, EventQuery, LeaseLost, Store
 from gateway.store.chain import GENESIS, verify
+from gateway.store.pg_listener import LISTENER_APPLICATION_NAME
 from gateway.store.pg_schema import MIGRATIONS, migrate
-from gateway.store.postgres import LISTENER_APPLICATION_NAME, PostgresStore
+from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
 from tests.support.postgres import fresh_database
 

@@ -10,6 +10,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.errors import TetherError
+from gateway.store.base import StoreUnavailable
 
 log = logging.getLogger("tether.api")
 
@@ -25,6 +26,10 @@ _STATUS_TYPES = {
     429: "rate_limit_error",
     529: "overloaded_error",
 }
+
+
+STORE_RETRY_AFTER_SECONDS = 2
+"""What a client is told to wait while the database cannot serve (outages last seconds)."""
 
 
 def error_response(status: int, error_type: str, message: str) -> JSONResponse:
@@ -63,6 +68,16 @@ async def client_disconnected(request: Request, exc: Exception) -> Response:
     return error_response(400, "invalid_request_error", "the client disconnected before sending the body")
 
 
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    """A database outage is the service's, not the request's: 503, and when to try again."""
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    response = error_response(
+        503, "api_error", "The gateway's database is unavailable right now; retry shortly."
+    )
+    response.headers["retry-after"] = str(STORE_RETRY_AFTER_SECONDS)
+    return response
+
+
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "api_error", "internal error")
@@ -72,5 +87,6 @@ HANDLERS = {
     TetherError: tether_error,
     HTTPException: http_error,
     ClientDisconnect: client_disconnected,
+    StoreUnavailable: store_unavailable,
     Exception: unexpected_error,
 }

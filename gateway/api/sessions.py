@@ -25,6 +25,7 @@ from gateway.errors import InvalidRequest
 from gateway.resources import sessions
 from gateway.schemas.sessions import SendEvents, SessionCreate, SessionUpdate
 from gateway.store.base import EventQuery, StoredEvent
+from gateway.store.patient import patient
 
 STREAM_BATCH = 500
 KEEPALIVE_SECONDS = 15.0
@@ -161,7 +162,8 @@ async def stream_events(request: Request) -> StreamingResponse:
 
 
 async def _sse(request: Request, session_id: str, cursor: int) -> AsyncIterator[str]:
-    store = state(request).store
+    # A stream outlives a database outage: it waits for the store instead of breaking off.
+    store = patient(state(request).store)
     while True:
         batch = await store.read_events(session_id, EventQuery(after_seq=cursor, limit=STREAM_BATCH))
         for event in batch:

@@ -81,6 +81,7 @@ class Harness:
     async def run(self, run: Run) -> None:
         session = await self.store.get("session", run.session_id)
         if session is None or session["status"] == "terminated" or session.get("archived_at"):
+            run.last_seq = await self.store.last_seq(run.session_id)  # nothing here to answer
             return
         agent = session["agent"]
         run.vault_ids = list(session.get("vault_ids") or [])
@@ -154,7 +155,10 @@ class Harness:
         stored = await self.store.append_events(
             run.session_id, [_without_nul(b) for b in bodies], fence=run.lease
         )
-        run.last_seq = max(run.last_seq, stored[-1].seq)
+        # Only a batch right after what the run has seen extends it: anything appended in
+        # between (a client's message) is still unseen.
+        if stored[0].seq == run.last_seq + 1:
+            run.last_seq = stored[-1].seq
 
     async def _ensure_running(self, run: Run, transcript: Transcript) -> None:
         if transcript.status != "running":

@@ -2,8 +2,13 @@
 
 A run holds the session's lease (renewed in the background, every append fenced
 with it). Sessions whose owner died are found by a periodic pickup scan and
-resumed from the log; on shutdown, running sessions are handed back as
-``rescheduling`` so another process (or the next start) continues them.
+resumed from the log, as are sessions with client input no run has answered
+yet (a durable wake-up written with the input, so a crash between accepting a
+message and waking the harness strands nothing). On shutdown, running sessions are
+handed back as ``rescheduling`` so another process (or the next start) continues them.
+
+The runner is meant to be given a patient store (``gateway.store.patient``): a
+database outage pauses runs instead of failing them.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class SessionRunner:
         self._runs: dict[str, Run] = {}
         self._again: set[str] = set()
         self._contended: set[str] = set()
+        """Sessions to look at again on the next pickup: held elsewhere, or whose drive failed."""
         self._stopping = False
 
     def wake(self, session_id: str) -> None:
@@ -93,28 +99,38 @@ class SessionRunner:
 
     async def _drive(self, session_id: str) -> None:
         try:
-            while not self._stopping:
-                lease = await self.store.acquire_lease(session_id, self.owner, self.lease_ttl)
-                if lease is None:
-                    self._contended.add(session_id)
-                    return
-                self._contended.discard(session_id)
-                run = Run(session_id, lease)
-                self._runs[session_id] = run
-                try:
-                    await self._run_once(run)
-                finally:
-                    self._runs.pop(session_id, None)
-                    if not self._stopping and run.lease is not None:
-                        await self.store.release_lease(run.lease)
-                # Something appended after this run's last look (here or by another process)?
-                newer = await self.store.last_seq(session_id) > run.last_seq
-                if session_id not in self._again and not newer:
-                    return
+            while not self._stopping and await self._drive_once(session_id):
                 self._again.discard(session_id)
                 self._scopes[session_id] = anyio.CancelScope()
+        except Exception:
+            # Never let one session take the process's task group down; pickup tries again.
+            log.exception("driving %s failed; the next pickup retries it", session_id)
+            self._contended.add(session_id)
         finally:
             self._scopes.pop(session_id, None)
+
+    async def _drive_once(self, session_id: str) -> bool:
+        """One run under the lease; True when the session needs another look at once."""
+        lease = await self.store.acquire_lease(session_id, self.owner, self.lease_ttl)
+        if lease is None:
+            self._contended.add(session_id)
+            return False
+        self._contended.discard(session_id)
+        run = Run(session_id, lease)
+        self._runs[session_id] = run
+        try:
+            await self._run_once(run)
+            if not self._stopping and run.lease is not None:
+                # Everything up to what this run has seen is handled: no pickup needed for it.
+                await self.store.mark_answered(run.lease, run.last_seq)
+        finally:
+            self._runs.pop(session_id, None)
+            if not self._stopping and run.lease is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.store.release_lease(run.lease)
+        # Something appended after this run's last look (here or by another process)?
+        newer = await self.store.last_seq(session_id) > run.last_seq
+        return session_id in self._again or newer
 
     async def _run_once(self, run: Run) -> None:
         scope = self._scopes[run.session_id]
@@ -140,6 +156,8 @@ class SessionRunner:
                 await self._record_interrupt(run)
 
     async def _renew(self, run: Run, scope: anyio.CancelScope) -> None:
+        """Keep the lease alive. During a store outage the renewal waits (the store is patient);
+        the fence keeps a takeover meanwhile safe, and the renewal reports it once it is back."""
         while True:
             await anyio.sleep(self.lease_ttl / 3)
             assert run.lease is not None

@@ -24,6 +24,13 @@ SESSION_STATUS_OF_EVENT = {
 client never sees the event while the session still reports the old status."""
 
 
+WAKES_HARNESS = frozenset(
+    {"user.message", "user.interrupt", "user.tool_confirmation", "user.custom_tool_result"}
+)
+"""Client events the harness must look at. Appending one records a durable wake-up in the same
+transaction, so input accepted just before a crash is still found by pickup afterwards."""
+
+
 def status_after(events: Sequence[Body]) -> str | None:
     """The session status a batch of events leaves behind, if it contains a status event."""
     status = None
@@ -83,6 +90,15 @@ class Lease:
 
 class LeaseLost(Exception):
     """Raised by a fenced append or a renewal when another process has taken the lease."""
+
+
+class StoreUnavailable(Exception):
+    """The database cannot serve right now (locked, full, unreachable, restarting).
+
+    Transient by definition: nothing was written by the failed call, or (for a commit whose
+    answer was lost) the write is idempotent to check by id. Callers wait and retry; the API
+    answers 503 with ``Retry-After``.
+    """
 
 
 class Store(Protocol):
@@ -172,5 +188,16 @@ class Store(Protocol):
         ...
 
     async def sessions_needing_harness(self, limit: int) -> list[str]:
-        """Sessions with status ``running`` or ``rescheduling`` whose lease is missing or expired."""
+        """Sessions whose lease is missing or expired and that have status ``running`` or
+        ``rescheduling``, or a wake-up (``WAKES_HARNESS``) past what a run has answered."""
+        ...
+
+    async def mark_answered(self, lease: Lease, through_seq: int) -> None:
+        """A run holding ``lease`` has looked at the log through ``through_seq``: wake-ups up to
+        there are handled. A no-op when the lease has changed hands meanwhile."""
+        ...
+
+    # Health.
+    async def check(self) -> None:
+        """Raise ``StoreUnavailable`` unless the store can take a write right now (readiness)."""
         ...

@@ -76,6 +76,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        2,
+        "durable wake-ups: client input the harness has yet to answer",
+        # wake_seq: the session's newest event the harness must look at (a user message, a
+        # confirmation...), written in the append's transaction; answered_seq: how far a run
+        # has looked. Pickup resumes any session where the first is past the second.
+        """
+        CREATE TABLE wakeups (
+            session_id text PRIMARY KEY,
+            wake_seq bigint NOT NULL,
+            answered_seq bigint NOT NULL DEFAULT 0
+        );
+        """,
+    ),
 )
 
 # An arbitrary constant naming "tether schema migrations" among advisory locks.

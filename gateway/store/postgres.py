@@ -18,8 +18,6 @@ connection under a lock, this backend gets from the database itself:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -28,26 +26,32 @@ from typing import Any, Literal
 import anyio
 import asyncpg
 
-from gateway.store.base import Body, EventQuery, Lease, LeaseLost, Mutation, Page, StoredEvent, status_after
+from gateway.store.base import (
+    WAKES_HARNESS,
+    Body,
+    EventQuery,
+    Lease,
+    LeaseLost,
+    Mutation,
+    Page,
+    StoredEvent,
+    status_after,
+)
 from gateway.store.chain import GENESIS, ChainLink, link_hash
-from gateway.store.notifier import Notifier
+from gateway.store.pg_errors import translate_errors
+from gateway.store.pg_listener import CHANNEL, Listener, Waiters
 from gateway.store.pg_schema import migrate
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "tether_events"
-"""NOTIFY channel; the payload is the session id."""
-
-LISTENER_APPLICATION_NAME = "tether-listener"
-"""Names the LISTEN connection in ``pg_stat_activity`` (operators and tests can find it)."""
-
 _NOW = "extract(epoch FROM clock_timestamp())::float8"
 
 
+@translate_errors
 class PostgresStore:
     """Create with ``await PostgresStore.connect(dsn)``; the constructor does no I/O."""
 
-    def __init__(self, pool: asyncpg.Pool, listener: _Listener, waiters: _Waiters) -> None:
+    def __init__(self, pool: asyncpg.Pool, listener: Listener, waiters: Waiters) -> None:
         self._pool = pool
         self._listener = listener
         self._waiters = waiters
@@ -64,8 +68,8 @@ class PostgresStore:
         try:
             async with pool.acquire() as conn:
                 await migrate(conn)
-            waiters = _Waiters()
-            listener = _Listener(dsn, waiters, ping_interval)
+            waiters = Waiters()
+            listener = Listener(dsn, waiters, ping_interval)
             await listener.start()
         except BaseException:
             await pool.close()
@@ -75,6 +79,9 @@ class PostgresStore:
     async def close(self) -> None:
         await self._listener.stop()
         await self._pool.close()
+
+    async def check(self) -> None:
+        await self._pool.fetchval("SELECT 1", timeout=5.0)
 
     # Resources ---------------------------------------------------------------------------
 
@@ -100,6 +107,7 @@ class PostgresStore:
                 # Lease before head: the same lock order as a fenced append, so no deadlock.
                 await conn.execute("DELETE FROM leases WHERE session_id = $1", resource_id)
                 await conn.execute("DELETE FROM event_heads WHERE session_id = $1", resource_id)
+                await conn.execute("DELETE FROM wakeups WHERE session_id = $1", resource_id)
                 await conn.execute("DELETE FROM events WHERE session_id = $1", resource_id)
         return bool(status != "DELETE 0")
 
@@ -215,6 +223,14 @@ class PostgresStore:
                 stored[-1].seq,
                 stored[-1].hash,
             )
+            wakes = [e.seq for e in stored if e.type in WAKES_HARNESS]
+            if wakes:
+                await conn.execute(
+                    "INSERT INTO wakeups (session_id, wake_seq) VALUES ($1, $2) "
+                    "ON CONFLICT (session_id) DO UPDATE SET wake_seq = excluded.wake_seq",
+                    session_id,
+                    wakes[-1],
+                )
             status = status_after(events)
             if status is not None:
                 await conn.execute(
@@ -334,106 +350,24 @@ class PostgresStore:
         # a scan; a skipped session is picked up by the scanner holding it or the next scan.
         rows = await self._pool.fetch(
             "SELECT r.id FROM resources r LEFT JOIN leases l ON l.session_id = r.id "
+            "LEFT JOIN wakeups w ON w.session_id = r.id "
             "WHERE r.kind = 'session' AND NOT r.archived "
-            "AND r.body ->> 'status' IN ('running', 'rescheduling') "
+            "AND (r.body ->> 'status' IN ('running', 'rescheduling') OR w.wake_seq > w.answered_seq) "
             f"AND (l.session_id IS NULL OR l.expires_at < {_NOW}) "
             "ORDER BY r.pos LIMIT $1 FOR UPDATE OF r SKIP LOCKED",
             limit,
         )
         return [row["id"] for row in rows]
 
-
-class _Waiters(Notifier):
-    def notify_all(self) -> None:
-        """Wake every waiter so it re-checks the log (after notifications may have been lost)."""
-        for key in list(self._events):
-            self.notify(key)
-
-
-class _Listener:
-    """The store's one LISTEN connection, kept alive and fanned out to in-process waiters.
-
-    Notifications sent while it is disconnected are lost, so every (re)connection wakes all
-    waiters once: each re-reads ``last_seq`` and goes back to sleep if nothing is new.
-    """
-
-    _RETRY_FIRST = 0.05
-    _RETRY_MAX = 2.0
-
-    def __init__(self, dsn: str, waiters: _Waiters, ping_interval: float) -> None:
-        self._dsn = dsn
-        self._waiters = waiters
-        self._ping_interval = ping_interval
-        self._conn: asyncpg.Connection | None = None
-        self._lost = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self.connects = 0
-        """How many times LISTEN was set up; observable for tests and diagnostics."""
-
-    async def start(self) -> None:
-        """Listen before returning (a failure here fails ``connect``), then supervise."""
-        await self._listen()
-        self._task = asyncio.create_task(self._supervise(), name="tether-pg-listener")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self._disconnect()
-
-    async def _listen(self) -> None:
-        conn = await asyncpg.connect(
-            self._dsn, server_settings={"application_name": LISTENER_APPLICATION_NAME}
+    async def mark_answered(self, lease: Lease, through_seq: int) -> None:
+        await self._pool.execute(
+            "UPDATE wakeups SET answered_seq = GREATEST(answered_seq, $2) WHERE session_id = $1 "
+            "AND EXISTS (SELECT 1 FROM leases WHERE session_id = $1 AND owner = $3 AND generation = $4)",
+            lease.session_id,
+            through_seq,
+            lease.owner,
+            lease.generation,
         )
-        lost = asyncio.Event()
-        conn.add_termination_listener(lambda _conn: lost.set())
-        try:
-            await conn.add_listener(CHANNEL, self._on_notify)
-        except BaseException:
-            conn.terminate()
-            raise
-        self._conn, self._lost = conn, lost
-        self.connects += 1
-        self._waiters.notify_all()
-
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, session_id: str) -> None:
-        self._waiters.notify(session_id)
-
-    async def _supervise(self) -> None:
-        while True:
-            await self._until_lost()
-            log.warning("store listener connection lost; reconnecting")
-            await self._disconnect()
-            delay = self._RETRY_FIRST
-            while True:
-                try:
-                    await self._listen()
-                    break
-                except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("store listener reconnect failed (%s); retrying in %.2fs", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self._RETRY_MAX)
-
-    async def _until_lost(self) -> None:
-        """Return once the connection is closed or stops answering pings."""
-        while True:
-            try:
-                await asyncio.wait_for(self._lost.wait(), self._ping_interval)
-                return
-            except TimeoutError:
-                pass
-            assert self._conn is not None
-            try:
-                await self._conn.fetchval("SELECT 1", timeout=self._ping_interval)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                return
-
-    async def _disconnect(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            conn.terminate()
 
 
 class _Params:

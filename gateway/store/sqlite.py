@@ -1,25 +1,34 @@
 """SQLite (WAL) implementation of the store: the embedded default.
 
-One connection, used from worker threads under a lock, so the event loop never
-blocks on disk and every read-modify-write is atomic.
+Writes go through one connection under a lock, so every read-modify-write is atomic;
+reads use connections of their own and never wait for a write (see ``sqlite_conn``).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import anyio
-import anyio.to_thread
 
-from gateway.store.base import Body, EventQuery, Lease, LeaseLost, Mutation, Page, StoredEvent, status_after
+from gateway.store.base import (
+    WAKES_HARNESS,
+    Body,
+    EventQuery,
+    Lease,
+    LeaseLost,
+    Mutation,
+    Page,
+    StoredEvent,
+    status_after,
+)
 from gateway.store.chain import GENESIS, ChainLink, link_hash
 from gateway.store.notifier import Notifier
+from gateway.store.sqlite_conn import BUSY_TIMEOUT_SECONDS, Connections
 
 T = TypeVar("T")
 
@@ -57,6 +66,15 @@ CREATE TABLE IF NOT EXISTS leases (
     generation INTEGER NOT NULL,
     expires_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS wakeups (
+    session_id TEXT PRIMARY KEY,
+    wake_seq INTEGER NOT NULL,
+    answered_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS health (
+    id INTEGER PRIMARY KEY,
+    checked_at REAL NOT NULL
+);
 """
 
 
@@ -65,24 +83,16 @@ def _json_path(dotted: str) -> str:
 
 
 class SQLiteStore:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
         self._path = str(path)
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA busy_timeout=5000")
-        self._conn.executescript(SCHEMA)
-        self._lock = threading.Lock()
+        self._db = Connections(self._path, lambda conn: conn.executescript(SCHEMA), busy_timeout)
         self._notifier = Notifier()
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def call() -> T:
-            with self._lock:
-                return fn(self._conn)
-
-        return await anyio.to_thread.run_sync(call)
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A read: on a connection of its own, never behind a write."""
+        return await self._db.read(fn)
 
     async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call(conn: sqlite3.Connection) -> T:
@@ -95,15 +105,27 @@ class SQLiteStore:
             conn.execute("COMMIT")
             return result
 
-        return await self._run(call)
+        return await self._db.write(call)
 
     async def close(self) -> None:
-        await self._run(lambda conn: conn.close())
+        await self._db.close()
+
+    async def check(self) -> None:
+        def probe(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("INSERT OR REPLACE INTO health (id, checked_at) VALUES (1, ?)", (time.time(),))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+        await self._db.write(probe, abandon_on_cancel=True)
 
     # Resources ---------------------------------------------------------------------------
 
     async def insert(self, kind: str, body: Body) -> None:
-        await self._run(lambda conn: self._insert(conn, kind, body))
+        await self._db.write(lambda conn: self._insert(conn, kind, body))
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, kind: str, body: Body) -> None:
@@ -113,7 +135,7 @@ class SQLiteStore:
         )
 
     async def get(self, kind: str, resource_id: str) -> Body | None:
-        row = await self._run(
+        row = await self._read(
             lambda conn: conn.execute(
                 "SELECT body FROM resources WHERE kind = ? AND id = ?", (kind, resource_id)
             ).fetchone()
@@ -143,6 +165,7 @@ class SQLiteStore:
             if kind == "session":
                 conn.execute("DELETE FROM events WHERE session_id = ?", (resource_id,))
                 conn.execute("DELETE FROM leases WHERE session_id = ?", (resource_id,))
+                conn.execute("DELETE FROM wakeups WHERE session_id = ?", (resource_id,))
             return cursor.rowcount > 0
 
         return await self._transaction(delete)
@@ -180,7 +203,7 @@ class SQLiteStore:
             f"SELECT rowid_, body FROM resources WHERE {' AND '.join(clauses)} "
             f"ORDER BY rowid_ {direction} LIMIT ?"
         )
-        rows = await self._run(lambda conn: conn.execute(sql, (*params, limit + 1)).fetchall())
+        rows = await self._read(lambda conn: conn.execute(sql, (*params, limit + 1)).fetchall())
         return _page(rows, limit)
 
     # Agents ------------------------------------------------------------------------------
@@ -215,7 +238,7 @@ class SQLiteStore:
         return await self._transaction(update)
 
     async def get_agent_version(self, agent_id: str, version: int) -> Body | None:
-        row = await self._run(
+        row = await self._read(
             lambda conn: conn.execute(
                 "SELECT body FROM agent_versions WHERE agent_id = ? AND version = ?", (agent_id, version)
             ).fetchone()
@@ -229,7 +252,7 @@ class SQLiteStore:
             sql += " AND rowid_ < ?"
             params.append(cursor)
         sql += " ORDER BY rowid_ DESC LIMIT ?"
-        rows = await self._run(lambda conn: conn.execute(sql, (*params, limit + 1)).fetchall())
+        rows = await self._read(lambda conn: conn.execute(sql, (*params, limit + 1)).fetchall())
         return _page(rows, limit)
 
     # The session log ---------------------------------------------------------------------
@@ -269,6 +292,13 @@ class SQLiteStore:
                 )
                 stored.append(event)
                 prev = digest
+            wakes = [e.seq for e in stored if e.type in WAKES_HARNESS]
+            if wakes:
+                conn.execute(
+                    "INSERT INTO wakeups (session_id, wake_seq) VALUES (?, ?) "
+                    "ON CONFLICT (session_id) DO UPDATE SET wake_seq = excluded.wake_seq",
+                    (session_id, wakes[-1]),
+                )
             status = status_after(events)
             if status is not None:
                 conn.execute(
@@ -304,14 +334,14 @@ class SQLiteStore:
         if query.limit is not None:
             sql += " LIMIT ?"
             params.append(query.limit)
-        rows = await self._run(lambda conn: conn.execute(sql, params).fetchall())
+        rows = await self._read(lambda conn: conn.execute(sql, params).fetchall())
         return [
             StoredEvent(session_id, seq, id_, type_, json.loads(body), prev, digest)
             for seq, id_, type_, body, prev, digest in rows
         ]
 
     async def last_seq(self, session_id: str) -> int:
-        (last,) = await self._run(
+        (last,) = await self._read(
             lambda conn: conn.execute(
                 "SELECT COALESCE(MAX(seq), 0) FROM events WHERE session_id = ?", (session_id,)
             ).fetchone()
@@ -319,7 +349,7 @@ class SQLiteStore:
         return int(last)
 
     async def event_seq(self, session_id: str, event_id: str) -> int | None:
-        row = await self._run(
+        row = await self._read(
             lambda conn: conn.execute(
                 "SELECT seq FROM events WHERE session_id = ? AND id = ?", (session_id, event_id)
             ).fetchone()
@@ -366,7 +396,7 @@ class SQLiteStore:
         return await self._transaction(renew)
 
     async def release_lease(self, lease: Lease) -> None:
-        await self._run(
+        await self._db.write(
             lambda conn: conn.execute(
                 "UPDATE leases SET expires_at = 0 WHERE session_id = ? AND owner = ? AND generation = ?",
                 (lease.session_id, lease.owner, lease.generation),
@@ -374,19 +404,30 @@ class SQLiteStore:
         )
 
     async def sessions_needing_harness(self, limit: int) -> list[str]:
-        rows = await self._run(
+        rows = await self._read(
             lambda conn: conn.execute(
                 "SELECT r.id FROM resources r LEFT JOIN leases l ON l.session_id = r.id "
+                "LEFT JOIN wakeups w ON w.session_id = r.id "
                 "WHERE r.kind = 'session' AND r.archived = 0 "
-                "AND json_extract(r.body, '$.status') IN ('running', 'rescheduling') "
+                "AND (json_extract(r.body, '$.status') IN ('running', 'rescheduling') "
+                "     OR w.wake_seq > w.answered_seq) "
                 "AND (l.session_id IS NULL OR l.expires_at < ?) ORDER BY r.rowid_ LIMIT ?",
                 (time.time(), limit),
             ).fetchall()
         )
         return [row[0] for row in rows]
 
+    async def mark_answered(self, lease: Lease, through_seq: int) -> None:
+        await self._transaction(
+            lambda conn: conn.execute(
+                "UPDATE wakeups SET answered_seq = MAX(answered_seq, ?) WHERE session_id = ? "
+                "AND EXISTS (SELECT 1 FROM leases WHERE session_id = ? AND owner = ? AND generation = ?)",
+                (through_seq, lease.session_id, lease.session_id, lease.owner, lease.generation),
+            )
+        )
+
     async def read_chain(self, session_id: str) -> list[ChainLink]:
-        rows = await self._run(
+        rows = await self._read(
             lambda conn: conn.execute(
                 "SELECT seq, id, prev_hash, hash, body FROM events WHERE session_id = ? ORDER BY seq",
                 (session_id,),

@@ -75,8 +75,8 @@ async def bash(client: Client, command: str, timeout_ms: int | None = None) -> C
 async def still_answers(client: Client) -> None:
     started = time.monotonic()
     result = await bash(client, "echo alive")
-    assert not result.is_error
-    assert text(result) == "alive\n"
+    assert not result.is_error, text(result)
+    assert text(result) == "alive\n", text(result)
     assert time.monotonic() - started < 10, "the sandbox answers promptly after the attempt"
 
 
