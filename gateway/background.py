@@ -21,9 +21,9 @@ HEALTHY_SECONDS = 60.0
 """A loop that ran this long before failing starts over with the shortest delay."""
 
 
-async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+async def supervised(name: str, loop: Callable[[], Awaitable[None]], backoff: Backoff | None = None) -> None:
     """Run ``loop`` until it returns; restart it after every exception."""
-    backoff = Backoff(first=0.5, maximum=30.0)
+    backoff = backoff or Backoff(first=0.5, maximum=30.0)
     while True:
         started = anyio.current_time()
         try:
