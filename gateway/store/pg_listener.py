@@ -67,7 +67,7 @@ class Listener:
 
     async def _listen(self) -> None:
         conn = await asyncpg.connect(
-            self._dsn, server_settings={"application_name": LISTENER_APPLICATION_NAME}
+            self._dsn, server_settings={"application_name": LISTENER_APPLICATION_NAME}, timeout=5.0
         )
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())

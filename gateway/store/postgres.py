@@ -44,6 +44,9 @@ from gateway.store.pg_schema import migrate
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT = 5.0
+"""Seconds to wait for a new connection: an unreachable server is an outage, not a hang."""
+
 _NOW = "extract(epoch FROM clock_timestamp())::float8"
 
 
@@ -64,7 +67,9 @@ class PostgresStore:
 
         ``ping_interval`` bounds how long a silently dead LISTEN connection goes unnoticed.
         """
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection, timeout=CONNECT_TIMEOUT
+        )
         try:
             async with pool.acquire() as conn:
                 await migrate(conn)
