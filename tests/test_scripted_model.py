@@ -344,6 +344,69 @@ async def test_hang_after_events_times_out_the_client(
     assert "content_block_delta" in received and "message_stop" not in received
 
 
+async def _attempt(client: anthropic.AsyncAnthropic, match: str) -> tuple[list[str], Any]:
+    """One streamed request: the events the SDK yielded, and its final message or the error."""
+    events: list[str] = []
+    try:
+        async with client.messages.stream(model=MODEL, max_tokens=10, messages=[user(match)]) as stream:
+            async for event in stream:
+                events.append(event.type)
+            return events, await stream.get_final_message()
+    except (ValueError, httpx2.HTTPError) as exc:
+        return events, exc
+
+
+@pytest.mark.anyio
+async def test_stream_faults_break_the_first_attempts_in_order_then_the_reply_streams_whole(
+    client: anthropic.AsyncAnthropic, admin: httpx2.AsyncClient
+) -> None:
+    match = marker()
+    tool_input = {"command": "echo hi", "timeout_ms": 60000}
+    await add_script(
+        admin,
+        match,
+        [
+            {
+                "truncate_first": 1,
+                "malformed_tool_json_first": 1,
+                "reset_first": 1,
+                "reset_after_events": 2,
+                "content": [{"type": "tool_use", "name": "bash", "input": tool_input}],
+            }
+        ],
+    )
+
+    # Truncated: the body ends cleanly right before message_delta, so there is no stop_reason.
+    events, truncated = await _attempt(client, match)
+    assert events[-1] == "content_block_stop" and "message_stop" not in events
+    assert truncated.stop_reason is None
+    # Malformed: the SDK's accumulator cannot parse the tool input.
+    events, malformed = await _attempt(client, match)
+    assert isinstance(malformed, ValueError) and "Unable to parse tool parameter JSON" in str(malformed)
+    # Reset: the connection drops after two events without finishing the chunked body.
+    events, reset = await _attempt(client, match)
+    assert events == ["message_start", "content_block_start"]
+    assert isinstance(reset, httpx2.RemoteProtocolError)
+    # Then the reply, whole.
+    events, whole = await _attempt(client, match)
+    assert events[-1] == "message_stop" and whole.stop_reason == "tool_use"
+    assert whole.content[0].input == tool_input
+
+
+@pytest.mark.anyio
+async def test_stream_faults_leave_a_non_streamed_request_whole(
+    client: anthropic.AsyncAnthropic, admin: httpx2.AsyncClient
+) -> None:
+    match = marker()
+    await add_script(
+        admin, match, [{"truncate_first": 1, "content": [{"type": "text", "text": "all of it"}]}]
+    )
+
+    message = await client.messages.create(model=MODEL, max_tokens=10, messages=[user(match)])
+
+    assert only_text(message) == "all of it" and message.stop_reason == "end_turn"
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("script", "field"),
@@ -358,6 +421,13 @@ async def test_hang_after_events_times_out_the_client(
             "turns.0.fail_first.0.status",
         ),
         ({"match": "m", "turns": [{"contnet": []}]}, "turns.0.contnet"),
+        (
+            {"match": "m", "turns": [{"truncate_after_events": 2}]},
+            "truncate_after_events needs truncate_first",
+        ),
+        ({"match": "m", "turns": [{"reset_after_events": 2}]}, "reset_after_events needs reset_first"),
+        ({"match": "m", "turns": [{"malformed_tool_json_first": 1}]}, "needs a tool_use block"),
+        ({"match": "m", "turns": [{"truncate_first": -1}]}, "turns.0.truncate_first"),
     ],
 )
 async def test_bad_script_is_rejected_naming_the_field(

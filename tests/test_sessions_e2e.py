@@ -317,31 +317,32 @@ def test_interrupt_while_waiting_for_a_custom_tool_idles_the_session_and_a_new_m
     assert closing[1] == {"type": "text", "text": "never mind, carry on"}
 
 
-def test_a_non_retryable_model_error_is_recorded_and_a_new_message_recovers(
+def test_a_non_retryable_model_error_is_recorded_and_terminates_the_session(
     client: anthropic.Anthropic, scripts: Scripts, environment: Any
 ) -> None:
     marker = scripts.add(
         [
             {
                 "fail_first": [{"status": 400, "type": "invalid_request_error", "message": "boom"}],
-                "content": [{"type": "text", "text": "recovered"}],
+                "content": [{"type": "text", "text": "never sent"}],
             }
         ]
     )
     agent = client.beta.agents.create(name="flaky", model="claude-sonnet-4-6", system=marker)
     session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
 
-    failed = send_and_stream(client, session.id, [user_message("hello")])
+    failed = send_and_stream(client, session.id, [user_message("hello")], until="session.status_terminated")
     error = next(e for e in failed if e.type == "session.error")
     assert error.error.type == "model_request_failed_error" and "boom" in error.error.message
     assert error.error.retry_status.type == "terminal"
     assert len([e for e in failed if e.type == "span.model_request_start"]) == 1
     end = next(e for e in failed if e.type == "span.model_request_end")
     assert end.is_error is True
-    assert failed[-1].stop_reason.type == "retries_exhausted"
+    assert failed[-1].type == "session.status_terminated"
+    assert client.beta.sessions.retrieve(session.id).status == "terminated"
 
-    retried = send_and_stream(client, session.id, [user_message("try again")])
-    assert next(e for e in retried if e.type == "agent.message").content[0].text == "recovered"
+    with pytest.raises(anthropic.BadRequestError, match="terminated"):
+        client.beta.sessions.events.send(session.id, events=[user_message("try again")])  # type: ignore[list-item]
 
 
 def test_several_pending_confirmations_in_one_turn_are_answered_together(

@@ -118,7 +118,12 @@ class Harness:
                 await self._ensure_running(run, transcript)
                 toolbox = toolbox or await self._toolbox(run, agent)
                 if not await self._model_turn(run, agent, toolbox):
-                    await self._idle(run, await self.transcript(run), "retries_exhausted")
+                    transcript = await self.transcript(run)
+                    if transcript.status == "terminated":  # a terminal model error ended it
+                        tracing.set_stop_reason("terminated")
+                        await files.sync_session(self.store, self.sandboxes.workspaces, run.session_id)
+                    else:
+                        await self._idle(run, transcript, "retries_exhausted")
                     return
                 transcript = await self.transcript(run)
                 continue
@@ -300,7 +305,11 @@ class Harness:
 
     async def _call_with_retries(self, run: Run, request: dict[str, Any]) -> tuple[ModelResult, str] | None:
         """One model request per attempt, each a ``span.model_request_*`` pair in the log; a failed
-        attempt is a ``session.error`` saying whether it will be retried."""
+        attempt is a ``session.error`` saying whether it will be retried. Only a completed response
+        is returned: a broken one leaves nothing in the log but its closed span and the error.
+
+        A retryable failure on the last attempt is ``exhausted`` (the caller idles the session);
+        a non-retryable one is ``terminal`` and terminates the session, as the SDK documents."""
         for attempt in range(1, self.retry.max_attempts + 1):
             start = ev.new_event("span.model_request_start")
             await self.append(run, start)
@@ -311,18 +320,26 @@ class Harness:
                     span.record(result.usage, result.stop_reason)
                 return result, start["id"]
             except ModelCallFailed as exc:
-                retrying = is_retryable(exc.status) and attempt < self.retry.max_attempts
+                retryable = is_retryable(exc.status)
+                retrying = retryable and attempt < self.retry.max_attempts
                 log.warning("model call %d for %s failed: %s", attempt, run.session_id, exc.message)
-                status = "retrying" if retrying else ("exhausted" if is_retryable(exc.status) else "terminal")
-                await self.append(
-                    run,
+                status = "retrying" if retrying else ("exhausted" if retryable else "terminal")
+                closing = [
                     _request_end(start["id"], None, is_error=True),
                     ev.session_error(exc.error_type, exc.message, status),
-                )
+                ]
+                if status == "terminal":
+                    closing.append(ev.new_event("session.status_terminated"))
+                await self.append(run, *closing)
                 run.model_start_id = None
                 if not retrying:
                     return None
                 await anyio.sleep(self.retry.delay(attempt, exc.retry_after))
+            except Exception:
+                # Not the model's failure but ours: still close the request before it propagates.
+                await self.append(run, _request_end(start["id"], None, is_error=True))
+                run.model_start_id = None
+                raise
         return None
 
     async def _model_turn(self, run: Run, agent: Body, toolbox: Toolbox) -> bool:

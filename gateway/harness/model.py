@@ -1,22 +1,43 @@
 """One streamed call to the Messages API through the official SDK.
 
 The SDK's own retries are off: the harness owns retries so each attempt is
-visible in the session log.
+visible in the session log. A response counts only when its stream completed
+(``message_stop`` seen with a ``stop_reason`` set) and every tool input in it is a
+whole JSON object; anything less is a failed attempt, never a partial reply.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import anthropic
 import httpx2
+from anthropic.lib.streaming import AsyncMessageStream
+from anthropic.types import Message
+
+FAILED = "model_request_failed_error"
+INCOMPLETE = "the model stream ended before the message was complete"
+IN_STREAM_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+"""The HTTP status each API error type stands for, for an ``error`` event inside a 200 stream."""
 
 
 @dataclass(frozen=True)
 class ModelResult:
     content: list[dict[str, Any]]
-    stop_reason: str | None
+    stop_reason: str
     usage: dict[str, int]
 
 
@@ -45,24 +66,33 @@ def make_client(api_key: str, base_url: str | None, stream_timeout: float) -> an
 
 
 async def call_model(client: anthropic.AsyncAnthropic, request: dict[str, Any]) -> ModelResult:
+    """One attempt; every way it can fail is a ``ModelCallFailed`` whose message names the cause."""
     try:
         async with client.messages.stream(**request) as stream:
-            message = await stream.get_final_message()
+            message, tool_json = await _read_to_stop(stream)
     except anthropic.APIStatusError as exc:
-        raise ModelCallFailed(
-            _error_type(exc.status_code), _message(exc), exc.status_code, _retry_after(exc.response)
-        ) from None
+        raise _status_failure(exc) from None
     except (anthropic.APITimeoutError, httpx2.TimeoutException):
-        raise ModelCallFailed(
-            "model_request_failed_error", "the model stream stalled and timed out"
-        ) from None
+        raise ModelCallFailed(FAILED, "the model stream stalled and timed out") from None
     except anthropic.APIConnectionError as exc:
-        raise ModelCallFailed("model_request_failed_error", f"could not reach the model: {exc}") from None
+        raise ModelCallFailed(
+            FAILED, f"could not reach the model: {_describe(exc.__cause__ or exc)}"
+        ) from None
     except (httpx2.HTTPError, anthropic.APIError) as exc:
-        raise ModelCallFailed("model_request_failed_error", f"the model stream failed: {exc}") from None
+        raise ModelCallFailed(FAILED, f"the model stream broke off: {_describe(exc)}") from None
+    except (ValueError, RuntimeError, IndexError) as exc:  # the SDK's accumulator refused an event
+        raise ModelCallFailed(FAILED, _malformed(exc)) from None
+    if message.stop_reason is None:
+        raise ModelCallFailed(FAILED, f"{INCOMPLETE} (message_stop without a stop_reason)")
+    content = []
+    for index, block in enumerate(message.content):
+        dumped = block.model_dump(mode="json", exclude_none=True)
+        if index in tool_json:
+            dumped["input"] = _tool_input(dumped, tool_json[index], message.stop_reason)
+        content.append(dumped)
     usage = message.usage
     return ModelResult(
-        content=[block.model_dump(mode="json", exclude_none=True) for block in message.content],
+        content=content,
         stop_reason=message.stop_reason,
         usage={
             "input_tokens": usage.input_tokens,
@@ -73,21 +103,79 @@ async def call_model(client: anthropic.AsyncAnthropic, request: dict[str, Any]) 
     )
 
 
+async def _read_to_stop(stream: AsyncMessageStream[Any]) -> tuple[Message, dict[int, str]]:
+    """The message once ``message_stop`` arrives, and the raw JSON of each tool input by block
+    index. A stream that ends (cleanly or not) before ``message_stop`` is a failed attempt:
+    ``get_final_message`` would return whatever had arrived."""
+    tool_json: dict[int, str] = {}
+    async for event in stream:
+        if event.type == "content_block_delta" and event.delta.type == "input_json_delta":
+            tool_json[event.index] = tool_json.get(event.index, "") + event.delta.partial_json
+        elif event.type == "message_stop":
+            return event.message, tool_json
+    raise ModelCallFailed(FAILED, f"{INCOMPLETE} (it ended without message_stop)")
+
+
+def _tool_input(block: dict[str, Any], raw: str, stop_reason: str) -> dict[str, Any]:
+    """The input exactly as the model streamed it, parsed strictly: the SDK's partial parser
+    accepts a cut-off or trailing-garbage JSON text that must never reach a tool."""
+    where = f"the model's input for tool {block.get('name')!r}"
+    cut_off = " (the reply hit max_tokens)" if stop_reason == "max_tokens" else ""
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ModelCallFailed(FAILED, f"{where} is not valid JSON: {exc}{cut_off}") from None
+    if not isinstance(value, dict):
+        raise ModelCallFailed(FAILED, f"{where} is not a JSON object{cut_off}")
+    return value
+
+
+def _malformed(exc: Exception) -> str:
+    if (
+        isinstance(exc, ValueError)
+        and isinstance(exc.__cause__, ValueError)
+        and "tool parameter JSON" in str(exc)
+    ):
+        return f"the model sent tool input that is not valid JSON: {exc.__cause__}"
+    return f"the model stream was malformed: {_describe(exc)}"
+
+
+def _describe(exc: BaseException) -> str:
+    """The exception's type and text: a bare ``str(exc)`` is often empty for transport errors."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__} ({text})" if text else type(exc).__name__
+
+
+def _status_failure(exc: anthropic.APIStatusError) -> ModelCallFailed:
+    status = exc.status_code
+    if status < 400:  # an ``error`` event inside a stream that began as a 200
+        kind, text = _error_body(exc.body)
+        status = IN_STREAM_STATUS.get(kind or "", 500)
+        cause = f"{kind or 'error'}: {text}" if text else kind or "error"
+        return ModelCallFailed(_error_type(status), f"the model stream reported {cause}", status)
+    return ModelCallFailed(_error_type(status), _message(exc), status, _retry_after(exc.response))
+
+
 def _error_type(status: int) -> str:
     if status == 429:
         return "model_rate_limited_error"
     if status == 529:
         return "model_overloaded_error"
-    return "model_request_failed_error"
+    return FAILED
+
+
+def _error_body(body: object) -> tuple[str | None, str | None]:
+    """``(type, message)`` of an Anthropic-style error body, where present."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return None, None
+    kind, message = error.get("type"), error.get("message")
+    return (kind if isinstance(kind, str) else None), (message if isinstance(message, str) else None)
 
 
 def _message(exc: anthropic.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return f"HTTP {exc.status_code}: {error['message']}"
-    return f"HTTP {exc.status_code}"
+    _, message = _error_body(exc.body)
+    return f"HTTP {exc.status_code}: {message}" if message else f"HTTP {exc.status_code}"
 
 
 def _retry_after(response: httpx2.Response) -> float | None:

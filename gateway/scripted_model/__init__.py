@@ -2,7 +2,8 @@
 
 Nothing in tests or demos can reach the real API, so the harness talks to this
 server through the real ``anthropic`` SDK instead. Scripts (see ``script.py``) say
-what each assistant turn contains, which requests fail first, and which streams hang.
+what each assistant turn contains, which requests fail first, and how the first streams
+break (a hang, an early end, broken tool-input JSON, a dropped connection; ``stream.py``).
 Run it with ``tether model --port 0 --script FILE``.
 """
 

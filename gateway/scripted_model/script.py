@@ -4,7 +4,8 @@ Tests and demos cannot reach the real Messages API, so they describe what "Claud
 should say as a script. Selection is deliberately *stateless* (the turn is the
 number of assistant messages already in the request), so a harness that retries or
 replays a request gets the same turn back. The only state kept here is the
-``fail_first`` attempt counter, which must live across requests by its nature.
+per-turn attempt counter behind ``fail_first`` and the stream faults, which must live
+across requests by its nature.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
     "WILDCARD",
@@ -28,6 +29,7 @@ __all__ = [
     "Script",
     "ScriptBook",
     "ScriptFile",
+    "StreamFault",
     "Turn",
     "render_template",
     "validation_message",
@@ -85,7 +87,27 @@ class UsageSpec(_Strict):
 
 
 class Turn(_Strict):
-    """One assistant reply; ``fail_first`` errors are served before it succeeds."""
+    """One assistant reply, and the failures served before it succeeds.
+
+    Each attempt at the turn (a request for it, counted across requests) gets the next
+    failure in this order, then the reply itself:
+
+    - ``fail_first``: one HTTP error response per entry.
+    - ``hang_first`` attempts: the stream stops after ``hang_after_events`` SSE events (default
+      1) and never continues, so the client times out. ``hang_after_events`` without
+      ``hang_first`` makes every attempt hang.
+    - ``truncate_first`` attempts: the stream ends cleanly (HTTP-wise) after
+      ``truncate_after_events`` SSE events, without ``message_delta`` and ``message_stop``
+      (default: right before ``message_delta``, so every block is there but the message
+      never finishes).
+    - ``malformed_tool_json_first`` attempts: every ``tool_use`` block's ``input_json_delta``
+      fragments form broken JSON; the message itself completes. Needs a ``tool_use`` block.
+    - ``reset_first`` attempts: the connection is dropped after ``reset_after_events`` SSE
+      events (default: right before ``message_delta``) without finishing the chunked body,
+      so the client sees a protocol error.
+
+    Stream faults apply to streamed requests; a non-streamed request gets the whole message.
+    """
 
     content: list[BlockSpec] = Field(default_factory=list)
     stop_reason: StopReason | None = None
@@ -93,8 +115,21 @@ class Turn(_Strict):
     fail_first: list[ErrorSpec] = Field(default_factory=list)
     hang_after_events: int | None = Field(default=None, ge=0)
     hang_first: int = Field(default=0, ge=0)
-    """Only the first N attempts (after ``fail_first``) hang, after ``hang_after_events`` events
-    (default 1); later attempts succeed. Stands in for a stream that dies once."""
+    truncate_first: int = Field(default=0, ge=0)
+    truncate_after_events: int | None = Field(default=None, ge=0)
+    malformed_tool_json_first: int = Field(default=0, ge=0)
+    reset_first: int = Field(default=0, ge=0)
+    reset_after_events: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _faults_have_effect(self) -> Turn:
+        if self.truncate_after_events is not None and not self.truncate_first:
+            raise ValueError("truncate_after_events needs truncate_first (how many attempts to truncate)")
+        if self.reset_after_events is not None and not self.reset_first:
+            raise ValueError("reset_after_events needs reset_first (how many attempts to reset)")
+        if self.malformed_tool_json_first and not any(isinstance(b, ToolUseSpec) for b in self.content):
+            raise ValueError("malformed_tool_json_first needs a tool_use block in content")
+        return self
 
 
 class Script(_Strict):
@@ -118,6 +153,18 @@ class Failure:
     retry_after: float | None = None
 
 
+FaultKind = Literal["hang", "truncate", "malformed_tool_json", "reset"]
+
+
+@dataclass(frozen=True)
+class StreamFault:
+    """How one streamed attempt goes wrong (see ``Turn``). ``after_events`` counts SSE events
+    sent before the fault; ``None`` means right before ``message_delta``."""
+
+    kind: FaultKind
+    after_events: int | None = None
+
+
 @dataclass(frozen=True)
 class Reply:
     """A fully rendered assistant message; ``content`` holds API-shaped blocks."""
@@ -125,7 +172,7 @@ class Reply:
     content: list[dict[str, Any]]
     stop_reason: str
     usage: dict[str, int]
-    hang_after_events: int | None = None
+    fault: StreamFault | None = None
 
 
 def validation_message(error: ValidationError) -> str:
@@ -225,7 +272,7 @@ def _first_user_text(messages: list[Any]) -> str:
 
 
 class ScriptBook:
-    """Every loaded script plus the per-(script, turn) ``fail_first`` attempt counters.
+    """Every loaded script plus the per-(script, turn) attempt counters.
 
     Scripts are kept in the order added; later scripts shadow earlier ones so a test
     can override a shared script file without editing it.
@@ -272,7 +319,7 @@ class ScriptBook:
     def respond(self, request: Mapping[str, Any]) -> Reply | Failure:
         """Choose and render the reply for a validated Messages API request body.
 
-        Counts a ``fail_first`` attempt as a side effect, so call it once per request.
+        Counts an attempt at the turn as a side effect, so call it once per request.
         """
         messages: list[Any] = list(request.get("messages") or [])
         selected = self.select(request)
@@ -288,12 +335,24 @@ class ScriptBook:
         if attempt < len(turn.fail_first):
             spec = turn.fail_first[attempt]
             return Failure(spec.status, spec.type, spec.message, spec.retry_after)
-        reply = _reply(turn, messages)
-        if turn.hang_first:
-            hanging = attempt - len(turn.fail_first) < turn.hang_first
-            hang = (turn.hang_after_events or 1) if hanging else None
-            reply = replace(reply, hang_after_events=hang)
-        return reply
+        return replace(_reply(turn, messages), fault=_fault(turn, attempt - len(turn.fail_first)))
+
+
+def _fault(turn: Turn, attempt: int) -> StreamFault | None:
+    """The fault for the ``attempt``-th (0-based) attempt after the ``fail_first`` errors."""
+    if turn.hang_after_events is not None and not turn.hang_first:
+        return StreamFault("hang", turn.hang_after_events)
+    phases: list[tuple[int, StreamFault]] = [
+        (turn.hang_first, StreamFault("hang", turn.hang_after_events or 1)),
+        (turn.truncate_first, StreamFault("truncate", turn.truncate_after_events)),
+        (turn.malformed_tool_json_first, StreamFault("malformed_tool_json")),
+        (turn.reset_first, StreamFault("reset", turn.reset_after_events)),
+    ]
+    for count, fault in phases:
+        if attempt < count:
+            return fault
+        attempt -= count
+    return None
 
 
 def _reply(turn: Turn, messages: list[Any]) -> Reply:
@@ -311,5 +370,4 @@ def _reply(turn: Turn, messages: list[Any]) -> Reply:
         content=content,
         stop_reason=turn.stop_reason or ("tool_use" if has_tool_use else "end_turn"),
         usage=usage,
-        hang_after_events=turn.hang_after_events,
     )
