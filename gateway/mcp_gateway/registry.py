@@ -36,7 +36,7 @@ from gateway.mcp_gateway.schemas import (
 )
 from gateway.resources.vaults import require_usable
 from gateway.schemas.common import apply_metadata_patch
-from gateway.store.base import Body, Store
+from gateway.store.base import Body, Store, StoreUnavailable
 from gateway.vault.keyring import KeyRing
 
 log = logging.getLogger("tether.mcp_gateway")
@@ -121,6 +121,8 @@ class Registry:
             await anyio.sleep(interval)
             try:
                 await self.refresh()
+            except StoreUnavailable as exc:
+                log.warning("registry refresh skipped: %s", exc)
             except Exception:
                 log.exception("registry refresh failed")
 

@@ -27,6 +27,9 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, starting up, crash
     asyncpg.exceptions.InsufficientResourcesError,  # class 53: disk full, too many connections
     asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby during failover
+    # The client protocol left in a bad state by a connection lost mid-operation; the pool
+    # discards such a connection when it is released.
+    asyncpg.exceptions.InternalClientError,
 )
 _CLOSED_CONNECTION = ("connection is closed", "connection was closed")
 

@@ -18,6 +18,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -30,6 +31,7 @@ T = TypeVar("T")
 log = logging.getLogger("tether.store")
 
 BUSY_TIMEOUT_SECONDS = 5.0
+MIN_BUSY_WAIT = 0.01
 
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_NOMEM, _SQLITE_IOERR = 5, 6, 7, 10
 _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_PROTOCOL = 13, 14, 15
@@ -97,8 +99,11 @@ class Connections:
         (for probes, whose outcome nobody needs)."""
 
         def call() -> T:
+            started = time.monotonic()
             if not self._write_lock.acquire(timeout=self._busy_timeout):
                 raise StoreUnavailable("the SQLite database is busy: writes are queued past the timeout")
+            # SQLite's own wait gets only what is left, so one write never waits twice the timeout.
+            left = max(self._busy_timeout - (time.monotonic() - started), MIN_BUSY_WAIT)
             try:
                 if self._closed:
                     raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
@@ -106,6 +111,7 @@ class Connections:
                     self._writer = self._guarded(self._open)
                 conn = self._writer
                 try:
+                    conn.execute(f"PRAGMA busy_timeout = {int(left * 1000)}")
                     return fn(conn)
                 except sqlite3.Error as exc:
                     self._after_error(conn, exc)
