@@ -41,6 +41,7 @@ from gateway.store.base import StoreUnavailable
 from gateway.store.patient import patient
 from gateway.tools.sandbox import SandboxPool
 from gateway.tools.sandbox_plan import SandboxPlanner, SelfHostedSandboxes
+from gateway.tools.start_queue import StartQueue
 from gateway.tunnels import wiring as tunnel_wiring
 from gateway.ui import routes as ui_routes
 from gateway.vault.keyring import KeyRing
@@ -121,6 +122,9 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
             ),
             # A pid file per running sandbox, so a restart finds any a killed gateway left behind.
             state_dir=settings.data_dir / "sandboxes",
+            # Starts take turns, so a burst of sessions never times out for lack of CPU.
+            start_queue=StartQueue(settings.sandbox_start_concurrency),
+            start_timeout=settings.sandbox_start_timeout,
         )
         model = make_client(
             settings.model_api_key or settings.api_keys[0],

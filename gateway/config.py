@@ -17,6 +17,8 @@
 | TETHER_TUNNEL_BASE_DOMAIN | ``tunnels.tether.internal``          |
 | TETHER_SANDBOX_ARGS    | extra ``tether sandbox`` flags (limits)   |
 | TETHER_SANDBOX_IDLE_SECONDS | 900: stop a sandbox unused this long |
+| TETHER_SANDBOX_START_CONCURRENCY | one per CPU, at least 2: sandbox starts at once |
+| TETHER_SANDBOX_START_TIMEOUT_SECONDS | 30: a start's budget once admitted, times the load |
 | TETHER_WEBHOOK_ALLOWED_HOSTS | none: public targets only; else hosts, ``*.``, IPs, CIDRs |
 """
 
@@ -54,6 +56,11 @@ class Settings:
     """How long a dead gateway's sessions wait before another process resumes them."""
     sandbox_args: list[str] = field(default_factory=list)
     sandbox_idle_seconds: float = 900.0
+    sandbox_start_concurrency: int | None = None
+    """Sandbox starts run at once on this host, the others waiting their turn; None: one per
+    CPU and at least two (``gateway.tools.start_queue.default_concurrency``)."""
+    sandbox_start_timeout: float = 30.0
+    """Seconds a sandbox start may take once admitted, scaled by the host's load."""
     generated_key: bool = False
     self_hosted_wait_seconds: float = 30.0
     """How long a self-hosted session's tool call waits for a worker to start its sandbox."""
@@ -99,9 +106,16 @@ class Settings:
             lease_ttl_seconds=float(env.get("TETHER_LEASE_TTL_SECONDS", 15)),
             sandbox_args=shlex.split(env.get("TETHER_SANDBOX_ARGS", "")),
             sandbox_idle_seconds=float(env.get("TETHER_SANDBOX_IDLE_SECONDS", 900)),
+            sandbox_start_concurrency=_positive_int(env.get("TETHER_SANDBOX_START_CONCURRENCY")),
+            sandbox_start_timeout=float(env.get("TETHER_SANDBOX_START_TIMEOUT_SECONDS", 30)),
             webhook_allowed_hosts=webhook_allowed_hosts(env),
             generated_key=generated,
         )
+
+
+def _positive_int(value: str | None) -> int | None:
+    """An optional count from the environment: unset or empty is None, anything else at least 1."""
+    return max(1, int(value)) if value and value.strip() else None
 
 
 def webhook_allowed_hosts(env: Mapping[str, str]) -> list[str]:

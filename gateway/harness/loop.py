@@ -27,6 +27,7 @@ from gateway.resources import sessions as session_state
 from gateway.store.base import Body, EventQuery, Lease, Store
 from gateway.tools import mcp_client
 from gateway.tools.sandbox import SandboxPool, SandboxStartFailed
+from gateway.tools.start_queue import StillQueued
 from gateway.tools.toolbox import Toolbox, build_toolbox
 from gateway.vault.keyring import KeyRing
 from gateway.vault.mcp_auth import RefreshFailed, auth_for
@@ -268,7 +269,10 @@ class Harness:
         arguments = call.use.get("input") or {}
         if spec.kind == "agent":
             try:
-                endpoint = await self.sandboxes.endpoint(session_id)
+                # A queued start waits, as long as the call itself may take.
+                endpoint = await self.sandboxes.endpoint(session_id, patience=self.tool_timeout)
+            except StillQueued as exc:
+                return _text(f"Still waiting for a sandbox: {exc}. Try the call again."), True
             except SandboxStartFailed as exc:
                 return _text(f"The sandbox could not be started: {exc}"), True
             url, where = endpoint.url, "the sandbox"
@@ -285,7 +289,10 @@ class Harness:
         except mcp_client.MCPUnavailable as exc:
             fresh = None
             if spec.kind == "agent" and exc.never_connected:
-                fresh = await self.sandboxes.replacement(session_id, endpoint)
+                try:
+                    fresh = await self.sandboxes.replacement(session_id, endpoint)
+                except SandboxStartFailed as failed:
+                    return _text(f"The sandbox stopped and could not be restarted: {failed}"), True
             if fresh is None:
                 return _text(f"{where} is unavailable: {exc}"), True
             try:  # the old sandbox died before the call reached it; nothing ran twice

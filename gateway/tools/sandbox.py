@@ -11,6 +11,12 @@ it travels to the child in its environment, which is otherwise a short allow-lis
 (``sandbox_server.launch``), never the gateway's API keys, model key or master key. The
 harness gets it back with the URL (``SandboxEndpoint``).
 
+Starts wait their turn in the host's queue (``start_queue``): at most a few at once, first
+come first served, each timed from its admission with a timeout that grows with the host's
+load. A call whose patience runs out while queued is told it is still waiting
+(``StillQueued``), never that the start failed; a start that did fail is remembered, and the
+session's next attempt waits a jittered, growing back-off first and reports why.
+
 No sandbox outlives the gateway: each dies with the process that started it
 (``PR_SET_PDEATHSIG``, see ``sandbox_server.launch``), a start cancelled at any point kills
 and reaps its child, and each running sandbox has a pid file under ``state_dir`` naming the
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -33,11 +40,13 @@ import anyio.abc
 import anyio.to_thread
 
 from gateway.tools.pidfiles import STOP_GRACE, PidFiles, process_start
+from gateway.tools.start_queue import Backoff, StartQueue
 from sandbox_server import auth, launch, workspace_fs
 
 log = logging.getLogger("tether.sandbox")
 
 START_TIMEOUT = 30.0
+"""Seconds a start may take once admitted, on an unloaded host (``Slot.load`` scales it)."""
 DEFAULT_IDLE_SECONDS = 900.0
 DEATH_WAIT = 2.0
 
@@ -71,6 +80,16 @@ class _Sandbox:
         return self.process.returncode is None and process_start(self.process.pid) == self.started
 
 
+@dataclass
+class _Failure:
+    """The session's failed starts in a row: the last one's reason, and when to try again."""
+
+    reason: str
+    count: int
+    retry_at: float
+    """``anyio.current_time()`` before which no new attempt is made."""
+
+
 @dataclass(frozen=True)
 class Launch:
     """What one session's sandbox is started with, beyond the deployment-wide flags."""
@@ -89,7 +108,9 @@ class SandboxPool:
     """``sandbox_args`` are extra ``tether sandbox`` flags (backend, limits) from the gateway's settings;
     ``plan`` adds per-session ones (egress policy, credentials) at every start; ``locate`` finds
     sandboxes that run elsewhere (self-hosted environments); ``state_dir`` keeps a pid file per
-    running sandbox (None: none are kept)."""
+    running sandbox (None: none are kept). ``start_queue`` admits starts (the host's queue; a
+    fresh one if None); ``start_timeout`` is a start's budget on an unloaded host; ``backoff``
+    spaces a session's attempts after failed starts."""
 
     def __init__(
         self,
@@ -100,6 +121,9 @@ class SandboxPool:
         plan: LaunchPlanner | None = None,
         locate: Locator | None = None,
         state_dir: Path | None = None,
+        start_queue: StartQueue | None = None,
+        start_timeout: float = START_TIMEOUT,
+        backoff: Backoff | None = None,
     ) -> None:
         self.workspaces = workspaces
         self.plan = plan
@@ -110,6 +134,10 @@ class SandboxPool:
         self._clock = clock
         self._sandboxes: dict[str, _Sandbox] = {}
         self._locks: dict[str, anyio.Lock] = {}
+        self.start_queue = start_queue or StartQueue()
+        self.start_timeout = start_timeout
+        self.backoff = backoff or Backoff()
+        self._failures: dict[str, _Failure] = {}
 
     def workspace(self, session_id: str) -> Path:
         return self.workspaces / session_id
@@ -122,8 +150,13 @@ class SandboxPool:
         pid_files = self.pid_files
         return await anyio.to_thread.run_sync(pid_files.stop_leftovers)
 
-    async def endpoint(self, session_id: str) -> SandboxEndpoint:
-        """The MCP endpoint of the session's sandbox, starting one if none is alive."""
+    async def endpoint(self, session_id: str, patience: float | None = None) -> SandboxEndpoint:
+        """The MCP endpoint of the session's sandbox, starting one if none is alive.
+
+        A start waits for its turn in the host's queue, and after failed ones for the session's
+        back-off; ``patience`` bounds that waiting (None: as long as it takes). Raises
+        ``StillQueued`` when it runs out in the queue, ``SandboxStartFailed`` when the start
+        fails or the back-off outlasts it."""
         if self.locate is not None:
             remote = await self.locate(session_id)
             if remote is not None:
@@ -142,7 +175,7 @@ class SandboxPool:
                 )
                 del self._sandboxes[session_id]
                 await self._terminate(sandbox)
-            sandbox = await self._start(session_id)
+            sandbox = await self._start_in_turn(session_id, patience)
             self._sandboxes[session_id] = sandbox
             return sandbox.endpoint
 
@@ -165,9 +198,33 @@ class SandboxPool:
     def _lock(self, session_id: str) -> anyio.Lock:
         return self._locks.setdefault(session_id, anyio.Lock())
 
-    async def _start(self, session_id: str) -> _Sandbox:
-        """Start the session's sandbox and wait for its ready line. Cancelled at any point after
-        the spawn, the child is killed and reaped (shielded) before the cancellation goes on."""
+    async def _start_in_turn(self, session_id: str, patience: float | None) -> _Sandbox:
+        """``_start`` once the session's back-off is over and the queue admits it; a failure is
+        remembered (its reason, and when the next attempt may be made)."""
+        deadline = math.inf if patience is None else anyio.current_time() + patience
+        failure = self._failures.get(session_id)
+        if failure is not None:
+            if failure.retry_at > deadline:
+                wait = failure.retry_at - anyio.current_time()
+                raise SandboxStartFailed(f"{failure.reason}; the next attempt is in {wait:.0f}s")
+            await anyio.sleep_until(failure.retry_at)
+        remaining = None if patience is None else max(0.0, deadline - anyio.current_time())
+        try:
+            async with self.start_queue.slot(remaining) as slot:
+                sandbox = await self._start(session_id, self.start_timeout * slot.load)
+        except SandboxStartFailed as exc:
+            count = failure.count + 1 if failure is not None else 1
+            retry_at = anyio.current_time() + self.backoff.delay(count)
+            self._failures[session_id] = _Failure(str(exc), count, retry_at)
+            log.warning("sandbox for %s did not start (%d in a row): %s", session_id, count, exc)
+            raise
+        self._failures.pop(session_id, None)
+        return sandbox
+
+    async def _start(self, session_id: str, timeout: float) -> _Sandbox:
+        """Start the session's sandbox and wait ``timeout`` seconds at most for its ready line.
+        Cancelled at any point after the spawn, the child is killed and reaped (shielded) before
+        the cancellation goes on."""
         workspace = self.workspace(session_id)
         workspace.mkdir(parents=True, exist_ok=True)
         args = ["--workspace", str(workspace), "--port", "0", *self.sandbox_args]
@@ -185,14 +242,14 @@ class SandboxPool:
             )
         pid_file = self.pid_files.record(session_id, process.pid) if self.pid_files is not None else None
         try:
-            url = await launch.ready_url(process, START_TIMEOUT)
+            url = await launch.ready_url(process, timeout)
         except BaseException:
             await _reap(process, pid_file, grace=0)
             raise
         if url is None:
             code = process.returncode
             await _reap(process, pid_file, grace=0)
-            detail = f"exited with status {code}" if code is not None else f"not ready in {START_TIMEOUT:g}s"
+            detail = f"exited with status {code}" if code is not None else f"not ready in {timeout:.0f}s"
             raise SandboxStartFailed(f"the sandbox did not start ({detail})")
         log.info("sandbox for %s at %s (pid %s)", session_id, url, process.pid)
         endpoint = SandboxEndpoint(url + "/mcp", auth.bearer_headers(token))
@@ -238,6 +295,7 @@ class SandboxPool:
         session is gone)."""
         await self.stop(session_id)
         self._locks.pop(session_id, None)
+        self._failures.pop(session_id, None)
         await anyio.to_thread.run_sync(workspace_fs.remove, self.workspace(session_id))
 
     async def close(self) -> None:

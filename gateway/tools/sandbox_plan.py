@@ -4,6 +4,13 @@ Cloud environments: the environment's network policy and the session's egress se
 computed at every sandbox start, so a restarted sandbox gets a fresh short-lived token and
 the current policy. The token travels in the child's environment, never in argv.
 
+An egress proxy runs only where it has work: ``unrestricted`` networking needs one (it is the
+sandbox's only way out, and what keeps the host's own and internal addresses out of reach), as
+does ``limited`` networking that allows some host, and any session with secrets to substitute.
+A ``limited`` environment that allows no host, for a session without secrets, gets no proxy and
+no network at all (``--egress none``): the same outcome, without the proxy's thread, its
+directory and the forwarder every command would start.
+
 Self-hosted environments: the sandbox runs on-prem, started by the worker that holds the
 session's work item, and is reached through the tunnel (``SelfHostedSandboxes``).
 """
@@ -52,14 +59,18 @@ class SandboxPlanner:
         environment = await self.store.get("environment", session["environment_id"]) or {}
         networking = (environment.get("config") or {}).get("networking") or {"type": "unrestricted"}
         args = ["--session-id", session_id]
+        has_secrets = bool(await environment_credentials(self.store, session))
         if networking["type"] == "limited":
+            hosts = _allowed_hosts(networking, [s["url"] for s in session["agent"]["mcp_servers"]])
+            if not hosts and not has_secrets:
+                return Launch([*args, "--egress", "none"], {})
             args += ["--egress", "limited"]
-            for host in _allowed_hosts(networking, [s["url"] for s in session["agent"]["mcp_servers"]]):
+            for host in hosts:
                 args += ["--allow-host", host]
         else:
             args += ["--egress", "unrestricted"]
         env: dict[str, str] = {}
-        if await environment_credentials(self.store, session):
+        if has_secrets:
             cert, key = ensure_ca(self.ca_dir)
             url = f"{self.gateway_url}{CREDENTIALS_PATH}?session_id={session_id}"
             args += ["--credentials-url", url, "--ca-cert", str(cert), "--ca-key", str(key)]
