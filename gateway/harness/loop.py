@@ -19,6 +19,7 @@ import mcp.types as mcp_types
 from gateway.harness import events as ev
 from gateway.harness.context import build_messages
 from gateway.harness.model import ModelCallFailed, ModelResult, call_model
+from gateway.harness.responses import POLICY_FIELD, request_end, response_events
 from gateway.harness.retry import RetryPolicy, is_retryable
 from gateway.harness.transcript import RESULT_TYPES, ToolCall, Transcript
 from gateway.observability import tracing
@@ -32,7 +33,6 @@ from gateway.tools.toolbox import Toolbox, build_toolbox
 from gateway.vault.keyring import KeyRing
 from gateway.vault.mcp_auth import RefreshFailed, auth_for
 from policies.engine import PolicySet
-from policies.rules import ToolCall as PolicyCall
 
 log = logging.getLogger("tether.harness")
 
@@ -42,8 +42,6 @@ INTERRUPTED_BY_RESTART = (
     "The tool call was interrupted by a gateway restart and was not re-run, because the tool "
     "is not declared read-only or idempotent. Check its effects before trying again."
 )
-POLICY_FIELD = "tether_policy"
-"""Extra field on tool-use events: the rule that decided, so a reviewer can see why a call ran."""
 
 
 @dataclass
@@ -143,7 +141,7 @@ class Harness:
         if transcript.status == "running":
             closing.append(ev.new_event("session.status_rescheduled"))
         if transcript.open_model_request is not None:
-            closing.append(_request_end(transcript.open_model_request, None, is_error=True))
+            closing.append(request_end(transcript.open_model_request, None, is_error=True))
         for call in transcript.pending():
             if call.awaits_client:
                 continue
@@ -332,7 +330,7 @@ class Harness:
                 log.warning("model call %d for %s failed: %s", attempt, run.session_id, exc.message)
                 status = "retrying" if retrying else ("exhausted" if retryable else "terminal")
                 closing = [
-                    _request_end(start["id"], None, is_error=True),
+                    request_end(start["id"], None, is_error=True),
                     ev.session_error(exc.error_type, exc.message, status),
                 ]
                 if status == "terminal":
@@ -344,7 +342,7 @@ class Harness:
                 await anyio.sleep(self.retry.delay(attempt, exc.retry_after))
             except Exception:
                 # Not the model's failure but ours: still close the request before it propagates.
-                await self.append(run, _request_end(start["id"], None, is_error=True))
+                await self.append(run, request_end(start["id"], None, is_error=True))
                 run.model_start_id = None
                 raise
         return None
@@ -365,8 +363,8 @@ class Harness:
         if outcome is None:
             return False
         result, start_id = outcome
-        produced = _response_events(result.content, toolbox, self.policies)
-        await self.append(run, *produced, _request_end(start_id, result.usage, is_error=False))
+        produced = response_events(result.content, toolbox, self.policies)
+        await self.append(run, *produced, request_end(start_id, result.usage, is_error=False))
         run.model_start_id = None
         await session_state.add_usage(self.store, run.session_id, result.usage)
         return True
@@ -389,75 +387,3 @@ def _uses_toolset(agent: Body) -> bool:
 
 def _text(message: str) -> list[dict[str, Any]]:
     return [{"type": "text", "text": message}]
-
-
-def _request_end(start_id: str, usage: dict[str, int] | None, is_error: bool) -> Body:
-    usage = usage or {}
-    return ev.new_event(
-        "span.model_request_end",
-        model_request_start_id=start_id,
-        is_error=is_error,
-        model_usage={
-            "input_tokens": usage.get("input_tokens", 0),
-            "output_tokens": usage.get("output_tokens", 0),
-            "cache_read_input_tokens": usage.get("cache_read_input_tokens", 0),
-            "cache_creation_input_tokens": usage.get("cache_creation_input_tokens", 0),
-        },
-    )
-
-
-def interrupted_request_end(start_id: str) -> Body:
-    return _request_end(start_id, None, is_error=True)
-
-
-def _response_events(content: list[dict[str, Any]], toolbox: Toolbox, policies: PolicySet) -> list[Body]:
-    """One event per thinking block, per run of text, and per tool use, in order."""
-    produced: list[Body] = []
-    for block in content:
-        kind = block["type"]
-        if kind in ("thinking", "redacted_thinking"):
-            produced.append(ev.new_event("agent.thinking"))
-        elif kind == "text":
-            if produced and produced[-1]["type"] == "agent.message":
-                produced[-1]["content"].append({"type": "text", "text": block["text"]})
-            else:
-                produced.append(
-                    ev.new_event("agent.message", content=[{"type": "text", "text": block["text"]}])
-                )
-        elif kind == "tool_use":
-            produced.append(_tool_use_event(block, toolbox, policies))
-    return produced
-
-
-def _tool_use_event(block: dict[str, Any], toolbox: Toolbox, policies: PolicySet) -> Body:
-    """The intent, with the permission decided before anything runs and the rule behind it."""
-    spec = toolbox.lookup(block["name"])
-    raw_input = block.get("input")
-    arguments: dict[str, Any] = raw_input if isinstance(raw_input, dict) else {}
-    if spec is None:
-        return ev.new_event(
-            "agent.tool_use",
-            name=block["name"],
-            input=arguments,
-            evaluated_permission="deny",
-            evaluation=None,
-            **{
-                POLICY_FIELD: {"rule": "unknown tool", "message": f"Tool {block['name']!r} is not available."}
-            },
-        )
-    if spec.kind == "custom":
-        return ev.new_event("agent.custom_tool_use", name=spec.name, input=arguments)
-    decision = policies.decide(PolicyCall(spec.name, spec.kind, spec.server, arguments), spec.policy)
-    record: dict[str, Any] = {"rule": decision.rule, "matched": list(decision.matched)}
-    if decision.message:
-        record["message"] = decision.message
-    fields: dict[str, Any] = {
-        "name": spec.name,
-        "input": arguments,
-        "evaluated_permission": decision.permission,
-        "evaluation": decision.evaluation,
-        POLICY_FIELD: record,
-    }
-    if spec.kind == "mcp":
-        return ev.new_event("agent.mcp_tool_use", mcp_server_name=spec.server, **fields)
-    return ev.new_event("agent.tool_use", **fields)

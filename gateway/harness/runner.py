@@ -22,7 +22,8 @@ import anyio
 import anyio.abc
 
 from gateway.harness import events as ev
-from gateway.harness.loop import Harness, Run, interrupted_request_end
+from gateway.harness.loop import Harness, Run
+from gateway.harness.responses import interrupted_request_end
 from gateway.harness.transcript import RESULT_TYPES
 from gateway.store.base import LeaseLost
 
