@@ -31,6 +31,7 @@ log = logging.getLogger("tether.runner")
 
 INTERRUPTED = "The tool call was interrupted by the user before it finished."
 DEFAULT_LEASE_TTL = 15.0
+SHUTDOWN_HANDBACK_SECONDS = 10.0
 
 
 def process_owner() -> str:
@@ -89,7 +90,10 @@ class SessionRunner:
         runs = list(self._runs.values())
         for session_id in list(self._scopes):
             self._scopes[session_id].cancel()
-        with anyio.CancelScope(shield=True):
+        # Bounded: with the database down a handback would wait forever; the leases then
+        # simply expire and pickup resumes the sessions anyway.
+        with anyio.CancelScope(shield=True) as handback:
+            handback.deadline = anyio.current_time() + SHUTDOWN_HANDBACK_SECONDS
             for run in runs:
                 try:
                     await self.harness.append(run, ev.new_event("session.status_rescheduled"))
