@@ -68,16 +68,34 @@ class PreparedCommand:
         self._owned = []
 
 
-def command_rlimits(limits: SandboxLimits, *, with_cgroup: bool) -> list[tuple[int, int]]:
-    """``(resource, value)`` pairs applied to each command, clamped to the server's own hard limits."""
+def command_rlimits(limits: SandboxLimits, *, with_cgroup: bool, uid: int) -> list[tuple[int, int]]:
+    """``(resource, value)`` pairs applied to each command (run as ``uid``), clamped to the
+    server's own hard limits."""
     wanted = [(resource.RLIMIT_FSIZE, limits.disk_quota), (resource.RLIMIT_CORE, 0)]
     if not with_cgroup:
-        wanted += [(resource.RLIMIT_AS, limits.memory), (resource.RLIMIT_NPROC, limits.pids)]
+        # RLIMIT_NPROC counts every task of the user, the server's own threads and other
+        # commands included: the command gets ``pids`` on top of what the user runs already.
+        nproc = limits.pids + tasks_of_user(uid)
+        wanted += [(resource.RLIMIT_AS, limits.memory), (resource.RLIMIT_NPROC, nproc)]
     clamped: list[tuple[int, int]] = []
     for which, value in wanted:
         hard = resource.getrlimit(which)[1]
         clamped.append((which, value if hard == resource.RLIM_INFINITY else min(value, hard)))
     return clamped
+
+
+def tasks_of_user(uid: int) -> int:
+    """Tasks (threads) of processes owned by ``uid`` now, as ``RLIMIT_NPROC`` counts them."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid == uid:
+                total += len(os.listdir(f"/proc/{entry.name}/task"))
+        except OSError:
+            continue  # exited meanwhile
+    return total
 
 
 def _pre_exec(
@@ -283,6 +301,12 @@ class BubblewrapBash(ShellSession):
             env=BWRAP_ENV,
             start_new_session=True,
             preexec_fn=_pre_exec(
-                group, command_rlimits(self.limits, with_cgroup=group is not None), self.identity
+                group,
+                command_rlimits(
+                    self.limits,
+                    with_cgroup=group is not None,
+                    uid=os.getuid() if self.identity is None else self.identity.uid,
+                ),
+                self.identity,
             ),
         )

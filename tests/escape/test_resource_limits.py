@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 
 import pytest
@@ -21,6 +22,25 @@ from tests.escape.support import (
 )
 
 pytestmark = requires_bwrap
+
+
+@pytest.mark.anyio
+async def test_the_users_other_tasks_do_not_eat_a_commands_process_limit(client: Client) -> None:
+    """Without cgroups the limit is ``RLIMIT_NPROC``, which counts every task of the user: the
+    server's threads, this test's, other commands'. Busy threads of the same user (more than the
+    sandbox's 64) must not leave a command unable to fork."""
+    release = threading.Event()
+    busy = [threading.Thread(target=release.wait, daemon=True) for _ in range(100)]
+    for thread in busy:
+        thread.start()
+    try:
+        result = await bash(client, "for i in 1 2 3 4 5 6 7 8; do (true) & done; wait; echo forked")
+        assert not result.is_error, text(result)
+        assert text(result) == "forked\n"
+    finally:
+        release.set()
+        for thread in busy:
+            thread.join()
 
 
 @pytest.mark.anyio
