@@ -16,54 +16,20 @@ import anthropic
 import pytest
 
 from tests.conftest import Scripts
-from tests.support.postgres import fresh_database_sync
-from tests.support.processes import ServerProcess, running_server, start_server
+from tests.support import restarts
+from tests.support.processes import ServerProcess, running_server
+from tests.support.restarts import LEASE_TTL, sdk_client
 from tests.support.sessions import mcp_agent, strictly_valid, user_message
 
-LEASE_TTL = "1.5"
+# Shared fixtures: both backends, gateways started one after another on one database.
+database_url = restarts.database_url
+launch = restarts.launch
 
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[ServerProcess]:
     with running_server(["--port", "0"], module="tests.support.upstream_mcp") as server:
         yield server
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'shared.db'}"
-    else:
-        with fresh_database_sync() as dsn:
-            yield dsn
-
-
-@pytest.fixture
-def launch(
-    tmp_path: Path, model_server: ServerProcess, api_key: str, database_url: str
-) -> Iterator[Callable[[], ServerProcess]]:
-    """Start gateways that share one database, like restarts or replicas."""
-    started: list[ServerProcess] = []
-    env = {
-        "TETHER_API_KEYS": api_key,
-        "TETHER_MODEL_BASE_URL": model_server.url,
-        "TETHER_DATABASE_URL": database_url,
-        "TETHER_LEASE_TTL_SECONDS": LEASE_TTL,
-        "TETHER_MODEL_RETRY_BASE_SECONDS": "0.01",
-    }
-
-    def start() -> ServerProcess:
-        server = start_server(["gateway", "--port", "0", "--data-dir", str(tmp_path / "data")], env)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-def _client(server: ServerProcess, api_key: str) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=server.url, api_key=api_key, max_retries=0, timeout=30)
 
 
 def _mcp_agent(client: anthropic.Anthropic, marker: str, upstream: ServerProcess) -> Any:
@@ -141,7 +107,7 @@ def _kill_mid_tool_and_resume(
         ]
     )
     first = launch()
-    client = _client(first, api_key)
+    client = sdk_client(first, api_key)
     session = client.beta.sessions.create(
         agent=_mcp_agent(client, marker, upstream).id,
         environment_id=client.beta.environments.create(name="e").id,
@@ -152,7 +118,7 @@ def _kill_mid_tool_and_resume(
     before = _all_events(client, session.id)
     _kill(first)
 
-    client = _client(launch(), api_key)
+    client = sdk_client(launch(), api_key)
     resumed = _stream_until_idle(client, session.id, before[-1]["id"])
     return Resumed(client, session.id, before, resumed, marker)
 
@@ -214,7 +180,7 @@ def test_kill_during_a_model_stream_closes_the_request_and_calls_the_model_again
 ) -> None:
     marker = scripts.add([{"hang_first": 1, "content": [{"type": "text", "text": "answer after restart"}]}])
     first = launch()
-    client = _client(first, api_key)
+    client = sdk_client(first, api_key)
     agent = client.beta.agents.create(name="streamer", model="claude-sonnet-4-6", system=marker)
     session = client.beta.sessions.create(
         agent=agent.id, environment_id=client.beta.environments.create(name="e").id
@@ -228,7 +194,7 @@ def test_kill_during_a_model_stream_closes_the_request_and_calls_the_model_again
     _kill(first)
 
     second = launch()
-    client = _client(second, api_key)
+    client = sdk_client(second, api_key)
     resumed = _stream_until_idle(client, session.id, before[-1]["id"])
 
     types = [e.type for e in resumed]
@@ -261,7 +227,7 @@ def test_a_second_replica_takes_over_when_the_running_one_dies(
         ]
     )
     replica_a, replica_b = launch(), launch()
-    client_a, client_b = _client(replica_a, api_key), _client(replica_b, api_key)
+    client_a, client_b = sdk_client(replica_a, api_key), sdk_client(replica_b, api_key)
     session = client_a.beta.sessions.create(
         agent=_mcp_agent(client_a, marker, upstream).id,
         environment_id=client_a.beta.environments.create(name="e").id,

@@ -13,63 +13,28 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anthropic
-import pytest
 
 from tests.conftest import Scripts
-from tests.support.postgres import fresh_database_sync
-from tests.support.processes import ServerProcess, start_server
+from tests.support import restarts
+from tests.support.processes import ServerProcess
+from tests.support.restarts import sdk_client
 from tests.support.sessions import user_message
 
+# Shared fixtures: both backends, gateways started one after another on one database.
+database_url = restarts.database_url
+launch = restarts.launch
+
 KILLS = 20
-LEASE_TTL = "1.5"
 ANSWER_BOUND = 15.0
 """From the restarted gateway's ready line to the answer: the dead process's lease expiring
 (1.5 s), a pickup scan, and one scripted turn, with room for a loaded machine."""
 GIVE_UP = 3
 """Stranded rounds after which the test stops (each costs ``ANSWER_BOUND``)."""
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'shared.db'}"
-    else:
-        with fresh_database_sync() as dsn:
-            yield dsn
-
-
-@pytest.fixture
-def launch(
-    tmp_path: Path, model_server: ServerProcess, api_key: str, database_url: str
-) -> Iterator[Callable[[], ServerProcess]]:
-    """Start gateways on one database, one after another (restarts)."""
-    started: list[ServerProcess] = []
-    env = {
-        "TETHER_API_KEYS": api_key,
-        "TETHER_MODEL_BASE_URL": model_server.url,
-        "TETHER_DATABASE_URL": database_url,
-        "TETHER_LEASE_TTL_SECONDS": LEASE_TTL,
-        "TETHER_MODEL_RETRY_BASE_SECONDS": "0.01",
-    }
-
-    def start() -> ServerProcess:
-        server = start_server(["gateway", "--port", "0", "--data-dir", str(tmp_path / "data")], env)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-def _client(server: ServerProcess, api_key: str) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=server.url, api_key=api_key, max_retries=0, timeout=30)
 
 
 def _events(client: anthropic.Anthropic, session_id: str) -> list[dict[str, Any]]:
@@ -127,7 +92,7 @@ def test_a_message_accepted_just_before_a_kill_is_answered_after_the_restart(
 ) -> None:
     marker = scripts.add([{"content": [{"type": "text", "text": "answer: {{last_user_text}}"}]}] * KILLS)
     gateway = launch()
-    client = _client(gateway, api_key)
+    client = sdk_client(gateway, api_key)
     agent = client.beta.agents.create(name="answers", model="claude-sonnet-4-6", system=marker)
     environment = client.beta.environments.create(name="e")
 
@@ -145,7 +110,7 @@ def test_a_message_accepted_just_before_a_kill_is_answered_after_the_restart(
         _kill(gateway)
 
         gateway = launch()
-        client = _client(gateway, api_key)
+        client = sdk_client(gateway, api_key)
         ready = time.monotonic()
         deadline = ready + ANSWER_BOUND
         while time.monotonic() < deadline:
