@@ -17,8 +17,8 @@ import anyio
 import mcp.types as mcp_types
 
 from gateway.harness import events as ev
-from gateway.harness.context import build_messages
 from gateway.harness.model import ModelCallFailed, ModelResult, call_model
+from gateway.harness.request import build_request
 from gateway.harness.responses import POLICY_FIELD, request_end, response_events
 from gateway.harness.retry import RetryPolicy, is_retryable
 from gateway.harness.transcript import RESULT_TYPES, ToolCall, Transcript
@@ -349,16 +349,7 @@ class Harness:
 
     async def _model_turn(self, run: Run, agent: Body, toolbox: Toolbox) -> bool:
         transcript = await self.transcript(run)
-        request: dict[str, Any] = {
-            "model": agent["model"]["id"],
-            "max_tokens": self.max_output_tokens,
-            "messages": build_messages(transcript, toolbox.exposed_name),
-        }
-        if agent.get("system"):
-            request["system"] = agent["system"]
-        tools = toolbox.model_tools()
-        if tools:
-            request["tools"] = tools
+        request = build_request(agent, transcript, toolbox, self.max_output_tokens)
         outcome = await self._call_with_retries(run, request)
         if outcome is None:
             return False

@@ -8,7 +8,7 @@ from pydantic import TypeAdapter
 
 from gateway import ids
 from gateway.errors import Conflict, InvalidRequest, NotFound
-from gateway.resources import common
+from gateway.resources import agent_settings, common
 from gateway.schemas.agents import (
     AgentCreate,
     AgentUpdate,
@@ -33,6 +33,7 @@ def _tools(tools: list[Any], servers: list[URLMCPServer]) -> list[Body]:
 
 
 async def create(store: Store, request: AgentCreate) -> Body:
+    agent_settings.parse(request.metadata)
     moment = ids.timestamp()
     body: Body = {
         "type": "agent",
@@ -93,6 +94,7 @@ def _apply(current: Body, request: AgentUpdate) -> Body:
         updated["execution_identity"] = identity.model_dump() if identity else DEFAULT_IDENTITY
     if "metadata" in fields:
         updated["metadata"] = apply_metadata_patch(current["metadata"], request.metadata or {})
+        agent_settings.parse(updated["metadata"])
     if "tools" in fields or "mcp_servers" in fields:
         servers = (
             request.mcp_servers
