@@ -27,6 +27,7 @@ from gateway.background import supervised
 from gateway.config import SCRIPTED_MODEL_PATH, Settings
 from gateway.harness.loop import Harness
 from gateway.harness.model import make_client
+from gateway.harness.previews import PreviewHub
 from gateway.harness.retry import RetryPolicy
 from gateway.harness.runner import SessionRunner
 from gateway.mcp_gateway import wiring as mcp_gateway
@@ -137,12 +138,15 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
                 tunnel_wiring.running_hub(app, store, settings.tunnel_base_domain, sealer=keyring) as hub,
                 anyio.create_task_group() as tasks,
             ):
+                previews = PreviewHub()
                 harness = Harness(
                     store=work_store,
+                    previews=previews,
                     model=model,
                     sandboxes=sandboxes,
                     sandbox_catalog=SandboxCatalog(),
                     max_output_tokens=settings.max_output_tokens,
+                    prompt_caching=settings.prompt_caching,
                     tool_timeout=settings.tool_timeout,
                     policies=policies or PolicySet(),
                     keyring=keyring,
@@ -160,7 +164,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
                     ("webhook deliveries", dispatcher.run),
                 ):
                     tasks.start_soon(supervised, name, loop, name=name)
-                app.state.gateway = GatewayState(settings, store, runner, sandboxes, keyring)
+                app.state.gateway = GatewayState(settings, store, runner, sandboxes, keyring, previews)
                 async with mcp_gateway.lifespan(
                     app, store, keyring, policies or PolicySet(), settings, transport_for=hub.transport_for
                 ):

@@ -11,6 +11,7 @@
 | TETHER_MODEL_STREAM_TIMEOUT | 120 s without bytes fails an attempt |
 | TETHER_MODEL_MAX_ATTEMPTS   | 4 tries per model call (429/529/5xx) |
 | TETHER_MODEL_RETRY_BASE_SECONDS / _MAX_SECONDS | backoff 1 s .. 30 s |
+| TETHER_PROMPT_CACHING  | ``on``: cache breakpoints in model requests (``off``: none) |
 | TETHER_POLICY_FILES    | policy YAML files; an invalid one stops the start |
 | TETHER_LEASE_TTL_SECONDS    | 15: a dead process's sessions resume after this |
 | TETHER_SELF_HOSTED_WAIT_SECONDS | 30: wait for a worker's sandbox |
@@ -44,6 +45,8 @@ class Settings:
     """None with no model key means: serve the scripted model inside the gateway."""
     max_body_bytes: int = 8 * 1024 * 1024
     max_output_tokens: int = 8192
+    prompt_caching: bool = True
+    """Default for agents without ``tether.prompt_caching``."""
     model_stream_timeout: float = 120.0
     """Longest wait for the next bytes of a model stream before the attempt fails."""
     model_max_attempts: int = 4
@@ -100,6 +103,7 @@ class Settings:
             model_max_attempts=max(1, int(env.get("TETHER_MODEL_MAX_ATTEMPTS", 4))),
             model_retry_base_seconds=float(env.get("TETHER_MODEL_RETRY_BASE_SECONDS", 1.0)),
             model_retry_max_seconds=float(env.get("TETHER_MODEL_RETRY_MAX_SECONDS", 30.0)),
+            prompt_caching=_on_off("TETHER_PROMPT_CACHING", env.get("TETHER_PROMPT_CACHING", "on")),
             policy_files=[p for p in re.split(r"[:,]", env.get("TETHER_POLICY_FILES", "")) if p.strip()],
             self_hosted_wait_seconds=float(env.get("TETHER_SELF_HOSTED_WAIT_SECONDS", 30)),
             tunnel_base_domain=env.get("TETHER_TUNNEL_BASE_DOMAIN", "tunnels.tether.internal"),
@@ -116,6 +120,14 @@ class Settings:
 def _positive_int(value: str | None) -> int | None:
     """An optional count from the environment: unset or empty is None, anything else at least 1."""
     return max(1, int(value)) if value and value.strip() else None
+
+
+def _on_off(name: str, value: str) -> bool:
+    """A switch from the environment: ``on`` or ``off``, anything else stops the start."""
+    choice = value.strip().lower()
+    if choice not in ("on", "off"):
+        raise ValueError(f"{name} must be on or off, not {value!r}")
+    return choice == "on"
 
 
 def webhook_allowed_hosts(env: Mapping[str, str]) -> list[str]:

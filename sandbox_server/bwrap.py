@@ -33,12 +33,12 @@ from pathlib import Path
 
 from sandbox_server.bwrap_args import (
     BWRAP_ENV,
-    NOT_INSTALLED,
     SANDBOX_UID,
     args_memfd,
     bwrap_argv,
     etc_pipes,
     find_bwrap,
+    not_installed,
     open_workspace_fd,
 )
 from sandbox_server.cgroups import CgroupFactory, CommandCgroup
@@ -203,7 +203,7 @@ class BubblewrapBash(ShellSession):
         """
         bwrap = self._bwrap or find_bwrap()
         if bwrap is None:
-            raise LaunchError(NOT_INSTALLED)
+            raise LaunchError(not_installed())
         self._bwrap = bwrap
         held = self._held_fds()
         fds = etc_pipes(self._uid)

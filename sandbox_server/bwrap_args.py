@@ -92,10 +92,20 @@ PROC_MASKED = (
 )
 """``/proc`` entries hidden behind ``/dev/null`` (files) or an empty read-only tmpfs (directories)."""
 
-NOT_INSTALLED = (
-    "bash is unavailable: bubblewrap (bwrap) is not installed on the sandbox host "
-    "(Debian/Ubuntu package `bubblewrap`)."
-)
+def install_command() -> str:
+    """The command that installs bubblewrap on this (Debian/Ubuntu) host: root runs apt-get
+    itself, anyone else through sudo."""
+    return ("" if os.geteuid() == 0 else "sudo ") + "apt-get install -y bubblewrap"
+
+
+def not_installed() -> str:
+    """What ``bash`` answers while bubblewrap is missing: commands never run without it, and a
+    reader of the trail learns what to install (the next call finds it, no restart needed)."""
+    return (
+        "bash is unavailable: bubblewrap (bwrap) is not installed on the sandbox host, and "
+        f"commands never run outside it. Install it with `{install_command()}`; bash works from "
+        "the next call on. The file tools (read, write, edit, glob, grep) work meanwhile."
+    )
 
 
 def find_bwrap() -> str | None:

@@ -90,10 +90,12 @@ def test_toolset_session_writes_and_reads_a_file_through_the_sandbox(
     ends = [e for e in raw if e["type"] == "span.model_request_end"]
     assert finished.usage.output_tokens == sum(e["model_usage"]["output_tokens"] for e in ends)
 
-    # The model saw its tool use answered by the result, keyed by the event id.
+    # The model saw its tool use answered by the result, under the model's own id (kept on the event).
     second_request = scripts.requests_for(marker)[1]
     tool_result = second_request["messages"][-1]["content"][0]
-    assert tool_result["type"] == "tool_result" and tool_result["tool_use_id"] == write_use.id
+    model_id = raw[4]["tether_model_id"]
+    assert model_id.startswith("toolu_") and second_request["messages"][-2]["content"][-1]["id"] == model_id
+    assert tool_result["type"] == "tool_result" and tool_result["tool_use_id"] == model_id
 
 
 def test_mcp_tool_calls_reach_an_upstream_server_and_errors_come_back_as_error_results(
@@ -304,8 +306,9 @@ def test_interrupt_while_waiting_for_a_custom_tool_idles_the_session_and_a_new_m
     assert first[-1].stop_reason.type == "requires_action"
 
     interrupted = send_and_stream(client, session.id, [{"type": "user.interrupt"}])
-    assert _types(interrupted) == ["user.interrupt", "session.status_idle"]
-    assert interrupted[-1].stop_reason.type == "end_turn"
+    # The interrupt closes the waiting custom tool use with an error result in the log.
+    assert _types(interrupted) == ["user.interrupt", "user.custom_tool_result", "session.status_idle"]
+    assert interrupted[1].is_error and interrupted[-1].stop_reason.type == "end_turn"
 
     resumed = send_and_stream(client, session.id, [user_message("never mind, carry on")])
     reply = next(e for e in resumed if e.type == "agent.message")
@@ -314,7 +317,12 @@ def test_interrupt_while_waiting_for_a_custom_tool_idles_the_session_and_a_new_m
     request = scripts.requests_for(marker)[-1]
     closing = request["messages"][-1]["content"]
     assert closing[0]["type"] == "tool_result" and closing[0]["is_error"] is True
-    assert closing[1] == {"type": "text", "text": "never mind, carry on"}
+    # The user's text ends the conversation, so it carries the rolling prompt-cache mark.
+    assert closing[1] == {
+        "type": "text",
+        "text": "never mind, carry on",
+        "cache_control": {"type": "ephemeral"},
+    }
 
 
 def test_a_non_retryable_model_error_is_recorded_and_terminates_the_session(

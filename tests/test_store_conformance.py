@@ -11,6 +11,7 @@ import itertools
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -303,7 +304,8 @@ async def test_append_and_read_every_query_option(store: Store) -> None:
     assert [(e.seq, e.id, e.type, e.body) for e in everything] == [
         (e.seq, e.id, e.type, e.body) for e in appended
     ]
-    assert everything[0].body == event("e1", "A", ts(1)) and everything[0].session_id == "sesn_1"
+    at = {e.seq: e.body["processed_at"] for e in everything}  # assigned at commit
+    assert everything[0].body == event("e1", "A", at[1]) and everything[0].session_id == "sesn_1"
     assert await seqs(after_seq=2) == [3, 4, 5, 6]
     assert await seqs(before_seq=4) == [1, 2, 3]
     assert await seqs(after_seq=1, before_seq=5) == [2, 3, 4]
@@ -313,15 +315,15 @@ async def test_append_and_read_every_query_option(store: Store) -> None:
     assert await seqs(types=["B"]) == [2, 4, 6]
     assert await seqs(types=["A", "B"]) == [1, 2, 3, 4, 5, 6]
     assert await seqs(types=["C"]) == []
-    assert await seqs(processed_after=ts(3)) == [4, 5, 6]
-    assert await seqs(processed_after=ts(3), processed_after_inclusive=True) == [3, 4, 5, 6]
-    assert await seqs(processed_before=ts(3)) == [1, 2]
-    assert await seqs(processed_before=ts(3), processed_before_inclusive=True) == [1, 2, 3]
+    assert await seqs(processed_after=at[3]) == [4, 5, 6]
+    assert await seqs(processed_after=at[3], processed_after_inclusive=True) == [3, 4, 5, 6]
+    assert await seqs(processed_before=at[3]) == [1, 2]
+    assert await seqs(processed_before=at[3], processed_before_inclusive=True) == [1, 2, 3]
     assert await seqs(
         types=["A"],
-        processed_after=ts(2),
+        processed_after=at[2],
         processed_after_inclusive=True,
-        processed_before=ts(5),
+        processed_before=at[5],
     ) == [3]
     assert await store.read_events("sesn_other", EventQuery()) == []
 
@@ -382,9 +384,34 @@ async def test_status_events_move_the_session_status_in_the_same_append(store: S
         "sesn_1", [{**event("e2"), "type": "agent.message"}, {**event("e3"), "type": "session.status_idle"}]
     )
     body = await store.get("session", "sesn_1") or {}
-    assert body["status"] == "idle" and body["updated_at"] == event("e3")["processed_at"]
+    committed = await store.read_events("sesn_1", EventQuery(after_seq=2))
+    assert body["status"] == "idle" and body["updated_at"] == committed[-1].body["processed_at"]
     await store.append_events("sesn_1", [{**event("e4"), "type": "session.status_rescheduled"}])
     assert (await store.get("session", "sesn_1") or {})["status"] == "rescheduling"
+
+
+async def test_processed_at_is_the_commit_time_and_strictly_increases_with_seq(store: Store) -> None:
+    """Writers build events concurrently and out of order: a body's own time is replaced at
+    commit, so time filters see exactly the events after a given one."""
+    before = datetime.now(UTC)
+    stale = event("e0", processed_at="2030-01-01T00:00:00.000000Z")  # a clock far ahead
+    await store.append_events("sesn_1", [stale])
+    async with anyio.create_task_group() as tg:
+        for writer in range(8):
+            for n in range(5):
+                tg.start_soon(
+                    store.append_events, "sesn_1", [event(f"w{writer}-{n}a"), event(f"w{writer}-{n}b")]
+                )
+    stored = await store.read_events("sesn_1", EventQuery())
+    times = [e.body["processed_at"] for e in stored]
+    assert len(times) == 81 and times == sorted(set(times)), "strictly increasing with seq"
+    assert datetime.fromisoformat(times[0]) >= before
+    assert times[0] < "2030", "a writer's own clock does not decide the log's times"
+    for cut in (1, 40, 79):
+        after = await store.read_events("sesn_1", EventQuery(processed_after=times[cut]))
+        assert [e.seq for e in after] == list(range(cut + 2, 82))
+    verdict = verify("sesn_1", await store.read_chain("sesn_1"))
+    assert verdict.ok
 
 
 async def test_concurrent_appenders_get_gap_free_seqs(store: Store) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
@@ -22,9 +23,11 @@ from gateway.api.pagination import (
 from gateway.api.routing import endpoint
 from gateway.api.state import state
 from gateway.errors import InvalidRequest
+from gateway.harness.events import new_event
+from gateway.harness.previews import Subscription, parse_kinds
 from gateway.resources import sessions
 from gateway.schemas.sessions import SendEvents, SessionCreate, SessionUpdate
-from gateway.store.base import EventQuery, StoredEvent
+from gateway.store.base import Body, EventQuery, Store, StoredEvent
 from gateway.store.patient import patient
 
 STREAM_BATCH = 500
@@ -143,8 +146,14 @@ async def list_events(request: Request) -> JSONResponse:
 
 async def stream_events(request: Request) -> StreamingResponse:
     """Server-Sent Events from the log. ``Last-Event-ID`` replays everything after that event;
-    without it the stream starts at the current end of the log, like the hosted API."""
+    without it the stream starts at the current end of the log, like the hosted API.
+    ``event_deltas`` adds previews of events still being produced (``harness.previews``)."""
     gateway = state(request)
+    query = request.query_params
+    try:
+        kinds = parse_kinds(query.getlist("event_deltas[]") + query.getlist("event_deltas"))
+    except ValueError as exc:
+        raise InvalidRequest(f"event_deltas: {exc}") from None
     session = await sessions.get(gateway.store, request.path_params["session_id"])
     session_id = session["id"]
     last_event_id = request.headers.get("last-event-id")
@@ -155,30 +164,72 @@ async def stream_events(request: Request) -> StreamingResponse:
     else:
         cursor = await gateway.store.last_seq(session_id)
     return StreamingResponse(
-        _sse(request, session_id, cursor),
+        _sse(request, session_id, cursor, kinds),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )
 
 
-async def _sse(request: Request, session_id: str, cursor: int) -> AsyncIterator[str]:
+async def _sse(request: Request, session_id: str, cursor: int, kinds: frozenset[str]) -> AsyncIterator[str]:
     # A stream outlives a database outage: it waits for the store instead of breaking off.
-    store = patient(state(request).store)
-    while True:
-        batch = await store.read_events(session_id, EventQuery(after_seq=cursor, limit=STREAM_BATCH))
-        for event in batch:
-            yield _frame(event)
-            cursor = event.seq
-        if len(batch) == STREAM_BATCH:
-            continue
-        if not await store.wait_for_append(session_id, cursor, KEEPALIVE_SECONDS):
-            if await store.get(sessions.KIND, session_id) is None:
-                return
-            yield "event: ping\ndata: {}\n\n"
+    gateway = state(request)
+    store = patient(gateway.store)
+    with gateway.previews.subscribe(session_id, kinds) as previews:
+        while True:
+            batch = await store.read_events(session_id, EventQuery(after_seq=cursor, limit=STREAM_BATCH))
+            for event in batch:
+                for preview in previews.due(event.seq):
+                    yield _preview_frame(preview)
+                yield _frame(event)
+                cursor = event.seq
+            for preview in previews.due(cursor + 1):
+                yield _preview_frame(preview)
+            if len(batch) == STREAM_BATCH:
+                continue
+            if not await _wait(store, session_id, cursor, previews if kinds else None):
+                if await store.get(sessions.KIND, session_id) is None:
+                    yield _deleted_frame()
+                    return
+                yield "event: ping\ndata: {}\n\n"
+
+
+async def _wait(store: Store, session_id: str, cursor: int, previews: Subscription | None) -> bool:
+    """True when the log or the previews may have news; False after the keepalive interval, or
+    at once when the session is deleted."""
+    if previews is None:
+        return await store.wait_for_append(session_id, cursor, KEEPALIVE_SECONDS)
+    news = False
+    async with anyio.create_task_group() as waiting:
+
+        async def log_news() -> None:
+            nonlocal news
+            news = await store.wait_for_append(session_id, cursor, KEEPALIVE_SECONDS)
+            waiting.cancel_scope.cancel()
+
+        async def preview_news() -> None:
+            nonlocal news
+            await previews.published()
+            news = True
+            waiting.cancel_scope.cancel()
+
+        waiting.start_soon(log_news)
+        waiting.start_soon(preview_news)
+    return news
 
 
 def _frame(event: StoredEvent) -> str:
     return f"event: {event.type}\nid: {event.id}\ndata: {json.dumps(event.body)}\n\n"
+
+
+def _preview_frame(body: Body) -> str:
+    """No ``id:`` line: a preview is no position in the log a reconnect could resume from."""
+    return f"event: {body['type']}\ndata: {json.dumps(body)}\n\n"
+
+
+def _deleted_frame() -> str:
+    """The log went with the session, so ``session.deleted`` is made up here, never stored."""
+    body = new_event("session.deleted")
+    return f"event: session.deleted\ndata: {json.dumps(body)}\n\n"
 
 
 routes = [

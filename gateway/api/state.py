@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from gateway.config import Settings
+from gateway.harness.previews import PreviewHub
 from gateway.harness.runner import SessionRunner
 from gateway.store.base import Store
 from gateway.tools.sandbox import SandboxPool
@@ -20,6 +21,7 @@ class GatewayState:
     runner: SessionRunner
     sandboxes: SandboxPool
     keyring: KeyRing
+    previews: PreviewHub
 
 
 def state(request: Request) -> GatewayState:

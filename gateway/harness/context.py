@@ -1,9 +1,15 @@
 """Rebuild the Messages API conversation from the session log.
 
-Tool uses are keyed by their event ids. A tool use that never got a result (an
-interrupt, a restart) is answered with an error result here, so the model never
-receives an orphaned ``tool_use``. User text that arrived while tools were running
-is placed after their results, as the API requires.
+Tool uses are keyed by their event ids in the log and sent under the model's own ids
+(``tether_model_id``; logs from before it was kept fall back to the event id). Thinking blocks
+are sent back exactly as the model sent them, before the text and tool uses of their reply,
+in every turn: the API needs them unchanged within a tool-use turn and ignores or strips
+those of finished turns, so sending them all is always valid; thinking never becomes text.
+
+A tool use that never got a result (an interrupt, a restart) is answered with an error result
+here, so the model never receives an orphaned ``tool_use``. User text that arrived while
+tools were running is placed after their results, as the API requires, and user text that
+arrived while the model was answering is placed after that answer (it is answered by the next call).
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gateway.harness.transcript import RESULT_LINKS, TOOL_USE_KINDS, Transcript
+from gateway.harness.events import MODEL_ID_FIELD, THINKING_BLOCK_FIELD
+from gateway.harness.transcript import RESULT_LINKS, TOOL_USE_KINDS, ToolCall, Transcript
 from gateway.store.base import Body
 
 ABANDONED = "The tool call did not complete: it was interrupted before it returned a result."
@@ -24,7 +31,11 @@ class _Builder:
         self.messages: list[Message] = []
         self.open_uses: list[str] = []
         self.closed: set[str] = set()
+        self.wire_ids: dict[str, str] = {}
+        """Tool-use event id -> the id the model gave that tool use."""
         self.deferred_user: list[dict[str, Any]] = []
+        self.late_user: dict[int, list[dict[str, Any]]] = {}
+        """Blocks of messages that arrived during a model request, by that request's end seq."""
 
     def add(self, role: str, block: dict[str, Any]) -> None:
         if self.messages and self.messages[-1]["role"] == role:
@@ -32,12 +43,27 @@ class _Builder:
         else:
             self.messages.append({"role": role, "content": [block]})
 
-    def close_open_uses(self) -> None:
+    def close_open_uses(self, recorded: dict[str, ToolCall] | None = None) -> None:
+        """``recorded``: calls whose result the log holds later on (an interrupt's closing
+        results, see ``interrupts``) are answered with it instead of a made-up one."""
         for use_id in self.open_uses:
-            self.add("user", _result_block(use_id, [{"type": "text", "text": ABANDONED}], True))
+            call = (recorded or {}).get(use_id)
+            if call is not None and call.result is not None:
+                content, is_error = call.result.get("content") or [], bool(call.result.get("is_error"))
+            else:
+                content, is_error = [{"type": "text", "text": ABANDONED}], True
+            self.add("user", _result_block(self.wire_ids[use_id], content, is_error))
             self.closed.add(use_id)
         self.open_uses.clear()
         self.flush_user()
+
+    def add_user(self, blocks: list[dict[str, Any]]) -> None:
+        """User text goes after the results of open tool uses, which the API wants first."""
+        if self.open_uses:
+            self.deferred_user += blocks
+        else:
+            for block in blocks:
+                self.add("user", block)
 
     def flush_user(self) -> None:
         for block in self.deferred_user:
@@ -45,17 +71,38 @@ class _Builder:
         self.deferred_user.clear()
 
 
-def build_messages(transcript: Transcript, tool_name: Callable[[Body], str]) -> list[Message]:
+def build_messages(
+    transcript: Transcript,
+    tool_name: Callable[[Body], str],
+    after_seq: int = 0,
+    first: list[dict[str, Any]] | None = None,
+) -> list[Message]:
+    """``after_seq``/``first``: a compacted context is its summary (``first``, user content)
+    followed by the events after the seq it summarises through (see ``compaction``)."""
     builder = _Builder()
+    for block in first or []:
+        builder.add("user", block)
     for event in transcript.events:
+        if event.seq <= after_seq:
+            continue
         body, kind = event.body, event.type
         if kind == "user.message":
             blocks = [_input_block(block) for block in body["content"]]
-            if builder.open_uses:
-                builder.deferred_user += blocks
+            release = transcript.late_messages.get(event.seq)
+            if release is not None:
+                builder.late_user.setdefault(release, []).extend(blocks)
             else:
-                for block in blocks:
-                    builder.add("user", block)
+                builder.add_user(blocks)
+        elif kind == "span.model_request_end":
+            builder.add_user(builder.late_user.pop(event.seq, []))
+        elif kind == "user.interrupt":
+            builder.close_open_uses(transcript.calls)  # what it abandoned closes here, before what follows
+        elif kind == "agent.thinking":
+            if body.get(THINKING_BLOCK_FIELD) is None:
+                continue  # logged before blocks were kept: nothing to send back
+            if not _same_turn(builder):
+                builder.close_open_uses()
+            builder.add("assistant", dict(body[THINKING_BLOCK_FIELD]))
         elif kind == "agent.message":
             if not _same_turn(builder):
                 builder.close_open_uses()
@@ -65,16 +112,18 @@ def build_messages(transcript: Transcript, tool_name: Callable[[Body], str]) -> 
         elif kind in TOOL_USE_KINDS:
             if not _same_turn(builder):
                 builder.close_open_uses()
+            wire_id = builder.wire_ids[event.id] = body.get(MODEL_ID_FIELD) or event.id
             builder.add(
                 "assistant",
-                {"type": "tool_use", "id": event.id, "name": tool_name(body), "input": body.get("input", {})},
+                {"type": "tool_use", "id": wire_id, "name": tool_name(body), "input": body.get("input", {})},
             )
             builder.open_uses.append(event.id)
         elif kind in RESULT_LINKS:
             use_id = body[RESULT_LINKS[kind]]
             if use_id in builder.closed or use_id not in builder.open_uses:
                 continue
-            builder.add("user", _result_block(use_id, body.get("content") or [], bool(body.get("is_error"))))
+            content, is_error = body.get("content") or [], bool(body.get("is_error"))
+            builder.add("user", _result_block(builder.wire_ids[use_id], content, is_error))
             builder.open_uses.remove(use_id)
             builder.closed.add(use_id)
             if not builder.open_uses:

@@ -7,6 +7,14 @@ from typing import Any
 from gateway import ids
 from gateway.store.base import Body
 
+THINKING_BLOCK_FIELD = "tether_block"
+"""Extra field on ``agent.thinking``: the ``thinking`` or ``redacted_thinking`` block exactly as
+the model sent it (text and signature, or ``data``), so it can be sent back unchanged."""
+
+MODEL_ID_FIELD = "tether_model_id"
+"""Extra field on the ``*_tool_use`` events: the model's own ``toolu_`` id, used on the wire for
+the ``tool_use`` block and its ``tool_result`` (the log links results by event id)."""
+
 
 def new_event(event_type: str, **fields: Any) -> Body:
     return {"id": ids.new_id(ids.EVENT), "type": event_type, "processed_at": ids.timestamp(), **fields}

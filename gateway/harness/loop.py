@@ -16,16 +16,19 @@ import anthropic
 import anyio
 import mcp.types as mcp_types
 
+from gateway.harness import compaction
 from gateway.harness import events as ev
+from gateway.harness.context_budget import REQUEST_CHARS_FIELD, request_chars
 from gateway.harness.model import ModelCallFailed, ModelResult, call_model
-from gateway.harness.request import build_request
+from gateway.harness.previews import PreviewHub, ResponsePreview
 from gateway.harness.responses import POLICY_FIELD, request_end, response_events
 from gateway.harness.retry import RetryPolicy, is_retryable
-from gateway.harness.transcript import RESULT_TYPES, ToolCall, Transcript
+from gateway.harness.transcript import CONTEXT_SEQ_FIELD, RESULT_TYPES, ToolCall, Transcript
+from gateway.harness.transcripts import TranscriptCache
 from gateway.observability import tracing
 from gateway.resources import files
 from gateway.resources import sessions as session_state
-from gateway.store.base import Body, EventQuery, Lease, Store
+from gateway.store.base import Body, Lease, Store, StoredEvent
 from gateway.tools import mcp_client
 from gateway.tools.sandbox import SandboxPool, SandboxStartFailed
 from gateway.tools.start_queue import StillQueued
@@ -65,6 +68,8 @@ class Harness:
     sandboxes: SandboxPool
     sandbox_catalog: SandboxCatalog
     max_output_tokens: int = 8192
+    prompt_caching: bool = True
+    """The gateway's default; an agent's ``tether.prompt_caching`` overrides it."""
     tool_timeout: float = 600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     policies: PolicySet = field(default_factory=PolicySet)
@@ -72,8 +77,12 @@ class Harness:
     transport_for: mcp_client.TransportFor | None = None
     """Routes MCP servers under a tunnel's domain through that tunnel."""
 
+    transcripts: TranscriptCache = field(default_factory=TranscriptCache)
+    previews: PreviewHub = field(default_factory=PreviewHub)
+    """Where replies being streamed are previewed to ``event_deltas`` streams of this process."""
+
     async def transcript(self, run: Run) -> Transcript:
-        transcript = Transcript.from_events(await self.store.read_events(run.session_id, EventQuery()))
+        transcript = await self.transcripts.current(self.store, run.session_id)
         run.last_seq = max(run.last_seq, transcript.last_seq)
         return transcript
 
@@ -155,7 +164,7 @@ class Harness:
 
     # Status ------------------------------------------------------------------------------
 
-    async def append(self, run: Run, *bodies: Body) -> None:
+    async def append(self, run: Run, *bodies: Body) -> list[StoredEvent]:
         stored = await self.store.append_events(
             run.session_id, [_without_nul(b) for b in bodies], fence=run.lease
         )
@@ -163,6 +172,7 @@ class Harness:
         # between (a client's message) is still unseen.
         if stored[0].seq == run.last_seq + 1:
             run.last_seq = stored[-1].seq
+        return stored
 
     async def _ensure_running(self, run: Run, transcript: Transcript) -> None:
         if transcript.status != "running":
@@ -308,7 +318,9 @@ class Harness:
 
     # Model -------------------------------------------------------------------------------
 
-    async def _call_with_retries(self, run: Run, request: dict[str, Any]) -> tuple[ModelResult, str] | None:
+    async def _call_with_retries(
+        self, run: Run, request: dict[str, Any], context_seq: int
+    ) -> tuple[ModelResult, str, ResponsePreview] | None:
         """One model request per attempt, each a ``span.model_request_*`` pair in the log; a failed
         attempt is a ``session.error`` saying whether it will be retried. Only a completed response
         is returned: a broken one leaves nothing in the log but its closed span and the error.
@@ -316,14 +328,16 @@ class Harness:
         A retryable failure on the last attempt is ``exhausted`` (the caller idles the session);
         a non-retryable one is ``terminal`` and terminates the session, as the SDK documents."""
         for attempt in range(1, self.retry.max_attempts + 1):
-            start = ev.new_event("span.model_request_start")
-            await self.append(run, start)
+            fields = {CONTEXT_SEQ_FIELD: context_seq, REQUEST_CHARS_FIELD: request_chars(request)}
+            start = ev.new_event("span.model_request_start", **fields)
+            anchor = (await self.append(run, start))[-1].seq
+            preview = ResponsePreview(self.previews, run.session_id, anchor)
             run.model_start_id = start["id"]
             try:
                 with tracing.model_span(request, attempt=attempt) as span:
-                    result = await call_model(self.model, request)
+                    result = await call_model(self.model, request, preview.feed)
                     span.record(result.usage, result.stop_reason)
-                return result, start["id"]
+                return result, start["id"], preview
             except ModelCallFailed as exc:
                 retryable = is_retryable(exc.status)
                 retrying = retryable and attempt < self.retry.max_attempts
@@ -348,13 +362,16 @@ class Harness:
         return None
 
     async def _model_turn(self, run: Run, agent: Body, toolbox: Toolbox) -> bool:
-        transcript = await self.transcript(run)
-        request = build_request(agent, transcript, toolbox, self.max_output_tokens)
-        outcome = await self._call_with_retries(run, request)
+        fitted = await compaction.fitted_request(self, run, agent, toolbox)
+        if fitted is None:  # over the context budget, and compacting it failed (recorded)
+            return False
+        transcript, request = fitted
+        outcome = await self._call_with_retries(run, request, transcript.last_seq)
         if outcome is None:
             return False
-        result, start_id = outcome
+        result, start_id, preview = outcome
         produced = response_events(result.content, toolbox, self.policies)
+        preview.assign_ids(produced)
         await self.append(run, *produced, request_end(start_id, result.usage, is_error=False))
         run.model_start_id = None
         await session_state.add_usage(self.store, run.session_id, result.usage)

@@ -9,6 +9,7 @@ whole JSON object; anything less is a failed attempt, never a partial reply.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,10 @@ IN_STREAM_STATUS = {
     "overloaded_error": 529,
 }
 """The HTTP status each API error type stands for, for an ``error`` event inside a 200 stream."""
+
+
+StreamListener = Callable[[Any], None]
+"""Receives each event of the SDK's message stream (``ParsedMessageStreamEvent``)."""
 
 
 @dataclass(frozen=True)
@@ -65,11 +70,14 @@ def make_client(api_key: str, base_url: str | None, stream_timeout: float) -> an
     )
 
 
-async def call_model(client: anthropic.AsyncAnthropic, request: dict[str, Any]) -> ModelResult:
-    """One attempt; every way it can fail is a ``ModelCallFailed`` whose message names the cause."""
+async def call_model(
+    client: anthropic.AsyncAnthropic, request: dict[str, Any], on_event: StreamListener | None = None
+) -> ModelResult:
+    """One attempt; every way it can fail is a ``ModelCallFailed`` whose message names the cause.
+    ``on_event`` sees each stream event as it arrives (previews of the reply; it must not raise)."""
     try:
         async with client.messages.stream(**request) as stream:
-            message, tool_json = await _read_to_stop(stream)
+            message, tool_json = await _read_to_stop(stream, on_event)
     except anthropic.APIStatusError as exc:
         raise _status_failure(exc) from None
     except (anthropic.APITimeoutError, httpx2.TimeoutException):
@@ -103,12 +111,16 @@ async def call_model(client: anthropic.AsyncAnthropic, request: dict[str, Any]) 
     )
 
 
-async def _read_to_stop(stream: AsyncMessageStream[Any]) -> tuple[Message, dict[int, str]]:
+async def _read_to_stop(
+    stream: AsyncMessageStream[Any], on_event: StreamListener | None
+) -> tuple[Message, dict[int, str]]:
     """The message once ``message_stop`` arrives, and the raw JSON of each tool input by block
     index. A stream that ends (cleanly or not) before ``message_stop`` is a failed attempt:
     ``get_final_message`` would return whatever had arrived."""
     tool_json: dict[int, str] = {}
     async for event in stream:
+        if on_event is not None:
+            on_event(event)
         if event.type == "content_block_delta" and event.delta.type == "input_json_delta":
             tool_json[event.index] = tool_json.get(event.index, "") + event.delta.partial_json
         elif event.type == "message_stop":

@@ -1,7 +1,12 @@
 """A model response turned into log events: one per thinking block, run of text and tool use.
 
 Each tool use carries the permission the policies decided before anything runs, and the rule
-behind it, so the log says why a call ran or did not.
+behind it, so the log says why a call ran or did not, and the model's own id for it.
+
+Each ``agent.thinking`` event keeps its block exactly as the model sent it (``tether_block``):
+the API wants thinking sent back unchanged, signature and all. Like ``tether_policy`` it is
+part of the logged event, so ``GET /events`` and the stream show it too (the hosted API shows
+no thinking content on this event); the hash chain covers the body exactly as served.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ def response_events(content: list[dict[str, Any]], toolbox: Toolbox, policies: P
     for block in content:
         kind = block["type"]
         if kind in ("thinking", "redacted_thinking"):
-            produced.append(ev.new_event("agent.thinking"))
+            produced.append(ev.new_event("agent.thinking", **{ev.THINKING_BLOCK_FIELD: block}))
         elif kind == "text":
             if produced and produced[-1]["type"] == "agent.message":
                 produced[-1]["content"].append({"type": "text", "text": block["text"]})
@@ -58,6 +63,13 @@ def response_events(content: list[dict[str, Any]], toolbox: Toolbox, policies: P
 
 def tool_use_event(block: dict[str, Any], toolbox: Toolbox, policies: PolicySet) -> Body:
     """The intent, with the permission decided before anything runs and the rule behind it."""
+    event = _tool_use_event(block, toolbox, policies)
+    if isinstance(block.get("id"), str):
+        event[ev.MODEL_ID_FIELD] = block["id"]
+    return event
+
+
+def _tool_use_event(block: dict[str, Any], toolbox: Toolbox, policies: PolicySet) -> Body:
     spec = toolbox.lookup(block["name"])
     raw_input = block.get("input")
     arguments: dict[str, Any] = raw_input if isinstance(raw_input, dict) else {}

@@ -22,14 +22,13 @@ import anyio
 import anyio.abc
 
 from gateway.harness import events as ev
+from gateway.harness import interrupts
 from gateway.harness.loop import Harness, Run
 from gateway.harness.responses import interrupted_request_end
-from gateway.harness.transcript import RESULT_TYPES
 from gateway.store.base import LeaseLost
 
 log = logging.getLogger("tether.runner")
 
-INTERRUPTED = "The tool call was interrupted by the user before it finished."
 DEFAULT_LEASE_TTL = 15.0
 SHUTDOWN_HANDBACK_SECONDS = 10.0
 
@@ -144,6 +143,7 @@ class SessionRunner:
             async with anyio.create_task_group() as keepalive:
                 keepalive.start_soon(self._renew, run, scope)
                 try:
+                    await self._close_interrupted(run)
                     await self.harness.run(run)
                 except LeaseLost:
                     lost = True
@@ -181,16 +181,21 @@ class SessionRunner:
         closing = []
         if run.model_start_id is not None:
             closing.append(interrupted_request_end(run.model_start_id))
-        # The call that was running, and any the model asked for that had not started yet.
-        transcript = await self.harness.transcript(run)
-        for call in transcript.abandoned_by_last_interrupt():
-            result_type, link = RESULT_TYPES[call.kind]
-            closing.append(ev.text_result(result_type, link, call.id, INTERRUPTED, True))
+        # The call that was running, any the model asked for that had not started yet, and any
+        # waiting for the client.
+        closing += interrupts.closing_results(await self.harness.transcript(run))
         closing.append(ev.status_idle("end_turn"))
         try:
             await self.harness.append(run, *closing)
         except LeaseLost:
             pass
+
+    async def _close_interrupted(self, run: Run) -> None:
+        """Close the calls of an interrupt no run here was cut short by: the session waited for
+        a confirmation or a custom tool's result, or its run was in another process."""
+        closing = interrupts.closing_results(await self.harness.transcript(run))
+        if closing and await self.store.get("session", run.session_id) is not None:
+            await self.harness.append(run, *closing)
 
     async def _record_failure(self, run: Run, exc: Exception) -> None:
         if await self.store.get("session", run.session_id) is None:

@@ -1,7 +1,14 @@
 """A session's state, derived from its log and nothing else.
 
 Because every decision the harness makes is recomputed from the persisted
-events, any gateway process can pick a session up where another left off.
+events, any gateway process can pick a session up where another left off. A transcript is
+built once and then *extended* with the events appended since (``extend``), so a harness
+step costs what is new, not the whole log: all derived state is folded event by event.
+
+Input counts as answered only by a model request whose context included it: each
+``span.model_request_start`` records the last seq its request was built from
+(``CONTEXT_SEQ_FIELD``), so a message that arrives while the model is answering is still
+unanswered when that answer ends, and gets a model call of its own.
 """
 
 from __future__ import annotations
@@ -29,6 +36,12 @@ RESULT_TYPES: dict[ToolKind, tuple[str, str]] = {
     "mcp": ("agent.mcp_tool_result", "mcp_tool_use_id"),
     "custom": ("user.custom_tool_result", "custom_tool_use_id"),
 }
+CONTEXT_SEQ_FIELD = "tether_context_seq"
+"""Extra field on ``span.model_request_start``: the newest seq the request's context holds."""
+COMPACTION_FIELD = "tether_compaction"
+"""Extra field on the ``span.model_request_*`` pair of a summarising call (``compaction``):
+it answers no input and its usage is not the size of the context."""
+
 STATUS_EVENTS = {
     "session.status_running": "running",
     "session.status_idle": "idle",
@@ -68,30 +81,49 @@ class ToolCall:
 class Transcript:
     events: list[StoredEvent]
     calls: dict[str, ToolCall] = field(default_factory=dict)
+    open_calls: dict[str, ToolCall] = field(default_factory=dict)
+    """The calls with no result yet, in order: what a step looks at, however long the log."""
     last_input_seq: int = 0
-    last_model_end_seq: int = 0
+    answered_through_seq: int = 0
+    """The context seq of the newest successful model request: input up to here was seen."""
     last_interrupt_seq: int = 0
     previous_interrupt_seq: int = 0
     last_idle: Body | None = None
     status: str = "idle"
     open_model_request: str | None = None
     """A ``span.model_request_start`` with no end yet: a call in flight, or lost in a crash."""
+    request_context_seqs: dict[str, int] = field(default_factory=dict)
+    """Each model request's start id -> the newest seq its context was built from."""
+    late_messages: dict[int, int] = field(default_factory=dict)
+    """``user.message`` seq -> seq of the end of the model request it arrived during: the
+    conversation places it after that request's reply, which never saw it."""
+    _recent_messages: list[int] = field(default_factory=list)
+    compacted: Body | None = None
+    """The newest ``agent.thread_context_compacted``: the context resumes from its summary."""
 
     @classmethod
     def from_events(cls, events: Sequence[StoredEvent]) -> Transcript:
-        transcript = cls(events=list(events))
-        for event in events:
-            transcript._fold(event)
+        transcript = cls(events=[])
+        transcript.extend(events)
         return transcript
+
+    def extend(self, events: Sequence[StoredEvent]) -> None:
+        """Fold events appended after ``last_seq``; a gap or an overlap is a caller's bug."""
+        for event in events:
+            if self.events and event.seq != self.last_seq + 1:
+                raise ValueError(f"event seq {event.seq} does not follow {self.last_seq}")
+            self.events.append(event)
+            self._fold(event)
 
     def _fold(self, event: StoredEvent) -> None:
         body, kind = event.body, event.type
         if kind in TOOL_USE_KINDS:
-            self.calls[event.id] = ToolCall(use=body, seq=event.seq)
+            self.calls[event.id] = self.open_calls[event.id] = ToolCall(use=body, seq=event.seq)
         elif kind in RESULT_LINKS:
             call = self.calls.get(body[RESULT_LINKS[kind]])
             if call is not None and call.result is None:
                 call.result = body
+                del self.open_calls[call.id]
             # A result closing a call an interrupt abandoned is bookkeeping, not new input.
             if call is None or call.seq > self.last_interrupt_seq:
                 self.last_input_seq = event.seq
@@ -101,14 +133,29 @@ class Transcript:
                 call.confirmation = body
         elif kind == "user.message":
             self.last_input_seq = event.seq
+            self._recent_messages.append(event.seq)
         elif kind == "user.interrupt":
             self.previous_interrupt_seq, self.last_interrupt_seq = self.last_interrupt_seq, event.seq
         elif kind == "span.model_request_start":
             self.open_model_request = event.id
+            context_seq = body.get(CONTEXT_SEQ_FIELD)
+            self.request_context_seqs[event.id] = (
+                context_seq if isinstance(context_seq, int) else event.seq - 1
+            )
+        elif kind == "span.model_request_end" and body.get(COMPACTION_FIELD):
+            self.open_model_request = None  # a summary: no input answered (see ``compaction``)
+        elif kind == "agent.thread_context_compacted":
+            self.compacted = body
         elif kind == "span.model_request_end":
             self.open_model_request = None
             if not body.get("is_error"):
-                self.last_model_end_seq = event.seq
+                start = str(body.get("model_request_start_id"))
+                context_seq = self.request_context_seqs.get(start, event.seq)
+                self.answered_through_seq = max(self.answered_through_seq, context_seq)
+                for seq in self._recent_messages:
+                    if seq > context_seq:
+                        self.late_messages[seq] = event.seq
+                self._recent_messages.clear()
         if kind in STATUS_EVENTS:
             self.status = STATUS_EVENTS[kind]
             self.last_idle = body if kind == "session.status_idle" else None
@@ -119,25 +166,22 @@ class Transcript:
 
     def pending(self) -> list[ToolCall]:
         """Tool uses with no result that an interrupt has not abandoned, oldest first."""
-        return [
-            call for call in self.calls.values() if call.result is None and call.seq > self.last_interrupt_seq
-        ]
+        return [call for call in self.open_calls.values() if call.seq > self.last_interrupt_seq]
 
     def abandoned_by_last_interrupt(self) -> list[ToolCall]:
         """Server-side tool uses the latest interrupt left without a result."""
         return [
             call
-            for call in self.calls.values()
-            if call.result is None
-            and call.kind != "custom"
-            and self.previous_interrupt_seq < call.seq < self.last_interrupt_seq
+            for call in self.open_calls.values()
+            if call.kind != "custom" and self.previous_interrupt_seq < call.seq < self.last_interrupt_seq
         ]
 
     def awaiting_client(self) -> list[ToolCall]:
         return [call for call in self.pending() if call.awaits_client]
 
     def needs_model(self) -> bool:
-        """Unanswered input exists, nothing is pending, and no interrupt has dropped it."""
+        """Input no model request has seen exists, nothing is pending, and no interrupt has
+        dropped it."""
         return not self.pending() and self.last_input_seq > max(
-            self.last_model_end_seq, self.last_interrupt_seq
+            self.answered_through_seq, self.last_interrupt_seq
         )

@@ -96,22 +96,28 @@ def _apply(current: Body, request: AgentUpdate) -> Body:
         updated["metadata"] = apply_metadata_patch(current["metadata"], request.metadata or {})
         agent_settings.parse(updated["metadata"])
     if "tools" in fields or "mcp_servers" in fields:
-        servers = (
-            request.mcp_servers
-            if "mcp_servers" in fields
-            else [URLMCPServer.model_validate(s) for s in current["mcp_servers"]]
-        ) or []
-        if "tools" in fields:
-            tools = request.tools or []
-        else:
-            tools = [_reparse_tool(t) for t in current["tools"]]
-        updated["tools"] = _tools(tools, servers)
-        updated["mcp_servers"] = [s.model_dump() for s in servers]
+        updated["tools"], updated["mcp_servers"] = replace_tools(
+            current,
+            (request.tools or []) if "tools" in fields else None,
+            (request.mcp_servers or []) if "mcp_servers" in fields else None,
+        )
     if updated == current:
         return current
     updated["version"] = current["version"] + 1
     updated["updated_at"] = ids.timestamp()
     return updated
+
+
+def replace_tools(
+    current: Body, tools: list[Any] | None, servers: list[URLMCPServer] | None
+) -> tuple[list[Body], list[Body]]:
+    """``tools`` and ``mcp_servers`` of ``current`` (an agent, or a session's snapshot of one)
+    with either list replaced whole (None keeps it), resolved and checked together."""
+    if servers is None:
+        servers = [URLMCPServer.model_validate(s) for s in current["mcp_servers"]]
+    if tools is None:
+        tools = [_reparse_tool(t) for t in current["tools"]]
+    return _tools(tools, servers), [s.model_dump() for s in servers]
 
 
 def _reparse_tool(stored: Body) -> Any:

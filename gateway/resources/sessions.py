@@ -6,13 +6,14 @@ from datetime import datetime
 from typing import Any
 
 from gateway import ids
-from gateway.errors import InvalidRequest, NotFound
+from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.harness.events import new_event
 from gateway.harness.transcript import Transcript
 from gateway.resources import agents, common, environments, files, vaults, work
 from gateway.schemas.common import apply_metadata_patch
 from gateway.schemas.sessions import (
     ClientEvent,
+    SessionAgentUpdate,
     SessionCreate,
     SessionUpdate,
     UserCustomToolResult,
@@ -34,7 +35,9 @@ AGENT_SNAPSHOT_FIELDS = (
     "execution_identity",
     "multiagent",
     "version",
+    "metadata",
 )
+"""``metadata`` carries the agent version's ``tether.*`` settings to the harness."""
 
 
 def _empty_usage() -> Body:
@@ -97,12 +100,18 @@ def render(body: Body) -> Body:
 
 
 async def update(store: Store, session_id: str, request: SessionUpdate) -> Body:
+    """Apply the update and log what changed as ``session.updated``; a new agent configuration
+    applies from the next turn (the harness reads the session's agent when a run starts)."""
     if request.vault_ids is not None:
         await vaults.require_usable(store, request.vault_ids)
+    before: list[Body] = []
 
     def apply(current: Body) -> Body:
+        before[:] = [current]
         updated = dict(current)
         fields = request.model_fields_set
+        if request.agent is not None:
+            updated["agent"] = _agent_update(current, request.agent)
         if "title" in fields:
             updated["title"] = request.title
         if "metadata" in fields:
@@ -116,7 +125,36 @@ async def update(store: Store, session_id: str, request: SessionUpdate) -> Body:
     body = await store.update(KIND, session_id, apply)
     if body is None:
         raise NotFound("session", session_id)
+    changes = _changes(before[-1], body)
+    if changes is not None:
+        await store.append_events(session_id, [new_event("session.updated", **changes)])
     return body
+
+
+def _agent_update(session: Body, change: SessionAgentUpdate) -> Body:
+    """The session's agent snapshot with ``tools``/``mcp_servers`` replaced, checked like an
+    agent's. Refused while a turn runs: the SDK allows it only when the session is not running."""
+    current = session["agent"]
+    if change.tools is None and change.mcp_servers is None:
+        return current
+    if session["status"] in ("running", "rescheduling"):
+        raise Conflict(
+            f"session {session['id']} is {session['status']}; its agent can be updated once it is idle"
+        )
+    tools, servers = agents.replace_tools(current, change.tools, change.mcp_servers)
+    return {**current, "tools": tools, "mcp_servers": servers}
+
+
+def _changes(before: Body, after: Body) -> Body | None:
+    """The fields of ``session.updated`` as the SDK describes them (only what changed; metadata
+    in full unless emptied; the agent as its whole new snapshot), or None if nothing did."""
+    fields = ("title", "metadata", "agent")
+    if all(after[name] == before[name] for name in fields):
+        return None
+    changes = {name: after[name] for name in fields if after[name] != before[name]}
+    if not changes.get("metadata", True):
+        del changes["metadata"]
+    return changes
 
 
 async def archive(store: Store, session_id: str) -> Body:
@@ -176,30 +214,46 @@ async def accept_events(store: Store, session: Body, events: list[Any]) -> list[
         pending = {call.id: call for call in transcript.pending()}
         answered: set[str] = set()
         for index, event in enumerate(events):
-            _check_event(index, event, pending, answered)
+            _check_event(index, event, pending, answered, transcript)
     bodies = [new_event(e.type, **e.model_dump(exclude_none=True, exclude={"type"})) for e in events]
     return await store.append_events(session["id"], bodies)
 
 
-def _check_event(index: int, event: ClientEvent, pending: dict[str, Any], answered: set[str]) -> None:
+def _check_event(
+    index: int, event: ClientEvent, pending: dict[str, Any], answered: set[str], transcript: Transcript
+) -> None:
     where = f"events.{index}"
     if isinstance(event, UserToolConfirmation):
         call = pending.get(event.tool_use_id)
         if call is None or call.kind == "custom" or call.permission != "ask":
-            raise InvalidRequest(
-                f"{where}.tool_use_id: {event.tool_use_id!r} is not a tool use awaiting confirmation"
-            )
+            why = _closed(transcript, event.tool_use_id) or "is not a tool use awaiting confirmation"
+            raise InvalidRequest(f"{where}.tool_use_id: {event.tool_use_id!r} {why}")
         if call.confirmation is not None or event.tool_use_id in answered:
             raise InvalidRequest(f"{where}.tool_use_id: {event.tool_use_id!r} was already confirmed")
         answered.add(event.tool_use_id)
     elif isinstance(event, UserCustomToolResult):
         call = pending.get(event.custom_tool_use_id)
         if call is None or call.kind != "custom":
-            raise InvalidRequest(
-                f"{where}.custom_tool_use_id: {event.custom_tool_use_id!r} is not a custom tool use awaiting a result"
+            why = (
+                _closed(transcript, event.custom_tool_use_id) or "is not a custom tool use awaiting a result"
             )
+            raise InvalidRequest(f"{where}.custom_tool_use_id: {event.custom_tool_use_id!r} {why}")
         if event.custom_tool_use_id in answered:
             raise InvalidRequest(
                 f"{where}.custom_tool_use_id: {event.custom_tool_use_id!r} is answered twice"
             )
         answered.add(event.custom_tool_use_id)
+
+
+def _closed(transcript: Transcript, use_id: str) -> str | None:
+    """Why a tool use of this session takes no answer any more (an interrupt closed it, or it
+    has its result), or None when it is not one."""
+    call = transcript.calls.get(use_id)
+    if call is None:
+        return None
+    if call.result is not None:
+        texts = [b["text"] for b in call.result.get("content") or [] if b.get("type") == "text"]
+        return "already has a result" + (f": {texts[0]}" if texts else "")
+    if call.seq < transcript.last_interrupt_seq:
+        return "was interrupted (user.interrupt) and takes no answer any more"
+    return None

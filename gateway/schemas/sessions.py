@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
+from gateway.schemas.agents import MAX_MCP_SERVERS, MAX_TOOLS, Tool, URLMCPServer
 from gateway.schemas.common import Metadata, MetadataPatch, Strict
 
 MAX_EVENTS_PER_POST = 100
@@ -146,7 +147,16 @@ class SessionCreate(Strict):
         return resources
 
 
+class SessionAgentUpdate(Strict):
+    """``BetaManagedAgentsSessionAgentUpdateParam``: only ``tools`` and ``mcp_servers`` change
+    mid-session, each replaced whole when given."""
+
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
+    mcp_servers: Annotated[list[URLMCPServer], Field(max_length=MAX_MCP_SERVERS)] | None = None
+
+
 class SessionUpdate(Strict):
+    agent: SessionAgentUpdate | None = None
     title: Annotated[str, Field(max_length=512)] | None = None
     metadata: MetadataPatch | None = None
     vault_ids: Annotated[list[str], Field(max_length=MAX_VAULTS)] | None = None

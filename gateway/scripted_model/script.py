@@ -6,6 +6,9 @@ number of assistant messages already in the request), so a harness that retries 
 replays a request gets the same turn back. The only state kept here is the
 per-turn attempt counter behind ``fail_first`` and the stream faults, which must live
 across requests by its nature.
+
+Tether's summarising requests get a script's ``compaction`` turn or a digest; the turn count
+the digest carries keeps turn selection right after a compaction (see ``compaction``).
 """
 
 from __future__ import annotations
@@ -15,11 +18,27 @@ import json
 import re
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
+
+from gateway.scripted_model import compaction
+from gateway.scripted_model.cache import PromptCache
+from gateway.scripted_model.spec import (
+    ErrorSpec,
+    Failure,
+    RedactedThinkingSpec,
+    Reply,
+    Script,
+    ScriptFile,
+    StreamFault,
+    TextSpec,
+    ThinkingSpec,
+    ToolUseSpec,
+    Turn,
+)
 
 __all__ = [
     "WILDCARD",
@@ -38,141 +57,6 @@ __all__ = [
 WILDCARD = "*"
 EXHAUSTED_TEXT = "(script exhausted)"
 ECHO_TEXT = "You said: {{last_user_text}}"
-
-StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"]
-
-
-class _Strict(BaseModel):
-    """Unknown keys are rejected so a typo in a script fails loudly instead of being ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class TextSpec(_Strict):
-    type: Literal["text"]
-    text: str
-
-
-class ThinkingSpec(_Strict):
-    type: Literal["thinking"]
-    thinking: str
-    signature: str | None = None
-
-
-class ToolUseSpec(_Strict):
-    type: Literal["tool_use"]
-    name: str = Field(min_length=1)
-    input: dict[str, Any] = Field(default_factory=dict)
-
-
-BlockSpec = Annotated[TextSpec | ThinkingSpec | ToolUseSpec, Field(discriminator="type")]
-
-
-class ErrorSpec(_Strict):
-    """One scripted HTTP failure, returned with an Anthropic-style error body."""
-
-    status: int = Field(ge=400, le=599)
-    type: str = Field(min_length=1)
-    message: str = ""
-    retry_after: float | None = Field(default=None, ge=0)
-
-
-class UsageSpec(_Strict):
-    """Overrides for the computed usage; omitted fields keep the computed value."""
-
-    input_tokens: int | None = Field(default=None, ge=0)
-    output_tokens: int | None = Field(default=None, ge=0)
-    cache_creation_input_tokens: int | None = Field(default=None, ge=0)
-    cache_read_input_tokens: int | None = Field(default=None, ge=0)
-
-
-class Turn(_Strict):
-    """One assistant reply, and the failures served before it succeeds.
-
-    Each attempt at the turn (a request for it, counted across requests) gets the next
-    failure in this order, then the reply itself:
-
-    - ``fail_first``: one HTTP error response per entry.
-    - ``hang_first`` attempts: the stream stops after ``hang_after_events`` SSE events (default
-      1) and never continues, so the client times out. ``hang_after_events`` without
-      ``hang_first`` makes every attempt hang.
-    - ``truncate_first`` attempts: the stream ends cleanly (HTTP-wise) after
-      ``truncate_after_events`` SSE events, without ``message_delta`` and ``message_stop``
-      (default: right before ``message_delta``, so every block is there but the message
-      never finishes).
-    - ``malformed_tool_json_first`` attempts: every ``tool_use`` block's ``input_json_delta``
-      fragments form broken JSON; the message itself completes. Needs a ``tool_use`` block.
-    - ``reset_first`` attempts: the connection is dropped after ``reset_after_events`` SSE
-      events (default: right before ``message_delta``) without finishing the chunked body,
-      so the client sees a protocol error.
-
-    Stream faults apply to streamed requests; a non-streamed request gets the whole message.
-    """
-
-    content: list[BlockSpec] = Field(default_factory=list)
-    stop_reason: StopReason | None = None
-    usage: UsageSpec | None = None
-    fail_first: list[ErrorSpec] = Field(default_factory=list)
-    hang_after_events: int | None = Field(default=None, ge=0)
-    hang_first: int = Field(default=0, ge=0)
-    truncate_first: int = Field(default=0, ge=0)
-    truncate_after_events: int | None = Field(default=None, ge=0)
-    malformed_tool_json_first: int = Field(default=0, ge=0)
-    reset_first: int = Field(default=0, ge=0)
-    reset_after_events: int | None = Field(default=None, ge=0)
-
-    @model_validator(mode="after")
-    def _faults_have_effect(self) -> Turn:
-        if self.truncate_after_events is not None and not self.truncate_first:
-            raise ValueError("truncate_after_events needs truncate_first (how many attempts to truncate)")
-        if self.reset_after_events is not None and not self.reset_first:
-            raise ValueError("reset_after_events needs reset_first (how many attempts to reset)")
-        if self.malformed_tool_json_first and not any(isinstance(b, ToolUseSpec) for b in self.content):
-            raise ValueError("malformed_tool_json_first needs a tool_use block in content")
-        return self
-
-
-class Script(_Strict):
-    """Turns replayed for every request whose system prompt or first user message contains ``match``."""
-
-    match: str = Field(min_length=1)
-    turns: list[Turn]
-
-
-class ScriptFile(_Strict):
-    scripts: list[Script] = Field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A scripted HTTP error to return instead of a message."""
-
-    status: int
-    type: str
-    message: str
-    retry_after: float | None = None
-
-
-FaultKind = Literal["hang", "truncate", "malformed_tool_json", "reset"]
-
-
-@dataclass(frozen=True)
-class StreamFault:
-    """How one streamed attempt goes wrong (see ``Turn``). ``after_events`` counts SSE events
-    sent before the fault; ``None`` means right before ``message_delta``."""
-
-    kind: FaultKind
-    after_events: int | None = None
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A fully rendered assistant message; ``content`` holds API-shaped blocks."""
-
-    content: list[dict[str, Any]]
-    stop_reason: str
-    usage: dict[str, int]
-    fault: StreamFault | None = None
 
 
 def validation_message(error: ValidationError) -> str:
@@ -208,17 +92,20 @@ def _tool_results_text(content: Any) -> str:
     return "\n".join(_text_of(result.get("content", "")) for result in results)
 
 
-_TEMPLATE = re.compile(r"\{\{\s*(last_tool_result|last_user_text)\s*\}\}")
+_TEMPLATE = re.compile(r"\{\{\s*(last_tool_result|last_user_text|conversation_digest|context_summary)\s*\}\}")
 
 
 def render_template(text: str, messages: list[Any]) -> str:
-    """Substitute ``{{last_tool_result}}`` and ``{{last_user_text}}`` from the last user message."""
+    """Substitute ``{{last_tool_result}}`` and ``{{last_user_text}}`` from the last user message,
+    ``{{conversation_digest}}`` and ``{{context_summary}}`` as ``compaction`` describes."""
     if "{{" not in text:
         return text
     last = _last_user(messages)
     values = {
         "last_tool_result": _tool_results_text(last.get("content")),
         "last_user_text": _text_of(last.get("content")),
+        "conversation_digest": compaction.conversation_digest(messages),
+        "context_summary": compaction.context_summary(messages),
     }
     return _TEMPLATE.sub(lambda m: values[m.group(1)], text)
 
@@ -233,13 +120,17 @@ def _render_value(value: Any, messages: list[Any]) -> Any:
     return value
 
 
-def _render_block(block: TextSpec | ThinkingSpec | ToolUseSpec, messages: list[Any]) -> dict[str, Any]:
+def _render_block(
+    block: TextSpec | ThinkingSpec | RedactedThinkingSpec | ToolUseSpec, messages: list[Any]
+) -> dict[str, Any]:
     if isinstance(block, TextSpec):
         return {"type": "text", "text": render_template(block.text, messages)}
     if isinstance(block, ThinkingSpec):
         thinking = render_template(block.thinking, messages)
         signature = block.signature or "sig_" + hashlib.sha256(thinking.encode()).hexdigest()[:32]
         return {"type": "thinking", "thinking": thinking, "signature": signature}
+    if isinstance(block, RedactedThinkingSpec):
+        return {"type": "redacted_thinking", "data": block.data or "redacted_" + uuid.uuid4().hex}
     return {
         "type": "tool_use",
         "id": f"toolu_{uuid.uuid4().hex[:24]}",
@@ -272,7 +163,7 @@ def _first_user_text(messages: list[Any]) -> str:
 
 
 class ScriptBook:
-    """Every loaded script plus the per-(script, turn) attempt counters.
+    """Every loaded script plus the per-(script, turn) attempt counters and the prompt cache.
 
     Scripts are kept in the order added; later scripts shadow earlier ones so a test
     can override a shared script file without editing it.
@@ -281,6 +172,7 @@ class ScriptBook:
     def __init__(self, scripts: Iterable[Script] = ()) -> None:
         self._scripts: list[Script] = []
         self._attempts: dict[tuple[int, int], int] = {}
+        self._cache = PromptCache()
         for script in scripts:
             self.add(script)
 
@@ -323,19 +215,24 @@ class ScriptBook:
         """
         messages: list[Any] = list(request.get("messages") or [])
         selected = self.select(request)
+        summarising = compaction.is_compaction_request(request)
         if selected is None:
-            return _reply(Turn(content=[TextSpec(type="text", text=ECHO_TEXT)]), messages)
+            echo = Turn(content=[TextSpec(type="text", text=compaction.DIGEST if summarising else ECHO_TEXT)])
+            return _reply(echo, messages, self._cache.account(request))
         script_index, script = selected
-        turn_index = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
+        turn_index = compaction.TURN if summarising else compaction.turn_of(messages)
         if turn_index >= len(script.turns):
-            return _reply(Turn(content=[TextSpec(type="text", text=EXHAUSTED_TEXT)]), messages)
-        turn = script.turns[turn_index]
+            exhausted = Turn(content=[TextSpec(type="text", text=EXHAUSTED_TEXT)])
+            return _reply(exhausted, messages, self._cache.account(request))
+        digest = Turn(content=[TextSpec(type="text", text=compaction.DIGEST)])
+        turn = script.turns[turn_index] if turn_index >= 0 else script.compaction or digest
         attempt = self._attempts.get((script_index, turn_index), 0)
         self._attempts[(script_index, turn_index)] = attempt + 1
         if attempt < len(turn.fail_first):
             spec = turn.fail_first[attempt]
             return Failure(spec.status, spec.type, spec.message, spec.retry_after)
-        return replace(_reply(turn, messages), fault=_fault(turn, attempt - len(turn.fail_first)))
+        reply = _reply(turn, messages, self._cache.account(request))
+        return replace(reply, fault=_fault(turn, attempt - len(turn.fail_first)))
 
 
 def _fault(turn: Turn, attempt: int) -> StreamFault | None:
@@ -355,19 +252,16 @@ def _fault(turn: Turn, attempt: int) -> StreamFault | None:
     return None
 
 
-def _reply(turn: Turn, messages: list[Any]) -> Reply:
+def _reply(turn: Turn, messages: list[Any], input_usage: dict[str, int]) -> Reply:
+    """``input_usage``: the prompt's tokens as the cache splits them (``PromptCache.account``)."""
     content = [_render_block(block, messages) for block in turn.content]
     has_tool_use = any(block["type"] == "tool_use" for block in content)
-    usage = {
-        "input_tokens": max(1, len(json.dumps(messages)) // 4),
-        "output_tokens": max(1, _output_chars(content) // 4),
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
-    }
+    usage = {**input_usage, "output_tokens": max(1, _output_chars(content) // 4)}
     if turn.usage is not None:
         usage.update(turn.usage.model_dump(exclude_none=True))
     return Reply(
         content=content,
         stop_reason=turn.stop_reason or ("tool_use" if has_tool_use else "end_turn"),
         usage=usage,
+        hold=turn.hold,
     )

@@ -18,8 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway.scripted_model.cache import problem as cache_problem
+from gateway.scripted_model.gates import Gates
 from gateway.scripted_model.script import Failure, Script, ScriptBook, validation_message
 from gateway.scripted_model.stream import QuietResets, message_body, sse_body, stream_events
+from gateway.scripted_model.thinking import ThinkingLedger
 from gateway.serving import serve
 
 __all__ = ["create_app", "run"]
@@ -42,12 +45,16 @@ def _invalid_request(body: Any) -> str | None:
     max_tokens = body.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         return "max_tokens: field required (a positive integer)"
-    return None
+    return cache_problem(body)
 
 
 def create_app(book: ScriptBook) -> Starlette:
-    """A Starlette app serving ``book``; it also records every valid request it receives."""
+    """A Starlette app serving ``book``; it also records every valid request it receives, and
+    every reply it serves (with the request's ``system``, so a test can find its own)."""
     received: list[dict[str, Any]] = []
+    served: list[dict[str, Any]] = []
+    ledger = ThinkingLedger()
+    gates = Gates()
 
     async def messages(request: Request) -> Response:
         try:
@@ -57,6 +64,9 @@ def create_app(book: ScriptBook) -> Starlette:
         problem = _invalid_request(body)
         if problem is not None:
             return _error(400, "invalid_request_error", problem)
+        problem = ledger.problem(body)
+        if problem is not None:
+            return _error(400, "invalid_request_error", problem)
         received.append(body)
         outcome = book.respond(body)
         headers = {"request-id": f"req_{uuid.uuid4().hex[:24]}"}
@@ -64,6 +74,10 @@ def create_app(book: ScriptBook) -> Starlette:
             if outcome.retry_after is not None:
                 headers["retry-after"] = f"{outcome.retry_after:g}"
             return _error(outcome.status, outcome.type, outcome.message, headers)
+        ledger.record(outcome.content)
+        served.append({"system": body.get("system"), "content": outcome.content})
+        if outcome.hold is not None:
+            await gates.pass_through(outcome.hold)
         if body.get("stream"):
             events = stream_events(outcome, body["model"])
             return StreamingResponse(
@@ -88,15 +102,32 @@ def create_app(book: ScriptBook) -> Starlette:
     async def list_requests(request: Request) -> Response:
         return JSONResponse(received)
 
+    async def list_replies(request: Request) -> Response:
+        return JSONResponse(served)
+
     async def clear_requests(request: Request) -> Response:
         received.clear()
         return Response(status_code=204)
 
+    async def gate_arrived(request: Request) -> Response:
+        """Waits (up to ``?timeout=`` seconds, default 30) until a request is held at the gate."""
+        timeout = float(request.query_params.get("timeout", "30"))
+        if await gates.wait_arrived(request.path_params["name"], timeout):
+            return Response(status_code=204)
+        return _error(408, "timeout_error", "no request arrived at the gate")
+
+    async def gate_open(request: Request) -> Response:
+        gates.open(request.path_params["name"])
+        return Response(status_code=204)
+
     return Starlette(
         routes=[
+            Route("/_gates/{name}/arrived", gate_arrived, methods=["GET"]),
+            Route("/_gates/{name}/open", gate_open, methods=["POST"]),
             Route("/v1/messages", messages, methods=["POST"]),
             Route("/_scripts", add_script, methods=["POST"]),
             Route("/_requests", list_requests, methods=["GET"]),
+            Route("/_replies", list_replies, methods=["GET"]),
             Route("/_requests", clear_requests, methods=["DELETE"]),
         ]
     )

@@ -84,6 +84,8 @@ def _block_events(index: int, block: dict[str, Any], malformed: bool) -> list[di
         start = {"type": "thinking", "thinking": "", "signature": ""}
         deltas = [{"type": "thinking_delta", "thinking": piece} for piece in _chunks(block["thinking"])]
         deltas.append({"type": "signature_delta", "signature": block["signature"]})
+    elif kind == "redacted_thinking":  # the API sends it whole in the start event, with no deltas
+        start, deltas = dict(block), []
     else:
         start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
         arguments = json.dumps(block["input"])

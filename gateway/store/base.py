@@ -169,7 +169,8 @@ class Store(Protocol):
         """Block until the session's log holds an event past ``after_seq`` or ``timeout`` passes.
 
         Returns True when there is something new to read. Wake-ups happen only after commit,
-        so a reader woken here always finds the events persisted.
+        so a reader woken here always finds the events persisted. Deleting the session wakes
+        its waiters too: they return False at once (its streams can say so and end).
         """
         ...
 

@@ -19,7 +19,8 @@ from gateway.store.notifier import Notifier
 log = logging.getLogger("gateway.store.postgres")
 
 CHANNEL = "tether_events"
-"""NOTIFY channel; the payload is the session id."""
+"""NOTIFY channel; the payload is the session id, after ``GONE`` when it was deleted."""
+GONE = "deleted "
 
 LISTENER_APPLICATION_NAME = "tether-listener"
 """Names the LISTEN connection in ``pg_stat_activity`` (operators and tests can find it)."""
@@ -80,8 +81,8 @@ class Listener:
         self.connects += 1
         self._waiters.notify_all()
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, session_id: str) -> None:
-        self._waiters.notify(session_id)
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self._waiters.notify(payload.removeprefix(GONE), gone=payload.startswith(GONE))
 
     async def _supervise(self) -> None:
         while True:

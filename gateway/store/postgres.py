@@ -38,8 +38,9 @@ from gateway.store.base import (
     status_after,
 )
 from gateway.store.chain import GENESIS, ChainLink, link_hash
+from gateway.store.clock import commit_times
 from gateway.store.pg_errors import translate_errors
-from gateway.store.pg_listener import CHANNEL, Listener, Waiters
+from gateway.store.pg_listener import CHANNEL, GONE, Listener, Waiters
 from gateway.store.pg_schema import migrate
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,10 @@ class PostgresStore:
                 await conn.execute("DELETE FROM event_heads WHERE session_id = $1", resource_id)
                 await conn.execute("DELETE FROM wakeups WHERE session_id = $1", resource_id)
                 await conn.execute("DELETE FROM events WHERE session_id = $1", resource_id)
+                # Streams of the session, in every process, learn that it is gone.
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, GONE + resource_id)
+        if kind == "session":
+            self._waiters.notify(resource_id, gone=True)
         return bool(status != "DELETE 0")
 
     async def list_resources(
@@ -207,13 +212,18 @@ class PostgresStore:
                 " ON CONFLICT (session_id) DO UPDATE SET last_seq = h.last_seq"
                 " RETURNING last_seq, last_hash) "
                 "SELECT last_seq, last_hash, "
+                " (SELECT processed_at FROM events e WHERE e.session_id = $1 AND e.seq = head.last_seq)"
+                " AS last_processed_at, "
                 " ARRAY(SELECT b FROM unnest($3::jsonb[]) WITH ORDINALITY AS t(b, n) ORDER BY n) AS bodies "
                 "FROM head",
                 session_id,
                 GENESIS,
                 list(events),
             )
-            stored = _chain(session_id, head["last_seq"], head["last_hash"], head["bodies"])
+            bodies = head["bodies"]
+            for body, moment in zip(bodies, commit_times(head["last_processed_at"], len(bodies)), strict=True):
+                body["processed_at"] = moment  # the commit time, in the body's own (jsonb) key order
+            stored = _chain(session_id, head["last_seq"], head["last_hash"], bodies)
             await conn.executemany(
                 "INSERT INTO events (session_id, seq, id, type, processed_at, body, prev_hash, hash) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -243,7 +253,7 @@ class PostgresStore:
                     "WHERE kind = 'session' AND id = $1",
                     session_id,
                     status,
-                    events[-1]["processed_at"],
+                    stored[-1].body["processed_at"],
                 )
             await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, session_id)
         # Our own listener will hear the NOTIFY too; waking local waiters now saves the
@@ -295,6 +305,7 @@ class PostgresStore:
     async def wait_for_append(self, session_id: str, after_seq: int, timeout: float) -> bool:
         # Re-check after every wake-up: a wake can also mean "the listener reconnected and
         # may have missed something", which is not by itself news.
+        # A deleted session's waiters wake with ``gone`` (also those that start waiting later).
         deadline = anyio.current_time() + timeout
         while True:
             with self._waiters.watch(session_id) as appended:
@@ -305,6 +316,8 @@ class PostgresStore:
                     return False
                 with anyio.move_on_after(remaining):
                     await appended.wait()
+                if appended.gone:
+                    return False
 
     # Leases ------------------------------------------------------------------------------
 

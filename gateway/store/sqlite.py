@@ -27,6 +27,7 @@ from gateway.store.base import (
     status_after,
 )
 from gateway.store.chain import GENESIS, ChainLink, link_hash
+from gateway.store.clock import commit_times
 from gateway.store.notifier import Notifier
 from gateway.store.sqlite_conn import BUSY_TIMEOUT_SECONDS, Connections
 
@@ -168,7 +169,10 @@ class SQLiteStore:
                 conn.execute("DELETE FROM wakeups WHERE session_id = ?", (resource_id,))
             return cursor.rowcount > 0
 
-        return await self._transaction(delete)
+        deleted = await self._transaction(delete)
+        if kind == "session":
+            self._notifier.notify(resource_id, gone=True)  # its streams learn that it is gone
+        return deleted
 
     async def list_resources(
         self,
@@ -268,12 +272,15 @@ class SQLiteStore:
                 if held != (fence.owner, fence.generation):
                     raise LeaseLost(f"lease on {session_id} generation {fence.generation} was taken over")
             head = conn.execute(
-                "SELECT seq, hash FROM events WHERE session_id = ? ORDER BY seq DESC LIMIT 1", (session_id,)
+                "SELECT seq, hash, processed_at FROM events WHERE session_id = ? ORDER BY seq DESC LIMIT 1",
+                (session_id,),
             ).fetchone()
-            last, prev = head if head else (0, GENESIS)
+            last, prev, last_time = head if head else (0, GENESIS, None)
             stored = []
-            for offset, body in enumerate(events, start=1):
+            times = commit_times(last_time, len(events))
+            for offset, given in enumerate(events, start=1):
                 seq = last + offset
+                body = {**given, "processed_at": times[offset - 1]}
                 digest = link_hash(session_id, seq, prev, body)
                 event = StoredEvent(session_id, seq, body["id"], body["type"], body, prev, digest)
                 conn.execute(
@@ -304,7 +311,7 @@ class SQLiteStore:
                 conn.execute(
                     "UPDATE resources SET body = json_set(body, '$.status', ?, '$.updated_at', ?) "
                     "WHERE kind = 'session' AND id = ?",
-                    (status, events[-1]["processed_at"], session_id),
+                    (status, times[-1], session_id),
                 )
             return stored
 
@@ -436,12 +443,15 @@ class SQLiteStore:
         return [ChainLink(seq, id_, prev, digest, json.loads(body)) for seq, id_, prev, digest, body in rows]
 
     async def wait_for_append(self, session_id: str, after_seq: int, timeout: float) -> bool:
+        # A deleted session's waiters wake with ``gone`` (also those that start waiting later).
         with anyio.move_on_after(timeout):
             while True:
                 with self._notifier.watch(session_id) as appended:
                     if await self.last_seq(session_id) > after_seq:
                         return True
                     await appended.wait()
+                    if appended.gone:
+                        return False
         return False
 
 

@@ -245,13 +245,18 @@
     }
     const usage = insight.usage;
     const cost = insight.estimated_cost;
+    // With prompt caching most input is billed as cache reads and writes: show them next to the cost.
+    const cached = usage.cache_read_input_tokens || usage.cache_creation_input_tokens
+      ? `${int.format(usage.cache_read_input_tokens || 0)} cache read · ` +
+        `${int.format(usage.cache_creation_input_tokens || 0)} cache write · `
+      : "";
     parts.push(
       figure(
         "Tokens",
         `${int.format(usage.input_tokens)} in / ${int.format(usage.output_tokens)} out`,
-        cost
+        cached + (cost
           ? `${dollars(cost)} — estimate at list prices${cost.priced_as ? " (" + cost.priced_as + ")" : ""}`
-          : "cost: no estimate for this model",
+          : "cost: no estimate for this model"),
       ),
     );
     if (!aggregate) {

@@ -1,0 +1,126 @@
+"""Prompt-cache breakpoints on a built Messages API request.
+
+Every model call of a session resends the whole conversation, so without caching a long
+session pays for its history again on each call. The API caches the prefix of a request
+up to each block marked ``cache_control`` and bills a later request whose prefix matches at
+a tenth of the input price. The marks are placed as a pass over the finished request (the
+conversation builder knows nothing of them):
+
+- the last tool and the last system block: the agent's stable prefix;
+- the last block of the last message: a rolling mark that the next call reads back;
+- the last block of the previous user message: where the previous call put its rolling
+  mark, so the next call of the same turn, and the first of the next turn, hit it exactly.
+
+At most four marks (the API refuses more), never on an empty text or a thinking block (the
+API refuses those too): the nearest earlier block that allows one takes the mark instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+EPHEMERAL = {"type": "ephemeral"}
+MAX_BREAKPOINTS = 4
+MARK = "cache_control"
+
+Block = dict[str, Any]
+
+
+def prepared(request: dict[str, Any], enabled: bool) -> dict[str, Any]:
+    """The request to send: with breakpoints when caching is on, with none at all when off."""
+    return with_cache_breakpoints(request) if enabled else without_cache_breakpoints(request)
+
+
+def without_cache_breakpoints(request: dict[str, Any]) -> dict[str, Any]:
+    """A copy with every ``cache_control`` mark removed; the input is not changed."""
+    out = dict(request)
+    if isinstance(out.get("tools"), list):
+        out["tools"] = [_unmarked(tool) for tool in out["tools"]]
+    if isinstance(out.get("system"), list):
+        out["system"] = [_unmarked(block) for block in out["system"]]
+    out["messages"] = [_unmarked_message(message) for message in out.get("messages") or []]
+    return out
+
+
+def with_cache_breakpoints(request: dict[str, Any]) -> dict[str, Any]:
+    """A copy with the breakpoints placed (any marks already present are replaced)."""
+    out = without_cache_breakpoints(request)
+    marks: list[Block] = []
+    tools = out.get("tools")
+    if tools:
+        marks.append(tools[-1])
+    system = out.get("system")
+    if isinstance(system, str) and system.strip():
+        system = out["system"] = [{"type": "text", "text": system}]
+    if isinstance(system, list):
+        block = _last_allowed(system)
+        if block is not None:
+            marks.append(block)
+    messages: list[dict[str, Any]] = out["messages"]
+    for message in messages:
+        if isinstance(message.get("content"), str):
+            text = message["content"]
+            message["content"] = [{"type": "text", "text": text}] if text.strip() else []
+    previous_user = _previous_user(messages)
+    if previous_user is not None:
+        marks.append(_rolling(messages, previous_user))
+    if messages:
+        marks.append(_rolling(messages, len(messages) - 1))
+    placed: list[Block] = []
+    for block in marks:
+        if block and not any(block is seen for seen in placed):
+            placed.append(block)
+    for block in placed[-MAX_BREAKPOINTS:]:
+        block[MARK] = dict(EPHEMERAL)
+    return out
+
+
+def allows_mark(block: Block) -> bool:
+    """Whether the API accepts ``cache_control`` on this block."""
+    kind = block.get("type")
+    if kind in ("thinking", "redacted_thinking"):
+        return False
+    if kind == "text":
+        text = block.get("text")
+        return isinstance(text, str) and bool(text.strip())
+    return True
+
+
+def _unmarked(block: Any) -> Any:
+    if not isinstance(block, dict):
+        return block
+    copy = {key: value for key, value in block.items() if key != MARK}
+    if copy.get("type") == "tool_result" and isinstance(copy.get("content"), list):
+        copy["content"] = [_unmarked(inner) for inner in copy["content"]]
+    return copy
+
+
+def _unmarked_message(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
+    if not isinstance(content, list):
+        return dict(message)
+    return {**message, "content": [_unmarked(block) for block in content]}
+
+
+def _last_allowed(blocks: list[Block]) -> Block | None:
+    for block in reversed(blocks):
+        if isinstance(block, dict) and allows_mark(block):
+            return block
+    return None
+
+
+def _rolling(messages: list[dict[str, Any]], index: int) -> Block:
+    """The last block at or before message ``index`` that allows a mark ({} if none does)."""
+    for message in reversed(messages[: index + 1]):
+        block = _last_allowed(message["content"])
+        if block is not None:
+            return block
+    return {}
+
+
+def _previous_user(messages: list[dict[str, Any]]) -> int | None:
+    """The index of the last user message before the last message."""
+    for index in range(len(messages) - 2, -1, -1):
+        if messages[index].get("role") == "user":
+            return index
+    return None
