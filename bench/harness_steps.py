@@ -239,14 +239,14 @@ def raw_sqlite(directory: Path, commits: int) -> list[float]:
     return latencies
 
 
-def report_latency(rows: dict[str, list[float]], raw: list[float], sessions: int, database: str) -> bool:
+def report_latency(rows: dict[str, Phase], raw: list[float], sessions: int, database: str) -> bool:
     print(f"\n(b) append-to-SSE at {sessions} concurrent sessions on {database} (ms)")
-    print(f"{'':<44} {'p50':>8} {'p99':>8} {'n':>6}")
-    for name, values in rows.items():
-        p50, p99 = median(values) * 1000, percentile(values, 0.99) * 1000
-        print(f"{name:<44} {p50:>8.2f} {p99:>8.2f} {len(values):>6}")
+    print(f"{'':<48} {'p50':>8} {'p99':>8} {'n':>6} {'gw CPU':>7}")
+    for name, phase in rows.items():
+        p50, p99 = median(phase.latencies) * 1000, percentile(phase.latencies, 0.99) * 1000
+        print(f"{name:<48} {p50:>8.2f} {p99:>8.2f} {len(phase.latencies):>6} {phase.gateway_cpu:>6.0f}%")
     print(
-        f"{'baseline: raw sqlite3 commit (WAL, NORMAL)':<44} {median(raw) * 1000:>8.3f} "
+        f"{'baseline: raw sqlite3 commit (WAL, NORMAL)':<48} {median(raw) * 1000:>8.3f} "
         f"{percentile(raw, 0.99) * 1000:>8.3f} {len(raw):>6}"
     )
     message = rows[CLOSED_LOOP].latencies

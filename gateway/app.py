@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
 from gateway.api import agents, egress, environments, files, sessions, vaults, webhooks, work
+from gateway.api import insights as insight_routes
 from gateway.api.auth import APIKeyMiddleware
 from gateway.api.errors import HANDLERS, STORE_RETRY_AFTER_SECONDS
 from gateway.api.state import GatewayState
@@ -32,7 +33,6 @@ from gateway.harness.retry import RetryPolicy
 from gateway.harness.runner import SessionRunner
 from gateway.mcp_gateway import wiring as mcp_gateway
 from gateway.observability import metrics, tracing
-from gateway.observability import routes as observability_routes
 from gateway.observability.observed_store import observe_store
 from gateway.scripted_model.script import ScriptBook
 from gateway.scripted_model.server import create_app as create_scripted_model
@@ -134,6 +134,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
         )
         try:
             await sandboxes.stop_leftovers()
+            sandboxes.check_host()  # one line if bash cannot run here (no bubblewrap)
             async with (
                 tunnel_wiring.running_hub(app, store, settings.tunnel_base_domain, sealer=keyring) as hub,
                 anyio.create_task_group() as tasks,
@@ -190,7 +191,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
         *mcp_gateway.routes(),
         *tunnel_wiring.routes(),
         *webhooks.routes,
-        *observability_routes.routes,
+        *insight_routes.routes,
         *ui_routes.routes,
     ]
     if settings.serve_scripted_model:

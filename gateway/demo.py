@@ -1,13 +1,17 @@
 """``tether demo``: start a gateway with its embedded defaults and run one session end to end.
 
 The gateway runs as a child process exactly as ``tether gateway`` would; this
-module is only a client of it, through the official ``anthropic`` SDK.
+module is only a client of it, through the official ``anthropic`` SDK. On a host without
+bubblewrap the demo still runs (its file tools need no sandbox process) and says in one
+line how to enable ``bash``. It exits non-zero when the session ends in an error, or when
+the scripted model's write-then-read round trip did not succeed, so a script can rely on it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -18,6 +22,7 @@ from typing import Any
 import anthropic
 
 from gateway.serving import READY_PREFIX
+from sandbox_server.backends import bash_notice
 
 DEMO_MARKER = "tether-demo"
 SYSTEM_PROMPT = (
@@ -88,8 +93,12 @@ def run_demo(data_dir: str | None = None, port: int = 0) -> int:
         print(f"Tether gateway at {url}")
         print(f"API key (x-api-key): {api_key}")
         print(
-            f"Model: {'Anthropic API' if real_model else 'the scripted model (set ANTHROPIC_API_KEY for Claude)'}\n"
+            f"Model: {'Anthropic API' if real_model else 'the scripted model (set ANTHROPIC_API_KEY for Claude)'}"
         )
+        notice = bash_notice(shlex.split(os.environ.get("TETHER_SANDBOX_ARGS", "")))
+        if notice is not None:
+            print(f"Note: {notice}")
+        print()
         client = anthropic.Anthropic(base_url=url, api_key=api_key, max_retries=0)
         agent = client.beta.agents.create(
             name="demo-engineer",
@@ -103,6 +112,7 @@ def run_demo(data_dir: str | None = None, port: int = 0) -> int:
         )
         print(f"agent {agent.id} (v{agent.version}), environment {environment.id}, session {session.id}\n")
         stop_reason = None
+        problems: list[str] = []
         with client.beta.sessions.events.stream(session.id) as stream:
             client.beta.sessions.events.send(
                 session.id,
@@ -115,6 +125,10 @@ def run_demo(data_dir: str | None = None, port: int = 0) -> int:
             )
             for number, event in enumerate(stream, start=1):
                 print(f"{number:>3}  {event.type:<26} {_describe(event)}", flush=True)
+                if event.type == "session.error" and event.error.retry_status.type != "retrying":
+                    problems.append(f"session error: {_describe(event)}")
+                elif event.type == "agent.tool_result" and event.is_error and not real_model:
+                    problems.append(f"the scripted round trip failed: {_describe(event)}")
                 if event.type == "session.status_idle":
                     stop_reason = event.stop_reason.type
                     break
@@ -126,7 +140,11 @@ def run_demo(data_dir: str | None = None, port: int = 0) -> int:
         seen = Path(f"/proc/{process.pid}/root{plan.resolve()}")
         if seen.exists():
             print(f"workspace file {plan}:\n{seen.read_text()}")
-        return 0 if stop_reason == "end_turn" else 1
+        if stop_reason != "end_turn" or finished.status == "terminated":
+            problems.append(f"the session ended {finished.status} (stop_reason={stop_reason})")
+        for problem in problems:
+            print(f"demo failed: {problem}", file=sys.stderr)
+        return 1 if problems else 0
     finally:
         process.terminate()
         try:

@@ -92,6 +92,7 @@ PROC_MASKED = (
 )
 """``/proc`` entries hidden behind ``/dev/null`` (files) or an empty read-only tmpfs (directories)."""
 
+
 def install_command() -> str:
     """The command that installs bubblewrap on this (Debian/Ubuntu) host: root runs apt-get
     itself, anyone else through sudo."""

@@ -91,10 +91,24 @@ def die_with_parent(expected_parent: int) -> None:
         os._exit(1)
 
 
+_started_for_parent = False
+
+
+def started_for_parent() -> bool:
+    """Whether this process is a sandbox started through ``command`` by a starter (which reports
+    host-wide conditions, such as missing bubblewrap, once in its own log)."""
+    return _started_for_parent
+
+
 def main(argv: Sequence[str]) -> None:
     parent = os.environ.pop(PARENT_ENV, "")
     if parent:
         die_with_parent(int(parent))
+        # Run with ``-m``, this file is ``__main__``; the server reads the flag off the module
+        # it imports, ``sandbox_server.launch``.
+        from sandbox_server import launch
+
+        launch._started_for_parent = True
     if list(argv[:1]) != ["sandbox"]:
         sys.exit("usage: python -m sandbox_server.launch sandbox [tether sandbox flags]")
     from gateway.cli import main as tether
@@ -134,15 +148,18 @@ async def drain(process: anyio.abc.Process) -> None:
 
 async def stop(process: anyio.abc.Process, grace: float) -> None:
     """SIGTERM, then SIGKILL after ``grace`` seconds (at once when it is 0), wait and close.
-    Shielded: a cancelled caller still leaves no process behind."""
+    Shielded: a cancelled caller still leaves no process behind. A child that is already gone
+    (asyncio raises ``ProcessLookupError`` once it has seen the exit) is simply waited for."""
     with anyio.CancelScope(shield=True):
         if process.returncode is None:
             if grace > 0:
-                process.terminate()
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
                 with anyio.move_on_after(grace):
                     await process.wait()
             if process.returncode is None:
-                process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
                 await process.wait()
         with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
             await process.aclose()

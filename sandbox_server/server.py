@@ -9,7 +9,9 @@ anything unexpected is caught by ``MCPServer`` itself and reported as a generic
 ``is_error`` result, so no tool call can take the server down.
 
 ``bash`` is pluggable (``BashBackend``): bubblewrap by default (``bwrap``), Docker
-where an engine runs (``docker_backend``). ``write`` and ``edit`` share the
+where an engine runs (``docker_backend``). Where bubblewrap is not installed, ``bash``
+answers with what to install and runs nothing, while the file tools, which never
+needed it, work as ever (``backends``). ``write`` and ``edit`` share the
 workspace disk quota with it (``quota``). With ``--egress limited|unrestricted``
 the server also runs the sandbox's egress proxy (``sandbox_server.egress``), the
 only way ``bash`` commands reach the network.
@@ -19,21 +21,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Protocol
 
 from mcp.server import MCPServer
-from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
-from gateway.serving import serve
-from sandbox_server import auth, file_tools, workspace_fs
-from sandbox_server.backends import BackendName, BackendUnavailable, make_bash_backend, resolve_backend
+from sandbox_server import auth, file_tools, launch, workspace_fs
+from sandbox_server.backends import (
+    BackendName,
+    BackendUnavailable,
+    bash_notice,
+    make_bash_backend,
+    resolve_backend,
+)
 from sandbox_server.bwrap import BubblewrapBash
 from sandbox_server.docker_backend import DockerSettings
 from sandbox_server.egress.config import TOKEN_ENV, EgressSettings, describe_network
@@ -49,13 +53,12 @@ from sandbox_server.identity import (
 from sandbox_server.limits import SandboxLimits, format_seconds
 from sandbox_server.quota import DiskQuota, QuotaExceeded
 from sandbox_server.results import text_result
+from sandbox_server.transport import exit_on_sigterm, serve_toolset
 from sandbox_server.workspace import WORKSPACE_MOUNT, Workspace
 
-MCP_PATH = "/mcp"
 SERVER_NAME = "tether-sandbox"
 BASH_UNAVAILABLE = "bash is not available in this sandbox"
 NO_NETWORK = "There is no network access."
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 __all__ = ["BashBackend", "UnavailableBash", "build_server", "run", "text_result"]
@@ -269,23 +272,6 @@ def build_server(
     return server
 
 
-def _transport_security(host: str) -> TransportSecuritySettings:
-    """DNS-rebinding protection for loopback binds; none when bound for other machines.
-
-    The protection stops a browser page from reaching a server on localhost. A
-    sandbox bound to another address is reached by the gateway under whatever
-    name the network gives it (say a container name), and who may connect there
-    is the network's business, so the ``Host`` header is not checked.
-    """
-    if host in _LOOPBACK_HOSTS:
-        return TransportSecuritySettings(
-            enable_dns_rebinding_protection=True,
-            allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
-            allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
-        )
-    return TransportSecuritySettings(enable_dns_rebinding_protection=False)
-
-
 def run(
     workspace: Path,
     host: str,
@@ -300,11 +286,13 @@ def run(
     """Serve the toolset for ``workspace``: over stdin/stdout, or streamable HTTP at ``/mcp``.
 
     The HTTP app is served directly (not mounted), so its own lifespan runs the
-    session manager; ``gateway.serving.serve`` prints the ready line. A backend
+    session manager; ``gateway.serving.serve`` prints the ready line. A Docker backend
     that cannot run here, or an egress proxy that cannot start (credentials
-    unreachable, say), ends the process with a message before anything is served.
+    unreachable, say), ends the process with a message before anything is served;
+    missing bubblewrap is said once on stderr (by the starter instead, for a server it
+    started) and the file tools are served.
     """
-    _exit_on_sigterm()
+    exit_on_sigterm()
     limits = limits or SandboxLimits()
     egress = egress or EgressSettings()
     token = os.environ.pop(TOKEN_ENV, None)  # read once; never inherited by anything started later
@@ -347,12 +335,15 @@ def run(
             )
         except BackendUnavailable as exc:
             sys.exit(f"tether sandbox: the {backend} backend is unavailable: {exc}")
+        notice = bash_notice(["--backend", concrete])
+        if notice is not None and not launch.started_for_parent():
+            print(f"tether sandbox: {notice}", file=sys.stderr, flush=True)  # a starter says it itself
         close = getattr(bash, "close", None)
         if close is not None:
             cleanup.callback(close)
         owner = None if identity.is_current else (identity.uid, identity.gid)
         server = build_server(ws.root, bash_backend=bash, limits=limits, network=network, owner=owner)
-        _serve(server, host, port, stdio, sandbox_token)
+        serve_toolset(server, host, port, stdio, sandbox_token)
 
 
 def _claim_workspace(
@@ -387,28 +378,3 @@ def _hand_over(mount: EgressMount, identity: SandboxIdentity) -> None:
     os.chmod(mount.host_dir.parent, 0o711)  # traversable, not listable: bwrap reaches the directory by path
     for path in (mount.host_dir, mount.socket_path):
         os.chown(path, identity.uid, identity.gid, follow_symlinks=False)
-
-
-def _exit_on_sigterm() -> None:
-    """Make SIGTERM unwind the stack (``SystemExit``) so ``run``'s cleanup happens.
-
-    uvicorn handles SIGTERM itself while serving, then raises it again once it
-    has stopped; with the default action the process would die right there,
-    before the egress proxy's directory or a Docker container is cleaned up.
-    """
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
-
-
-def _serve(server: MCPServer, host: str, port: int, stdio: bool, token: str | None) -> None:
-    """Over stdio no token is needed (only the parent holds the pipes); over HTTP every request
-    must carry it (``sandbox_server.auth``), and without one nothing is served."""
-    if stdio:
-        server.run("stdio")
-        return
-    if not token:
-        sys.exit(f"tether sandbox: {auth.MISSING_TOKEN}")
-    app = server.streamable_http_app(
-        streamable_http_path=MCP_PATH, transport_security=_transport_security(host), host=host
-    )
-    serve(auth.BearerAuth(app, token), host, port)

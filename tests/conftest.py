@@ -1,9 +1,15 @@
-"""Shared fixtures: a scripted model and a gateway, both real processes on loopback."""
+"""Shared fixtures: a scripted model and a gateway, both real processes on loopback.
+
+And the run's own setup (``support.provision``, ``support.pg_cluster``, ``support.leftovers``):
+it installs the system packages its tests need, starts the throwaway PostgreSQL cluster they
+share, and at the end stops it and fails the run if a Tether process it started survived.
+"""
 
 from __future__ import annotations
 
+import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +17,68 @@ import anthropic
 import httpx2
 import pytest
 
+from tests.support import leftovers, pg_cluster, provision
 from tests.support.processes import ServerProcess, running_server
+
+_provisioner: provision.Provisioner | None = None
+
+
+def _say(config: pytest.Config, line: str) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(line)
+
+
+def _ensure(config: pytest.Config, requirements: Sequence[provision.Requirement]) -> None:
+    """Install what is missing of ``requirements``, or end the run with what to install."""
+    global _provisioner
+    if config.option.collectonly:
+        return
+    if _provisioner is None:
+        _provisioner = provision.Provisioner(lambda line: _say(config, line))
+    try:
+        _provisioner.ensure(requirements)
+    except provision.ProvisionFailed as exc:
+        pytest.exit(f"tether tests: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    leftovers.mark_run()
+    # Before collection: test modules decide at import whether bubblewrap is there.
+    _ensure(session.config, [provision.BUBBLEWRAP])
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Provide what the selected tests need: Chromium, PostgreSQL and its throwaway cluster."""
+    modules = {item.module for item in session.items if isinstance(item, pytest.Function)}
+    needed = provision.needed_by(modules)
+    _ensure(session.config, needed)
+    if session.config.option.collectonly or provision.POSTGRESQL not in needed:
+        return
+    if not os.environ.get(provision.PG_DSN_ENV):
+        try:
+            cluster = pg_cluster.shared_cluster()
+        except (OSError, RuntimeError) as exc:
+            pytest.exit(f"tether tests: the throwaway PostgreSQL cluster did not start: {exc}", returncode=1)
+        _say(session.config, f"tether tests: PostgreSQL for this run at {cluster.dsn}")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the run's cluster, then fail the run for every Tether process it left running."""
+    pg_cluster.stop_shared_cluster()
+    # The run's temporary directory, if it made one: orphaned sandboxes name it in their argv.
+    basetemp = getattr(getattr(session.config, "_tmp_path_factory", None), "_basetemp", None)
+    found = leftovers.find(leftovers.mark_run(), str(basetemp) if basetemp is not None else None)
+    survivors = leftovers.still_running(found)
+    if not survivors:
+        return
+    _say(
+        session.config, f"tether tests: {len(survivors)} Tether process(es) started by this run outlived it:"
+    )
+    for survivor in survivors:
+        _say(session.config, f"  pid {survivor.pid}: {survivor.command}")
+    leftovers.kill(survivors)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

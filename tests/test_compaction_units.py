@@ -18,10 +18,10 @@ from gateway.harness.compaction import (
 )
 from gateway.harness.context import build_messages
 from gateway.harness.request import build_request
-from gateway.harness.transcript import COMPACTION_FIELD, CONTEXT_SEQ_FIELD, Transcript
 from gateway.resources import agent_settings
 from gateway.scripted_model import compaction as scripted
 from gateway.scripted_model.script import Reply, Script, ScriptBook
+from gateway.sessionlog.transcript import COMPACTION_FIELD, CONTEXT_SEQ_FIELD, Transcript
 from gateway.store.base import StoredEvent
 from gateway.tools.toolbox import build_toolbox
 

@@ -16,8 +16,8 @@ from gateway.errors import InvalidRequest
 from gateway.harness.context import ABANDONED, build_messages
 from gateway.harness.model import call_model, make_client
 from gateway.harness.request import build_request
-from gateway.harness.transcript import Transcript
 from gateway.resources import agent_settings
+from gateway.sessionlog.transcript import Transcript
 from gateway.store.base import StoredEvent
 from gateway.tools.toolbox import build_toolbox
 from tests.conftest import Scripts

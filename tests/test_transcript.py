@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from gateway.harness.context import ABANDONED, build_messages
-from gateway.harness.transcript import Transcript
+from gateway.sessionlog.transcript import Transcript
 from gateway.store.base import StoredEvent
 
 

@@ -16,8 +16,8 @@ import httpx2
 import pytest
 
 from gateway.errors import InvalidRequest
-from gateway.harness import events as ev
 from gateway.observability.metrics import Metrics
+from gateway.sessionlog import events as ev
 from gateway.store import open_store
 from gateway.store.base import Store
 from gateway.webhooks import endpoints

@@ -23,10 +23,10 @@ from gateway.api.pagination import (
 from gateway.api.routing import endpoint
 from gateway.api.state import state
 from gateway.errors import InvalidRequest
-from gateway.harness.events import new_event
 from gateway.harness.previews import Subscription, parse_kinds
 from gateway.resources import sessions
 from gateway.schemas.sessions import SendEvents, SessionCreate, SessionUpdate
+from gateway.sessionlog.events import new_event
 from gateway.store.base import Body, EventQuery, Store, StoredEvent
 from gateway.store.patient import patient
 

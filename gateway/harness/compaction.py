@@ -34,26 +34,26 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anthropic
 
 from gateway.harness import context_budget as sizing
-from gateway.harness import events as ev
 from gateway.harness.context import build_messages
 from gateway.harness.model import FAILED, ModelCallFailed, call_model
 from gateway.harness.request import build_request
 from gateway.harness.responses import request_end
-from gateway.harness.transcript import (
+from gateway.observability import tracing
+from gateway.resources import agent_settings
+from gateway.resources import sessions as session_state
+from gateway.sessionlog import events as ev
+from gateway.sessionlog.transcript import (
     COMPACTION_FIELD,
     CONTEXT_SEQ_FIELD,
     RESULT_LINKS,
     TOOL_USE_KINDS,
     Transcript,
 )
-from gateway.observability import tracing
-from gateway.resources import agent_settings
-from gateway.resources import sessions as session_state
 from gateway.store.base import Body, Store, StoredEvent
 from gateway.tools.toolbox import Toolbox
 
 if TYPE_CHECKING:
-    from gateway.harness.loop import Run
+    from gateway.harness.run import Run
 
 log = logging.getLogger("tether.compaction")
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gateway.harness.events import MODEL_ID_FIELD, THINKING_BLOCK_FIELD
-from gateway.harness.transcript import RESULT_LINKS, TOOL_USE_KINDS, ToolCall, Transcript
+from gateway.sessionlog.events import MODEL_ID_FIELD, THINKING_BLOCK_FIELD
+from gateway.sessionlog.transcript import RESULT_LINKS, TOOL_USE_KINDS, ToolCall, Transcript
 from gateway.store.base import Body
 
 ABANDONED = "The tool call did not complete: it was interrupted before it returned a result."

@@ -30,7 +30,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.harness.transcript import COMPACTION_FIELD, Transcript
+from gateway.sessionlog.transcript import COMPACTION_FIELD, Transcript
 from gateway.store.base import Body
 
 CLEAR_AT = 0.70

@@ -12,8 +12,8 @@ defines for it; here the gateway writes it on the client's behalf.
 
 from __future__ import annotations
 
-from gateway.harness import events as ev
-from gateway.harness.transcript import RESULT_TYPES, ToolCall, Transcript
+from gateway.sessionlog import events as ev
+from gateway.sessionlog.transcript import RESULT_TYPES, ToolCall, Transcript
 from gateway.store.base import Body
 
 INTERRUPTED = "The tool call was interrupted by the user before it finished."

@@ -17,18 +17,19 @@ import anyio
 import mcp.types as mcp_types
 
 from gateway.harness import compaction
-from gateway.harness import events as ev
 from gateway.harness.context_budget import REQUEST_CHARS_FIELD, request_chars
 from gateway.harness.model import ModelCallFailed, ModelResult, call_model
 from gateway.harness.previews import PreviewHub, ResponsePreview
 from gateway.harness.responses import POLICY_FIELD, request_end, response_events
 from gateway.harness.retry import RetryPolicy, is_retryable
-from gateway.harness.transcript import CONTEXT_SEQ_FIELD, RESULT_TYPES, ToolCall, Transcript
-from gateway.harness.transcripts import TranscriptCache
+from gateway.harness.run import Run
 from gateway.observability import tracing
 from gateway.resources import files
 from gateway.resources import sessions as session_state
-from gateway.store.base import Body, Lease, Store, StoredEvent
+from gateway.sessionlog import events as ev
+from gateway.sessionlog.transcript import CONTEXT_SEQ_FIELD, RESULT_TYPES, ToolCall, Transcript
+from gateway.harness.transcripts import TranscriptCache
+from gateway.store.base import Body, Store, StoredEvent
 from gateway.tools import mcp_client
 from gateway.tools.sandbox import SandboxPool, SandboxStartFailed
 from gateway.tools.start_queue import StillQueued
@@ -45,20 +46,6 @@ INTERRUPTED_BY_RESTART = (
     "The tool call was interrupted by a gateway restart and was not re-run, because the tool "
     "is not declared read-only or idempotent. Check its effects before trying again."
 )
-
-
-@dataclass
-class Run:
-    """One harness run of one session: its lease (every append is fenced with it) and what
-    is in flight, so an interrupt or a shutdown can close it off in the log."""
-
-    session_id: str
-    lease: Lease | None = None
-    vault_ids: list[str] = field(default_factory=list)
-    model_start_id: str | None = None
-    tool_call: ToolCall | None = None
-    last_seq: int = 0
-    """The newest seq this run has seen or written: anything later arrived after its decisions."""
 
 
 @dataclass

@@ -13,8 +13,8 @@ from typing import Any
 from gateway.harness import caching
 from gateway.harness import context_budget as sizing
 from gateway.harness.context import build_messages
-from gateway.harness.transcript import Transcript
 from gateway.resources import agent_settings
+from gateway.sessionlog.transcript import Transcript
 from gateway.store.base import Body
 from gateway.tools.toolbox import Toolbox
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.harness import events as ev
+from gateway.sessionlog import events as ev
 from gateway.store.base import Body
 from gateway.tools.toolbox import Toolbox
 from policies.engine import PolicySet

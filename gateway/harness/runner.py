@@ -21,10 +21,11 @@ import uuid
 import anyio
 import anyio.abc
 
-from gateway.harness import events as ev
 from gateway.harness import interrupts
-from gateway.harness.loop import Harness, Run
+from gateway.harness.loop import Harness
 from gateway.harness.responses import interrupted_request_end
+from gateway.harness.run import Run
+from gateway.sessionlog import events as ev
 from gateway.store.base import LeaseLost
 
 log = logging.getLogger("tether.runner")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from gateway.harness.transcript import Transcript
+from gateway.sessionlog.transcript import Transcript
 from gateway.store.base import EventQuery, Store
 
 DEFAULT_SESSIONS = 256

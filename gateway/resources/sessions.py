@@ -7,8 +7,6 @@ from typing import Any
 
 from gateway import ids
 from gateway.errors import Conflict, InvalidRequest, NotFound
-from gateway.harness.events import new_event
-from gateway.harness.transcript import Transcript
 from gateway.resources import agents, common, environments, files, vaults, work
 from gateway.schemas.common import apply_metadata_patch
 from gateway.schemas.sessions import (
@@ -19,6 +17,8 @@ from gateway.schemas.sessions import (
     UserCustomToolResult,
     UserToolConfirmation,
 )
+from gateway.sessionlog.events import new_event
+from gateway.sessionlog.transcript import Transcript
 from gateway.store.base import Body, EventQuery, Store, StoredEvent
 
 KIND = "session"
@@ -210,13 +210,28 @@ async def accept_events(store: Store, session: Body, events: list[Any]) -> list[
         raise InvalidRequest(f"session {session['id']} is terminated")
     if any(isinstance(event, UserToolConfirmation | UserCustomToolResult) for event in events):
         # Only answers to pending tool calls need the session's state to be checked.
-        transcript = Transcript.from_events(await store.read_events(session["id"], EventQuery()))
+        transcript = await _transcript_since_calls(store, session["id"], events)
         pending = {call.id: call for call in transcript.pending()}
         answered: set[str] = set()
         for index, event in enumerate(events):
             _check_event(index, event, pending, answered, transcript)
     bodies = [new_event(e.type, **e.model_dump(exclude_none=True, exclude={"type"})) for e in events]
     return await store.append_events(session["id"], bodies)
+
+
+async def _transcript_since_calls(store: Store, session_id: str, events: list[Any]) -> Transcript:
+    """The log from the oldest tool use these answers name: all that decides whether they are
+    still open (its result, a confirmation, an interrupt come after it), without reading a long
+    session's whole log on every answer."""
+    named = {
+        e.tool_use_id if isinstance(e, UserToolConfirmation) else e.custom_tool_use_id
+        for e in events
+        if isinstance(e, UserToolConfirmation | UserCustomToolResult)
+    }
+    seqs = [seq for use_id in named if (seq := await store.event_seq(session_id, use_id)) is not None]
+    if not seqs:
+        return Transcript.from_events([])
+    return Transcript.from_events(await store.read_events(session_id, EventQuery(after_seq=min(seqs) - 1)))
 
 
 def _check_event(

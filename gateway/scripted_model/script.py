@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.scripted_model import compaction
+import gateway.scripted_model.compaction as compaction
 from gateway.scripted_model.cache import PromptCache
 from gateway.scripted_model.spec import (
     ErrorSpec,

@@ -221,7 +221,9 @@ class PostgresStore:
                 list(events),
             )
             bodies = head["bodies"]
-            for body, moment in zip(bodies, commit_times(head["last_processed_at"], len(bodies)), strict=True):
+            for body, moment in zip(
+                bodies, commit_times(head["last_processed_at"], len(bodies)), strict=True
+            ):
                 body["processed_at"] = moment  # the commit time, in the body's own (jsonb) key order
             stored = _chain(session_id, head["last_seq"], head["last_hash"], bodies)
             await conn.executemany(

@@ -41,7 +41,7 @@ import anyio.to_thread
 
 from gateway.tools.pidfiles import STOP_GRACE, PidFiles, process_start
 from gateway.tools.start_queue import Backoff, StartQueue
-from sandbox_server import auth, launch, workspace_fs
+from sandbox_server import auth, backends, launch, workspace_fs
 
 log = logging.getLogger("tether.sandbox")
 
@@ -150,6 +150,15 @@ class SandboxPool:
         pid_files = self.pid_files
         return await anyio.to_thread.run_sync(pid_files.stop_leftovers)
 
+    def check_host(self) -> str | None:
+        """Say once, at the gateway's start, when its sandboxes' ``bash`` cannot run on this host
+        (bubblewrap missing): they still serve the file tools, and ``bash`` answers with what
+        to install. Returns the line logged, if any."""
+        notice = backends.bash_notice(self.sandbox_args)
+        if notice is not None:
+            log.warning("%s", notice)
+        return notice
+
     async def endpoint(self, session_id: str, patience: float | None = None) -> SandboxEndpoint:
         """The MCP endpoint of the session's sandbox, starting one if none is alive.
 
@@ -226,7 +235,10 @@ class SandboxPool:
         Cancelled at any point after the spawn, the child is killed and reaped (shielded) before
         the cancellation goes on."""
         workspace = self.workspace(session_id)
-        workspace.mkdir(parents=True, exist_ok=True)
+        try:
+            workspace.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SandboxStartFailed(f"the workspace could not be created: {exc.strerror}") from exc
         args = ["--workspace", str(workspace), "--port", "0", *self.sandbox_args]
         extra: dict[str, str] = {}
         if self.plan is not None:
@@ -237,9 +249,12 @@ class SandboxPool:
         env = launch.environment(token, extra)
         # Shielded: once spawned, the child must be known here, whatever is cancelled meanwhile.
         with anyio.CancelScope(shield=True):
-            process = await anyio.open_process(
-                launch.command(args), stdin=subprocess.DEVNULL, stderr=None, env=env
-            )
+            try:
+                process = await anyio.open_process(
+                    launch.command(args), stdin=subprocess.DEVNULL, stderr=None, env=env
+                )
+            except OSError as exc:  # fork refused, interpreter gone: the model reads it, the run goes on
+                raise SandboxStartFailed(f"the sandbox process could not be started: {exc}") from exc
         pid_file = self.pid_files.record(session_id, process.pid) if self.pid_files is not None else None
         try:
             url = await launch.ready_url(process, timeout)

@@ -17,7 +17,7 @@ from typing import Any
 
 import mcp.types as mcp_types
 
-from gateway.harness.transcript import TOOL_USE_KINDS, ToolKind
+from gateway.sessionlog.transcript import TOOL_USE_KINDS, ToolKind
 from gateway.store.base import Body
 from policies.agent_config import toolset_config
 

@@ -1,7 +1,9 @@
-"""A throwaway PostgreSQL cluster that a test starts, restarts and stops itself.
+"""Throwaway PostgreSQL clusters: the run's shared one, and those a test restarts and stops itself.
 
-The shared server on 127.0.0.1:5432 (``tests.support.postgres``) cannot be restarted by one
-test without hurting the others, so outage tests run their own: ``initdb`` and ``pg_ctl``
+The tests never assume a server on 127.0.0.1:5432. Tests that only need databases share one
+cluster per run (``shared_cluster``: started on first use, stopped by ``stop_shared_cluster``
+at the end of the run; ``tests.support.postgres`` creates a database per test in it). Outage
+tests, which restart or stop their server, run one of their own. Both are ``initdb`` and ``pg_ctl``
 from Debian's ``postgresql`` package (``/usr/lib/postgresql/<version>/bin``; the system
 cluster need not exist), in a fresh temporary directory, on a free loopback port, with trust
 authentication. PostgreSQL refuses to run as root, so a root test runs the binaries as the
@@ -19,6 +21,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -132,6 +135,31 @@ def throwaway_cluster() -> Iterator[PgCluster]:
         yield cluster
     finally:
         _tear_down(root)
+
+
+_shared: tuple[contextlib.ExitStack, PgCluster] | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_cluster() -> PgCluster:
+    """The run's shared cluster, started (``throwaway_cluster``) by the first caller."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            stack = contextlib.ExitStack()
+            _shared = stack, stack.enter_context(throwaway_cluster())
+        return _shared[1]
+
+
+def stop_shared_cluster() -> bool:
+    """Stop and delete the shared cluster; whether there was one."""
+    global _shared
+    with _shared_lock:
+        started, _shared = _shared, None
+    if started is None:
+        return False
+    started[0].close()
+    return True
 
 
 def _start_on_a_free_port(cluster: PgCluster) -> None:

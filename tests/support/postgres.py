@@ -1,10 +1,11 @@
 """Throwaway PostgreSQL databases for tests.
 
 Each test gets its own uniquely named database, so tests never see each other's rows,
-notifications or advisory locks. CI guarantees a server on 127.0.0.1:5432 (user
-``postgres``, trust auth); when it is missing the tests fail loudly instead of being
-skipped, so a broken CI setup cannot pass silently. ``TETHER_TEST_POSTGRES`` points
-elsewhere (any DSN whose user may create databases).
+notifications or advisory locks. They live in the run's throwaway cluster
+(``pg_cluster.shared_cluster``: initdb on a free loopback port, stopped at the end of the
+run), never in whatever happens to listen on 127.0.0.1:5432, so the suite needs no server
+set up beforehand and leaves nothing in one. ``TETHER_TEST_PG_DSN`` points elsewhere
+instead (any DSN whose user may create databases; ``TETHER_TEST_POSTGRES`` is its old name).
 """
 
 from __future__ import annotations
@@ -19,25 +20,29 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-ADMIN_DSN = os.environ.get("TETHER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+from tests.support.pg_cluster import shared_cluster
+from tests.support.provision import PG_DSN_ENV
+
 CONNECT_TIMEOUT = 5.0
 
 
+def admin_dsn() -> str:
+    """The server databases are made in: the configured one, else the run's throwaway cluster."""
+    configured = os.environ.get(PG_DSN_ENV) or os.environ.get("TETHER_TEST_POSTGRES")
+    return configured or shared_cluster().dsn
+
+
 async def connect_admin() -> asyncpg.Connection:
+    dsn = admin_dsn()
     try:
-        return await asyncpg.connect(ADMIN_DSN, timeout=CONNECT_TIMEOUT)
+        return await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         problem = f"{type(exc).__name__}: {exc}"
-    pytest.fail(
-        f"PostgreSQL is not reachable at {ADMIN_DSN} ({problem}). "
-        "The store conformance suite needs it: start PostgreSQL on 127.0.0.1:5432 "
-        "(user postgres, trust auth) or set TETHER_TEST_POSTGRES.",
-        pytrace=False,
-    )
+    pytest.fail(f"PostgreSQL is not reachable at {dsn} ({problem}).", pytrace=False)
 
 
 def dsn_for(database: str) -> str:
-    parts = urlsplit(ADMIN_DSN)
+    parts = urlsplit(admin_dsn())
     return urlunsplit(parts._replace(path="/" + database))
 
 

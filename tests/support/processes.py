@@ -66,12 +66,16 @@ def _pump(process: subprocess.Popen[str], output: list[str], ready: threading.Ev
 
 
 def start_server(
-    args: Sequence[str], env: dict[str, str] | None = None, module: str = "gateway.cli"
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    module: str = "gateway.cli",
+    prefix: Sequence[str] = (),
 ) -> ServerProcess:
-    """Run ``python -m MODULE ARGS`` (the ``tether`` CLI by default) and wait for its ready line."""
+    """Run ``python -m MODULE ARGS`` (the ``tether`` CLI by default) and wait for its ready line.
+    ``prefix`` runs it through a wrapper that execs it (``unshare ...``), so the pid stays its."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     process = subprocess.Popen(
-        [sys.executable, "-m", module, *args],
+        [*prefix, sys.executable, "-m", module, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -100,22 +104,28 @@ def running_server(
 
 
 def start_sandbox(
-    args: Sequence[str], env: dict[str, str] | None = None, module: str = "gateway.cli"
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    module: str = "gateway.cli",
+    prefix: Sequence[str] = (),
 ) -> ServerProcess:
     """``start_server`` for a sandbox served over HTTP: a fresh token in its environment (never
     argv), the headers that carry it on ``headers``. ``args`` include the ``sandbox`` command
     when ``module`` is the ``tether`` CLI."""
     token = new_token()
-    server = start_server(args, {**(env or {}), TOKEN_ENV: token}, module)
+    server = start_server(args, {**(env or {}), TOKEN_ENV: token}, module, prefix)
     server.headers = bearer_headers(token)
     return server
 
 
 @contextmanager
 def running_sandbox(
-    args: Sequence[str], env: dict[str, str] | None = None, module: str = "gateway.cli"
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    module: str = "gateway.cli",
+    prefix: Sequence[str] = (),
 ) -> Iterator[ServerProcess]:
-    server = start_sandbox(args, env, module)
+    server = start_sandbox(args, env, module, prefix)
     try:
         yield server
     finally:
