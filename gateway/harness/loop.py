@@ -23,12 +23,12 @@ from gateway.harness.previews import PreviewHub, ResponsePreview
 from gateway.harness.responses import POLICY_FIELD, request_end, response_events
 from gateway.harness.retry import RetryPolicy, is_retryable
 from gateway.harness.run import Run
+from gateway.harness.transcripts import TranscriptCache
 from gateway.observability import tracing
 from gateway.resources import files
 from gateway.resources import sessions as session_state
 from gateway.sessionlog import events as ev
 from gateway.sessionlog.transcript import CONTEXT_SEQ_FIELD, RESULT_TYPES, ToolCall, Transcript
-from gateway.harness.transcripts import TranscriptCache
 from gateway.store.base import Body, Store, StoredEvent
 from gateway.tools import mcp_client
 from gateway.tools.sandbox import SandboxPool, SandboxStartFailed
