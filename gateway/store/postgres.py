@@ -27,7 +27,6 @@ import anyio
 import asyncpg
 
 from gateway.store.base import (
-    WAKES_HARNESS,
     Body,
     EventQuery,
     Lease,
@@ -35,12 +34,11 @@ from gateway.store.base import (
     Mutation,
     Page,
     StoredEvent,
-    status_after,
 )
-from gateway.store.chain import GENESIS, ChainLink, link_hash
-from gateway.store.clock import commit_times
+from gateway.store.chain import ChainLink
 from gateway.store.pg_errors import translate_errors
 from gateway.store.pg_listener import CHANNEL, GONE, Listener, Waiters
+from gateway.store.pg_log import append_to_log
 from gateway.store.pg_schema import migrate
 
 log = logging.getLogger(__name__)
@@ -195,69 +193,7 @@ class PostgresStore:
         self, session_id: str, events: Sequence[Body], fence: Lease | None = None
     ) -> list[StoredEvent]:
         async with self._pool.acquire() as conn, conn.transaction():
-            if fence is not None:
-                held = await conn.fetchrow(
-                    "SELECT owner, generation FROM leases WHERE session_id = $1 FOR SHARE", session_id
-                )
-                if held is None or (held["owner"], held["generation"]) != (fence.owner, fence.generation):
-                    raise LeaseLost(f"lease on {session_id} generation {fence.generation} was taken over")
-            if not events:
-                return []
-            # Lock the head (creating it on the first append) and have the database
-            # normalise the bodies as jsonb stores them (numbers, key order), so the
-            # hashes cover exactly the bodies that reads and ``read_chain`` return.
-            head = await conn.fetchrow(
-                "WITH head AS ("
-                " INSERT INTO event_heads AS h (session_id, last_seq, last_hash) VALUES ($1, 0, $2)"
-                " ON CONFLICT (session_id) DO UPDATE SET last_seq = h.last_seq"
-                " RETURNING last_seq, last_hash) "
-                "SELECT last_seq, last_hash, "
-                " (SELECT processed_at FROM events e WHERE e.session_id = $1 AND e.seq = head.last_seq)"
-                " AS last_processed_at, "
-                " ARRAY(SELECT b FROM unnest($3::jsonb[]) WITH ORDINALITY AS t(b, n) ORDER BY n) AS bodies "
-                "FROM head",
-                session_id,
-                GENESIS,
-                list(events),
-            )
-            bodies = head["bodies"]
-            for body, moment in zip(
-                bodies, commit_times(head["last_processed_at"], len(bodies)), strict=True
-            ):
-                body["processed_at"] = moment  # the commit time, in the body's own (jsonb) key order
-            stored = _chain(session_id, head["last_seq"], head["last_hash"], bodies)
-            await conn.executemany(
-                "INSERT INTO events (session_id, seq, id, type, processed_at, body, prev_hash, hash) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                [
-                    (session_id, e.seq, e.id, e.type, e.body["processed_at"], e.body, e.prev_hash, e.hash)
-                    for e in stored
-                ],
-            )
-            await conn.execute(
-                "UPDATE event_heads SET last_seq = $2, last_hash = $3 WHERE session_id = $1",
-                session_id,
-                stored[-1].seq,
-                stored[-1].hash,
-            )
-            wakes = [e.seq for e in stored if e.type in WAKES_HARNESS]
-            if wakes:
-                await conn.execute(
-                    "INSERT INTO wakeups (session_id, wake_seq) VALUES ($1, $2) "
-                    "ON CONFLICT (session_id) DO UPDATE SET wake_seq = excluded.wake_seq",
-                    session_id,
-                    wakes[-1],
-                )
-            status = status_after(events)
-            if status is not None:
-                await conn.execute(
-                    "UPDATE resources SET body = body || jsonb_build_object('status', $2::text, 'updated_at', $3::text) "
-                    "WHERE kind = 'session' AND id = $1",
-                    session_id,
-                    status,
-                    stored[-1].body["processed_at"],
-                )
-            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, session_id)
+            stored = await append_to_log(conn, session_id, events, fence)
         # Our own listener will hear the NOTIFY too; waking local waiters now saves the
         # round trip and keeps them prompt while the listener is reconnecting.
         self._waiters.notify(session_id)
@@ -442,17 +378,6 @@ async def _update(conn: asyncpg.Connection, kind: str, resource_id: str, mutate:
         bool(body.get("archived_at")),
     )
     return body
-
-
-def _chain(session_id: str, last_seq: int, last_hash: str, bodies: Sequence[Body]) -> list[StoredEvent]:
-    """Number the bodies after the head and link each to its predecessor's hash."""
-    stored, prev = [], last_hash
-    for offset, body in enumerate(bodies, start=1):
-        seq = last_seq + offset
-        digest = link_hash(session_id, seq, prev, body)
-        stored.append(StoredEvent(session_id, seq, body["id"], body["type"], body, prev, digest))
-        prev = digest
-    return stored
 
 
 def _page(rows: Sequence[asyncpg.Record], limit: int) -> Page:

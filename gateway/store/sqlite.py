@@ -16,7 +16,6 @@ from typing import Any, Literal, TypeVar
 import anyio
 
 from gateway.store.base import (
-    WAKES_HARNESS,
     Body,
     EventQuery,
     Lease,
@@ -24,59 +23,14 @@ from gateway.store.base import (
     Mutation,
     Page,
     StoredEvent,
-    status_after,
 )
-from gateway.store.chain import GENESIS, ChainLink, link_hash
-from gateway.store.clock import commit_times
+from gateway.store.chain import ChainLink
 from gateway.store.notifier import Notifier
 from gateway.store.sqlite_conn import BUSY_TIMEOUT_SECONDS, Connections
+from gateway.store.sqlite_log import append_to_log
+from gateway.store.sqlite_schema import SCHEMA
 
 T = TypeVar("T")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS resources (
-    rowid_ INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    id TEXT NOT NULL UNIQUE,
-    created_at TEXT NOT NULL,
-    archived INTEGER NOT NULL DEFAULT 0,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS resources_kind ON resources (kind, rowid_);
-CREATE TABLE IF NOT EXISTS agent_versions (
-    rowid_ INTEGER PRIMARY KEY AUTOINCREMENT,
-    agent_id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    UNIQUE (agent_id, version)
-);
-CREATE TABLE IF NOT EXISTS events (
-    session_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    id TEXT NOT NULL UNIQUE,
-    type TEXT NOT NULL,
-    processed_at TEXT NOT NULL,
-    body TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    PRIMARY KEY (session_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS leases (
-    session_id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    expires_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS wakeups (
-    session_id TEXT PRIMARY KEY,
-    wake_seq INTEGER NOT NULL,
-    answered_seq INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS health (
-    id INTEGER PRIMARY KEY,
-    checked_at REAL NOT NULL
-);
-"""
 
 
 def _json_path(dotted: str) -> str:
@@ -265,55 +219,7 @@ class SQLiteStore:
         self, session_id: str, events: Sequence[Body], fence: Lease | None = None
     ) -> list[StoredEvent]:
         def append(conn: sqlite3.Connection) -> list[StoredEvent]:
-            if fence is not None:
-                held = conn.execute(
-                    "SELECT owner, generation FROM leases WHERE session_id = ?", (session_id,)
-                ).fetchone()
-                if held != (fence.owner, fence.generation):
-                    raise LeaseLost(f"lease on {session_id} generation {fence.generation} was taken over")
-            head = conn.execute(
-                "SELECT seq, hash, processed_at FROM events WHERE session_id = ? ORDER BY seq DESC LIMIT 1",
-                (session_id,),
-            ).fetchone()
-            last, prev, last_time = head if head else (0, GENESIS, None)
-            stored = []
-            times = commit_times(last_time, len(events))
-            for offset, given in enumerate(events, start=1):
-                seq = last + offset
-                body = {**given, "processed_at": times[offset - 1]}
-                digest = link_hash(session_id, seq, prev, body)
-                event = StoredEvent(session_id, seq, body["id"], body["type"], body, prev, digest)
-                conn.execute(
-                    "INSERT INTO events (session_id, seq, id, type, processed_at, body, prev_hash, hash) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        session_id,
-                        seq,
-                        event.id,
-                        event.type,
-                        body["processed_at"],
-                        json.dumps(body),
-                        prev,
-                        digest,
-                    ),
-                )
-                stored.append(event)
-                prev = digest
-            wakes = [e.seq for e in stored if e.type in WAKES_HARNESS]
-            if wakes:
-                conn.execute(
-                    "INSERT INTO wakeups (session_id, wake_seq) VALUES (?, ?) "
-                    "ON CONFLICT (session_id) DO UPDATE SET wake_seq = excluded.wake_seq",
-                    (session_id, wakes[-1]),
-                )
-            status = status_after(events)
-            if status is not None:
-                conn.execute(
-                    "UPDATE resources SET body = json_set(body, '$.status', ?, '$.updated_at', ?) "
-                    "WHERE kind = 'session' AND id = ?",
-                    (status, times[-1], session_id),
-                )
-            return stored
+            return append_to_log(conn, session_id, events, fence)
 
         stored = await self._transaction(append)
         self._notifier.notify(session_id)
