@@ -237,9 +237,10 @@ def main() -> None:
     parser.add_argument("--prompt-caching", choices=("on", "off"), default="on")
     parser.add_argument("--profile", type=Path, default=None, help="run the gateway under cProfile")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="tether-soak-"))
-    with running_stack(workdir, args.database_url, args.prompt_caching == "on", args.profile) as stack:
-        ok = asyncio.run(soak_run(args, stack))
+    with tempfile.TemporaryDirectory(prefix="tether-soak-") as scratch:
+        workdir = Path(scratch)
+        with running_stack(workdir, args.database_url, args.prompt_caching == "on", args.profile) as stack:
+            ok = asyncio.run(soak_run(args, stack))
     if args.profile is not None:
         print_profile(args.profile, 30)
     sys.exit(0 if ok else 1)

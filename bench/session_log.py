@@ -1,7 +1,7 @@
 """Session log benchmark: append throughput and append-to-SSE latency, SQLite vs PostgreSQL,
 plus the memory of 1,000 idle SSE subscribers on one gateway process.
 
-    python bench/session_log.py                    # SQLite, and PostgreSQL on 127.0.0.1:5432
+    python bench/session_log.py                    # SQLite, and PostgreSQL at $TETHER_TEST_PG_DSN (127.0.0.1:5432)
     python bench/session_log.py --events 200 --subscribers 1000
 
 Throughput appends single events (as the harness does) through the store itself, from
@@ -33,7 +33,7 @@ from gateway import ids
 from gateway.serving import READY_PREFIX
 from gateway.store import open_store
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PG_ADMIN = os.environ.get("TETHER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 CONCURRENCY = (1, 10, 100)
 
 
@@ -61,7 +61,7 @@ async def fresh_database(kind: str, workdir: Path) -> tuple[str, Callable[[], Aw
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         await conn.close()
 
-    return f"postgresql://postgres@127.0.0.1:5432/{name}", drop
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}", drop
 
 
 async def append_throughput(url: str, sessions: int, events_per_session: int) -> float:

@@ -3,7 +3,8 @@
 bubblewrap is hidden, not uninstalled (``support.hiding``). The demo must still finish its
 write-then-read round trip, say once how to enable ``bash``, and exit non-zero when its
 session fails; a sandbox server must serve the file tools with their usual confinement, and
-answer ``bash`` with the apt command while running nothing the model sends.
+answer ``bash`` with the apt command while running nothing the model sends. And a sandbox
+that is already gone, or cannot start at all, is never a "the harness failed" error.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 from mcp.types import CallToolResult, TextContent
 
+from gateway.tools.sandbox import SandboxPool, SandboxStartFailed
+from sandbox_server import launch
 from tests.support.hiding import hiding, installed
 from tests.support.processes import running_sandbox, sandbox_client
 
@@ -122,3 +125,41 @@ async def test_a_sandbox_without_bubblewrap_serves_files_and_runs_no_command(tmp
     assert _nothing_ran_or_escaped(workspace, ran_on_host)
     # Started by hand, the server says it once itself (a gateway's sandboxes leave it to the gateway).
     assert startup.count("tether sandbox: bubblewrap (bwrap) is not installed") == 1
+
+
+class _AlreadyGone:
+    """A child whose exit asyncio has seen but not yet reported: signalling it raises
+    ``ProcessLookupError`` (asyncio's transport has dropped it), waiting reports the exit."""
+
+    returncode: int | None = None
+    signalled = 0
+
+    def terminate(self) -> None:
+        self.signalled += 1
+        raise ProcessLookupError
+
+    kill = terminate
+
+    async def wait(self) -> int:
+        self.returncode = 0
+        return 0
+
+    async def aclose(self) -> None:
+        await self.wait()
+
+
+@pytest.mark.anyio
+async def test_stopping_a_sandbox_that_is_already_gone_is_not_an_error() -> None:
+    gone = _AlreadyGone()
+    await launch.stop(gone, grace=1)  # type: ignore[arg-type]
+    assert gone.signalled == 1 and gone.returncode == 0
+
+
+@pytest.mark.anyio
+async def test_a_sandbox_that_cannot_be_started_is_a_tool_error_not_a_harness_failure(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    pool = SandboxPool(blocked / "workspaces")
+    with pytest.raises(SandboxStartFailed, match="the workspace could not be created"):
+        await pool.endpoint("sesn_x")
+    assert pool.running() == []

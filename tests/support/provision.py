@@ -2,8 +2,9 @@
 
 The README's test command must pass on a machine that has nothing but Python, so the run
 provisions itself instead of a CI script doing it beforehand: bubblewrap (the sandbox's
-``bash``), Debian's Chromium (the trail page's browser test; Playwright's own browser
-download is never used) and PostgreSQL's server binaries (the throwaway cluster of
+``bash``), Debian's Chromium and the ``libatomic1`` that Playwright's Node.js driver links
+(the trail page's browser test; Playwright's own browser download is never used) and
+PostgreSQL's server binaries (the throwaway cluster of
 ``pg_cluster``). Each is looked for, and only what the selected tests need is asked for
 (``needed_by``); whatever is missing is installed with one ``apt-get install`` as root, or
 through passwordless ``sudo``. When that is impossible (no apt, not root, no sudo), the run
@@ -31,7 +32,22 @@ APT_TIMEOUT = 1800.0
 
 
 def _run_quietly(command: Sequence[str]) -> bool:
-    return subprocess.run(list(command), capture_output=True, timeout=30, check=False).returncode == 0
+    try:
+        return subprocess.run(list(command), capture_output=True, timeout=30, check=False).returncode == 0
+    except OSError:
+        return False
+
+
+def _playwright_driver_runs() -> bool:
+    """Whether Playwright's bundled Node.js starts (it links ``libatomic.so.1``, which a minimal
+    Debian lacks and the ``chromium`` package does not bring)."""
+    from playwright._impl._driver import compute_driver_executable
+
+    try:
+        node, _ = compute_driver_executable()
+    except Exception:
+        return False
+    return _run_quietly([node, "--version"])
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,7 @@ class Host:
     env: Mapping[str, str] = field(default_factory=lambda: os.environ)
     euid: int = field(default_factory=os.geteuid)
     passwordless_sudo: Callable[[], bool] = lambda: _run_quietly(["sudo", "-n", "true"])
+    playwright_driver_runs: Callable[[], bool] = _playwright_driver_runs
 
 
 @dataclass(frozen=True)
@@ -73,10 +90,14 @@ def _has_postgres(host: Host) -> bool:
 
 BUBBLEWRAP = Requirement("bubblewrap", "bwrap", _has_bwrap)
 CHROMIUM = Requirement("chromium", "/usr/bin/chromium", _has_chromium)
+PLAYWRIGHT_DRIVER = Requirement(
+    "libatomic1", "libatomic.so.1 for Playwright's Node.js driver", lambda host: host.playwright_driver_runs()
+)
 POSTGRESQL = Requirement("postgresql", "PostgreSQL's initdb (/usr/lib/postgresql/*/bin)", _has_postgres)
 
 USED_BY: dict[Requirement, tuple[str, ...]] = {
     CHROMIUM: ("playwright",),
+    PLAYWRIGHT_DRIVER: ("playwright",),
     POSTGRESQL: ("tests.support.postgres", "tests.support.pg_cluster", "tests.support.restarts"),
 }
 """A test module that uses any of these modules needs the requirement."""
@@ -146,6 +167,12 @@ def _failure(missing: Sequence[Requirement], why: str) -> str:
     return text
 
 
+def _run_apt(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(command), capture_output=True, text=True, timeout=APT_TIMEOUT, stdin=subprocess.DEVNULL
+    )
+
+
 class ProvisionFailed(Exception):
     """The run cannot have what it needs; the message says what to install."""
 
@@ -153,9 +180,15 @@ class ProvisionFailed(Exception):
 class Provisioner:
     """Carries out plans, refreshing apt's lists at most once per run."""
 
-    def __init__(self, say: Callable[[str], None], host: Host | None = None) -> None:
+    def __init__(
+        self,
+        say: Callable[[str], None],
+        host: Host | None = None,
+        run: Callable[[Sequence[str]], subprocess.CompletedProcess[str]] | None = None,
+    ) -> None:
         self.say = say
         self.host = host or Host()
+        self.run = run or _run_apt
         self._updated = False
 
     def ensure(self, requirements: Sequence[Requirement]) -> None:
@@ -169,9 +202,7 @@ class Provisioner:
         self.say(f"tether tests: installing {packages} with apt-get (missing here; once per machine) ...")
         began = time.monotonic()
         for command in decided.commands:
-            done = subprocess.run(
-                command, capture_output=True, text=True, timeout=APT_TIMEOUT, stdin=subprocess.DEVNULL
-            )
+            done = self.run(command)
             if done.returncode != 0:
                 tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-20:])
                 raise ProvisionFailed(f"`{' '.join(command)}` failed ({done.returncode}):\n{tail}")
