@@ -17,7 +17,12 @@ FILE = "file"
 
 def new_id(prefix: str) -> str:
     """``prefix_`` plus 24 random base62 characters (~143 bits)."""
-    return prefix + "_" + "".join(secrets.choice(_ALPHABET) for _ in range(24))
+    # One read of the OS's randomness per id, not one per character (ids are made per event).
+    # Bytes of 248 and up are dropped so each character stays uniform (248 = 4 * 62).
+    chars: list[str] = []
+    while len(chars) < 24:
+        chars += [_ALPHABET[byte % 62] for byte in secrets.token_bytes(32) if byte < 248]
+    return prefix + "_" + "".join(chars[:24])
 
 
 def now() -> datetime:

@@ -42,20 +42,25 @@ def without_cache_breakpoints(request: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+Slot = tuple[list[Any], int]
+"""Where a block sits: its list and index. A mark replaces the block with a marked copy, so
+the request given in (and anything it shares blocks with) is never changed."""
+
+
 def with_cache_breakpoints(request: dict[str, Any]) -> dict[str, Any]:
     """A copy with the breakpoints placed (any marks already present are replaced)."""
     out = without_cache_breakpoints(request)
-    marks: list[Block] = []
+    slots: list[Slot] = []
     tools = out.get("tools")
     if tools:
-        marks.append(tools[-1])
+        slots.append((tools, len(tools) - 1))
     system = out.get("system")
     if isinstance(system, str) and system.strip():
         system = out["system"] = [{"type": "text", "text": system}]
     if isinstance(system, list):
-        block = _last_allowed(system)
-        if block is not None:
-            marks.append(block)
+        index = _last_allowed(system)
+        if index is not None:
+            slots.append((system, index))
     messages: list[dict[str, Any]] = out["messages"]
     for message in messages:
         if isinstance(message.get("content"), str):
@@ -63,15 +68,15 @@ def with_cache_breakpoints(request: dict[str, Any]) -> dict[str, Any]:
             message["content"] = [{"type": "text", "text": text}] if text.strip() else []
     previous_user = _previous_user(messages)
     if previous_user is not None:
-        marks.append(_rolling(messages, previous_user))
+        slots += _rolling(messages, previous_user)
     if messages:
-        marks.append(_rolling(messages, len(messages) - 1))
-    placed: list[Block] = []
-    for block in marks:
-        if block and not any(block is seen for seen in placed):
-            placed.append(block)
-    for block in placed[-MAX_BREAKPOINTS:]:
-        block[MARK] = dict(EPHEMERAL)
+        slots += _rolling(messages, len(messages) - 1)
+    placed: list[Slot] = []
+    for container, index in slots:
+        if not any(container is seen and index == at for seen, at in placed):
+            placed.append((container, index))
+    for container, index in placed[-MAX_BREAKPOINTS:]:
+        container[index] = {**container[index], MARK: dict(EPHEMERAL)}
     return out
 
 
@@ -87,35 +92,42 @@ def allows_mark(block: Block) -> bool:
 
 
 def _unmarked(block: Any) -> Any:
+    """The block itself when it carries no mark (the usual case: no copy), else a copy without."""
     if not isinstance(block, dict):
         return block
+    inner = block.get("content") if block.get("type") == "tool_result" else None
+    inner_marked = isinstance(inner, list) and any(isinstance(b, dict) and MARK in b for b in inner)
+    if MARK not in block and not inner_marked:
+        return block
     copy = {key: value for key, value in block.items() if key != MARK}
-    if copy.get("type") == "tool_result" and isinstance(copy.get("content"), list):
-        copy["content"] = [_unmarked(inner) for inner in copy["content"]]
+    if inner_marked:
+        copy["content"] = [_unmarked(item) for item in copy["content"]]
     return copy
 
 
 def _unmarked_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A new message with a new content list (marks go in by replacing list entries)."""
     content = message.get("content")
     if not isinstance(content, list):
         return dict(message)
     return {**message, "content": [_unmarked(block) for block in content]}
 
 
-def _last_allowed(blocks: list[Block]) -> Block | None:
-    for block in reversed(blocks):
+def _last_allowed(blocks: list[Any]) -> int | None:
+    for index in range(len(blocks) - 1, -1, -1):
+        block = blocks[index]
         if isinstance(block, dict) and allows_mark(block):
-            return block
+            return index
     return None
 
 
-def _rolling(messages: list[dict[str, Any]], index: int) -> Block:
-    """The last block at or before message ``index`` that allows a mark ({} if none does)."""
+def _rolling(messages: list[dict[str, Any]], index: int) -> list[Slot]:
+    """The last block at or before message ``index`` that allows a mark (none if none does)."""
     for message in reversed(messages[: index + 1]):
-        block = _last_allowed(message["content"])
-        if block is not None:
-            return block
-    return {}
+        at = _last_allowed(message["content"])
+        if at is not None:
+            return [(message["content"], at)]
+    return []
 
 
 def _previous_user(messages: list[dict[str, Any]]) -> int | None:

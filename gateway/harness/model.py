@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import anthropic
+import anyio
 import httpx2
 from anthropic.lib.streaming import AsyncMessageStream
 from anthropic.types import Message
 
 FAILED = "model_request_failed_error"
+DRAIN_SECONDS = 1.0
 INCOMPLETE = "the model stream ended before the message was complete"
 IN_STREAM_STATUS = {
     "invalid_request_error": 400,
@@ -118,14 +120,31 @@ async def _read_to_stop(
     index. A stream that ends (cleanly or not) before ``message_stop`` is a failed attempt:
     ``get_final_message`` would return whatever had arrived."""
     tool_json: dict[int, str] = {}
+    stopped: Message | None = None
     async for event in stream:
         if on_event is not None:
             on_event(event)
         if event.type == "content_block_delta" and event.delta.type == "input_json_delta":
             tool_json[event.index] = tool_json.get(event.index, "") + event.delta.partial_json
         elif event.type == "message_stop":
-            return event.message, tool_json
-    raise ModelCallFailed(FAILED, f"{INCOMPLETE} (it ended without message_stop)")
+            stopped = event.message
+            break
+    if stopped is None:
+        raise ModelCallFailed(FAILED, f"{INCOMPLETE} (it ended without message_stop)")
+    await _drain(stream)
+    return stopped, tool_json
+
+
+async def _drain(stream: AsyncMessageStream[Any]) -> None:
+    """Read the response to its end, briefly: only a fully read response hands its connection
+    back to the pool, so the next call skips a new TCP (and, against the API, TLS) handshake.
+    The reply is already complete, so nothing here can fail the call."""
+    with anyio.move_on_after(DRAIN_SECONDS):
+        try:
+            async for _ in stream:
+                pass
+        except Exception:  # a broken tail after message_stop changes nothing
+            pass
 
 
 def _tool_input(block: dict[str, Any], raw: str, stop_reason: str) -> dict[str, Any]:

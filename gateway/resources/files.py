@@ -72,12 +72,13 @@ def _beneath_outputs(relative: str) -> str:
     return f"{OUTPUTS}/{relative}" if relative else OUTPUTS
 
 
-def _scan(workspaces: Path, session_id: str) -> list[OutputFile]:
-    """Regular files under the session's ``outputs``; symlinks are neither followed nor listed."""
+def _scan(workspaces: Path, session_id: str) -> list[OutputFile] | None:
+    """Regular files under the session's ``outputs``; symlinks are neither followed nor listed.
+    None when the session has no workspace at all (it never used the sandbox)."""
     found: list[OutputFile] = []
     with _workspace(workspaces, session_id) as workspace:
         if workspace is None:
-            return found
+            return None
         try:
             root = beneath.open_beneath(
                 workspace, OUTPUTS, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, symlinks=False
@@ -98,6 +99,8 @@ def _scan(workspaces: Path, session_id: str) -> list[OutputFile]:
 async def sync_session(store: Store, workspaces: Path, session_id: str) -> list[Body]:
     """Make the session's file records match its outputs folder; returns them oldest first."""
     on_disk = await anyio.to_thread.run_sync(_scan, workspaces, session_id)
+    if on_disk is None:
+        return []  # no workspace, so no outputs and no records: skip the query on every idle
     page = await store.list_resources(
         KIND,
         cursor=None,
