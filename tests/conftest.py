@@ -39,13 +39,14 @@ def _ensure(config: pytest.Config, requirements: Sequence[provision.Requirement]
     try:
         _provisioner.ensure(requirements)
     except provision.ProvisionFailed as exc:
-        pytest.exit(f"tether tests: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        # A usage error: pytest prints it once and stops, exit status 4.
+        raise pytest.UsageError(f"tether tests: {exc}") from None
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     leftovers.mark_run()
     # Before collection: test modules decide at import whether bubblewrap is there.
-    _ensure(session.config, [provision.BUBBLEWRAP])
+    _ensure(session.config, provision.SANDBOX)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -59,7 +60,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         try:
             cluster = pg_cluster.shared_cluster()
         except (OSError, RuntimeError) as exc:
-            pytest.exit(f"tether tests: the throwaway PostgreSQL cluster did not start: {exc}", returncode=1)
+            raise pytest.UsageError(
+                f"tether tests: the throwaway PostgreSQL cluster did not start: {exc}"
+            ) from None
         _say(session.config, f"tether tests: PostgreSQL for this run at {cluster.dsn}")
 
 

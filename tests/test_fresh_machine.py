@@ -20,6 +20,7 @@ from mcp.types import CallToolResult, TextContent
 
 from gateway.tools.sandbox import SandboxPool, SandboxStartFailed
 from sandbox_server import launch
+from sandbox_server.backends import bash_notice
 from tests.support.hiding import hiding, installed
 from tests.support.processes import running_sandbox, sandbox_client
 
@@ -57,9 +58,9 @@ def test_the_demo_round_trips_without_bubblewrap_and_says_how_to_get_bash(tmp_pa
         line for line in out.splitlines() if line.startswith("Note: bubblewrap (bwrap) is not installed")
     ]
     assert len(notes) == 1 and APT_COMMAND in notes[0]
-    gateway_lines = [line for line in out.splitlines() if "bubblewrap (bwrap) is not installed" in line]
-    assert [line for line in gateway_lines if "gateway |" in line and "WARNING" in line] == gateway_lines[:1]
-    assert len(gateway_lines) == 2
+    said = [line for line in out.splitlines() if "gateway |" in line and "bwrap) is not installed" in line]
+    assert len(said) == 1 and "WARNING tether.sandbox" in said[0] and APT_COMMAND in said[0]
+    assert "tether sandbox: bubblewrap" not in out
 
 
 def test_the_demo_fails_when_its_session_ends_in_an_error(tmp_path: Path) -> None:
@@ -70,6 +71,18 @@ def test_the_demo_fails_when_its_session_ends_in_an_error(tmp_path: Path) -> Non
     assert completed.returncode == 1, completed.stdout + completed.stderr
     assert "session.error" in completed.stdout
     assert "demo failed: session error" in completed.stderr
+
+
+def test_the_notice_is_only_for_hosts_whose_sandboxes_would_need_bubblewrap() -> None:
+    def missing() -> None:
+        return None
+
+    assert bash_notice([], bwrap=lambda: "/usr/bin/bwrap") is None
+    assert bash_notice(["--backend", "docker"], bwrap=missing) is None
+    notice = bash_notice(["--timeout", "5"], bwrap=missing)
+    assert notice is not None and APT_COMMAND in notice and "Docker" not in notice
+    auto = bash_notice(["--backend=auto"], bwrap=missing)
+    assert auto is not None and "or a reachable Docker engine" in auto
 
 
 def _text(result: CallToolResult) -> str:

@@ -40,8 +40,15 @@ def fake_host(
     )
 
 
-EVERYTHING = {"apt-get", "bwrap", "/usr/bin/chromium", "libatomic.so.1", "/usr/lib/postgresql/15/bin/initdb"}
-ALL = [provision.BUBBLEWRAP, provision.CHROMIUM, provision.PLAYWRIGHT_DRIVER, provision.POSTGRESQL]
+EVERYTHING = {
+    "apt-get",
+    "bwrap",
+    "curl",
+    "/usr/bin/chromium",
+    "libatomic.so.1",
+    "/usr/lib/postgresql/15/bin/initdb",
+}
+ALL = [*provision.SANDBOX, provision.CHROMIUM, provision.PLAYWRIGHT_DRIVER, provision.POSTGRESQL]
 
 
 def test_nothing_is_done_when_everything_is_installed() -> None:
@@ -50,7 +57,7 @@ def test_nothing_is_done_when_everything_is_installed() -> None:
 
 def test_root_installs_what_is_missing_with_apt_get() -> None:
     decided = provision.plan(
-        ALL, fake_host({"apt-get", "libatomic.so.1", "/usr/lib/postgresql/15/bin/initdb"})
+        ALL, fake_host({"apt-get", "curl", "libatomic.so.1", "/usr/lib/postgresql/15/bin/initdb"})
     )
     assert decided.failure is None
     assert decided.missing == (provision.BUBBLEWRAP, provision.CHROMIUM)
@@ -71,7 +78,7 @@ def test_a_user_with_passwordless_sudo_installs_through_it() -> None:
 
 
 def test_without_a_way_to_install_the_run_names_what_to_install() -> None:
-    host = fake_host({"apt-get", "sudo", "bwrap"}, euid=1000, sudo=False)
+    host = fake_host({"apt-get", "sudo", "bwrap", "curl"}, euid=1000, sudo=False)
     decided = provision.plan(ALL, host)
     assert decided.commands == ()
     assert decided.failure is not None
@@ -84,7 +91,7 @@ def test_without_a_way_to_install_the_run_names_what_to_install() -> None:
 
 def test_a_configured_server_or_chromium_needs_no_package() -> None:
     host = fake_host(
-        {"bwrap", "/opt/chrome", "libatomic.so.1"},
+        {"bwrap", "curl", "/opt/chrome", "libatomic.so.1"},
         env={provision.PG_DSN_ENV: "postgresql://x/y", "TETHER_TEST_CHROMIUM": "/opt/chrome"},
     )
     assert provision.plan(ALL, host) == provision.Plan()

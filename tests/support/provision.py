@@ -2,7 +2,8 @@
 
 The README's test command must pass on a machine that has nothing but Python, so the run
 provisions itself instead of a CI script doing it beforehand: bubblewrap (the sandbox's
-``bash``), Debian's Chromium and the ``libatomic1`` that Playwright's Node.js driver links
+``bash``) and curl (which tests run inside the sandbox, whose ``/usr`` is the host's),
+Debian's Chromium and the ``libatomic1`` that Playwright's Node.js driver links
 (the trail page's browser test; Playwright's own browser download is never used) and
 PostgreSQL's server binaries (the throwaway cluster of
 ``pg_cluster``). Each is looked for, and only what the selected tests need is asked for
@@ -89,6 +90,9 @@ def _has_postgres(host: Host) -> bool:
 
 
 BUBBLEWRAP = Requirement("bubblewrap", "bwrap", _has_bwrap)
+CURL = Requirement("curl", "curl", lambda host: host.which("curl") is not None)
+SANDBOX = (BUBBLEWRAP, CURL)
+"""Every run's: the sandbox, and the host programs tests run inside it (its ``/usr`` is the host's)."""
 CHROMIUM = Requirement("chromium", "/usr/bin/chromium", _has_chromium)
 PLAYWRIGHT_DRIVER = Requirement(
     "libatomic1", "libatomic.so.1 for Playwright's Node.js driver", lambda host: host.playwright_driver_runs()
@@ -104,7 +108,7 @@ USED_BY: dict[Requirement, tuple[str, ...]] = {
 
 
 def needed_by(modules: Iterable[ModuleType]) -> list[Requirement]:
-    """The requirements (besides bubblewrap, which every run needs) of these test modules: those
+    """The requirements (besides ``SANDBOX``, which every run needs) of these test modules: those
     whose globals come from a module listed in ``USED_BY``."""
     sources: set[str] = set()
     for module in modules:
@@ -159,8 +163,8 @@ def _failure(missing: Sequence[Requirement], why: str) -> str:
     found = ", ".join(r.missing for r in missing)
     text = (
         f"the tests need {packages}, which cannot be installed here ({why}); missing: {found}. "
-        f"Install them with `sudo apt-get install -y {packages}`, or run the tests as root "
-        "(or with passwordless sudo) and they install them themselves."
+        f"Install with `sudo apt-get install -y {packages}`, or run the tests as root "
+        "(or with passwordless sudo) and they install what they need themselves."
     )
     if POSTGRESQL in missing:
         text += f" Instead of PostgreSQL's binaries, {PG_DSN_ENV} may name a server whose user can create databases."
