@@ -291,3 +291,17 @@ def test_marks_already_in_a_request_are_replaced_so_there_are_never_more_than_fo
 
     assert marks(marked) == ["tools.0", "system.0", "messages.0.content.2", "messages.2.content.1"]
     assert marks(without_cache_breakpoints(request)) == []
+
+
+def test_two_rolling_marks_that_fall_on_one_block_make_one_mark_and_leave_the_input_alone() -> None:
+    request = _request(
+        {"role": "user", "content": [{"type": "text", "text": "question"}]},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm", "signature": "s"}]},
+    )
+    before = json.dumps(request)
+
+    marked = with_cache_breakpoints(request)
+
+    assert marks(marked) == ["tools.0", "system.0", "messages.0.content.0"]
+    assert json.dumps(request) == before
+    assert marked["messages"][1] is request["messages"][1], "unmarked messages are not copied"

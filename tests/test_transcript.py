@@ -134,3 +134,45 @@ def test_extending_a_transcript_equals_building_it_at_once() -> None:
     assert (grown.pending(), grown.needs_model(), grown.last_seq) == ([], True, 6)
     with pytest.raises(ValueError, match="does not follow"):
         grown.extend(whole.events[3:4])
+
+
+def _grown_step_by_step(bodies: list[dict[str, Any]], naming: object) -> list[list[dict[str, Any]]]:
+    """The conversation after each event, built by resuming from the previous build."""
+    whole = _log(*bodies)
+    grown = Transcript.from_events([])
+    built = []
+    for event in whole.events:
+        grown.extend([event])
+        built.append(build_messages(grown, lambda u: u["name"], naming=naming))
+    return built
+
+
+def test_a_conversation_resumed_from_its_checkpoint_equals_one_built_from_scratch() -> None:
+    start = {"type": "span.model_request_start", "tether_context_seq": 0}
+    bodies: list[dict[str, Any]] = []
+    for turn in range(6):
+        first = len(bodies) + 2  # the seq of this turn's model request start
+        bodies += [
+            _text(f"Q{turn}"),
+            {**start, "tether_context_seq": len(bodies) + 1},
+            _text(f"late {turn}") if turn % 2 else {"type": "session.status_running"},
+            {**USE, "name": f"tool{turn}"},
+            {"type": "span.model_request_end", "model_request_start_id": f"sevt_{first}", "is_error": False},
+        ]
+        use_id = f"sevt_{len(bodies) - 1}"
+        if turn == 3:
+            bodies.append({"type": "user.interrupt"})
+        bodies.append({"type": "agent.tool_result", "tool_use_id": use_id, "is_error": False, "content": []})
+        bodies.append({"type": "agent.message", "content": [{"type": "text", "text": f"A{turn}"}]})
+    stepwise = _grown_step_by_step(bodies, naming={"map": 1})
+    whole = _log(*bodies)
+    for count, built in enumerate(stepwise, start=1):
+        scratch = build_messages(Transcript.from_events(whole.events[:count]), lambda u: u["name"])
+        assert built == scratch, f"differs after event {count}"
+
+
+def test_a_checkpoint_is_not_reused_for_another_tool_naming() -> None:
+    transcript = _log(_text("go"), USE, {"type": "agent.tool_result", "tool_use_id": "sevt_2", "content": []})
+    first = build_messages(transcript, lambda u: "one_" + u["name"], naming="one")
+    again = build_messages(transcript, lambda u: "two_" + u["name"], naming="two")
+    assert first[1]["content"][0]["name"] == "one_bash" and again[1]["content"][0]["name"] == "two_bash"

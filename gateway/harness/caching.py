@@ -66,11 +66,12 @@ def with_cache_breakpoints(request: dict[str, Any]) -> dict[str, Any]:
         if isinstance(message.get("content"), str):
             text = message["content"]
             message["content"] = [{"type": "text", "text": text}] if text.strip() else []
+    owned: set[int] = set()
     previous_user = _previous_user(messages)
     if previous_user is not None:
-        slots += _rolling(messages, previous_user)
+        slots += _rolling(messages, previous_user, owned)
     if messages:
-        slots += _rolling(messages, len(messages) - 1)
+        slots += _rolling(messages, len(messages) - 1, owned)
     placed: list[Slot] = []
     for container, index in slots:
         if not any(container is seen and index == at for seen, at in placed):
@@ -106,11 +107,15 @@ def _unmarked(block: Any) -> Any:
 
 
 def _unmarked_message(message: dict[str, Any]) -> dict[str, Any]:
-    """A new message with a new content list (marks go in by replacing list entries)."""
+    """The message itself when no block in it is marked (no copy: a long conversation is
+    mostly such messages), else a copy without the marks."""
     content = message.get("content")
     if not isinstance(content, list):
         return dict(message)
-    return {**message, "content": [_unmarked(block) for block in content]}
+    blocks = [_unmarked(block) for block in content]
+    if all(new is old for new, old in zip(blocks, content, strict=True)):
+        return message
+    return {**message, "content": blocks}
 
 
 def _last_allowed(blocks: list[Any]) -> int | None:
@@ -121,12 +126,17 @@ def _last_allowed(blocks: list[Any]) -> int | None:
     return None
 
 
-def _rolling(messages: list[dict[str, Any]], index: int) -> list[Slot]:
-    """The last block at or before message ``index`` that allows a mark (none if none does)."""
-    for message in reversed(messages[: index + 1]):
-        at = _last_allowed(message["content"])
+def _rolling(messages: list[dict[str, Any]], index: int, owned: set[int]) -> list[Slot]:
+    """The last block at or before message ``index`` that allows a mark (none if none does).
+    That message is copied once (with its content list), so the input's stays unmarked."""
+    for at_message in range(index, -1, -1):
+        at = _last_allowed(messages[at_message]["content"])
         if at is not None:
-            return [(message["content"], at)]
+            if at_message not in owned:
+                owned.add(at_message)
+                message = messages[at_message]
+                messages[at_message] = {**message, "content": list(message["content"])}
+            return [(messages[at_message]["content"], at)]
     return []
 
 

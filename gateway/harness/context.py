@@ -15,11 +15,12 @@ arrived while the model was answering is placed after that answer (it is answere
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.sessionlog.events import MODEL_ID_FIELD, THINKING_BLOCK_FIELD
 from gateway.sessionlog.transcript import RESULT_LINKS, TOOL_USE_KINDS, ToolCall, Transcript
-from gateway.store.base import Body
+from gateway.store.base import Body, StoredEvent
 
 ABANDONED = "The tool call did not complete: it was interrupted before it returned a result."
 
@@ -36,6 +37,14 @@ class _Builder:
         self.deferred_user: list[dict[str, Any]] = []
         self.late_user: dict[int, list[dict[str, Any]]] = {}
         """Blocks of messages that arrived during a model request, by that request's end seq."""
+
+    def settled_copy(self) -> _Builder:
+        """A copy to resume from at a settled point: new lists (later adds append to them),
+        shared blocks (never changed once built). Every use is closed there, and a result
+        for a use not open is skipped anyway, so the use bookkeeping starts empty."""
+        copy = _Builder()
+        copy.messages = [{"role": m["role"], "content": list(m["content"])} for m in self.messages]
+        return copy
 
     def add(self, role: str, block: dict[str, Any]) -> None:
         if self.messages and self.messages[-1]["role"] == role:
@@ -71,65 +80,108 @@ class _Builder:
         self.deferred_user.clear()
 
 
+@dataclass
+class _Checkpoint:
+    """A builder saved where nothing later in the log can change what it built (see
+    ``_settled``), with what it was built for."""
+
+    key: tuple[int, Any, Any]
+    seq: int
+    builder: _Builder
+
+
+MEMO_KEY = "context.checkpoint"
+
+
 def build_messages(
     transcript: Transcript,
     tool_name: Callable[[Body], str],
     after_seq: int = 0,
     first: list[dict[str, Any]] | None = None,
+    naming: Any = None,
 ) -> list[Message]:
     """``after_seq``/``first``: a compacted context is its summary (``first``, user content)
-    followed by the events after the seq it summarises through (see ``compaction``)."""
-    builder = _Builder()
-    for block in first or []:
-        builder.add("user", block)
-    for event in transcript.events:
-        if event.seq <= after_seq:
-            continue
-        body, kind = event.body, event.type
-        if kind == "user.message":
-            blocks = [_input_block(block) for block in body["content"]]
-            release = transcript.late_messages.get(event.seq)
-            if release is not None:
-                builder.late_user.setdefault(release, []).extend(blocks)
-            else:
-                builder.add_user(blocks)
-        elif kind == "span.model_request_end":
-            builder.add_user(builder.late_user.pop(event.seq, []))
-        elif kind == "user.interrupt":
-            builder.close_open_uses(transcript.calls)  # what it abandoned closes here, before what follows
-        elif kind == "agent.thinking":
-            if body.get(THINKING_BLOCK_FIELD) is None:
-                continue  # logged before blocks were kept: nothing to send back
-            if not _same_turn(builder):
-                builder.close_open_uses()
-            builder.add("assistant", dict(body[THINKING_BLOCK_FIELD]))
-        elif kind == "agent.message":
-            if not _same_turn(builder):
-                builder.close_open_uses()
-            for block in body["content"]:
-                if block["type"] == "text" and block["text"]:
-                    builder.add("assistant", {"type": "text", "text": block["text"]})
-        elif kind in TOOL_USE_KINDS:
-            if not _same_turn(builder):
-                builder.close_open_uses()
-            wire_id = builder.wire_ids[event.id] = body.get(MODEL_ID_FIELD) or event.id
-            builder.add(
-                "assistant",
-                {"type": "tool_use", "id": wire_id, "name": tool_name(body), "input": body.get("input", {})},
-            )
-            builder.open_uses.append(event.id)
-        elif kind in RESULT_LINKS:
-            use_id = body[RESULT_LINKS[kind]]
-            if use_id in builder.closed or use_id not in builder.open_uses:
-                continue
-            content, is_error = body.get("content") or [], bool(body.get("is_error"))
-            builder.add("user", _result_block(builder.wire_ids[use_id], content, is_error))
-            builder.open_uses.remove(use_id)
-            builder.closed.add(use_id)
-            if not builder.open_uses:
-                builder.flush_user()
+    followed by the events after the seq it summarises through (see ``compaction``).
+
+    ``naming``: what ``tool_name`` depends on (the toolbox's name map). When given, the build
+    resumes from the checkpoint the previous build left on the transcript, so a model call
+    costs the events since then, not the whole log; the result is the same either way.
+    """
+    key = (after_seq, first, naming)
+    checkpoint = transcript.memo.pop(MEMO_KEY, None) if naming is not None else None
+    if isinstance(checkpoint, _Checkpoint) and checkpoint.key == key:
+        builder, start = checkpoint.builder, checkpoint.seq
+    else:
+        builder, start = _Builder(), after_seq
+        for block in first or []:
+            builder.add("user", block)
+    for event in transcript.events_after(start):
+        _fold(builder, transcript, event, tool_name)
+    if naming is not None and _settled(builder, transcript):
+        transcript.memo[MEMO_KEY] = _Checkpoint(key, transcript.last_seq, builder.settled_copy())
     builder.close_open_uses()
     return builder.messages
+
+
+def _settled(builder: _Builder, transcript: Transcript) -> bool:
+    """Nothing after this point can change what was built: no tool use is open (an interrupt
+    would close it with a result logged later), no input waits for its place, and no model
+    request is in flight (input during it would be placed after its reply)."""
+    return (
+        not builder.open_uses
+        and not builder.deferred_user
+        and not builder.late_user
+        and not transcript.open_calls
+        and transcript.open_model_request is None
+    )
+
+
+def _fold(
+    builder: _Builder, transcript: Transcript, event: StoredEvent, tool_name: Callable[[Body], str]
+) -> None:
+    body, kind = event.body, event.type
+    if kind == "user.message":
+        blocks = [_input_block(block) for block in body["content"]]
+        release = transcript.late_messages.get(event.seq)
+        if release is not None:
+            builder.late_user.setdefault(release, []).extend(blocks)
+        else:
+            builder.add_user(blocks)
+    elif kind == "span.model_request_end":
+        builder.add_user(builder.late_user.pop(event.seq, []))
+    elif kind == "user.interrupt":
+        builder.close_open_uses(transcript.calls)  # what it abandoned closes here, before what follows
+    elif kind == "agent.thinking":
+        if body.get(THINKING_BLOCK_FIELD) is None:
+            return  # logged before blocks were kept: nothing to send back
+        if not _same_turn(builder):
+            builder.close_open_uses()
+        builder.add("assistant", dict(body[THINKING_BLOCK_FIELD]))
+    elif kind == "agent.message":
+        if not _same_turn(builder):
+            builder.close_open_uses()
+        for block in body["content"]:
+            if block["type"] == "text" and block["text"]:
+                builder.add("assistant", {"type": "text", "text": block["text"]})
+    elif kind in TOOL_USE_KINDS:
+        if not _same_turn(builder):
+            builder.close_open_uses()
+        wire_id = builder.wire_ids[event.id] = body.get(MODEL_ID_FIELD) or event.id
+        builder.add(
+            "assistant",
+            {"type": "tool_use", "id": wire_id, "name": tool_name(body), "input": body.get("input", {})},
+        )
+        builder.open_uses.append(event.id)
+    elif kind in RESULT_LINKS:
+        use_id = body[RESULT_LINKS[kind]]
+        if use_id in builder.closed or use_id not in builder.open_uses:
+            return
+        content, is_error = body.get("content") or [], bool(body.get("is_error"))
+        builder.add("user", _result_block(builder.wire_ids[use_id], content, is_error))
+        builder.open_uses.remove(use_id)
+        builder.closed.add(use_id)
+        if not builder.open_uses:
+            builder.flush_user()
 
 
 def _same_turn(builder: _Builder) -> bool:

@@ -31,7 +31,7 @@ def build_request(
     request: dict[str, Any] = {
         "model": agent["model"]["id"],
         "max_tokens": settings.max_tokens or default_max_tokens,
-        "messages": build_messages(transcript, toolbox.exposed_name, after_seq, summary),
+        "messages": build_messages(transcript, toolbox.exposed_name, after_seq, summary, toolbox.naming()),
     }
     if settings.thinking == "enabled":
         request["thinking"] = {"type": "enabled", "budget_tokens": settings.thinking_budget_tokens}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.store.base import Body, StoredEvent
 
@@ -100,6 +100,15 @@ class Transcript:
     _recent_messages: list[int] = field(default_factory=list)
     compacted: Body | None = None
     """The newest ``agent.thread_context_compacted``: the context resumes from its summary."""
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Work derived from this transcript that upper layers keep with it (the conversation
+    builder's checkpoint), so it lives and dies with the cached transcript."""
+
+    def events_after(self, seq: int) -> Sequence[StoredEvent]:
+        """The events past ``seq``, without scanning those before (seqs are contiguous)."""
+        if not self.events:
+            return []
+        return self.events[max(0, seq - self.events[0].seq + 1) :]
 
     @classmethod
     def from_events(cls, events: Sequence[StoredEvent]) -> Transcript:

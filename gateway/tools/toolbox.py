@@ -80,6 +80,11 @@ class Toolbox:
     def lookup(self, exposed: str) -> ToolSpec | None:
         return self.specs.get(exposed)
 
+    def naming(self) -> dict[tuple[ToolKind, str | None, str], str]:
+        """Everything ``exposed_name`` depends on besides the use itself: equal maps name every
+        logged tool use the same way (a built conversation can be reused)."""
+        return self._by_origin
+
     def exposed_name(self, use: Body) -> str:
         """The model-facing name for a logged tool use, even if the tool is gone now."""
         kind: ToolKind = TOOL_USE_KINDS.get(use["type"], "custom")
