@@ -92,8 +92,8 @@ class Transcript:
     status: str = "idle"
     open_model_request: str | None = None
     """A ``span.model_request_start`` with no end yet: a call in flight, or lost in a crash."""
-    request_context_seqs: dict[str, int] = field(default_factory=dict)
-    """Each model request's start id -> the newest seq its context was built from."""
+    open_request_context_seq: int = 0
+    """The newest seq the open model request's context was built from (one is open at a time)."""
     late_messages: dict[int, int] = field(default_factory=dict)
     """``user.message`` seq -> seq of the end of the model request it arrived during: the
     conversation places it after that request's reply, which never saw it."""
@@ -148,18 +148,16 @@ class Transcript:
         elif kind == "span.model_request_start":
             self.open_model_request = event.id
             context_seq = body.get(CONTEXT_SEQ_FIELD)
-            self.request_context_seqs[event.id] = (
-                context_seq if isinstance(context_seq, int) else event.seq - 1
-            )
+            self.open_request_context_seq = context_seq if isinstance(context_seq, int) else event.seq - 1
         elif kind == "span.model_request_end" and body.get(COMPACTION_FIELD):
             self.open_model_request = None  # a summary: no input answered (see ``compaction``)
         elif kind == "agent.thread_context_compacted":
             self.compacted = body
         elif kind == "span.model_request_end":
-            self.open_model_request = None
+            start, self.open_model_request = self.open_model_request, None
             if not body.get("is_error"):
-                start = str(body.get("model_request_start_id"))
-                context_seq = self.request_context_seqs.get(start, event.seq)
+                ended_open = start is not None and body.get("model_request_start_id") == start
+                context_seq = self.open_request_context_seq if ended_open else event.seq
                 self.answered_through_seq = max(self.answered_through_seq, context_seq)
                 for seq in self._recent_messages:
                     if seq > context_seq:
