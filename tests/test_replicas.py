@@ -12,8 +12,8 @@ import anthropic
 import pytest
 
 from tests.conftest import Scripts
-from tests.support.postgres import fresh_database_sync
-from tests.support.processes import ServerProcess, running_server
+from tests.support.processes import ServerProcess
+from tests.support.restarts import two_gateways_on_postgres
 from tests.support.sessions import user_message
 
 
@@ -21,17 +21,8 @@ from tests.support.sessions import user_message
 def replicas(
     tmp_path: Path, model_server: ServerProcess, api_key: str
 ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    with fresh_database_sync() as dsn:
-        env = {
-            "TETHER_API_KEYS": api_key,
-            "TETHER_MODEL_BASE_URL": model_server.url,
-            "TETHER_DATABASE_URL": dsn,
-        }
-        with (
-            running_server(["gateway", "--port", "0", "--data-dir", str(tmp_path / "a")], env) as a,
-            running_server(["gateway", "--port", "0", "--data-dir", str(tmp_path / "b")], env) as b,
-        ):
-            yield a, b
+    with two_gateways_on_postgres(tmp_path, model_server.url, api_key) as gateways:
+        yield gateways
 
 
 def _collect(client: anthropic.Anthropic, session_id: str, out: list[Any], ready: threading.Event) -> None:

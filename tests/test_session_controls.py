@@ -15,8 +15,7 @@ import pytest
 from gateway.harness.interrupts import NO_CLIENT_RESULT, UNCONFIRMED
 from tests.conftest import Scripts
 from tests.support import restarts
-from tests.support.postgres import fresh_database_sync
-from tests.support.processes import ServerProcess, running_server
+from tests.support.processes import ServerProcess
 from tests.support.restarts import sdk_client
 from tests.support.sessions import STREAM_EVENT, send_and_stream, strictly_valid, user_message
 
@@ -265,18 +264,8 @@ def test_deleting_a_session_ends_its_open_streams_with_session_deleted(
 def two_gateways_on_postgres(
     tmp_path: Path, model_server: ServerProcess, api_key: str
 ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    with fresh_database_sync() as dsn:
-        env = {
-            "TETHER_API_KEYS": api_key,
-            "TETHER_MODEL_BASE_URL": model_server.url,
-            "TETHER_DATABASE_URL": dsn,
-        }
-        args = ["gateway", "--port", "0", "--data-dir"]
-        with (
-            running_server([*args, str(tmp_path / "a")], env) as first,
-            running_server([*args, str(tmp_path / "b")], env) as second,
-        ):
-            yield first, second
+    with restarts.two_gateways_on_postgres(tmp_path, model_server.url, api_key) as gateways:
+        yield gateways
 
 
 def test_a_delete_through_another_gateway_ends_the_stream_on_postgres(

@@ -45,6 +45,7 @@ from tests.conftest import Scripts
 from tests.support.faults import TcpGate, fill, small_tmpfs, sqlite_write_lock, truncate_wal
 from tests.support.pg_cluster import throwaway_cluster
 from tests.support.processes import ServerProcess, running_server, start_server
+from tests.support.restarts import shared_database_env
 from tests.support.sessions import mcp_agent, send_and_stream, strictly_valid, user_message
 
 HANG_BOUND = 10.0
@@ -63,7 +64,6 @@ PACE = 0.1
 """Pause between two rounds of a client's calls (pacing, not synchronisation)."""
 WRITE_PACE = 0.25
 """The writer's pause: each round starts a session's turn, so fewer of them."""
-LEASE_TTL = "1.5"
 
 SLOW_SESSIONS = 3
 """Sessions mid-turn when the fault strikes, each followed by a streaming client."""
@@ -793,13 +793,7 @@ def stage_for(
 
     def start(database_url: str) -> Stage:
         data_dir = tmp_path / "data"
-        env = {
-            "TETHER_API_KEYS": api_key,
-            "TETHER_MODEL_BASE_URL": model_server.url,
-            "TETHER_DATABASE_URL": database_url,
-            "TETHER_LEASE_TTL_SECONDS": LEASE_TTL,
-            "TETHER_MODEL_RETRY_BASE_SECONDS": "0.01",
-        }
+        env = shared_database_env(api_key, model_server.url, database_url, fast_recovery=True)
         server = start_server(["gateway", "--port", "0", "--data-dir", str(data_dir)], env)
         started.append(server)
         return Stage(server, database_url, data_dir, api_key, scripts, upstream)
