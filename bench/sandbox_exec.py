@@ -37,10 +37,10 @@ from mcp.client.streamable_http import streamable_http_client
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from gateway.serving import READY_PREFIX  # noqa: E402
 from sandbox_server.auth import TOKEN_ENV, bearer_headers, new_token  # noqa: E402
 from sandbox_server.bwrap import BubblewrapBash  # noqa: E402
 from sandbox_server.bwrap_args import BWRAP_ENV  # noqa: E402
+from sandbox_server.serving import READY_PREFIX  # noqa: E402
 
 WARMUP = 3
 
@@ -55,7 +55,7 @@ def _start_sandbox(workspace: Path, token: str) -> tuple[subprocess.Popen[str], 
     """Spawn ``tether sandbox`` with ``token``; return it, its URL and the seconds until its ready line."""
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "sandbox", "--workspace", str(workspace), "--port", "0"],
+        [sys.executable, "-m", "sandbox_server", "sandbox", "--workspace", str(workspace), "--port", "0"],
         cwd=REPO_ROOT,
         env={**os.environ, TOKEN_ENV: token},
         stdout=subprocess.PIPE,
@@ -160,7 +160,7 @@ def main() -> None:
             _stop(process)
         stdio_server = StdioServerParameters(
             command=sys.executable,
-            args=["-m", "gateway.cli", "sandbox", "--workspace", str(workspace), "--stdio"],
+            args=["-m", "sandbox_server", "sandbox", "--workspace", str(workspace), "--stdio"],
             cwd=str(REPO_ROOT),
         )
         stdio = asyncio.run(_bench_mcp(stdio_server, args.calls))

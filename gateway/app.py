@@ -26,7 +26,7 @@ from gateway.api.auth import APIKeyMiddleware
 from gateway.api.errors import HANDLERS, STORE_RETRY_AFTER_SECONDS
 from gateway.api.state import GatewayState
 from gateway.background import supervised
-from gateway.config import SCRIPTED_MODEL_PATH, Settings
+from gateway.config import SCRIPTED_MODEL_PATH, ConfigError, Settings
 from gateway.harness.loop import Harness
 from gateway.harness.model import make_client
 from gateway.harness.previews import PreviewHub
@@ -37,7 +37,7 @@ from gateway.observability import metrics, tracing
 from gateway.observability.observed_store import observe_store
 from gateway.scripted_model.script import ScriptBook
 from gateway.scripted_model.server import create_app as create_scripted_model
-from gateway.serving import bind_socket, serve_socket, socket_url
+from gateway.serving import TLSFiles, bind_or_exit, serve_socket, socket_url
 from gateway.store import open_store
 from gateway.store.base import StoreUnavailable
 from gateway.store.patient import patient
@@ -143,6 +143,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
             # Starts take turns, so a burst of sessions never times out for lack of CPU.
             start_queue=StartQueue(settings.sandbox_start_concurrency),
             start_timeout=settings.sandbox_start_timeout,
+            warm_pool=settings.sandbox_warm_pool,  # started ahead of need: a first call skips the imports
         )
         model = make_client(
             settings.model_api_key or settings.api_keys[0],
@@ -152,6 +153,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
         try:
             await sandboxes.stop_leftovers()
             sandboxes.check_host()  # one line if bash cannot run here (no bubblewrap)
+            sandboxes.warm_up()
             async with (
                 tunnel_wiring.running_hub(app, store, settings.tunnel_base_domain, sealer=keyring) as hub,
                 anyio.create_task_group() as tasks,
@@ -239,11 +241,20 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
     )
 
 
-def run_gateway(host: str, port: int, data_dir: str | None, policy_files: Sequence[str] = ()) -> None:
+def run_gateway(
+    host: str,
+    port: int,
+    data_dir: str | None,
+    policy_files: Sequence[str] = (),
+    tls: TLSFiles | None = None,
+) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx2", "httpx", "mcp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    settings = Settings.from_env(data_dir)
+    try:
+        settings = Settings.from_env(data_dir)
+    except ConfigError as exc:
+        sys.exit(f"tether: {exc}")
     settings.policy_files += list(policy_files)
     try:
         policies = PolicySet.load(settings.policy_files)
@@ -252,22 +263,22 @@ def run_gateway(host: str, port: int, data_dir: str | None, policy_files: Sequen
         sys.exit(f"tether: refusing to start, invalid policy file: {exc}")
     if settings.policy_files:
         log.info("policy files: %s (%d rules)", ", ".join(settings.policy_files), len(policies.rules))
-    sock = bind_socket(host, port)
-    url = socket_url(sock)
+    if tls is not None and (problem := tls.check()) is not None:
+        sys.exit(f"tether: {problem}")
+    sock = bind_or_exit(host, port)
+    url = socket_url(sock, tls=tls is not None)
     settings.public_url = url
     embedded = settings.model_base_url is None and settings.model_api_key is None
     if embedded:
         settings.serve_scripted_model = True
         settings.model_base_url = url + SCRIPTED_MODEL_PATH
-    if settings.generated_key:
-        print(
-            f"API key (x-api-key): {settings.api_keys[0]}  (stored in {settings.data_dir / 'api_key'})",
-            flush=True,
-        )
+    if settings.key_file is not None:  # the key itself only when this start generated it
+        shown = settings.api_keys[0] if settings.generated_key else "kept"
+        print(f"API key (x-api-key): {shown}  (stored in {settings.key_file})", flush=True)
     model = (
         "the scripted model (no ANTHROPIC_API_KEY)"
         if embedded
         else (settings.model_base_url or "Anthropic API")
     )
     log.info("data in %s; model: %s", settings.data_dir, model)
-    serve_socket(create_app(settings, policies), sock, log_level="warning")
+    serve_socket(create_app(settings, policies), sock, log_level="warning", tls=tls)

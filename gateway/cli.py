@@ -6,16 +6,23 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 
 def _gateway(args: argparse.Namespace) -> None:
+    from gateway.serving import TLSFiles
+
+    # Unusable TLS files are found before the gateway's heavy imports: the answer comes at once.
+    if bool(args.tls_cert) != bool(args.tls_key):
+        sys.exit("tether gateway: --tls-cert and --tls-key go together (env TETHER_TLS_CERT, TETHER_TLS_KEY)")
+    tls = TLSFiles(args.tls_cert, args.tls_key) if args.tls_cert else None
+    if tls is not None and (problem := tls.check()) is not None:
+        sys.exit(f"tether gateway: {problem}")
     from sandbox_server.workspace_fs import enter_private_mounts
 
     enter_private_mounts()  # first, while single-threaded: its sandboxes' workspace mounts die with it
     from gateway.app import run_gateway
 
-    run_gateway(host=args.host, port=args.port, data_dir=args.data_dir, policy_files=args.policy)
+    run_gateway(host=args.host, port=args.port, data_dir=args.data_dir, policy_files=args.policy, tls=tls)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -31,26 +38,9 @@ def _model(args: argparse.Namespace) -> None:
 
 
 def _sandbox(args: argparse.Namespace) -> None:
-    from sandbox_server.docker_backend import DockerSettings
-    from sandbox_server.egress import egress_from_args
-    from sandbox_server.limits import limits_from_args
-    from sandbox_server.server import run
+    from sandbox_server.cli import run_from_args
 
-    try:
-        limits = limits_from_args(args)
-        egress = egress_from_args(args)
-    except ValueError as exc:
-        sys.exit(f"tether sandbox: {exc}")
-    run(
-        workspace=Path(args.workspace),
-        host=args.host,
-        port=args.port,
-        stdio=args.stdio,
-        limits=limits,
-        backend=args.backend,
-        docker_settings=DockerSettings(image=args.docker_image),
-        egress=egress,
-    )
+    run_from_args(args)  # the same as ``python -m sandbox_server``, which starters run
 
 
 def _tunnel(args: argparse.Namespace) -> None:
@@ -77,10 +67,16 @@ def _vault_rotate(args: argparse.Namespace) -> None:
     sys.exit(run_rotate(args.data_dir))
 
 
-def _audit_verify(args: argparse.Namespace) -> None:
-    from gateway.audit import run_verify
+def _config_show(args: argparse.Namespace) -> None:
+    from gateway.settings_doc import show
 
-    sys.exit(run_verify(args.session_id, args.data_dir))
+    sys.exit(show())
+
+
+def _config_table(args: argparse.Namespace) -> None:
+    from gateway.settings_doc import settings_table
+
+    sys.stdout.write(settings_table())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,10 +84,33 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     gateway = commands.add_parser("gateway", help="serve the REST API and run sessions")
-    gateway.add_argument("--host", default=os.environ.get("TETHER_HOST", "127.0.0.1"))
-    gateway.add_argument("--port", type=int, default=int(os.environ.get("TETHER_PORT", "8420")))
-    gateway.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", ".tether"))
+    gateway.add_argument(
+        "--host",
+        default=os.environ.get("TETHER_HOST", "127.0.0.1"),
+        help="address to listen on (env TETHER_HOST; default 127.0.0.1, loopback only)",
+    )
+    gateway.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("TETHER_PORT", "8420")),
+        help="port to listen on (env TETHER_PORT; default 8420; 0 picks a free one)",
+    )
+    gateway.add_argument(
+        "--data-dir",
+        default=os.environ.get("TETHER_DATA_DIR", ".tether"),
+        help="where the database, keys and workspaces live (env TETHER_DATA_DIR; default ./.tether)",
+    )
     gateway.add_argument("--policy", action="append", default=[], help="policy YAML file (repeatable)")
+    gateway.add_argument(
+        "--tls-cert",
+        default=os.environ.get("TETHER_TLS_CERT") or None,
+        help="PEM certificate chain: serve HTTPS only (with --tls-key; env TETHER_TLS_CERT)",
+    )
+    gateway.add_argument(
+        "--tls-key",
+        default=os.environ.get("TETHER_TLS_KEY") or None,
+        help="PEM private key of --tls-cert (env TETHER_TLS_KEY)",
+    )
     gateway.set_defaults(func=_gateway)
 
     demo = commands.add_parser("demo", help="start a gateway and run one session end to end")
@@ -106,22 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.set_defaults(func=_model)
 
     sandbox = commands.add_parser("sandbox", help="serve a workspace's toolset as an MCP server")
-    sandbox.add_argument("--workspace", required=True)
-    sandbox.add_argument("--host", default="127.0.0.1")
-    sandbox.add_argument("--port", type=int, default=0)
-    sandbox.add_argument("--stdio", action="store_true", help="speak MCP over stdin/stdout")
-    sandbox.add_argument(
-        "--backend",
-        choices=("bwrap", "docker", "auto"),
-        default="bwrap",
-        help="where bash runs: bubblewrap, a Docker container, or Docker if an engine answers (default bwrap)",
-    )
-    sandbox.add_argument("--docker-image", default="debian:bookworm-slim", help="image for --backend docker")
-    from sandbox_server.egress import add_egress_arguments
-    from sandbox_server.limits import add_limit_arguments
+    from sandbox_server.cli import add_arguments as add_sandbox_arguments
 
-    add_limit_arguments(sandbox)
-    add_egress_arguments(sandbox)
+    add_sandbox_arguments(sandbox, warm=False)
     sandbox.set_defaults(func=_sandbox)
 
     tunnel = commands.add_parser("tunnel", help="run the on-prem tunnel agent (dials out to a gateway)")
@@ -133,18 +139,26 @@ def build_parser() -> argparse.ArgumentParser:
     policy = commands.add_parser("policy", help="validate and try out policy files")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     check = policy_commands.add_parser("check", help="validate files and explain each rule")
-    check.add_argument("files", nargs="+")
+    check.add_argument("files", nargs="+", help="policy YAML files")
     check.set_defaults(func=_policy_check)
     dry_run = policy_commands.add_parser(
         "dry-run", help="replay a recorded session's tool calls against new policy files"
     )
-    dry_run.add_argument("files", nargs="+")
+    dry_run.add_argument("files", nargs="+", help="the policy YAML files to try")
     source = dry_run.add_mutually_exclusive_group(required=True)
     source.add_argument("--session", help="a session id, fetched from --gateway")
     source.add_argument("--events", help="a JSON file of events, an events page, or a session export")
     dry_run.add_argument("--agent", help="agent JSON (with --events, when the export has none)")
-    dry_run.add_argument("--gateway", default=os.environ.get("TETHER_URL", "http://127.0.0.1:8420"))
-    dry_run.add_argument("--api-key", default=os.environ.get("TETHER_API_KEY"))
+    dry_run.add_argument(
+        "--gateway",
+        default=os.environ.get("TETHER_URL", "http://127.0.0.1:8420"),
+        help="gateway URL, with --session (default: TETHER_URL or http://127.0.0.1:8420)",
+    )
+    dry_run.add_argument(
+        "--api-key",
+        default=os.environ.get("TETHER_API_KEY"),
+        help="the gateway's API key (default: TETHER_API_KEY)",
+    )
     dry_run.set_defaults(func=_policy_dry_run)
 
     vault = commands.add_parser("vault", help="manage the master key that encrypts credentials")
@@ -155,14 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = commands.add_parser("audit", help="check the tamper-evident session log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
-    verify = audit_commands.add_parser("verify", help="verify a session's hash chain")
-    verify.add_argument("session_id")
-    verify.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", ".tether"))
-    verify.set_defaults(func=_audit_verify)
+    from gateway.audit import add_commands as add_audit_commands
 
-    from gateway.operator_cli import register as register_operator_commands
+    add_audit_commands(audit_commands)  # verify, head
 
-    register_operator_commands(commands)  # sessions list|show|tail|export, agents list|show
+    config = commands.add_parser("config", help="the settings Tether reads from the environment")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    config_show = config_commands.add_parser("show", help="print the values in effect (secrets masked)")
+    config_show.set_defaults(func=_config_show)
+    config_table = config_commands.add_parser("table", help="print every setting as a Markdown table")
+    config_table.set_defaults(func=_config_table)
+
+    from gateway.commands import register as register_client_commands
+
+    register_client_commands(commands)  # sessions, agents, environments, vaults, tunnels, webhooks, MCP
     return parser
 
 

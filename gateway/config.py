@@ -1,37 +1,43 @@
-"""Gateway settings, read once from the environment with embedded defaults.
+"""Gateway settings, read once from the environment through ``gateway.settings``.
 
-| variable               | default                                   |
-|------------------------|-------------------------------------------|
-| TETHER_DATA_DIR        | ``.tether`` (SQLite log, workspaces, key) |
-| TETHER_DATABASE_URL    | ``sqlite:///DATA_DIR/tether.db``; or ``postgresql://...`` |
-| TETHER_API_KEYS        | generated once into ``DATA_DIR/api_key``  |
-| ANTHROPIC_API_KEY      | unset: the embedded scripted model        |
-| TETHER_MODEL_BASE_URL  | Anthropic's API, or the scripted model    |
-| TETHER_MAX_BODY_BYTES  | 8 MiB                                     |
-| TETHER_MODEL_STREAM_TIMEOUT | 120 s without bytes fails an attempt |
-| TETHER_MODEL_MAX_ATTEMPTS   | 4 tries per model call (429/529/5xx) |
-| TETHER_MODEL_RETRY_BASE_SECONDS / _MAX_SECONDS | backoff 1 s .. 30 s |
-| TETHER_PROMPT_CACHING  | ``on``: cache breakpoints in model requests (``off``: none) |
-| TETHER_POLICY_FILES    | policy YAML files; an invalid one stops the start |
-| TETHER_LEASE_TTL_SECONDS    | 15: a dead process's sessions resume after this |
-| TETHER_SELF_HOSTED_WAIT_SECONDS | 30: wait for a worker's sandbox |
-| TETHER_TUNNEL_BASE_DOMAIN | ``tunnels.tether.internal``          |
-| TETHER_SANDBOX_ARGS    | extra ``tether sandbox`` flags (limits)   |
-| TETHER_SANDBOX_IDLE_SECONDS | 900: stop a sandbox unused this long |
-| TETHER_SANDBOX_START_CONCURRENCY | one per CPU, at least 2: sandbox starts at once |
-| TETHER_SANDBOX_START_TIMEOUT_SECONDS | 30: a start's budget once admitted, times the load |
-| TETHER_WEBHOOK_ALLOWED_HOSTS | none: public targets only; else hosts, ``*.``, IPs, CIDRs |
+The variables, their types, defaults and meanings are declared in ``gateway.settings`` (the
+README's table is generated from there: ``python -m gateway.settings_doc``). This module turns
+them into a ``Settings`` for one gateway process: it creates the data directory, resolves the
+database URL against it and loads or generates the admin key.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import secrets
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from gateway.settings import (
+    ANTHROPIC_API_KEY,
+    API_KEYS,
+    DATA_DIR,
+    DATABASE_URL,
+    LEASE_TTL,
+    MAX_BODY_BYTES,
+    MODEL_BASE_URL,
+    MODEL_MAX_ATTEMPTS,
+    MODEL_RETRY_BASE,
+    MODEL_RETRY_MAX,
+    MODEL_STREAM_TIMEOUT,
+    POLICY_FILES,
+    PROMPT_CACHING,
+    SANDBOX_ARGS,
+    SANDBOX_IDLE,
+    SANDBOX_START_CONCURRENCY,
+    SANDBOX_START_TIMEOUT,
+    SELF_HOSTED_WAIT,
+    TUNNEL_BASE_DOMAIN,
+    WEBHOOK_ALLOWED_HOSTS,
+    ConfigError,
+)
+from gateway.tools.warm_pool import warm_pool_size
 
 SCRIPTED_MODEL_PATH = "/scripted-model"
 
@@ -64,7 +70,12 @@ class Settings:
     CPU and at least two (``gateway.tools.start_queue.default_concurrency``)."""
     sandbox_start_timeout: float = 30.0
     """Seconds a sandbox start may take once admitted, scaled by the host's load."""
+    sandbox_warm_pool: int = 1
+    """``TETHER_SANDBOX_WARM_POOL``: sandbox processes started ahead of need (``gateway.tools.warm_pool``)."""
     generated_key: bool = False
+    """True when this start generated the admin key (it is printed only then)."""
+    key_file: Path | None = None
+    """Where the admin key is kept, when it is not from ``TETHER_API_KEYS``."""
     self_hosted_wait_seconds: float = 30.0
     """How long a self-hosted session's tool call waits for a worker to start its sandbox."""
     tunnel_base_domain: str = "tunnels.tether.internal"
@@ -85,64 +96,94 @@ class Settings:
 
     @classmethod
     def from_env(cls, data_dir: str | Path | None = None) -> Settings:
+        """Raises ``ConfigError`` (one line naming the variable) for a value Tether cannot use."""
         env = os.environ
-        root = Path(data_dir or env.get("TETHER_DATA_DIR", ".tether")).resolve()
+        root = Path(data_dir or DATA_DIR.read(env)).resolve()
         root.mkdir(parents=True, exist_ok=True)
-        keys = [k.strip() for k in env.get("TETHER_API_KEYS", "").split(",") if k.strip()]
-        generated = False
+        database_url = resolve_database_url(DATABASE_URL.read(env), root)
+        keys = API_KEYS.read(env)
+        generated, key_file = False, None
         if not keys:
-            keys, generated = [load_or_create_key(root / "api_key")], True
+            key_file = root / "api_key"
+            key, generated = load_or_create_key(key_file)
+            keys = [key]
         return cls(
             data_dir=root,
-            database_url=env.get("TETHER_DATABASE_URL") or f"sqlite:///{root / 'tether.db'}",
+            database_url=database_url,
             api_keys=keys,
-            model_api_key=env.get("ANTHROPIC_API_KEY") or None,
-            model_base_url=env.get("TETHER_MODEL_BASE_URL") or None,
-            max_body_bytes=int(env.get("TETHER_MAX_BODY_BYTES", 8 * 1024 * 1024)),
-            model_stream_timeout=float(env.get("TETHER_MODEL_STREAM_TIMEOUT", 120)),
-            model_max_attempts=max(1, int(env.get("TETHER_MODEL_MAX_ATTEMPTS", 4))),
-            model_retry_base_seconds=float(env.get("TETHER_MODEL_RETRY_BASE_SECONDS", 1.0)),
-            model_retry_max_seconds=float(env.get("TETHER_MODEL_RETRY_MAX_SECONDS", 30.0)),
-            prompt_caching=_on_off("TETHER_PROMPT_CACHING", env.get("TETHER_PROMPT_CACHING", "on")),
-            policy_files=[p for p in re.split(r"[:,]", env.get("TETHER_POLICY_FILES", "")) if p.strip()],
-            self_hosted_wait_seconds=float(env.get("TETHER_SELF_HOSTED_WAIT_SECONDS", 30)),
-            tunnel_base_domain=env.get("TETHER_TUNNEL_BASE_DOMAIN", "tunnels.tether.internal"),
-            lease_ttl_seconds=float(env.get("TETHER_LEASE_TTL_SECONDS", 15)),
-            sandbox_args=shlex.split(env.get("TETHER_SANDBOX_ARGS", "")),
-            sandbox_idle_seconds=float(env.get("TETHER_SANDBOX_IDLE_SECONDS", 900)),
-            sandbox_start_concurrency=_positive_int(env.get("TETHER_SANDBOX_START_CONCURRENCY")),
-            sandbox_start_timeout=float(env.get("TETHER_SANDBOX_START_TIMEOUT_SECONDS", 30)),
-            webhook_allowed_hosts=webhook_allowed_hosts(env),
+            model_api_key=ANTHROPIC_API_KEY.read(env),
+            model_base_url=MODEL_BASE_URL.read(env),
+            max_body_bytes=MAX_BODY_BYTES.read(env),
+            model_stream_timeout=MODEL_STREAM_TIMEOUT.read(env),
+            model_max_attempts=MODEL_MAX_ATTEMPTS.read(env),
+            model_retry_base_seconds=MODEL_RETRY_BASE.read(env),
+            model_retry_max_seconds=MODEL_RETRY_MAX.read(env),
+            prompt_caching=PROMPT_CACHING.read(env),
+            policy_files=POLICY_FILES.read(env),
+            self_hosted_wait_seconds=SELF_HOSTED_WAIT.read(env),
+            tunnel_base_domain=TUNNEL_BASE_DOMAIN.read(env),
+            lease_ttl_seconds=LEASE_TTL.read(env),
+            sandbox_args=SANDBOX_ARGS.read(env),
+            sandbox_idle_seconds=SANDBOX_IDLE.read(env),
+            sandbox_start_concurrency=SANDBOX_START_CONCURRENCY.read(env),
+            sandbox_start_timeout=SANDBOX_START_TIMEOUT.read(env),
+            sandbox_warm_pool=warm_pool_size(env),
+            webhook_allowed_hosts=WEBHOOK_ALLOWED_HOSTS.read(env),
             generated_key=generated,
+            key_file=key_file,
         )
 
 
-def _positive_int(value: str | None) -> int | None:
-    """An optional count from the environment: unset or empty is None, anything else at least 1."""
-    return max(1, int(value)) if value and value.strip() else None
+DATABASE_FORMS = (
+    "sqlite:///relative.db (inside the data dir), sqlite:////abs/path.db or postgresql://user@host/db"
+)
 
 
-def _on_off(name: str, value: str) -> bool:
-    """A switch from the environment: ``on`` or ``off``, anything else stops the start."""
-    choice = value.strip().lower()
-    if choice not in ("on", "off"):
-        raise ValueError(f"{name} must be on or off, not {value!r}")
-    return choice == "on"
+def resolve_database_url(raw: str, data_dir: Path, *, check_parent: bool = True) -> str:
+    """The store URL for ``TETHER_DATABASE_URL``: SQLite paths made absolute (``sqlite:///x.db``
+    is ``DATA_DIR/x.db``, ``sqlite:////abs/x.db`` stays put), PostgreSQL URLs unchanged.
+
+    An explicit SQLite path whose directory does not exist is an error rather than created,
+    so a typo never starts an empty log somewhere unexpected.
+    """
+    url = raw.strip()
+    if not url:
+        return f"sqlite:///{data_dir / 'tether.db'}"
+    if url.startswith(("postgresql://", "postgres://")):
+        return url
+    rest = url.removeprefix("sqlite:///")
+    if rest == url or not rest.strip("/") or "?" in rest:
+        raise ConfigError(f"TETHER_DATABASE_URL: unsupported {_shown(url)}; use {DATABASE_FORMS}")
+    path = Path(rest) if rest.startswith("/") else data_dir / rest
+    if check_parent and not path.parent.is_dir():
+        raise ConfigError(
+            f"TETHER_DATABASE_URL: directory {path.parent} does not exist (create it, or fix the URL)"
+        )
+    return f"sqlite:///{path}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a resolved SQLite URL; None for PostgreSQL."""
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def _shown(url: str) -> str:
+    """The URL's scheme only: a database URL may carry a password."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    return f"scheme {scheme!r}" if scheme and scheme != "sqlite" else f"form {url!r}"
 
 
 def webhook_allowed_hosts(env: Mapping[str, str]) -> list[str]:
     """``TETHER_WEBHOOK_ALLOWED_HOSTS``: comma-separated host names, ``*.`` wildcards, IPs and CIDRs."""
-    return [
-        entry.strip() for entry in env.get("TETHER_WEBHOOK_ALLOWED_HOSTS", "").split(",") if entry.strip()
-    ]
+    return WEBHOOK_ALLOWED_HOSTS.read(env)
 
 
-def load_or_create_key(path: Path) -> str:
-    """A stable key for a data directory, readable only by its owner."""
+def load_or_create_key(path: Path) -> tuple[str, bool]:
+    """A stable key for a data directory, readable only by its owner; True when made now."""
     if path.exists():
-        return path.read_text().strip()
+        return path.read_text().strip(), False
     key = "tether-" + secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(key + "\n")
-    return key
+    return key, True

@@ -5,13 +5,15 @@ module is only a client of it, through the official ``anthropic`` SDK. On a host
 bubblewrap the demo still runs (its file tools need no sandbox process) and says in one
 line how to enable ``bash``. It exits non-zero when the session ends in an error, or when
 the scripted model's write-then-read round trip did not succeed, so a script can rely on it.
+While it runs it prints the session's trail page (``/ui``); with ``--data-dir`` the data stays
+there, without it the data lives in a temporary directory removed at exit (and no path into it
+is printed).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -21,6 +23,7 @@ from typing import Any
 
 import anthropic
 
+from gateway import settings
 from gateway.serving import READY_PREFIX
 from sandbox_server.backends import bash_notice
 
@@ -49,7 +52,7 @@ def _start_gateway(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], st
             if line.startswith(READY_PREFIX) and not found:
                 found.append(line[len(READY_PREFIX) :].strip())
                 ready.set()
-            elif os.environ.get("TETHER_DEMO_VERBOSE"):
+            elif settings.DEMO_VERBOSE.read(os.environ):
                 print("  gateway | " + line.rstrip(), flush=True)
         ready.set()
 
@@ -85,24 +88,21 @@ def run_demo(data_dir: str | None = None, port: int = 0) -> int:
     root.mkdir(parents=True, exist_ok=True)
     process, url = _start_gateway(root, port)
     try:
-        api_key = (
-            os.environ.get("TETHER_API_KEYS", "").split(",")[0].strip()
-            or (root / "api_key").read_text().strip()
-        )
-        real_model = bool(os.environ.get("ANTHROPIC_API_KEY"))
+        api_key = next(iter(settings.API_KEYS.read(os.environ)), "") or (root / "api_key").read_text().strip()
+        real_model = bool(settings.ANTHROPIC_API_KEY.read(os.environ))
         print(f"Tether gateway at {url}")
         print(f"API key (x-api-key): {api_key}")
         print(
             f"Model: {'Anthropic API' if real_model else 'the scripted model (set ANTHROPIC_API_KEY for Claude)'}"
         )
-        notice = bash_notice(shlex.split(os.environ.get("TETHER_SANDBOX_ARGS", "")))
+        notice = bash_notice(settings.SANDBOX_ARGS.read(os.environ))
         if notice is not None:
             print(f"Note: {notice}")
         print()
         client = anthropic.Anthropic(base_url=url, api_key=api_key, max_retries=0)
         agent = client.beta.agents.create(
             name="demo-engineer",
-            model=os.environ.get("TETHER_DEMO_MODEL", "claude-sonnet-4-6"),
+            model=settings.DEMO_MODEL.read(os.environ),
             system=SYSTEM_PROMPT,
             tools=[{"type": "agent_toolset_20260401"}],
         )
@@ -110,7 +110,8 @@ def run_demo(data_dir: str | None = None, port: int = 0) -> int:
         session = client.beta.sessions.create(
             agent=agent.id, environment_id=environment.id, title="Tether demo"
         )
-        print(f"agent {agent.id} (v{agent.version}), environment {environment.id}, session {session.id}\n")
+        print(f"agent {agent.id} (v{agent.version}), environment {environment.id}, session {session.id}")
+        print(f"Trail page (while the demo runs; API key as above): {url}/ui#/sessions/{session.id}\n")
         stop_reason = None
         problems: list[str] = []
         with client.beta.sessions.events.stream(session.id) as stream:
@@ -139,7 +140,15 @@ def run_demo(data_dir: str | None = None, port: int = 0) -> int:
         # The gateway mounts workspaces in its own mount namespace: look through its eyes.
         seen = Path(f"/proc/{process.pid}/root{plan.resolve()}")
         if seen.exists():
-            print(f"workspace file {plan}:\n{seen.read_text()}")
+            # A temporary data dir is gone once the demo exits: name the file as the agent sees it.
+            shown = plan if scratch is None else Path("/workspace/notes/plan.md")
+            print(f"workspace file {shown}:\n{seen.read_text()}")
+        if scratch is None:
+            print(
+                f"Data kept in {root}: `tether gateway --data-dir {root}` serves it again, trail page at /ui"
+            )
+        else:
+            print("The demo's data was temporary and is removed now (`tether demo --data-dir DIR` keeps it)")
         if stop_reason != "end_turn" or finished.status == "terminated":
             problems.append(f"the session ended {finished.status} (stop_reason={stop_reason})")
         for problem in problems:

@@ -2,13 +2,16 @@
 
 Every Tether server (gateway, sandbox, scripted model) binds its socket before
 uvicorn starts, so port 0 works and the parent process learns the real port from
-one line on stdout: ``listening on http://HOST:PORT``.
+one line on stdout: ``listening on http://HOST:PORT`` (``https://`` when serving TLS).
 """
 
 from __future__ import annotations
 
+import errno
 import socket
+import ssl
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -30,11 +33,46 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def socket_url(sock: socket.socket) -> str:
+def bind_or_exit(host: str, port: int, program: str = "tether") -> socket.socket:
+    """``bind_socket``, or one line naming the fix and a non-zero exit (no traceback) when the
+    address cannot be had: a port in use is the usual first failure of a second start."""
+    try:
+        return bind_socket(host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            sys.exit(f"{program}: port {port} on {host} is in use: stop the other process or pass --port")
+        if exc.errno == errno.EACCES:
+            sys.exit(f"{program}: not allowed to listen on port {port} on {host}: pass --port above 1023")
+        sys.exit(
+            f"{program}: cannot listen on {host} port {port}: {exc.strerror or exc}: pass --host or --port"
+        )
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A PEM certificate chain and its private key: the server then speaks HTTPS only."""
+
+    cert: str
+    key: str
+
+    def check(self) -> str | None:
+        """Why these files cannot serve TLS (None when they can), found before uvicorn starts so
+        the operator reads one line instead of a traceback from inside the server."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.cert, self.key)
+        except FileNotFoundError as exc:
+            return f"TLS file not found: {exc.filename}"
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            return f"cannot use TLS certificate {self.cert} with key {self.key}: {exc}"
+        return None
+
+
+def socket_url(sock: socket.socket, tls: bool = False) -> str:
     host, port = sock.getsockname()[:2]
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
 
 
 def serve(app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
@@ -42,10 +80,20 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "wa
     serve_socket(app, bind_socket(host, port), log_level)
 
 
-def serve_socket(app: Any, sock: socket.socket, log_level: str = "warning") -> None:
-    """Serve on an already bound socket (when the app must know its own URL before starting)."""
+def serve_socket(
+    app: Any, sock: socket.socket, log_level: str = "warning", tls: TLSFiles | None = None
+) -> None:
+    """Serve on an already bound socket (when the app must know its own URL before starting);
+    with ``tls``, the socket speaks HTTPS only."""
     watched = _LifespanWatch(app)
-    config = uvicorn.Config(watched, log_level=log_level, lifespan="on", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        watched,
+        log_level=log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        ssl_certfile=tls.cert if tls else None,
+        ssl_keyfile=tls.key if tls else None,
+    )
     server = uvicorn.Server(config)
     watched.server = server
 
@@ -54,7 +102,7 @@ def serve_socket(app: Any, sock: socket.socket, log_level: str = "warning") -> N
     async def startup(sockets: list[socket.socket] | None = None) -> None:
         await original_startup(sockets=sockets)
         if server.started:
-            print(f"{READY_PREFIX}{socket_url(sock)}", flush=True)
+            print(f"{READY_PREFIX}{socket_url(sock, tls=tls is not None)}", flush=True)
 
     server.startup = startup  # type: ignore[method-assign]
     try:

@@ -6,16 +6,20 @@ parser only has to call them. Problems with the inputs go to stderr.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
 from policies.agent_config import agent_tools
 from policies.engine import PolicySet
-from policies.loader import load_file
+from policies.loader import _Parser, load_file
 from policies.replay import Change, replay
 from policies.rules import NetworkPolicy, PolicyError, PolicyFile
 
@@ -37,7 +41,8 @@ def check(paths: Sequence[PathLike]) -> int:
         try:
             policy_file = load_file(path)
         except PolicyError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            for error in every_error(path, exc):
+                print(f"error: {error}", file=sys.stderr)
             failed += 1
             continue
         loaded.append(policy_file)
@@ -53,6 +58,42 @@ def check(paths: Sequence[PathLike]) -> int:
     count = len(policies.rules)
     print(f"OK: {count} rule{'' if count == 1 else 's'} in {_plural(len(loaded), 'file')}.")
     return 0
+
+
+def every_error(path: PathLike, first: PolicyError) -> list[PolicyError]:
+    """Every error in a policy file, not only the first the loader stops at: the top level,
+    each rule and the network section are checked separately (one error each at most)."""
+    source = os.fspath(path)
+    try:
+        root = yaml.compose(Path(source).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return [first]  # unreadable or not YAML: the loader's one error says it all
+    if not isinstance(root, MappingNode):
+        return [first]
+    parser = _Parser(source)
+    errors: list[PolicyError] = []
+
+    def attempt(check: Callable[[], object]) -> None:
+        try:
+            check()
+        except PolicyError as exc:
+            errors.append(exc)
+
+    sections = {key.value: value for key, value in root.value if isinstance(key, ScalarNode)}
+    top = [
+        (key, value) for key, value in root.value if getattr(key, "value", None) not in ("rules", "network")
+    ]
+    attempt(lambda: parser.policy_file(MappingNode(root.tag, top, root.start_mark, root.end_mark)))
+    rules = sections.get("rules")
+    if isinstance(rules, SequenceNode):
+        for index, item in enumerate(rules.value):
+            attempt(functools.partial(parser.rule, item, f"rules[{index}]"))
+    elif rules is not None:
+        attempt(lambda: parser.rules(rules))
+    if "network" in sections:
+        attempt(lambda: parser.network(sections["network"]))
+    unique = list({str(error): error for error in errors}.values())
+    return sorted(unique, key=lambda e: e.line or 0) or [first]
 
 
 def dry_run(paths: Sequence[PathLike], events: JsonSource, agent: JsonSource | None = None) -> int:
@@ -115,11 +156,30 @@ def _json(source: JsonSource) -> Any:
     if not isinstance(source, (str, os.PathLike)):
         return source
     try:
-        return json.loads(Path(source).read_text(encoding="utf-8"))
+        text = Path(source).read_text(encoding="utf-8")
     except OSError as exc:
         raise ValueError(f"{os.fspath(source)}: cannot read: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise ValueError(f"{os.fspath(source)}: not valid JSON: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        lines = _json_lines(text)
+        if lines is None:
+            raise ValueError(f"{os.fspath(source)}: not valid JSON or JSON lines: {exc}") from None
+        return lines
+
+
+def _json_lines(text: str) -> Any:
+    """JSON lines, as ``tether sessions export`` writes them: the session, then its events
+    (returned as an export document); None when the text is not JSON lines."""
+    try:
+        items = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError:
+        return None
+    if items and isinstance(items[0], Mapping) and items[0].get("type") == "session":
+        return {"session": items[0], "events": items[1:]}
+    return items
 
 
 def _events_of(document: Any) -> list[Mapping[str, Any]]:

@@ -1,7 +1,8 @@
 """Starting a ``tether sandbox`` for someone else: its command line and its environment.
 
-``python -m sandbox_server.launch sandbox ARGS`` is ``tether sandbox ARGS`` that dies with the
-process that started it. The starter puts its own pid in the child's environment
+``python -m sandbox_server.launch sandbox ARGS`` (``command``) is ``tether sandbox ARGS`` that
+dies with the process that started it; like ``python -m sandbox_server`` it imports only the
+sandbox server, never the gateway. The starter puts its own pid in the child's environment
 (``PARENT_ENV``); before anything else, the child asks the kernel for ``SIGKILL`` when its
 parent dies (``prctl(PR_SET_PDEATHSIG)``), then checks that its parent is still that pid: a
 parent that died before the request was made would never trigger it, and the child exits
@@ -24,8 +25,8 @@ from collections.abc import Mapping, Sequence
 import anyio
 import anyio.abc
 
-from gateway.serving import READY_PREFIX
 from sandbox_server.auth import TOKEN_ENV
+from sandbox_server.serving import READY_PREFIX
 
 PARENT_ENV = "TETHER_SANDBOX_PARENT"
 _PR_SET_PDEATHSIG = 1
@@ -58,16 +59,26 @@ NEVER = frozenset(
 
 
 def command(args: Sequence[str]) -> list[str]:
-    """The command line of ``tether sandbox ARGS`` started through this module."""
+    """The command line of ``tether sandbox ARGS`` started through this module: as slim as
+    ``python -m sandbox_server`` (``main`` hands over to the same ``sandbox_server.cli``), and
+    named as sandboxes always were, so ``ps`` and the tools that find a session's sandbox by
+    its command line (``sandbox_server.launch sandbox ... --workspace PATH``) still do."""
     return [sys.executable, "-m", "sandbox_server.launch", "sandbox", *args]
 
 
+def warm_command(room: int) -> list[str]:
+    """The command line of a warm sandbox, whose flags come at hand-over (``sandbox_server.warm``),
+    with ``room`` blanks its title is rewritten into."""
+    return command(["--warm=" + " " * room])
+
+
 def environment(
-    token: str, extra: Mapping[str, str] | None = None, source: Mapping[str, str] | None = None
+    token: str | None, extra: Mapping[str, str] | None = None, source: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """The child's whole environment: the allow-listed variables of ``source`` (``os.environ``),
     the sandbox token, this process as the parent to die with, and ``extra`` (per-start
-    variables such as the egress token; anything not allow-listed is refused)."""
+    variables such as the egress token; anything not allow-listed is refused). A warm sandbox
+    gets no token here (None): its tokens come with the hand-over."""
     source = os.environ if source is None else source
     env = {name: source[name] for name in PASSED_THROUGH if name in source}
     env.setdefault("PATH", os.defpath)
@@ -76,7 +87,8 @@ def environment(
         if name not in PASSED_THROUGH | PER_START or name in NEVER:
             raise ValueError(f"{name} may not be passed to a sandbox server")
         env[name] = value
-    env[TOKEN_ENV] = token
+    if token is not None:
+        env[TOKEN_ENV] = token
     env[PARENT_ENV] = str(os.getpid())
     return env
 
@@ -100,20 +112,27 @@ def started_for_parent() -> bool:
     return _started_for_parent
 
 
-def main(argv: Sequence[str]) -> None:
+def claim_parent() -> None:
+    """In a sandbox started through ``command``: die with the starter, and remember it was started
+    for one. First thing in the process, before any thread exists."""
     parent = os.environ.pop(PARENT_ENV, "")
     if parent:
         die_with_parent(int(parent))
-        # Run with ``-m``, this file is ``__main__``; the server reads the flag off the module
-        # it imports, ``sandbox_server.launch``.
+        # Run with ``-m``, this file may be ``__main__``; the server reads the flag off the
+        # module it imports, ``sandbox_server.launch``.
         from sandbox_server import launch
 
         launch._started_for_parent = True
+
+
+def main(argv: Sequence[str]) -> None:
+    """``python -m sandbox_server.launch sandbox ARGS``: the slim entry point, for starters."""
+    claim_parent()
     if list(argv[:1]) != ["sandbox"]:
         sys.exit("usage: python -m sandbox_server.launch sandbox [tether sandbox flags]")
-    from gateway.cli import main as tether
+    from sandbox_server.cli import main as sandbox
 
-    tether(list(argv))
+    sandbox(list(argv))
 
 
 if __name__ == "__main__":

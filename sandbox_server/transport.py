@@ -14,8 +14,8 @@ import threading
 from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 
-from gateway.serving import serve
 from sandbox_server import auth
+from sandbox_server.serving import serve
 
 MCP_PATH = "/mcp"
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -57,7 +57,12 @@ def serve_toolset(server: MCPServer, host: str, port: int, stdio: bool, token: s
         return
     if not token:
         sys.exit(f"tether sandbox: {auth.MISSING_TOKEN}")
+    # Plain JSON answers, not an SSE stream per call: the tools send no progress or log
+    # notifications mid-call, and the stream's framing and task cost every call time.
     app = server.streamable_http_app(
-        streamable_http_path=MCP_PATH, transport_security=transport_security(host), host=host
+        streamable_http_path=MCP_PATH,
+        transport_security=transport_security(host),
+        host=host,
+        json_response=True,
     )
     serve(auth.BearerAuth(app, token), host, port)

@@ -37,7 +37,8 @@ def _ensure(config: pytest.Config, requirements: Sequence[provision.Requirement]
     if _provisioner is None:
         _provisioner = provision.Provisioner(lambda line: _say(config, line))
     try:
-        _provisioner.ensure(requirements)
+        with provision.machine_lock():  # parallel workers (pytest -n) must not run apt at once
+            _provisioner.ensure(requirements)
     except provision.ProvisionFailed as exc:
         # A usage error: pytest prints it once and stops, exit status 4.
         raise pytest.UsageError(f"tether tests: {exc}") from None
@@ -66,9 +67,21 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         _say(session.config, f"tether tests: PostgreSQL for this run at {cluster.dsn}")
 
 
+def _is_worker(config: pytest.Config) -> bool:
+    """Whether this process is one of several workers of a parallel run (``pytest -n N``)."""
+    return hasattr(config, "workerinput")
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Stop the run's cluster, then fail the run for every Tether process it left running."""
+    """Stop the run's cluster, then fail the run for every Tether process it left running.
+
+    In a parallel run each worker stops its own cluster, and only the controller looks for
+    leftovers, after every worker has ended: a worker would take its peers' live servers (they
+    carry the same run mark) for leftovers.
+    """
     pg_cluster.stop_shared_cluster()
+    if _is_worker(session.config):
+        return
     # The run's temporary directory, if it made one: orphaned sandboxes name it in their argv.
     basetemp = getattr(getattr(session.config, "_tmp_path_factory", None), "_basetemp", None)
     found = leftovers.find(leftovers.mark_run(), str(basetemp) if basetemp is not None else None)

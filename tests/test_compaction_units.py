@@ -3,6 +3,7 @@ conversation, and how the scripted model answers and counts turns across a compa
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -359,3 +360,28 @@ def test_turn_selection_counts_the_turns_a_summary_replaced() -> None:
     answer = book.respond(summarising)
     assert isinstance(answer, Reply)
     assert answer.content[0]["text"] == "[scripted summary: 1 assistant turns]\n- x"
+
+
+def test_request_chars_is_the_json_length_of_each_part_whatever_the_blocks() -> None:
+    tool_result = {
+        "type": "tool_result",
+        "tool_use_id": "toolu_1",
+        "content": [{"type": "text", "text": 'ünïcode \u2028 "quoted" \\ \n'}],
+        "is_error": True,
+    }
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "b", "input": {"x": [1, 2.5, None]}}],
+        },
+        {"role": "user", "content": [tool_result, tool_result, {"type": "text", "text": "🙂"}]},
+        {"role": "assistant", "content": "plain text content"},
+        {"role": "user", "content": []},
+        {"role": "user", "content": [{"type": "text", "text": "x"}], "extra": 1},
+    ]
+    request = {"model": "m", "system": "sys", "tools": [{"name": "t"}], "messages": messages}
+    expected = sum(len(json.dumps(request[key])) for key in ("system", "tools", "messages"))
+    assert sizing.request_chars(request) == expected
+    assert sizing.request_chars(request) == expected  # the memo answers the same the second time
+    assert sizing.request_chars({"messages": []}) == len("[]")

@@ -683,3 +683,15 @@ def _mcp_error(exc: BaseException) -> MCPError:
         exc = exc.exceptions[0]
     assert isinstance(exc, MCPError), repr(exc)
     return exc
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_capabilities_are_truthful_resource_subscriptions_are_not_offered(
+    stack: GatewayStack, mode: str
+) -> None:
+    async with stack.connect("dev", mode) as client:
+        capabilities = client.server_capabilities
+        assert capabilities.resources is not None and not capabilities.resources.subscribe
+        assert capabilities.tools is not None and capabilities.tools.list_changed
+        # Everything advertised is served: listing resources works, subscribing is not claimed.
+        assert (await client.list_resources()).resources

@@ -236,7 +236,9 @@ class InMemoryUpstream:
         self.up = True
 
     @asynccontextmanager
-    async def session(self, headers: dict[str, str], timeout: float) -> AsyncIterator[Client]:
+    async def session(
+        self, headers: dict[str, str], timeout: float, watch: Any = None
+    ) -> AsyncIterator[Client]:
         if not self.up:
             raise ConnectionRefusedError("connection refused")
         async with Client(self.server) as client:
@@ -300,3 +302,29 @@ async def test_a_view_merges_selections_and_serves_the_last_listing_while_an_ups
     assert "beta__add" in view.tools and not view.unavailable  # the last listing, still routable
     with pytest.raises(UpstreamUnavailable, match="circuit open"):
         await pool.use("beta", {}, lambda client: client.list_tools(), timeout=5)
+
+
+@pytest.mark.anyio
+async def test_a_merged_view_is_reused_until_a_listing_or_the_selection_changes() -> None:
+    async def ignore(name: str, kinds: frozenset[str]) -> None:
+        return None
+
+    pool = UpstreamPool(McpGatewaySettings(), ignore)
+    upstreams = {name: InMemoryUpstream(name, _server(name)) for name in ("alpha", "beta")}
+    pool._upstreams.update(upstreams)
+    catalog = Catalog(pool, ttl=300, listing_timeout=5)
+    selection = {"tools": ["*"], "resources": True, "prompts": True}
+    virtual = {"name": "dev", "servers": [{"server": "alpha", **selection}, {"server": "beta", **selection}]}
+    bodies = {name: upstream.body for name, upstream in upstreams.items()}
+
+    async def no_credential(body: dict[str, Any]) -> ServerAuth:
+        return ServerAuth({})
+
+    first = await catalog.view(virtual, bodies, no_credential)
+    assert await catalog.view(virtual, bodies, no_credential) is first
+    catalog.invalidate("beta")  # a list_changed: the listing is fetched again, the view rebuilt
+    second = await catalog.view(virtual, bodies, no_credential)
+    assert second is not first and set(second.tools) == set(first.tools)
+    narrower = {**virtual, "servers": [{"server": "alpha", **selection}]}
+    third = await catalog.view(narrower, bodies, no_credential)
+    assert set(third.tools) == {"add", "secret"} and catalog.last_views["dev"] is third

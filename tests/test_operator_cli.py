@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from gateway import operator_cli
+from gateway import cli
+from gateway.commands import events, sessions
 from tests.conftest import Scripts
 from tests.support.observability import observability_gateway, sdk
 from tests.support.processes import ServerProcess
@@ -44,7 +45,7 @@ def finished(served: ServerProcess, api_key: str, model_server: ServerProcess) -
 
 def run_cli(served: ServerProcess, api_key: str, *argv: str) -> int:
     with pytest.raises(SystemExit) as exited:
-        operator_cli.main([*argv, "--gateway", served.url, "--api-key", api_key])
+        cli.main([*argv, "--gateway", served.url, "--api-key", api_key])
     code = exited.value.code
     return code if isinstance(code, int) else 1
 
@@ -56,7 +57,7 @@ def test_export_writes_the_session_then_every_event_as_json_lines(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(operator_cli, "PROGRESS_EVERY", 2)
+    monkeypatch.setattr(sessions, "PROGRESS_EVERY", 2)
     session_id = finished["session"].id
 
     assert run_cli(served, api_key, "sessions", "export", session_id) == 0
@@ -76,7 +77,8 @@ def test_export_to_a_file_as_one_document(
     target = tmp_path / "export.json"
     session_id = finished["session"].id
     assert (
-        run_cli(served, api_key, "sessions", "export", session_id, "-o", str(target), "--format", "json") == 0
+        run_cli(served, api_key, "sessions", "export", session_id, "--file", str(target), "--format", "json")
+        == 0
     )
     document = json.loads(target.read_text())
     assert document["session"]["id"] == session_id and document["events"] == finished["events"]
@@ -88,9 +90,10 @@ def test_list_and_show(
     session_id = finished["session"].id
     assert run_cli(served, api_key, "sessions", "list") == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["ID", "STATUS", "AGENT", "TOKENS", "IN/OUT", "AGE", "TITLE"]
+    assert table[0].split() == ["ID", "STATUS", "AGENT", "ENVIRONMENT", "TOKENS", "IN/OUT", "AGE", "TITLE"]
     row = next(line for line in table if line.startswith(session_id))
     assert "idle" in row and "cli-agent" in row and "cli session" in row
+    assert finished["session"].environment_id in row
 
     assert run_cli(served, api_key, "sessions", "list", "--json", "--status", "running") == 0
     assert session_id not in capsys.readouterr().out
@@ -114,23 +117,25 @@ def test_agents_list_and_show(
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(agent.id))
     assert "cli-agent" in row and "claude-sonnet-4-6" in row
 
-    assert run_cli(served, api_key, "agents", "show", agent.id, "--version", "1") == 0
+    assert run_cli(served, api_key, "agents", "show", agent.id, "--version", "1", "--json") == 0
     assert json.loads(capsys.readouterr().out)["id"] == agent.id
 
 
 def test_errors_are_one_line(served: ServerProcess, api_key: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        operator_cli.main(["sessions", "show", "sesn_missing", "--gateway", served.url, "--api-key", api_key])
-    assert "answered HTTP 404" in str(exited.value.code)
+        cli.main(["sessions", "show", "sesn_missing", "--gateway", served.url, "--api-key", api_key])
+    assert exited.value.code == 1
+    assert "HTTP 404" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:
-        operator_cli.main(["sessions", "list", "--gateway", served.url, "--api-key", ""])
-    assert "API key is needed" in str(exited.value.code)
+        cli.main(["sessions", "list", "--gateway", served.url, "--api-key", ""])
+    assert exited.value.code == 1
+    assert "API key is needed" in capsys.readouterr().err
 
 
 def _tail(served: ServerProcess, api_key: str, session_id: str, *flags: str) -> subprocess.Popen[str]:
     command = ["sessions", "tail", session_id, *flags, "--gateway", served.url, "--api-key", api_key]
     return subprocess.Popen(
-        [sys.executable, "-m", "gateway.operator_cli", *command],
+        [sys.executable, "-m", "gateway.cli", *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -177,7 +182,7 @@ def test_describe_event_says_what_matters() -> None:
         "evaluated_permission": "deny",
         "tether_policy": {"rule": "no-prod"},
     }
-    assert operator_cli.describe_event(use) == (
+    assert events.describe_event(use) == (
         '10:00:00.250  agent.mcp_tool_use         ops/deploy {"env": "prod"}  [deny by no-prod]'
     )
     error = {
@@ -185,7 +190,7 @@ def test_describe_event_says_what_matters() -> None:
         "processed_at": "2026-01-01T10:00:01Z",
         "error": {"type": "model_overloaded_error", "message": "busy", "retry_status": {"type": "retrying"}},
     }
-    assert operator_cli.describe_event(error).endswith("model_overloaded_error (retrying): busy")
+    assert events.describe_event(error).endswith("model_overloaded_error (retrying): busy")
 
 
 def test_tail_with_history_replays_the_log_first(
@@ -196,7 +201,7 @@ def test_tail_with_history_replays_the_log_first(
         [
             sys.executable,
             "-m",
-            "gateway.operator_cli",
+            "gateway.cli",
             "sessions",
             "tail",
             session_id,
@@ -215,3 +220,42 @@ def test_tail_with_history_replays_the_log_first(
     # The history ends with an idle status, so tail stops right after replaying it.
     assert result.returncode == 0, result.stderr
     assert [json.loads(line) for line in result.stdout.splitlines()] == finished["events"]
+
+
+@pytest.mark.parametrize("with_history", [False, True], ids=["live", "history"])
+def test_tail_until_idle_returns_at_once_on_an_idle_session(
+    served: ServerProcess, api_key: str, finished: dict[str, Any], with_history: bool
+) -> None:
+    session_id = finished["session"].id
+    flags = ["--until-idle", "--json", *(["--history"] if with_history else [])]
+    tail = _tail(served, api_key, session_id, *flags)
+    try:
+        out, err = tail.communicate(timeout=120)  # no new event will come: it must not wait for one
+    finally:
+        tail.kill()
+    assert tail.returncode == 0, err
+    printed = [json.loads(line) for line in out.splitlines()]
+    assert printed == (finished["events"] if with_history else [])
+    if not with_history:
+        assert f"{session_id} is already idle" in err
+
+
+def test_tail_until_idle_returns_at_once_on_a_terminated_session(
+    served: ServerProcess, api_key: str, model_server: ServerProcess
+) -> None:
+    marker = Scripts(model_server.url).add(
+        [{"fail_first": [{"status": 400, "type": "invalid_request_error", "message": "no"}], "content": []}]
+    )
+    with sdk(served, api_key) as client:
+        environment = client.beta.environments.create(name="terminal-env")
+        agent = client.beta.agents.create(name="terminal", model="claude-sonnet-4-6", system=marker)
+        session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
+        send_and_stream(client, session.id, [user_message("fail")], until="session.status_terminated")
+        assert client.beta.sessions.retrieve(session.id).status == "terminated"
+    tail = _tail(served, api_key, session.id, "--until-idle")
+    try:
+        out, err = tail.communicate(timeout=120)
+    finally:
+        tail.kill()
+    assert tail.returncode == 0, err
+    assert out == "" and f"{session.id} is terminated" in err

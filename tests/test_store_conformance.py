@@ -255,6 +255,78 @@ async def test_list_created_range(store: Store) -> None:
     assert await created(ts(9), None) == []
 
 
+async def test_list_one_of_not_null_and_text_filters(store: Store) -> None:
+    await store.insert("session", resource("sesn_a", status="idle", title="Quarterly Report", metadata={}))
+    await store.insert("session", resource("sesn_b", status="running", title=None, metadata={"t": "ZX-42"}))
+    await store.insert(
+        "session", resource("sesn_c", status="idle", title="100% done", tether_attention="error")
+    )
+    await store.insert(
+        "session", resource("sesn_d", status="terminated", tether_attention=None, metadata=None)
+    )
+
+    async def matching(cursor: int | None = None, limit: int = 10, **filters: Any) -> list[str]:
+        page = await store.list_resources(
+            "session", cursor=cursor, limit=limit, include_archived=False, **filters
+        )
+        return ids(page.items)
+
+    assert await matching(one_of={"status": ["idle"]}) == ["sesn_c", "sesn_a"]
+    assert await matching(one_of={"status": ["idle", "terminated"]}) == ["sesn_d", "sesn_c", "sesn_a"]
+    assert await matching(one_of={"status": []}) == []
+    # Missing and JSON null both count as null.
+    assert await matching(not_null=["tether_attention"]) == ["sesn_c"]
+    assert await matching(not_null=["title"]) == ["sesn_c", "sesn_a"]
+    # Case-insensitive substring of the id, the title or a metadata value; wildcards are literal.
+    assert await matching(text="quarterly report") == ["sesn_a"]
+    assert await matching(text="zx-4") == ["sesn_b"]
+    assert await matching(text="N_D") == ["sesn_d"]
+    assert await matching(text="0%") == ["sesn_c"]
+    assert await matching(text="%") == ["sesn_c"]
+    assert await matching(text="n_%") == []
+    assert await matching(text="sesn", one_of={"status": ["idle"]}, not_null=["title"]) == [
+        "sesn_c",
+        "sesn_a",
+    ]
+    # The cursor of a filtered page continues the same filtered query.
+    first = await store.list_resources(
+        "session", cursor=None, limit=1, include_archived=False, one_of={"status": ["idle", "terminated"]}
+    )
+    assert ids(first.items) == ["sesn_d"] and first.next_cursor is not None
+    assert await matching(cursor=first.next_cursor, limit=5, one_of={"status": ["idle", "terminated"]}) == [
+        "sesn_c",
+        "sesn_a",
+    ]
+
+
+async def test_appends_keep_the_attention_flag(store: Store) -> None:
+    await store.insert("session", resource("sesn_1", status="idle"))
+
+    async def attention(*events: Body) -> Any:
+        await store.append_events("sesn_1", list(events))
+        return (await store.get("session", "sesn_1") or {}).get("tether_attention")
+
+    n = itertools.count()
+
+    def ev(type_: str, **fields: Any) -> Body:
+        return {**event(f"e{next(n)}"), "type": type_, **fields}
+
+    idle = "session.status_idle"
+    asked = ev(idle, stop_reason={"type": "requires_action", "event_ids": ["x"]})
+    assert await attention(ev("session.status_running"), asked) == "requires_action"
+    assert await attention(ev("user.message")) == "requires_action"  # no status event: unchanged
+    assert await attention(ev(idle, stop_reason={"type": "end_turn"})) is None
+    error = ev("session.error", error={"type": "x", "message": "m", "retry_status": {"type": "terminal"}})
+    assert await attention(ev("session.status_running"), error) == "error"
+    # Ending the turn keeps the trace of an error in it; the next run clears it.
+    assert await attention(ev(idle, stop_reason={"type": "end_turn"})) == "error"
+    retrying = ev("session.error", error={"type": "x", "message": "m", "retry_status": {"type": "retrying"}})
+    assert await attention(ev("session.status_running"), retrying) is None
+    assert await attention(ev(idle, stop_reason={"type": "retries_exhausted"})) == "retries_exhausted"
+    assert await attention(ev("session.status_rescheduled")) is None
+    assert await attention(ev("session.status_terminated")) == "error"
+
+
 # Agents ----------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 
 import anyio
@@ -27,7 +28,7 @@ from gateway.harness.previews import Subscription, parse_kinds
 from gateway.resources import sessions
 from gateway.schemas.sessions import SendEvents, SessionCreate, SessionUpdate
 from gateway.sessionlog.events import new_event
-from gateway.store.base import Body, EventQuery, Store, StoredEvent
+from gateway.store.base import ATTENTION_FIELD, Body, EventQuery, Store, StoredEvent
 from gateway.store.patient import patient
 
 STREAM_BATCH = 500
@@ -44,13 +45,26 @@ async def create(request: Request) -> JSONResponse:
 
 
 async def list_sessions(request: Request) -> JSONResponse:
+    """The SDK's filters plus Tether's (``status``, repeatable; ``environment_id``;
+    ``needs_attention=true``, sessions whose ``tether_attention`` is set, ``false`` filters
+    nothing; ``q``, a search): each narrows the same cursor-ordered query, so ``next_page``
+    stays exact under any of them."""
     cursor, limit = page_params(request)
+    query = request.query_params
     equals: dict[str, object] = {}
-    if agent_id := request.query_params.get("agent_id"):
+    if (agent_id := _id_param(request, "agent_id")) is not None:
         equals["agent.id"] = agent_id
     if (version := int_param(request, "agent_version")) is not None:
         equals["agent.version"] = version
-    order = request.query_params.get("order", "desc")
+    if (environment_id := _id_param(request, "environment_id")) is not None:
+        equals["environment_id"] = environment_id
+    statuses = [v for name in STATUS_PARAMS for v in query.getlist(name)]
+    if bad := sorted({s for s in statuses if s not in sessions.STATUSES}):
+        raise InvalidRequest(f"status: {bad[0]!r} is not one of {', '.join(sessions.STATUSES)}")
+    text = query.get("q")
+    if text is not None and (len(text) > MAX_SEARCH or "\x00" in text):
+        raise InvalidRequest(f"q: must be at most {MAX_SEARCH} characters, without NUL")
+    order = query.get("order", "desc")
     if order not in ("asc", "desc"):
         raise InvalidRequest("order: must be 'asc' or 'desc'")
     page = await state(request).store.list_resources(
@@ -62,8 +76,26 @@ async def list_sessions(request: Request) -> JSONResponse:
         created_gte=time_param(request, "created_at[gte]") or time_param(request, "created_at[gt]"),
         created_lte=time_param(request, "created_at[lte]") or time_param(request, "created_at[lt]"),
         order="asc" if order == "asc" else "desc",
+        one_of={"status": sorted(set(statuses))} if statuses else None,
+        not_null=[ATTENTION_FIELD] if bool_param(request, "needs_attention") else (),
+        text=text or None,
     )
     return JSONResponse({**page_body(page, sessions.render), "prev_page": None})
+
+
+STATUS_PARAMS = ("status", "status[]", "statuses", "statuses[]")
+"""``statuses[]`` is how the SDK sends its own ``statuses``; ``status`` is Tether's name."""
+MAX_SEARCH = 200
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$", re.ASCII)
+
+
+def _id_param(request: Request, name: str) -> str | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if not _ID.match(raw):
+        raise InvalidRequest(f"{name}: not an id (letters, digits, '_' and '-', at most 128)")
+    return raw
 
 
 async def retrieve(request: Request) -> JSONResponse:

@@ -127,8 +127,21 @@ def budget_for(model_id: str, window: int | None, max_tokens: int) -> Budget:
 
 
 def request_chars(request: dict[str, Any]) -> int:
-    """What the size estimate counts: system prompt, tools and messages as JSON."""
-    return sum(len(json.dumps(request[key])) for key in ("system", "tools", "messages") if key in request)
+    """What the size estimate counts: system prompt, tools and messages as JSON.
+
+    One request is sized up to three times on its way (clearing, compaction, its start event),
+    so the last answer is kept for that very object: requests are never changed once built.
+    (Summing per-block sizes kept from call to call was tried: the interpreter's bookkeeping
+    per block cost more than ``json.dumps`` of the whole conversation in C.)"""
+    global _last_sized
+    if _last_sized is not None and _last_sized[0] is request:
+        return _last_sized[1]
+    chars = sum(len(json.dumps(request[key])) for key in ("system", "tools", "messages") if key in request)
+    _last_sized = (request, chars)
+    return chars
+
+
+_last_sized: tuple[dict[str, Any], int] | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ digest is enough to prove what was sent when the caller still has the arguments.
 
 Outcomes: ``ok``, ``tool_error`` (the tool answered ``is_error``), ``error`` (the upstream
 answered a protocol error), ``denied`` (policy), ``not_found`` (unknown tool, prompt or resource), ``unavailable``
-(unreachable upstream or open circuit), ``timeout``, ``rate_limited``, ``too_large``.
+(unreachable upstream or open circuit), ``timeout``, ``rate_limited``, ``too_large``
+(over the message limit, or an upstream's 413), ``cancelled`` (the client cancelled).
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ they call one, which is clearer than tools silently vanishing.
 
 A ``View`` is one virtual server's merged offer for one request: the selection's globs
 applied, names made unique (``naming``), and a route from each exposed name or URI back
-to (upstream, original name).
+to (upstream, original name). Merged views are cached too, and reused while the virtual
+server's body and every listing it was built from are unchanged (a ``list_changed``,
+registry change or expiry brings new listings, hence a new view).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
 from gateway.mcp_gateway.errors import UpstreamUnavailable
 from gateway.mcp_gateway.naming import exposed_names, exposed_templates, exposed_uris, parse_namespaced_uri
+from gateway.mcp_gateway.sizing import MessageTooLarge
 from gateway.mcp_gateway.upstreams import UpstreamPool
 from gateway.store.base import Body
 from gateway.vault.mcp_auth import ServerAuth
@@ -104,6 +107,8 @@ class Catalog:
         self._locks: dict[tuple[str, str], anyio.Lock] = {}
         self.last_views: dict[str, View] = {}
         """The most recent view per virtual server, for synchronous lookups (tool schemas)."""
+        self._merged: dict[str, tuple[Body, tuple[Listing, ...], View]] = {}
+        """Merged views by virtual server, with the body and listings they were built from."""
 
     def invalidate(self, upstream: str) -> None:
         self._generation[upstream] = self._generation.get(upstream, 0) + 1
@@ -136,6 +141,8 @@ class Catalog:
                 raise
             except MCPError as exc:
                 raise UpstreamUnavailable(f"it refused to list its offerings: {exc}") from None
+            except MessageTooLarge as exc:
+                raise UpstreamUnavailable(f"its listing is too large: {exc}") from None
             self._entries[key] = _Entry(listing, anyio.current_time(), generation)
             return listing
 
@@ -158,6 +165,21 @@ class Catalog:
         async with anyio.create_task_group() as tasks:
             for selection in selections:
                 tasks.start_soon(load, selection["server"])
+
+        used = tuple(
+            listings[selection["server"]] for selection in selections if selection["server"] in listings
+        )
+        cached = self._merged.get(virtual_server["name"])
+        if (
+            not view.unavailable
+            and cached is not None
+            and cached[0] == virtual_server
+            and len(cached[1]) == len(used)
+            and all(old is new for old, new in zip(cached[1], used, strict=True))
+        ):
+            # Same selection, same listing objects (a list_changed or expiry makes new ones).
+            self.last_views[virtual_server["name"]] = cached[2]
+            return cached[2]
 
         tools: list[tuple[str, mcp_types.Tool]] = []
         prompts: list[tuple[str, mcp_types.Prompt]] = []
@@ -204,7 +226,15 @@ class Catalog:
             }
             view.templates.append((Target(server, template.uri_template), template.model_copy(update=update)))
         self.last_views[virtual_server["name"]] = view
+        if view.unavailable:
+            self._merged.pop(virtual_server["name"], None)
+        else:
+            self._merged[virtual_server["name"]] = (virtual_server, used, view)
         return view
+
+    def forget_view(self, virtual_server: str) -> None:
+        self.last_views.pop(virtual_server, None)
+        self._merged.pop(virtual_server, None)
 
 
 async def _fetch(client: Client) -> Listing:

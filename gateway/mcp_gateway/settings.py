@@ -3,7 +3,8 @@
 | variable                           | default | meaning |
 |------------------------------------|---------|---------|
 | TETHER_MCP_CONFIG                  | unset   | JSON or YAML file of upstreams and virtual servers applied at start |
-| TETHER_MCP_MAX_REQUEST_BYTES       | 1 MiB   | largest request body a virtual server accepts (overridable per server) |
+| TETHER_MCP_MAX_MESSAGE_BYTES       | 16 MiB  | largest MCP message (request body or a request's response body), for the gateway endpoint, its upstreams and agent sessions |
+| TETHER_MCP_MAX_REQUEST_BYTES       | message | largest request body a virtual server accepts (overridable per server); defaults to the message limit |
 | TETHER_MCP_CALL_TIMEOUT            | 60 s    | per-call timeout towards an upstream (overridable per server) |
 | TETHER_MCP_RATE_PER_MINUTE         | 600     | calls per minute per caller and virtual server (overridable) |
 | TETHER_MCP_RATE_BURST              | 60      | bucket size for that rate |
@@ -22,11 +23,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+MAX_MESSAGE_ENV = "TETHER_MCP_MAX_MESSAGE_BYTES"
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def max_message_bytes(env: Mapping[str, str] | None = None) -> int:
+    """The message limit; agent sessions read it here too, so both paths agree."""
+    env = os.environ if env is None else env
+    return max(1024, int(env.get(MAX_MESSAGE_ENV, DEFAULT_MAX_MESSAGE_BYTES)))
+
 
 @dataclass
 class McpGatewaySettings:
     config_file: Path | None = None
-    max_request_bytes: int = 1024 * 1024
+    max_request_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Bound on an upstream's answer to one request (see ``sizing``)."""
     call_timeout: float = 60.0
     rate_per_minute: float = 600.0
     rate_burst: int = 60
@@ -47,9 +59,11 @@ class McpGatewaySettings:
         env = os.environ if env is None else env
         config = env.get("TETHER_MCP_CONFIG")
         secret = env.get("TETHER_MCP_JWT_SECRET")
+        message = max_message_bytes(env)
         return cls(
             config_file=Path(config) if config else None,
-            max_request_bytes=int(env.get("TETHER_MCP_MAX_REQUEST_BYTES", 1024 * 1024)),
+            max_request_bytes=int(env.get("TETHER_MCP_MAX_REQUEST_BYTES", message)),
+            max_message_bytes=message,
             call_timeout=float(env.get("TETHER_MCP_CALL_TIMEOUT", 60)),
             rate_per_minute=float(env.get("TETHER_MCP_RATE_PER_MINUTE", 600)),
             rate_burst=int(env.get("TETHER_MCP_RATE_BURST", 60)),

@@ -13,6 +13,16 @@ connection pool shared by the upstream (a tunnel hub may supply the transport th
 ``transport_for``), and a 2026-07-28 server's discovery result is reused so a call is one
 POST. Credentials arrive as headers for that one use (the last hop) and are never stored
 here. Stdio upstreams are one supervised process and one long-lived client.
+
+A third kind of failure is neither: an answer over the message limit, or an upstream's
+HTTP 413 (see ``sizing``). The upstream is alive, so the breaker counts a success and the
+caller gets ``MessageTooLarge``.
+
+A use that is cancelled (the client cancelled, or the call timed out) tells the upstream:
+its per-call session gets a ``notifications/cancelled`` for the request and a DELETE (so
+no upstream server instance is left behind); a 2026-07-28 upstream sees its POST stream
+closed. This is done by hand, shielded and bounded, because cancellation has already
+stopped the SDK's own transport tasks.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from mcp.client.streamable_http import streamable_http_client
 from gateway.mcp_gateway.breaker import CircuitBreaker, CircuitOpen
 from gateway.mcp_gateway.errors import UpstreamTimeout, UpstreamUnavailable, describe, leaf
 from gateway.mcp_gateway.settings import McpGatewaySettings
+from gateway.mcp_gateway.sizing import ABANDON_TIMEOUT, LimitedTransport, SizeWatch, abandon
 from gateway.mcp_gateway.stdio_supervisor import StdioCommand, StdioSupervisor
 from gateway.mcp_gateway.watcher import HttpWatcher, MessageHandler, is_modern
 from gateway.store.base import Body
@@ -54,7 +65,9 @@ class Upstream(Protocol):
     body: Body
     breaker: CircuitBreaker
 
-    def session(self, headers: dict[str, str], timeout: float) -> AbstractAsyncContextManager[Client]: ...
+    def session(
+        self, headers: dict[str, str], timeout: float, watch: SizeWatch
+    ) -> AbstractAsyncContextManager[Client]: ...
 
     async def run(self) -> None: ...
 
@@ -98,17 +111,23 @@ class HttpUpstream:
         self._modern: tuple[str, mcp_types.DiscoverResult] | None = None
         self.watcher = HttpWatcher(self.name, self._watch_session, on_change, breaker.record_success)
 
-    def _http(self, headers: dict[str, str], read_timeout: float) -> httpx2.AsyncClient:
+    def _http(
+        self, headers: dict[str, str], read_timeout: float, watch: SizeWatch | None = None
+    ) -> httpx2.AsyncClient:
+        shared: httpx2.AsyncBaseTransport = _Unclosable(self._transport)
         return httpx2.AsyncClient(
             headers=headers,
             timeout=httpx2.Timeout(read_timeout, connect=10.0),
-            transport=_Unclosable(self._transport),
+            transport=LimitedTransport(shared, watch) if watch is not None else shared,
         )
 
     @asynccontextmanager
-    async def session(self, headers: dict[str, str], timeout: float) -> AsyncIterator[Client]:
-        async with self._http(headers, timeout + 5.0) as http:
-            transport = streamable_http_client(self.url, http_client=http)
+    async def session(
+        self, headers: dict[str, str], timeout: float, watch: SizeWatch
+    ) -> AsyncIterator[Client]:
+        async with self._http(headers, timeout + 5.0, watch) as http:
+            # The body limit is LimitedTransport's; the SDK's 1 MiB per SSE event is lifted.
+            transport = streamable_http_client(self.url, http_client=http, max_sse_event_size=None)
             known = self._modern
             client = (
                 Client(transport, mode=known[0], prior_discover=known[1], cache=None)
@@ -118,7 +137,12 @@ class HttpUpstream:
             async with client:
                 if known is None and is_modern(client) and client.session.discover_result is not None:
                     self._modern = (client.protocol_version, client.session.discover_result)
-                yield client
+                try:
+                    yield client
+                except anyio.get_cancelled_exc_class():
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(ABANDON_TIMEOUT):
+                        await abandon(http, self.url, watch)
+                    raise
 
     @asynccontextmanager
     async def _watch_session(self, handler: MessageHandler) -> AsyncIterator[Client]:
@@ -161,7 +185,9 @@ class StdioUpstream:
             self.name, command, on_change, on_ready=breaker.record_success, max_backoff=max_backoff
         )
 
-    def session(self, headers: dict[str, str], timeout: float) -> AbstractAsyncContextManager[Client]:
+    def session(
+        self, headers: dict[str, str], timeout: float, watch: SizeWatch
+    ) -> AbstractAsyncContextManager[Client]:
         return self.supervisor.session(timeout)
 
     def failed(self) -> None:
@@ -260,11 +286,12 @@ class UpstreamPool:
         upstream = self._upstreams.get(name)
         if upstream is None:
             raise UpstreamUnavailable("it is not registered (or is still being started)")
+        watch = SizeWatch(self.settings.max_message_bytes)
         try:
             with upstream.breaker.guard() as attempt:
                 try:
                     with anyio.fail_after(timeout):
-                        async with upstream.session(headers, timeout) as client:
+                        async with upstream.session(headers, timeout, watch) as client:
                             result = await op(client)
                 except TimeoutError:
                     attempt.failed(f"timed out after {timeout:g}s")
@@ -274,6 +301,10 @@ class UpstreamPool:
                     attempt.failed(str(exc))
                     raise
                 except Exception as exc:
+                    too_large = watch.problem()
+                    if too_large is not None:
+                        attempt.succeeded()  # it answered: size is not a reachability failure
+                        raise too_large from None
                     cause = leaf(exc)
                     if isinstance(cause, MCPError) and cause.code not in UNREACHABLE_CODES:
                         attempt.succeeded()

@@ -9,7 +9,10 @@ policy decision (refusal: an ``is_error`` result carrying the reason, so a model
 it), the vault credential for the upstream, then the upstream under its breaker and the
 call timeout. An unreachable upstream or an open circuit is an ``is_error`` result naming
 the upstream and the reason; an upstream's own protocol error is passed through
-unchanged. Every call, whatever its fate, leaves an audit record.
+unchanged. An answer over the message limit (or an upstream's 413) is a JSON-RPC error
+naming the limit, audited ``too_large``; it never counts against the breaker. A call the
+client cancels (or abandons by disconnecting) is audited ``cancelled`` (the pool has told
+the upstream). Every call, whatever its fate, leaves an audit record.
 
 Resources and prompts route the same way (without the policy step, which governs tools);
 their failures are protocol errors, as those methods have no ``is_error``.
@@ -22,11 +25,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from importlib import metadata
 from typing import Any, TypeVar
 
+import anyio
 import mcp.types as mcp_types
 from mcp import Client, MCPError
 from mcp.server import NotificationOptions, Server
 from mcp.server.context import ServerRequestContext
 from mcp.server.models import InitializationOptions
+from mcp.shared.dispatcher import ProgressFnT
 from pydantic import ValidationError
 
 from gateway.mcp_gateway.audit import AuditLog, CallRecord
@@ -37,12 +42,14 @@ from gateway.mcp_gateway.errors import UpstreamTimeout, UpstreamUnavailable
 from gateway.mcp_gateway.governance import Governance
 from gateway.mcp_gateway.notifications import Broadcaster, SessionTracker
 from gateway.mcp_gateway.registry import Registry
+from gateway.mcp_gateway.sizing import MessageTooLarge
 from gateway.mcp_gateway.upstreams import UpstreamPool
 
 T = TypeVar("T")
 Ctx = ServerRequestContext[Any, Any]
 RESOURCE_NOT_FOUND = -32002
 SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
+AUDIT_ON_CANCEL_TIMEOUT = 5.0
 
 
 def _version() -> str:
@@ -53,7 +60,8 @@ def _version() -> str:
 
 
 class GatewayServer(Server[Any]):
-    """Advertises ``list_changed`` to legacy clients too: the gateway relays upstream changes."""
+    """Advertises ``list_changed`` to legacy clients too (the gateway relays upstream changes),
+    and never ``resources.subscribe`` (it does not relay resource updates)."""
 
     def create_initialization_options(
         self,
@@ -66,24 +74,66 @@ class GatewayServer(Server[Any]):
             notification_options or every_list, experimental_capabilities, extensions
         )
 
+    def get_capabilities(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+        *,
+        protocol_version: str | None = None,
+    ) -> mcp_types.ServerCapabilities:
+        """Never ``resources.subscribe``: per-resource updates are not relayed (docs/mcp-gateway.md).
 
-async def forward_call(client: Client, name: str, arguments: dict[str, Any]) -> mcp_types.CallToolResult:
+        The SDK derives it from ``subscriptions/listen`` at 2026-07-28, which the gateway
+        serves for list changes only; a client told otherwise would subscribe in vain.
+        """
+        capabilities = super().get_capabilities(
+            notification_options, experimental_capabilities, extensions, protocol_version=protocol_version
+        )
+        if capabilities.resources is not None:
+            resources = capabilities.resources.model_copy(update={"subscribe": False})
+            capabilities = capabilities.model_copy(update={"resources": resources})
+        return capabilities
+
+
+async def forward_call(
+    client: Client, name: str, arguments: dict[str, Any], progress: ProgressFnT | None = None
+) -> mcp_types.CallToolResult:
     """``tools/call`` passed through as is.
 
     Not ``Client.call_tool``: it validates structured output against the tool's output
     schema, listing the tools first on every fresh connection (an extra round trip per
     call), and judging the upstream's output is the downstream client's business.
+    With ``progress``, the upstream gets a progress token of its own and its
+    ``notifications/progress`` are handed to ``progress``.
     """
     request = mcp_types.CallToolRequest(
         params=mcp_types.CallToolRequestParams(name=name, arguments=arguments)
     )
     try:
-        return await client.session.send_request(request, mcp_types.CallToolResult)
+        return await client.session.send_request(
+            request, mcp_types.CallToolResult, progress_callback=progress
+        )
     except ValidationError:
         # e.g. an input_required result: the upstream answered, the gateway cannot relay it.
         raise MCPError(
             mcp_types.INTERNAL_ERROR, f"the upstream's answer to {name!r} is not a result the gateway relays"
         ) from None
+
+
+def too_large_error(what: str, exc: MessageTooLarge) -> MCPError:
+    return MCPError(mcp_types.INTERNAL_ERROR, f"{what} failed: {exc}")
+
+
+def progress_relay(ctx: Ctx) -> ProgressFnT | None:
+    """Relays upstream progress to the client, against the client's own token; None if it sent none."""
+    if (ctx.meta or {}).get("progress_token") is None:
+        return None
+
+    async def relay(progress: float, total: float | None, message: str | None) -> None:
+        await ctx.session.report_progress(progress, total, message)
+
+    return relay
 
 
 def error_result(text: str) -> mcp_types.CallToolResult:
@@ -190,8 +240,9 @@ class Handlers:
             await self._record(ctx, info, started, "denied", params.name, target, arguments, verdict.rule)
             return error_result(verdict.message or "Permission denied.")
         try:
+            progress = progress_relay(ctx)
             result = await self._upstream(
-                info, target, lambda client: forward_call(client, target.name, arguments)
+                info, target, lambda client: forward_call(client, target.name, arguments, progress)
             )
         except UpstreamTimeout as exc:
             await self._record(ctx, info, started, "timeout", params.name, target, arguments, str(exc))
@@ -202,6 +253,14 @@ class Handlers:
                 f"Tool {params.name!r} is unavailable: upstream server {target.upstream!r} cannot be "
                 f"reached ({exc}). Try again later."
             )
+        except MessageTooLarge as exc:
+            await self._record(ctx, info, started, "too_large", params.name, target, arguments, str(exc))
+            raise too_large_error(f"Tool {params.name!r}", exc) from None
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True), anyio.move_on_after(AUDIT_ON_CANCEL_TIMEOUT):
+                detail = "the client cancelled the call"
+                await self._record(ctx, info, started, "cancelled", params.name, target, arguments, detail)
+            raise
         except MCPError as exc:
             await self._record(ctx, info, started, "error", params.name, target, arguments, str(exc))
             raise
@@ -243,6 +302,9 @@ class Handlers:
                 f"Resource {params.uri} is unavailable: upstream server {target.upstream!r} cannot be "
                 f"reached ({exc})",
             ) from None
+        except MessageTooLarge as exc:
+            await self._record(ctx, info, started, "too_large", params.uri, target, None, str(exc))
+            raise too_large_error(f"Resource {params.uri}", exc) from None
         except MCPError as exc:
             await self._record(ctx, info, started, "error", params.uri, target, None, str(exc))
             raise
@@ -295,6 +357,9 @@ class Handlers:
                 f"Prompt {params.name!r} is unavailable: upstream server {target.upstream!r} cannot be "
                 f"reached ({exc})",
             ) from None
+        except MessageTooLarge as exc:
+            await self._record(ctx, info, started, "too_large", params.name, target, arguments, str(exc))
+            raise too_large_error(f"Prompt {params.name!r}", exc) from None
         except MCPError as exc:
             await self._record(ctx, info, started, "error", params.name, target, arguments, str(exc))
             raise

@@ -89,7 +89,7 @@ class McpGateway:
             # Every request is authenticated with a header a browser cannot add cross-origin,
             # so the Host allow-list (DNS rebinding protection) would only refuse real hostnames.
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
-            max_request_body_size=SDK_BODY_LIMIT,
+            max_request_body_size=max(SDK_BODY_LIMIT, settings.max_request_bytes),
             session_idle_timeout=settings.session_idle_timeout,
         )
         self.endpoint = Endpoint(
@@ -137,7 +137,7 @@ class McpGateway:
                 await self.broadcaster.publish(name, ALL_LISTS)
             else:
                 self.broadcaster.close(name)
-                self.catalog.last_views.pop(name, None)
+                self.catalog.forget_view(name)
 
     async def _start(self, body: Body) -> None:
         try:

@@ -19,9 +19,10 @@ from gateway.schemas.sessions import (
 )
 from gateway.sessionlog.events import new_event
 from gateway.sessionlog.transcript import Transcript
-from gateway.store.base import Body, EventQuery, Store, StoredEvent
+from gateway.store.base import ATTENTION_FIELD, Body, EventQuery, Store, StoredEvent
 
 KIND = "session"
+STATUSES = ("idle", "running", "rescheduling", "terminated")
 AGENT_SNAPSHOT_FIELDS = (
     "id",
     "type",
@@ -93,10 +94,15 @@ async def get(store: Store, session_id: str) -> Body:
 
 
 def render(body: Body) -> Body:
-    """The wire shape: adds the derived ``stats``."""
+    """The wire shape: adds the derived ``stats`` and Tether's ``tether_attention`` (why the
+    session waits for an operator, or null; the store keeps it as the log is appended)."""
     created = datetime.fromisoformat(body["created_at"])
     end = datetime.fromisoformat(body["archived_at"]) if body.get("archived_at") else ids.now()
-    return {**body, "stats": {"duration_seconds": round((end - created).total_seconds(), 3)}}
+    return {
+        ATTENTION_FIELD: None,
+        **body,
+        "stats": {"duration_seconds": round((end - created).total_seconds(), 3)},
+    }
 
 
 async def update(store: Store, session_id: str, request: SessionUpdate) -> Body:

@@ -39,6 +39,42 @@ def status_after(events: Sequence[Body]) -> str | None:
     return status
 
 
+ATTENTION_FIELD = "tether_attention"
+"""Why a session needs an operator (``requires_action``, ``retries_exhausted``, ``error``) or
+null: kept on the session by the append that logs the reason, so lists filter on it cheaply."""
+
+
+def attention_after(events: Sequence[Body]) -> tuple[bool, str | None] | None:
+    """What a batch of events does to ``ATTENTION_FIELD``: None leaves it; ``(keep_error,
+    value)`` sets ``value``, except that with ``keep_error`` a stored ``error`` stays (an idle
+    ``end_turn`` ends a wait for confirmation, but not the trace of an error in that turn)."""
+    change: tuple[bool, str | None] | None = None
+    for event in events:
+        step = _attention_step(event)
+        if step is None:
+            continue
+        if change is None or not step[0]:
+            change = step
+        else:
+            change = (change[0], change[1] if change[1] == "error" else None)
+    return change
+
+
+def _attention_step(event: Body) -> tuple[bool, str | None] | None:
+    kind = event["type"]
+    if kind in ("session.status_running", "session.status_rescheduled"):
+        return (False, None)
+    if kind == "session.status_idle":
+        reason = (event.get("stop_reason") or {}).get("type")
+        return (False, reason) if reason in ("requires_action", "retries_exhausted") else (True, None)
+    if kind == "session.status_terminated":
+        return (False, "error")
+    if kind == "session.error":
+        retry = ((event.get("error") or {}).get("retry_status") or {}).get("type")
+        return None if retry == "retrying" else (False, "error")
+    return None
+
+
 Mutation = Callable[[Body], Body]
 """Receives the stored body and returns the new one; runs atomically, may raise to abort."""
 
@@ -126,8 +162,13 @@ class Store(Protocol):
         created_gte: str | None = None,
         created_lte: str | None = None,
         order: Literal["asc", "desc"] = "desc",
+        one_of: dict[str, Sequence[Any]] | None = None,
+        not_null: Sequence[str] = (),
+        text: str | None = None,
     ) -> Page:
-        """``equals`` maps dotted body paths (``agent.id``) to required values."""
+        """``equals`` maps dotted body paths (``agent.id``) to required values, ``one_of`` to
+        allowed values; ``not_null`` paths must hold a value other than null; ``text`` must
+        occur (case-insensitively) in the id, the ``title`` or a ``metadata`` value."""
         ...
 
     # Agents keep every version immutable beside the current document.

@@ -10,7 +10,15 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from gateway.store.base import WAKES_HARNESS, Body, Lease, LeaseLost, StoredEvent, status_after
+from gateway.store.base import (
+    WAKES_HARNESS,
+    Body,
+    Lease,
+    LeaseLost,
+    StoredEvent,
+    attention_after,
+    status_after,
+)
 from gateway.store.chain import GENESIS, link_hash
 from gateway.store.clock import commit_times
 from gateway.store.pg_listener import CHANNEL
@@ -78,6 +86,15 @@ async def append_to_log(
             session_id,
             status,
             stored[-1].body["processed_at"],
+        )
+    attention = attention_after(events)
+    if attention is not None:
+        await conn.execute(
+            "UPDATE resources SET body = body || jsonb_build_object('tether_attention', CASE WHEN $2 "
+            "AND body ->> 'tether_attention' = 'error' THEN 'error' ELSE $3::text END) "
+            "WHERE kind = 'session' AND id = $1",
+            session_id,
+            *attention,
         )
     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, session_id)
     return stored

@@ -40,6 +40,7 @@ from gateway.store.pg_errors import translate_errors
 from gateway.store.pg_listener import CHANNEL, GONE, Listener, Waiters
 from gateway.store.pg_log import append_to_log
 from gateway.store.pg_schema import migrate
+from gateway.store.text_search import like_pattern, postgres_match
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,9 @@ class PostgresStore:
         created_gte: str | None = None,
         created_lte: str | None = None,
         order: Literal["asc", "desc"] = "desc",
+        one_of: dict[str, Sequence[Any]] | None = None,
+        not_null: Sequence[str] = (),
+        text: str | None = None,
     ) -> Page:
         p = _Params()
         clauses = [f"kind = {p(kind)}"]
@@ -139,6 +143,14 @@ class PostgresStore:
             # jsonb equality is typed like json_extract's: 1 matches 1 (or 1.0), never "1".
             # A None value becomes SQL NULL and matches nothing, as in SQLite.
             clauses.append(f"body #> {p(path.split('.'))}::text[] = {p(value)}::jsonb")
+        for path, values in (one_of or {}).items():
+            found = p(path.split("."))
+            listed = ", ".join(f"{p(value)}::jsonb" for value in values)
+            clauses.append(f"body #> {found}::text[] = ANY(ARRAY[{listed}]::jsonb[])")
+        for path in not_null:
+            clauses.append(f"jsonb_typeof(body #> {p(path.split('.'))}::text[]) <> 'null'")
+        if text:
+            clauses.append(postgres_match(p(like_pattern(text))))
         if created_gte is not None:
             clauses.append(f"created_at >= {p(created_gte)}")
         if created_lte is not None:

@@ -29,6 +29,7 @@ from gateway.store.notifier import Notifier
 from gateway.store.sqlite_conn import BUSY_TIMEOUT_SECONDS, Connections
 from gateway.store.sqlite_log import append_to_log
 from gateway.store.sqlite_schema import SCHEMA
+from gateway.store.text_search import SQLITE_MATCH, like_pattern
 
 T = TypeVar("T")
 
@@ -139,6 +140,9 @@ class SQLiteStore:
         created_gte: str | None = None,
         created_lte: str | None = None,
         order: Literal["asc", "desc"] = "desc",
+        one_of: dict[str, Sequence[Any]] | None = None,
+        not_null: Sequence[str] = (),
+        text: str | None = None,
     ) -> Page:
         clauses = ["kind = ?"]
         params: list[Any] = [kind]
@@ -147,6 +151,15 @@ class SQLiteStore:
         for path, value in (equals or {}).items():
             clauses.append("json_extract(body, ?) = ?")
             params += [_json_path(path), value]
+        for path, values in (one_of or {}).items():
+            clauses.append(f"json_extract(body, ?) IN ({', '.join('?' * len(values)) or 'NULL'})")
+            params += [_json_path(path), *values]
+        for path in not_null:
+            clauses.append("json_extract(body, ?) IS NOT NULL")
+            params.append(_json_path(path))
+        if text:
+            clauses.append(SQLITE_MATCH)
+            params += [like_pattern(text)] * 3
         if created_gte is not None:
             clauses.append("created_at >= ?")
             params.append(created_gte)

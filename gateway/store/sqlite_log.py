@@ -10,7 +10,15 @@ import json
 import sqlite3
 from collections.abc import Sequence
 
-from gateway.store.base import WAKES_HARNESS, Body, Lease, LeaseLost, StoredEvent, status_after
+from gateway.store.base import (
+    WAKES_HARNESS,
+    Body,
+    Lease,
+    LeaseLost,
+    StoredEvent,
+    attention_after,
+    status_after,
+)
 from gateway.store.chain import GENESIS, link_hash
 from gateway.store.clock import commit_times
 
@@ -65,5 +73,13 @@ def append_to_log(
             "UPDATE resources SET body = json_set(body, '$.status', ?, '$.updated_at', ?) "
             "WHERE kind = 'session' AND id = ?",
             (status, times[-1], session_id),
+        )
+    attention = attention_after(events)
+    if attention is not None:
+        conn.execute(
+            "UPDATE resources SET body = json_set(body, '$.tether_attention', CASE WHEN ? AND "
+            "json_extract(body, '$.tether_attention') = 'error' THEN 'error' ELSE ? END) "
+            "WHERE kind = 'session' AND id = ?",
+            (*attention, session_id),
         )
     return stored

@@ -3,6 +3,12 @@
 Connections are short-lived (2026-07-28 servers are sessionless), so a restarted
 or replaced server is picked up on the next call without any reconnect logic.
 Headers passed here (credentials, later) are added on this last hop only.
+
+Messages up to ``TETHER_MCP_MAX_MESSAGE_BYTES`` (16 MiB by default, as for the MCP
+gateway) pass; a bigger answer, or a server's HTTP 413, is an ``is_error`` tool result
+naming the limit, not "unavailable" (see ``gateway.mcp_gateway.sizing``). A call
+cancelled with its session's task (an interrupt) tells a session-based server and ends
+its session, as the MCP gateway does.
 """
 
 from __future__ import annotations
@@ -16,10 +22,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx2
 import mcp.types as mcp_types
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
+
+from gateway.mcp_gateway.settings import max_message_bytes
+from gateway.mcp_gateway.sizing import ABANDON_TIMEOUT, LimitedTransport, SizeWatch, abandon
 
 log = logging.getLogger("tether.tools")
 
@@ -62,26 +72,34 @@ async def connect(
     headers: dict[str, str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     transport_for: TransportFor | None = None,
+    watch: SizeWatch | None = None,
 ) -> AsyncIterator[Client]:
-    transport = transport_for(url) if transport_for is not None else None
-    http = httpx2.AsyncClient(
-        headers=headers or {},
-        timeout=httpx2.Timeout(timeout, connect=10.0),
-        transport=transport,
-        verify=_tls(),
+    supplied = transport_for(url) if transport_for is not None else None
+    transport = LimitedTransport(
+        supplied or httpx2.AsyncHTTPTransport(verify=_tls()), watch or SizeWatch(max_message_bytes())
     )
-    async with (
-        http,
-        Client(streamable_http_client(url, http_client=http), read_timeout_seconds=timeout) as client,
-    ):
-        yield client
+    http = httpx2.AsyncClient(
+        headers=headers or {}, timeout=httpx2.Timeout(timeout, connect=10.0), transport=transport
+    )
+    # The body limit is LimitedTransport's; the SDK's 1 MiB per SSE event is lifted.
+    streams = streamable_http_client(url, http_client=http, max_sse_event_size=None)
+    watch = transport.watch
+    async with http, Client(streams, read_timeout_seconds=timeout) as client:
+        try:
+            yield client
+        except anyio.get_cancelled_exc_class():
+            # An interrupted session: the server is told and its session (if any) is ended.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(ABANDON_TIMEOUT):
+                await abandon(http, url, watch)
+            raise
 
 
 async def list_tools(
     url: str, headers: dict[str, str] | None = None, transport_for: TransportFor | None = None
 ) -> list[mcp_types.Tool]:
+    watch = SizeWatch(max_message_bytes())
     try:
-        async with connect(url, headers, timeout=30.0, transport_for=transport_for) as client:
+        async with connect(url, headers, timeout=30.0, transport_for=transport_for, watch=watch) as client:
             result = await client.list_tools()
             tools = list(result.tools)
             while result.next_cursor:
@@ -89,7 +107,8 @@ async def list_tools(
                 tools += result.tools
             return tools
     except Exception as exc:
-        raise MCPUnavailable(_describe(exc)) from exc
+        too_large = watch.problem()
+        raise MCPUnavailable(str(too_large) if too_large else _describe(exc)) from exc
 
 
 async def call_tool(
@@ -100,14 +119,22 @@ async def call_tool(
     timeout: float = DEFAULT_TIMEOUT,
     transport_for: TransportFor | None = None,
 ) -> ToolOutcome:
+    watch = SizeWatch(max_message_bytes())
     try:
-        async with connect(url, headers, timeout, transport_for) as client:
+        async with connect(url, headers, timeout, transport_for, watch) as client:
             result = await client.call_tool(name, arguments)
-    except MCPError as exc:
-        return ToolOutcome(content=[{"type": "text", "text": f"MCP error: {exc}"}], is_error=True)
     except Exception as exc:
+        too_large = watch.problem()
+        if too_large is not None:
+            return _error_outcome(f"Tool {name!r} failed: {too_large}.")
+        if isinstance(exc, MCPError):
+            return _error_outcome(f"MCP error: {exc}")
         raise MCPUnavailable(_describe(exc), never_connected=_never_connected(exc)) from exc
     return ToolOutcome(content=to_blocks(result), is_error=bool(result.is_error))
+
+
+def _error_outcome(text: str) -> ToolOutcome:
+    return ToolOutcome(content=[{"type": "text", "text": text}], is_error=True)
 
 
 def to_blocks(result: mcp_types.CallToolResult) -> list[dict[str, Any]]:

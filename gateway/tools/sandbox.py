@@ -6,6 +6,10 @@ the same workspace, so files survive and the model sees at most one tool error.
 A session whose sandbox runs elsewhere (a ``self_hosted`` environment: on-prem, behind a
 tunnel) is answered by the pool's ``locate`` hook instead, and never gets a local process.
 
+A start takes a warm process when one is ready (``warm_pool``): started ahead of need and
+imported, it gets the session's flags and tokens on its stdin and serves from there as a cold
+start would, so the first tool call skips the interpreter's start-up.
+
 Every start gets a fresh bearer token (``sandbox_server.auth``), which only the pool holds:
 it travels to the child in its environment, which is otherwise a short allow-list
 (``sandbox_server.launch``), never the gateway's API keys, model key or master key. The
@@ -41,7 +45,9 @@ import anyio.to_thread
 
 from gateway.tools.pidfiles import STOP_GRACE, PidFiles, process_start
 from gateway.tools.start_queue import Backoff, StartQueue
+from gateway.tools.warm_pool import WarmPool
 from sandbox_server import auth, backends, launch, workspace_fs
+from sandbox_server.warm import hand_over_line
 
 log = logging.getLogger("tether.sandbox")
 
@@ -110,7 +116,8 @@ class SandboxPool:
     sandboxes that run elsewhere (self-hosted environments); ``state_dir`` keeps a pid file per
     running sandbox (None: none are kept). ``start_queue`` admits starts (the host's queue; a
     fresh one if None); ``start_timeout`` is a start's budget on an unloaded host; ``backoff``
-    spaces a session's attempts after failed starts."""
+    spaces a session's attempts after failed starts; ``warm_pool`` processes are kept started
+    ahead of need (``warm_pool``; 0: every start is cold) once ``warm_up`` is called."""
 
     def __init__(
         self,
@@ -124,6 +131,7 @@ class SandboxPool:
         start_queue: StartQueue | None = None,
         start_timeout: float = START_TIMEOUT,
         backoff: Backoff | None = None,
+        warm_pool: int = 0,
     ) -> None:
         self.workspaces = workspaces
         self.plan = plan
@@ -138,6 +146,7 @@ class SandboxPool:
         self.start_timeout = start_timeout
         self.backoff = backoff or Backoff()
         self._failures: dict[str, _Failure] = {}
+        self.warm = WarmPool(warm_pool, self.pid_files)
 
     def workspace(self, session_id: str) -> Path:
         return self.workspaces / session_id
@@ -246,16 +255,20 @@ class SandboxPool:
             args += planned.args
             extra = planned.env
         token = auth.new_token()
-        env = launch.environment(token, extra)
-        # Shielded: once spawned, the child must be known here, whatever is cancelled meanwhile.
-        with anyio.CancelScope(shield=True):
-            try:
-                process = await anyio.open_process(
-                    launch.command(args), stdin=subprocess.DEVNULL, stderr=None, env=env
-                )
-            except OSError as exc:  # fork refused, interpreter gone: the model reads it, the run goes on
-                raise SandboxStartFailed(f"the sandbox process could not be started: {exc}") from exc
-        pid_file = self.pid_files.record(session_id, process.pid) if self.pid_files is not None else None
+        handed = await self._hand_over(session_id, args, {**extra, auth.TOKEN_ENV: token})
+        if handed is not None:
+            process, pid_file = handed
+        else:
+            env = launch.environment(token, extra)
+            # Shielded: once spawned, the child must be known here, whatever is cancelled meanwhile.
+            with anyio.CancelScope(shield=True):
+                try:
+                    process = await anyio.open_process(
+                        launch.command(args), stdin=subprocess.DEVNULL, stderr=None, env=env
+                    )
+                except OSError as exc:  # fork refused, interpreter gone: the model reads it, the run goes on
+                    raise SandboxStartFailed(f"the sandbox process could not be started: {exc}") from exc
+            pid_file = self.pid_files.record(session_id, process.pid) if self.pid_files is not None else None
         try:
             url = await launch.ready_url(process, timeout)
         except BaseException:
@@ -270,6 +283,38 @@ class SandboxPool:
         endpoint = SandboxEndpoint(url + "/mcp", auth.bearer_headers(token))
         drain = asyncio.create_task(launch.drain(process))
         return _Sandbox(process, endpoint, drain, self._clock(), pid_file, process_start(process.pid))
+
+    def warm_up(self) -> None:
+        """Start the warm processes (``warm_pool``); call once the event loop runs."""
+        self.warm.fill()
+
+    async def _hand_over(
+        self, session_id: str, args: list[str], env: dict[str, str]
+    ) -> tuple[anyio.abc.Process, Path | None] | None:
+        """Make a warm process the session's sandbox: its flags and tokens on its stdin, its pid
+        file renamed to the session's. None (start cold) if no warm process is ready, or if the
+        one taken died before it could read (it is reaped)."""
+        if set(env) - launch.PER_START:
+            return None  # only the tokens travel in a hand-over; anything else needs a cold start
+        warm = await self.warm.take()
+        if warm is None:
+            return None
+        assert warm.process.stdin is not None
+        # Shielded: once taken, the process is this start's, whatever is cancelled meanwhile.
+        with anyio.CancelScope(shield=True):
+            try:
+                await warm.process.stdin.send(hand_over_line(args, env))
+                await warm.process.stdin.aclose()
+            except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                log.warning("warm sandbox pid %d did not take its hand-over: %s", warm.process.pid, exc)
+                await _reap(warm.process, warm.pid_file, grace=0)
+                return None
+        pid_file = None
+        if self.pid_files is not None:
+            pid_file = self.pid_files.record(session_id, warm.process.pid)
+            if warm.pid_file is not None:
+                PidFiles.forget(warm.pid_file)
+        return warm.process, pid_file
 
     async def stop(self, session_id: str) -> None:
         """Stop the session's sandbox; a start in progress finishes (or fails) first. Its workspace
@@ -315,6 +360,7 @@ class SandboxPool:
 
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):
+            await self.warm.close()
             for session_id in list(self._sandboxes):
                 sandbox = self._sandboxes.pop(session_id)
                 await self._terminate(sandbox)

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import anyio
 import httpx2
 
+from gateway import settings
 from gateway.config import webhook_allowed_hosts
 from gateway.observability.metrics import METRICS, Metrics
 from gateway.store.base import SESSION_STATUS_OF_EVENT, Body, Store, StoredEvent
@@ -109,10 +110,10 @@ class WebhookDispatcher:
         ``TETHER_WEBHOOK_ALLOWED_HOSTS`` (none; an invalid entry is a ``ValueError``)."""
         env = os.environ
         options: dict[str, Any] = {
-            "max_attempts": int(env.get("TETHER_WEBHOOK_MAX_ATTEMPTS", 6)),
-            "base_delay": float(env.get("TETHER_WEBHOOK_RETRY_BASE_SECONDS", 1.0)),
-            "max_delay": float(env.get("TETHER_WEBHOOK_RETRY_MAX_SECONDS", 300.0)),
-            "timeout": float(env.get("TETHER_WEBHOOK_TIMEOUT_SECONDS", 10.0)),
+            "max_attempts": settings.WEBHOOK_MAX_ATTEMPTS.read(env),
+            "base_delay": settings.WEBHOOK_RETRY_BASE.read(env),
+            "max_delay": settings.WEBHOOK_RETRY_MAX.read(env),
+            "timeout": settings.WEBHOOK_TIMEOUT.read(env),
             "targets": WebhookTargets.from_entries(webhook_allowed_hosts(env)),
         }
         return cls(store, **{**options, **overrides})

@@ -46,9 +46,19 @@ rules:
 """
 
 
-def start_upstream(label: str, port: int = 0, legacy_only: bool = False) -> ServerProcess:
+def start_upstream(
+    label: str, port: int = 0, legacy_only: bool = False, max_request_bytes: int | None = None
+) -> ServerProcess:
     args = ["--label", label, "--port", str(port), *(["--legacy-only"] if legacy_only else [])]
+    if max_request_bytes is not None:
+        args += ["--max-request-bytes", str(max_request_bytes)]
     return start_server(args, module=UPSTREAM_MODULE)
+
+
+def upstream_sessions(upstream: ServerProcess) -> set[str]:
+    """The ids of the sessions (server instances) an upstream from ``start_upstream`` holds now."""
+    ids: list[str] = httpx2.get(upstream.url + "/_stats", timeout=10).json()["ids"]
+    return set(ids)
 
 
 def start_gateway(data_dir: Path, api_key: str, extra_env: dict[str, str] | None = None) -> ServerProcess:
@@ -123,14 +133,22 @@ class GatewayStack:
 
     @asynccontextmanager
     async def connect(
-        self, virtual_server: str, mode: str, headers: dict[str, str] | None = None, **options: Any
+        self,
+        virtual_server: str,
+        mode: str,
+        headers: dict[str, str] | None = None,
+        max_sse_event_size: int | None = 1024 * 1024,
+        **options: Any,
     ) -> AsyncIterator[Client]:
         """An MCP client of ``/mcp/{virtual_server}``, authenticated with the API key by default."""
         presented = {"x-api-key": self.api_key} if headers is None else headers
+        url = self.mcp_url(virtual_server)
         async with (
             httpx2.AsyncClient(headers=presented, timeout=httpx2.Timeout(60, connect=10)) as http,
             Client(
-                streamable_http_client(self.mcp_url(virtual_server), http_client=http), mode=mode, **options
+                streamable_http_client(url, http_client=http, max_sse_event_size=max_sse_event_size),
+                mode=mode,
+                **options,
             ) as client,
         ):
             yield client

@@ -4,6 +4,10 @@ Both copies offer ``add``, ``whoami``, the ``greet`` prompt, the ``memo://readme
 resource and the ``notes://{topic}`` template, so a virtual server selecting both must
 namespace them; each also has something of its own (``only_LABEL``, ``memo://LABEL``).
 
+For the large-result, cancellation and progress tests: ``blob`` answers SIZE bytes,
+``block`` leaves ``MARKER.cancelled`` behind when its call is cancelled, ``steps`` reports
+progress, and ``GET /_stats`` counts the live (legacy) sessions, i.e. server instances.
+
 Run: ``python -m tests.support.mcp_gateway_upstream --label alpha --port 0``.
 """
 
@@ -53,10 +57,27 @@ def build(label: str) -> MCPServer:
         return "anonymous" if header is None else "sha256:" + hashlib.sha256(header.encode()).hexdigest()
 
     @server.tool(description="Create MARKER (so a test knows the call arrived), then never answer.")
-    async def block(marker: str) -> str:
-        await anyio.to_thread.run_sync(_touch, marker)
-        await anyio.sleep_forever()
+    async def block(marker: str, ctx: Context) -> str:
+        # MARKER holds the call's session id (empty when sessionless), for leak tests.
+        session = (ctx.headers or {}).get("mcp-session-id", "")
+        await anyio.to_thread.run_sync(_touch, marker, session)
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_touch, marker + ".cancelled")
         return "unreachable"
+
+    # Unstructured: the text is the whole payload, so SIZE is (nearly) the message's size.
+    @server.tool(description="Answer SIZE bytes of text (large-result tests).", structured_output=False)
+    def blob(size: int) -> str:
+        return (label[0] * size)[:size]
+
+    @server.tool(description="Report COUNT progress steps, then answer (progress tests).")
+    async def steps(count: int, ctx: Context) -> str:
+        for step in range(1, count + 1):
+            await ctx.report_progress(step, count, f"step {step} of {count}")
+        return f"{label} did {count} steps"
 
     @server.tool(description="Add a tool, prompt or resource named NAME and announce the list change.")
     async def grow(kind: str, name: str, ctx: Context) -> str:
@@ -102,9 +123,14 @@ def build(label: str) -> MCPServer:
     return server
 
 
-def _touch(path: str) -> None:
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-    os.close(fd)
+def _touch(path: str, content: str = "") -> None:
+    """Write CONTENT to a temporary name first, so a watcher never sees a half-written marker."""
+    fd = os.open(path + ".tmp", os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, content.encode())
+    finally:
+        os.close(fd)
+    os.replace(path + ".tmp", path)
 
 
 class LegacyOnly:
@@ -130,19 +156,39 @@ class LegacyOnly:
         await self.app(scope, receive, send)
 
 
+class Stats:
+    """``GET /_stats``: how many sessions (server instances) the upstream holds right now."""
+
+    def __init__(self, app: ASGIApp, server: MCPServer) -> None:
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/_stats":
+            manager = self.server.session_manager
+            sessions = list(manager._server_instances)  # the SDK keeps no public list
+            await JSONResponse({"sessions": len(sessions), "ids": sessions})(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--label", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--legacy-only", action="store_true")
+    parser.add_argument("--max-request-bytes", type=int, default=4 * 1024 * 1024)
     args = parser.parse_args()
-    app: ASGIApp = build(args.label).streamable_http_app(
+    server = build(args.label)
+    app: ASGIApp = server.streamable_http_app(
         streamable_http_path="/mcp",
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         host=args.host,
+        max_request_body_size=args.max_request_bytes,
     )
-    serve(LegacyOnly(app) if args.legacy_only else app, args.host, args.port)
+    app = Stats(LegacyOnly(app) if args.legacy_only else app, server)
+    serve(app, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,17 @@ Every decision goes through ``Host``, whose probes a unit test replaces (a fake 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import os
 import shutil
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 
 CHROMIUM_ENV = "TETHER_TEST_CHROMIUM"
@@ -98,11 +102,25 @@ PLAYWRIGHT_DRIVER = Requirement(
     "libatomic1", "libatomic.so.1 for Playwright's Node.js driver", lambda host: host.playwright_driver_runs()
 )
 POSTGRESQL = Requirement("postgresql", "PostgreSQL's initdb (/usr/lib/postgresql/*/bin)", _has_postgres)
+DOCKER_ENGINE = Requirement(
+    "docker.io",
+    "dockerd",
+    lambda host: host.which("dockerd") is not None or host.executable("/usr/sbin/dockerd"),
+)
+"""The image tests' private engine (``docker_engine``); its client comes in the same package."""
+DEBOOTSTRAP = Requirement(
+    "debootstrap",
+    "debootstrap",
+    lambda host: host.which("debootstrap") is not None or host.executable("/usr/sbin/debootstrap"),
+)
+"""Makes the image tests' base image from Debian's mirror (no container registry is reachable)."""
 
 USED_BY: dict[Requirement, tuple[str, ...]] = {
     CHROMIUM: ("playwright",),
     PLAYWRIGHT_DRIVER: ("playwright",),
     POSTGRESQL: ("tests.support.postgres", "tests.support.pg_cluster", "tests.support.restarts"),
+    DOCKER_ENGINE: ("tests.support.docker_engine",),
+    DEBOOTSTRAP: ("tests.support.docker_engine",),
 }
 """A test module that uses any of these modules needs the requirement."""
 
@@ -175,6 +193,20 @@ def _run_apt(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         list(command), capture_output=True, text=True, timeout=APT_TIMEOUT, stdin=subprocess.DEVNULL
     )
+
+
+LOCK_PATH = Path(tempfile.gettempdir()) / "tether-tests-provision.lock"
+
+
+@contextlib.contextmanager
+def machine_lock() -> Iterator[None]:
+    """Hold the machine-wide provisioning lock: one apt run at a time across parallel workers."""
+    with open(LOCK_PATH, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class ProvisionFailed(Exception):

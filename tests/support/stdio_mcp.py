@@ -1,7 +1,8 @@
 """A stdio MCP server for the MCP gateway tests (standalone: needs only the mcp package).
 
 Run: ``python tests/support/stdio_mcp.py``. ``crash`` makes it exit mid-call, so the
-gateway's supervisor has something to restart; ``pid`` tells a test which process answered.
+gateway's supervisor has something to restart; ``pid`` tells a test which process answered;
+``steps`` reports progress.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import subprocess
 import sys
 
 from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
 
 server = MCPServer("stdio-fixture")
 
@@ -47,6 +49,13 @@ def spawn_child() -> str:
         stderr=subprocess.DEVNULL,
     )
     return str(child.pid)
+
+
+@server.tool(description="Report COUNT progress steps, then answer (progress tests).")
+async def steps(count: int, ctx: Context) -> str:
+    for step in range(1, count + 1):
+        await ctx.report_progress(step, count, f"step {step} of {count}")
+    return f"stdio did {count} steps"
 
 
 @server.prompt(description="Greet someone, loudly.")

@@ -1,0 +1,173 @@
+"""Sandbox start and footprint, against the baselines of issue #17.
+
+Run: ``python bench/sandbox_start.py`` (``--starts``/``--calls`` change N; run as root for the
+deployment's real path: a workspace filesystem per sandbox, its own uid).
+
+Prints, each with its ratio to the issue's baseline (measured on main d50ebc6, 2 cores):
+
+* ``start cold``: ``SandboxPool.endpoint`` for a new session until its sandbox is ready for the
+  first tool call (ready line read), every start a fresh interpreter (``warm_pool=0``);
+* ``start warm``: the same with a warm pool of one, each start taking a warm process whose
+  imports are done (the steady state of a pool that keeps up with arrivals);
+* ``idle RSS``: resident memory of a started, idle sandbox server (slim entry point);
+* ``bash true``: a ``bash`` call through MCP (streamable HTTP, the sandbox's token) vs raw
+  ``bwrap <the server's exact args> true`` (``bench/sandbox_exec.py`` splits it further);
+* ``gateway listening``: ``tether gateway`` from spawn to its ready line (its CPU seconds too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.sandbox_exec import _bench_mcp, _bench_raw  # noqa: E402
+from gateway.tools.sandbox import SandboxPool  # noqa: E402
+from tests.support.processes import start_server  # noqa: E402
+
+BASELINE = {
+    "start": 0.513,  # median, seconds
+    "rss": 117.0,  # MB
+    "ratio": 2.64,  # bash true: mcp / raw
+    "gateway": 7.0,  # seconds, the better end of "7-15 s"
+}
+GOALS = {"start p50": "<= 0.100 s", "start p99": "<= 0.200 s", "rss": "<= 25 MB", "ratio": "<= 1.5x"}
+ARGS = ["--egress", "none"]
+
+
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+async def _starts(root: Path, n: int, warm: int) -> tuple[list[float], list[float], float]:
+    """Seconds to ready per start, the first ``bash true`` after each, and the last one's RSS."""
+    pool = SandboxPool(root, ARGS, warm_pool=warm)
+    pool.warm_up()
+    ready, first, rss = [], [], 0.0
+    try:
+        for i in range(n):
+            if warm:
+                await pool.warm.wait_for(1)
+            session = f"sesn_{'w' if warm else 'c'}{i}"
+            started = time.perf_counter()
+            endpoint = await pool.endpoint(session)
+            ready.append(time.perf_counter() - started)
+            first.append(min(await _bench_first(endpoint.url, dict(endpoint.headers))) + ready[-1])
+            pid = pool.pid(session)
+            assert pid is not None
+            rss = _rss_mb(pid)
+            await pool.destroy(session)
+    finally:
+        await pool.close()
+    return ready, first, rss
+
+
+async def _bench_first(url: str, headers: dict[str, str]) -> list[float]:
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    started = time.perf_counter()
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=60) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
+        result = await client.call_tool("bash", {"command": "true"})
+        assert not result.is_error, result.content
+    return [time.perf_counter() - started]
+
+
+def _bash_true(root: Path, calls: int) -> tuple[float, float]:
+    """Median ``bash true`` through MCP and raw bwrap, seconds."""
+
+    async def through_mcp() -> list[float]:
+        pool = SandboxPool(root, ARGS)
+        try:
+            endpoint = await pool.endpoint("sesn_exec")
+            return await _bench_mcp(endpoint.url, calls, dict(endpoint.headers))
+        finally:
+            await pool.destroy("sesn_exec")
+            await pool.close()
+
+    mcp = asyncio.run(through_mcp())
+    workspace = root / "raw"
+    workspace.mkdir()
+    raw = _bench_raw(workspace, calls)
+    return statistics.median(mcp), statistics.median(raw)
+
+
+def _gateway_listening(data_dir: Path) -> tuple[float, float]:
+    """Wall seconds from spawn to the ready line, and the CPU seconds the gateway spent by then."""
+    env = {"TETHER_API_KEYS": "bench", "ANTHROPIC_API_KEY": "", "TETHER_SANDBOX_WARM_POOL": "0"}
+    started = time.perf_counter()
+    server = start_server(["gateway", "--port", "0", "--data-dir", str(data_dir)], env)
+    wall = time.perf_counter() - started
+    fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    server.stop()
+    return wall, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--starts", type=int, default=20, help="sandbox starts per variant (default 20)")
+    parser.add_argument("--calls", type=int, default=50, help="bash true calls (default 50)")
+    parser.add_argument("--gateways", type=int, default=3, help="gateway starts (default 3)")
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="tether-bench-") as scratch:
+        root = Path(scratch)
+        cold, cold_first, rss = asyncio.run(_starts(root / "cold", args.starts, warm=0))
+        warm, warm_first, warm_rss = asyncio.run(_starts(root / "warm", args.starts, warm=1))
+        mcp, raw = _bash_true(root / "exec", args.calls)
+        gateways = [_gateway_listening(root / f"gw{i}") for i in range(args.gateways)]
+
+    def row(path: str, value: str, ratio: float | None, goal: str) -> None:
+        shown = f"{ratio:.2f}x" if ratio is not None else "-"
+        print(f"{path:<34} {value:>22} {shown:>10}   {goal}")
+
+    print(f"sandbox start and footprint (uid {os.geteuid()}, {os.cpu_count()} CPUs, load {load:.1f})")
+    print(f"{'path':<34} {'Tether':>22} {'vs base':>10}   goal")
+    for name, samples, first in (("cold", cold, cold_first), ("warm pool", warm, warm_first)):
+        p50, p99 = statistics.median(samples), _pct(samples, 0.99)
+        row(f"start {name} p50 (ready)", f"{p50 * 1000:.0f} ms", p50 / BASELINE["start"], GOALS["start p50"])
+        row(f"start {name} p99 (ready)", f"{p99 * 1000:.0f} ms", p99 / BASELINE["start"], GOALS["start p99"])
+        f50 = statistics.median(first)
+        row(f"start {name} p50 (+ bash true)", f"{f50 * 1000:.0f} ms", f50 / BASELINE["start"], "")
+    row("idle sandbox RSS (cold)", f"{rss:.1f} MB", rss / BASELINE["rss"], GOALS["rss"])
+    row("idle sandbox RSS (warm)", f"{warm_rss:.1f} MB", warm_rss / BASELINE["rss"], GOALS["rss"])
+    ratio = mcp / raw
+    row(
+        "bash true: MCP / raw bwrap",
+        f"{mcp * 1000:.1f} / {raw * 1000:.1f} ms",
+        ratio / BASELINE["ratio"],
+        f"{GOALS['ratio']} (now {ratio:.2f}x)",
+    )
+    wall = statistics.median(g[0] for g in gateways)
+    cpu = statistics.median(g[1] for g in gateways)
+    row(
+        "gateway start to listening",
+        f"{wall:.2f} s ({cpu:.2f} CPU s)",
+        wall / BASELINE["gateway"],
+        "<= 1.5 s",
+    )
+
+
+if __name__ == "__main__":
+    main()
