@@ -266,12 +266,16 @@ def run_gateway(
     if tls is not None and (problem := tls.check()) is not None:
         sys.exit(f"tether: {problem}")
     sock = bind_or_exit(host, port)
-    url = socket_url(sock, tls=tls is not None)
-    settings.public_url = url
+    # With TLS, the gateway's calls to itself (the embedded model, the credentials sandboxes
+    # fetch) go to a plain-HTTP listener on loopback: no certificate covers 127.0.0.1 or
+    # 0.0.0.0. It serves the same app, so the same keys and tokens are required there.
+    internal = bind_or_exit("127.0.0.1", 0) if tls is not None else None
+    own_url = socket_url(internal if internal is not None else sock)
+    settings.public_url = own_url
     embedded = settings.model_base_url is None and settings.model_api_key is None
     if embedded:
         settings.serve_scripted_model = True
-        settings.model_base_url = url + SCRIPTED_MODEL_PATH
+        settings.model_base_url = own_url + SCRIPTED_MODEL_PATH
     if settings.key_file is not None:  # the key itself only when this start generated it
         shown = settings.api_keys[0] if settings.generated_key else "kept"
         print(f"API key (x-api-key): {shown}  (stored in {settings.key_file})", flush=True)
@@ -281,4 +285,4 @@ def run_gateway(
         else (settings.model_base_url or "Anthropic API")
     )
     log.info("data in %s; model: %s", settings.data_dir, model)
-    serve_socket(create_app(settings, policies), sock, log_level="warning", tls=tls)
+    serve_socket(create_app(settings, policies), sock, log_level="warning", tls=tls, internal=internal)

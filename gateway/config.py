@@ -9,11 +9,14 @@ database URL against it and loads or generates the admin key.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote_plus
 
+from gateway.mcp_gateway.settings import McpGatewaySettings
 from gateway.settings import (
     ANTHROPIC_API_KEY,
     API_KEYS,
@@ -101,6 +104,7 @@ class Settings:
         root = Path(data_dir or DATA_DIR.read(env)).resolve()
         root.mkdir(parents=True, exist_ok=True)
         database_url = resolve_database_url(DATABASE_URL.read(env), root)
+        McpGatewaySettings.from_env(env)  # read again at start-up; checked here for a one-line error
         keys = API_KEYS.read(env)
         generated, key_file = False, None
         if not keys:
@@ -168,9 +172,39 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def _shown(url: str) -> str:
-    """The URL's scheme only: a database URL may carry a password."""
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    return f"scheme {scheme!r}" if scheme and scheme != "sqlite" else f"form {url!r}"
+    """What an error may say about a bad database URL: the scheme at most, never the rest (a
+    URL or a libpq ``key=value`` string may carry a password)."""
+    scheme = _SCHEME.match(url)
+    if scheme is None:
+        return "value (not a URL; not shown, it may hold a password)"
+    name = scheme.group(1)
+    return f"scheme {name!r}" if name != "sqlite" else "sqlite URL (it needs a file path and no query)"
+
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_SECRET_QUERY_KEYS = frozenset({"password", "passwd", "sslpassword"})
+
+
+def masked_database_url(url: str) -> str:
+    """``url`` as safe to print: the userinfo password and any ``password=`` query value masked;
+    something that is not a URL is not shown at all, as it may be a libpq string with a password."""
+    if _SCHEME.match(url) is None:
+        return "(set, not a URL: hidden)"
+    head, _, fragment = url.partition("#")
+    base, question, query = head.partition("?")
+    scheme, _, rest = base.partition("://")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    pairs = [_masked_pair(pair) for pair in query.split("&")] if question else []
+    shown = f"{scheme}://{netloc}{slash}{path}" + (("?" + "&".join(pairs)) if question else "")
+    return shown + ("#***" if fragment else "")
+
+
+def _masked_pair(pair: str) -> str:
+    key, equals, _ = pair.partition("=")
+    return f"{key}=***" if equals and unquote_plus(key).lower() in _SECRET_QUERY_KEYS else pair
 
 
 def webhook_allowed_hosts(env: Mapping[str, str]) -> list[str]:

@@ -3,10 +3,15 @@
 Every Tether server (gateway, sandbox, scripted model) binds its socket before
 uvicorn starts, so port 0 works and the parent process learns the real port from
 one line on stdout: ``listening on http://HOST:PORT`` (``https://`` when serving TLS).
+
+With TLS, a gateway also serves the same app over plain HTTP on a second, loopback-only socket
+(``internal``) for its calls to itself: no certificate an operator can get covers 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import socket
 import ssl
@@ -17,6 +22,10 @@ from typing import Any
 import uvicorn
 
 READY_PREFIX = "listening on "
+TLS_MINIMUM = ssl.TLSVersion.TLSv1_2
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
+"""Forward-secret AEAD suites only, for TLS 1.2 (TLS 1.3's suites are all modern already);
+uvicorn's default, ``TLSv1``, also offers CBC and static-RSA suites."""
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -81,10 +90,16 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "wa
 
 
 def serve_socket(
-    app: Any, sock: socket.socket, log_level: str = "warning", tls: TLSFiles | None = None
+    app: Any,
+    sock: socket.socket,
+    log_level: str = "warning",
+    tls: TLSFiles | None = None,
+    internal: socket.socket | None = None,
 ) -> None:
     """Serve on an already bound socket (when the app must know its own URL before starting);
-    with ``tls``, the socket speaks HTTPS only."""
+    with ``tls``, the socket speaks HTTPS only (TLS 1.2 at least). ``internal``, a loopback
+    socket, serves the same app over plain HTTP in the same event loop, for the app's own calls
+    to itself; it starts and stops with the main server, which owns the lifespan and signals."""
     watched = _LifespanWatch(app)
     config = uvicorn.Config(
         watched,
@@ -93,7 +108,11 @@ def serve_socket(
         timeout_graceful_shutdown=5,
         ssl_certfile=tls.cert if tls else None,
         ssl_keyfile=tls.key if tls else None,
+        ssl_ciphers=TLS12_CIPHERS,
     )
+    config.load()
+    if config.ssl is not None:
+        config.ssl.minimum_version = TLS_MINIMUM
     server = uvicorn.Server(config)
     watched.server = server
 
@@ -105,12 +124,40 @@ def serve_socket(
             print(f"{READY_PREFIX}{socket_url(sock, tls=tls is not None)}", flush=True)
 
     server.startup = startup  # type: ignore[method-assign]
+    side = None
+    if internal is not None:
+        side = uvicorn.Server(
+            uvicorn.Config(app, log_level=log_level, lifespan="off", timeout_graceful_shutdown=5)
+        )
+        side.capture_signals = contextlib.nullcontext  # type: ignore[assignment, method-assign]
     try:
-        server.run(sockets=[sock])
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            runner.run(_serve_together(server, sock, side, internal))
     finally:
         sock.close()
+        if internal is not None:
+            internal.close()
     if not server.started or watched.died:
         sys.exit(1)
+
+
+async def _serve_together(
+    server: uvicorn.Server,
+    sock: socket.socket,
+    side: uvicorn.Server | None,
+    internal: socket.socket | None,
+) -> None:
+    if side is None or internal is None:
+        await server.serve(sockets=[sock])
+        return
+    side_task = asyncio.create_task(side.serve(sockets=[internal]))
+    # One without the other is no working gateway: the end of either ends both.
+    side_task.add_done_callback(lambda _: setattr(server, "should_exit", True))
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        side.should_exit = True
+        await side_task
 
 
 class _LifespanWatch:

@@ -14,6 +14,7 @@ from gateway.settings_types import ConfigError, Group, Setting
 from gateway.settings_types import comma_list as _comma_list
 from gateway.settings_types import declare as _s
 from gateway.settings_types import flag as _flag
+from gateway.settings_types import non_negative_int as _non_negative_int
 from gateway.settings_types import on_off as _on_off
 from gateway.settings_types import path_list as _path_list
 from gateway.settings_types import positive_int as _positive_int
@@ -188,7 +189,7 @@ SANDBOX_WARM_POOL = _s(
     "int",
     1,
     "warm sandbox processes kept ready per gateway (0 disables the pool)",
-    int,
+    _non_negative_int,
     read_by="gateway.tools.warm_pool",
 )
 SANDBOX_UIDS = _s(

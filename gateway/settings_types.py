@@ -39,6 +39,16 @@ def positive_int(value: str) -> int:
     return max(1, int(value))
 
 
+def non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+    if number < 0:
+        raise ValueError("must be 0 or more")
+    return number
+
+
 def text(value: str) -> str:
     return value
 

@@ -57,12 +57,10 @@ def serve_toolset(server: MCPServer, host: str, port: int, stdio: bool, token: s
         return
     if not token:
         sys.exit(f"tether sandbox: {auth.MISSING_TOKEN}")
-    # Plain JSON answers, not an SSE stream per call: the tools send no progress or log
-    # notifications mid-call, and the stream's framing and task cost every call time.
+    # An SSE stream per call, not a plain JSON answer (tried: ~1 ms less server CPU a call):
+    # a caller that goes away (an interrupt) closes the stream, which cancels the call and
+    # kills its command; a JSON answer is awaited to the end whatever the caller does.
     app = server.streamable_http_app(
-        streamable_http_path=MCP_PATH,
-        transport_security=transport_security(host),
-        host=host,
-        json_response=True,
+        streamable_http_path=MCP_PATH, transport_security=transport_security(host), host=host
     )
     serve(auth.BearerAuth(app, token), host, port)

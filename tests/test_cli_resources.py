@@ -205,6 +205,49 @@ def test_lists_page_with_a_printed_cursor(tether: Tether, client: anthropic.Anth
     assert set(seen) == every
 
 
+def test_a_limit_over_one_page_then_the_cursor_lists_every_item_once(
+    tether: Tether, client: anthropic.Anthropic
+) -> None:
+    """``--limit 150`` spans two server pages (100 each); the printed cursor must resume right
+    after the 150th item, not after the 200th the second request could have fetched."""
+    made = {client.beta.vaults.create(display_name=f"many-{i}").id for i in range(230)}
+    every = [vault.id for vault in client.beta.vaults.list(limit=100)]
+
+    code, out, err = tether("vaults", "list", "--limit", "150", "--json")
+    first = [json.loads(line)["id"] for line in out.splitlines()]
+    assert code == 0 and len(first) == 150 and "more: --page " in err, err
+    cursor = err.split("more: --page ", 1)[1].split()[0]
+    code, out, err = tether("vaults", "list", "--limit", "1000", "--json", "--page", cursor)
+    rest = [json.loads(line)["id"] for line in out.splitlines()]
+
+    assert code == 0 and "more: --page " not in err, err
+    assert first + rest == every
+    assert made <= set(every)
+
+
+def test_sessions_pages_resume_under_a_filter(tether: Tether, client: anthropic.Anthropic) -> None:
+    """The filter is the server's, so a page of a filtered list ends where the next begins."""
+    agent = client.beta.agents.create(name="paged", model="claude-sonnet-4-6")
+    here = client.beta.environments.create(name="paged-here").id
+    elsewhere = client.beta.environments.create(name="paged-elsewhere").id
+    made = []
+    for i in range(5):
+        client.beta.sessions.create(agent=agent.id, environment_id=elsewhere, title=f"other-{i}")
+        made.append(client.beta.sessions.create(agent=agent.id, environment_id=here, title=f"mine-{i}").id)
+
+    seen: list[str] = []
+    cursor: list[str] = []
+    while True:
+        code, out, err = tether("sessions", "list", "--environment", here, "--limit", "2", "--json", *cursor)
+        assert code == 0, err
+        seen += [json.loads(line)["id"] for line in out.splitlines()]
+        if "more: --page " not in err:
+            break
+        cursor = ["--page", err.split("more: --page ", 1)[1].split()[0]]
+
+    assert seen == made[::-1]
+
+
 def test_sessions_list_filters_and_flags_what_needs_attention(
     tether: Tether, client: anthropic.Anthropic, scripts: Scripts
 ) -> None:

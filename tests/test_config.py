@@ -93,6 +93,83 @@ def test_config_show_masks_secrets() -> None:
     assert re.search(r"^TETHER_PORT +=\s+9999$", shown.stdout, re.M)
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://tether@db/tether?password=hunter2", "postgresql://tether@db/tether?password=***"),
+        (
+            "postgres://u:hunter2@db/t?sslmode=require&PASSWORD=hunter2",
+            "postgres://u:***@db/t?sslmode=require&PASSWORD=***",
+        ),
+        ("host=db password=hunter2", "(set, not a URL: hidden)"),
+    ],
+)
+def test_config_show_never_prints_a_database_password(url: str, expected: str) -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "config", "show"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**BASE_ENV, "TETHER_DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
+        cwd=ROOT,
+    )
+
+    assert "hunter2" not in shown.stdout + shown.stderr
+    assert re.search(rf"^TETHER_DATABASE_URL +=\s+{re.escape(expected)}$", shown.stdout, re.M), shown.stdout
+
+
+def test_a_database_url_that_is_not_a_url_is_never_echoed(tmp_path: Path) -> None:
+    secret = "host=db password=hunter2"
+    (tmp_path / "data").mkdir()
+    audit = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "audit",
+            "verify",
+            "sesn_x",
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**_env(), "TETHER_DATABASE_URL": secret},
+    )
+    gateway = _gateway_fails(tmp_path, secret)
+
+    for failed in (audit, gateway):
+        assert failed.returncode != 0
+        assert "hunter2" not in failed.stdout + failed.stderr
+        assert "TETHER_DATABASE_URL: unsupported value (not a URL" in failed.stderr, failed.stderr
+
+
+def test_config_show_and_the_gateway_refuse_a_bad_warm_pool_alike(tmp_path: Path) -> None:
+    env = {**_env(), "TETHER_SANDBOX_WARM_POOL": "-1"}
+    shown = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "config", "show"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=ROOT,
+    )
+    started = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "gateway", "--port", "0", "--data-dir", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+    line = re.search(r"^TETHER_SANDBOX_WARM_POOL += INVALID: (.+)$", shown.stdout, re.M)
+    assert shown.returncode == 1 and line, shown.stdout
+    assert started.returncode != 0
+    assert started.stderr.strip().splitlines() == [f"tether: {line.group(1)}"]
+    assert "0 or more" in line.group(1)
+
+
 # SQLite URLs, through `tether gateway` -----------------------------------------------------------
 def _gateway_fails(tmp_path: Path, database_url: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

@@ -5,12 +5,15 @@ Artifacts: the Kubernetes manifests validate against the Kubernetes schemas
 and sets only variables the programs read; the systemd units pass ``systemd-analyze verify``;
 the LICENSE is the license ``pyproject.toml`` declares. Serving: ``--tls-cert/--tls-key``
 serve HTTPS that the official SDK reaches through a client trusting the test's CA, while
-plain HTTP on the same port gets no answer; a port in use, or TLS files that cannot serve,
-end the start with one line and a non-zero status, never a traceback.
+plain HTTP on the same port gets no answer; with TLS on, the gateway still reaches itself (the
+embedded model, the vault credentials a sandbox fetches) through a loopback plain-HTTP listener
+that asks for the same key; only TLS 1.2+ with modern suites is accepted; a port in use, or TLS
+files that cannot serve, end the start with one line and a non-zero status, never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import ipaddress
@@ -21,12 +24,16 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import tomllib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anthropic
+import asyncpg
 import httpx2 as httpx
 import kubernetes_validate
 import pytest
@@ -37,7 +44,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway import cli
-from tests.support.processes import ServerProcess, running_server
+from tests.support.processes import ServerProcess, listening_ports, running_server
+from tests.support.sessions import send_and_stream, user_message
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -93,11 +101,18 @@ def test_kubernetes_gateway_probes_secrets_and_volume_fit_the_gateway() -> None:
 
 
 def _read_by_tether(variable: str) -> bool:
-    """Whether a Tether program (or its image's health check) reads this environment variable."""
+    """Whether a Tether program (or its image's health check, or asyncpg, its PostgreSQL
+    driver) reads this environment variable."""
     quoted = re.compile(rf"[\"']{re.escape(variable)}[\"']")
     files = [p for package in SOURCES for p in (ROOT / package).rglob("*.py")]
     files.append(DEPLOY / "docker" / "healthcheck.py")
+    files.append(Path(asyncpg.__file__).parent / "connect_utils.py")
     return any(quoted.search(path.read_text()) for path in files)
+
+
+def _with_defaults(value: str) -> str:
+    """A compose value with every ``${VARIABLE:-default}`` replaced by its default."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
 
 
 def test_compose_file_builds_existing_dockerfiles_and_sets_variables_tether_reads() -> None:
@@ -116,8 +131,15 @@ def test_compose_file_builds_existing_dockerfiles_and_sets_variables_tether_read
             assert volume.split(":")[0] in compose["volumes"]
     gateway = services["gateway"]
     assert gateway["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert gateway["environment"]["TETHER_DATABASE_URL"].startswith("postgresql://")
-    assert "@postgres:5432/" in gateway["environment"]["TETHER_DATABASE_URL"]
+    database_url = gateway["environment"]["TETHER_DATABASE_URL"]
+    assert database_url.startswith("postgresql://") and "@postgres:5432/" in database_url
+    # The password never goes into the URL, where "@", ":" or "/" would break it: asyncpg
+    # reads PGPASSWORD when the URL has none.
+    assert "$" not in database_url and ":" not in urlsplit(database_url).netloc.split("@")[0]
+    assert gateway["environment"]["PGPASSWORD"].startswith("${POSTGRES_PASSWORD")
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD")
+    # Published on loopback unless the operator says otherwise: plain HTTP carries API keys.
+    assert [_with_defaults(port) for port in gateway["ports"]] == ["127.0.0.1:8420:8420"]
     assert services["tunnel-agent"]["depends_on"]["gateway"]["condition"] == "service_healthy"
     assert "--gateway=http://gateway:8420" in services["tunnel-agent"]["command"]
     # Every ${VARIABLE} the file uses is documented in its header.
@@ -265,8 +287,12 @@ def tls_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serv
     api_key = "tls-" + secrets.token_hex(12)
     # The files come through the environment, as a service manager would pass them.
     env = {"TETHER_API_KEYS": api_key, "TETHER_TLS_CERT": str(cert), "TETHER_TLS_KEY": str(key)}
-    with running_server(["gateway", "--port", "0", "--data-dir", str(folder / "data")], env) as server:
-        yield server, ca, api_key
+    with pytest.MonkeyPatch.context() as patch:
+        for variable in ("ANTHROPIC_API_KEY", "TETHER_MODEL_BASE_URL"):  # the embedded model, then
+            patch.delenv(variable, raising=False)
+        args = ["gateway", "--port", "0", "--data-dir", str(folder / "data")]
+        with running_server(args, env) as server:
+            yield server, ca, api_key
 
 
 def test_tls_gateway_serves_the_sdk_over_https_only(tls_gateway: tuple[ServerProcess, Path, str]) -> None:
@@ -286,6 +312,142 @@ def test_tls_gateway_serves_the_sdk_over_https_only(tls_gateway: tuple[ServerPro
     # Plain HTTP on the TLS port gets no HTTP answer at all.
     with httpx.Client() as plain, pytest.raises(httpx.TransportError):
         plain.get(server.url.replace("https://", "http://") + "/health")
+
+
+def _trusting_client(ca: Path, server: ServerProcess, api_key: str) -> anthropic.Anthropic:
+    http = httpx.Client(verify=ssl.create_default_context(cafile=str(ca)), timeout=120)
+    return anthropic.Anthropic(base_url=server.url, api_key=api_key, http_client=http, max_retries=0)
+
+
+def test_with_tls_a_session_reaches_the_embedded_model_and_its_vault_credentials(
+    tls_gateway: tuple[ServerProcess, Path, str],
+) -> None:
+    """The gateway's calls to itself (the embedded model; the credentials a sandbox fetches at
+    start when the session has an ``environment_variable`` secret) work with TLS on."""
+    server, ca, api_key = tls_gateway
+    assert any("the scripted model" in line for line in server.output)
+    with _trusting_client(ca, server, api_key) as client:
+        vault = client.beta.vaults.create(display_name="tls")
+        client.beta.vaults.credentials.create(
+            vault.id,
+            auth={
+                "type": "environment_variable",
+                "secret_name": "DEMO_KEY",
+                "secret_value": "sk_" + secrets.token_hex(12),
+                "networking": {"type": "limited", "allowed_hosts": ["api.example.test"]},
+            },
+        )
+        environment = client.beta.environments.create(
+            name="tls-limited",
+            config={
+                "type": "cloud",
+                "networking": {"type": "limited", "allowed_hosts": ["api.example.test"]},
+            },
+        )
+        agent = client.beta.agents.create(
+            name="tls-demo",
+            model="claude-sonnet-4-6",
+            system="tether-demo",  # the embedded demo script: write a file, read it back
+            tools=[{"type": "agent_toolset_20260401"}],
+        )
+        session = client.beta.sessions.create(
+            agent=agent.id, environment_id=environment.id, vault_ids=[vault.id]
+        )
+        streamed = send_and_stream(client, session.id, [user_message("go")])
+    errors = [e for e in streamed if e.type == "session.error"]
+    assert not errors, errors
+    results = [e for e in streamed if e.type == "agent.tool_result"]
+    assert len(results) == 2 and not any(r.is_error for r in results), results
+    replies = [b.text for e in streamed if e.type == "agent.message" for b in e.content]
+    assert "The file is in place" in replies[-1] and "# Plan" in replies[-1]
+
+
+def _internal_port(server: ServerProcess) -> int:
+    public = int(server.url.rsplit(":", 1)[1])
+    others = [port for port in listening_ports(server.process.pid) if port != public]
+    assert len(others) == 1, others
+    return others[0]
+
+
+def test_the_internal_listener_is_loopback_http_and_needs_the_same_key(
+    tls_gateway: tuple[ServerProcess, Path, str],
+) -> None:
+    server, _, api_key = tls_gateway
+    internal = f"http://127.0.0.1:{_internal_port(server)}"
+    with httpx.Client(timeout=30) as plain:
+        assert plain.get(internal + "/v1/agents").status_code == 401
+        refused = plain.post(internal + "/scripted-model/v1/messages", json={})
+        assert refused.status_code == 401 and refused.json()["type"] == "error"
+        assert plain.get(internal + "/v1/agents", headers={"x-api-key": api_key}).status_code == 200
+    # Bound to loopback only: the machine's other addresses do not answer on that port.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent; this picks the outward address
+        outward = probe.getsockname()[0]
+    if outward != "127.0.0.1":
+        with pytest.raises(OSError):
+            socket.create_connection((outward, _internal_port(server)), timeout=5).close()
+
+
+def _handshake(address: tuple[str, int], ca: Path, configure: Any) -> str:
+    """The TLS version negotiated with ``address`` by a client ``configure`` restricts."""
+    context = ssl.create_default_context(cafile=str(ca))
+    configure(context)
+    with (
+        socket.create_connection(address, timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=address[0]) as tls,
+    ):
+        return str(tls.version())
+
+
+def _legacy(maximum: ssl.TLSVersion, ciphers: str) -> Any:
+    def configure(context: ssl.SSLContext) -> None:
+        with warnings.catch_warnings(category=DeprecationWarning, action="ignore"):
+            context.minimum_version = ssl.TLSVersion.TLSv1
+            context.maximum_version = maximum
+        context.set_ciphers(ciphers)  # SECLEVEL=0 lets this OpenSSL offer the old protocols
+
+    return configure
+
+
+@contextlib.contextmanager
+def _permissive_server(folder: Path) -> Iterator[tuple[str, int]]:
+    """A TLS server that accepts TLS 1.0 and every cipher, for one handshake: the control
+    showing the legacy clients below can really connect where a server allows them."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "server.pem", folder / "server.key")
+    with warnings.catch_warnings(category=DeprecationWarning, action="ignore"):
+        context.minimum_version = ssl.TLSVersion.TLSv1
+    context.set_ciphers("ALL:@SECLEVEL=0")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def accept_one() -> None:
+            conn, _ = listener.accept()
+            with contextlib.suppress(OSError), context.wrap_socket(conn, server_side=True):
+                pass
+
+        thread = threading.Thread(target=accept_one, daemon=True)
+        thread.start()
+        yield listener.getsockname()[:2]
+        thread.join(timeout=10)
+
+
+def test_tls_needs_version_1_2_and_modern_ciphers(tls_gateway: tuple[ServerProcess, Path, str]) -> None:
+    server, ca, _ = tls_gateway
+    host, port = server.url.removeprefix("https://").rsplit(":", 1)
+    gateway = (host, int(port))
+    assert _handshake(gateway, ca, lambda context: None) == "TLSv1.3"
+    assert (
+        _handshake(gateway, ca, _legacy(ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-AES128-GCM-SHA256")) == "TLSv1.2"
+    )
+    tls11 = _legacy(ssl.TLSVersion.TLSv1_1, "ALL:@SECLEVEL=0")
+    cbc = _legacy(ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-AES128-SHA:@SECLEVEL=0")  # in uvicorn's default
+    with _permissive_server(ca.parent) as permissive:
+        assert _handshake(permissive, ca, tls11) == "TLSv1.1"
+    with _permissive_server(ca.parent) as permissive:
+        assert _handshake(permissive, ca, cbc) == "TLSv1.2"
+    for refused in (tls11, cbc):
+        with pytest.raises(ssl.SSLError):
+            _handshake(gateway, ca, refused)
 
 
 def _start_fails(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:

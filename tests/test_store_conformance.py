@@ -327,6 +327,82 @@ async def test_appends_keep_the_attention_flag(store: Store) -> None:
     assert await attention(ev("session.status_terminated")) == "error"
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_opening_a_store_backfills_attention_logged_before_it_was_kept(
+    backend: str, tmp_path: Path
+) -> None:
+    """A session already waiting when the gateway was upgraded gets no further append: the
+    store's migration must derive ``tether_attention`` from its log, by the append's rule."""
+    n = itertools.count()
+
+    def ev(type_: str, **fields: Any) -> Body:
+        return {**event(f"e{next(n)}"), "type": type_, **fields}
+
+    idle = "session.status_idle"
+    failed = ev("session.error", error={"type": "x", "message": "m", "retry_status": {"type": "terminal"}})
+    logs = {
+        "sesn_waits": [
+            ev("session.status_running"),
+            ev(idle, stop_reason={"type": "requires_action", "event_ids": ["x"]}),
+            ev("user.message"),
+        ],
+        "sesn_failed": [ev("session.status_running"), failed, ev(idle, stop_reason={"type": "end_turn"})],
+        "sesn_done": [
+            ev("session.status_running"),
+            ev(idle, stop_reason={"type": "requires_action", "event_ids": ["y"]}),
+            ev("session.status_running"),
+            ev(idle, stop_reason={"type": "end_turn"}),
+        ],
+        "sesn_quiet": [],
+    }
+    expected = {
+        "sesn_waits": "requires_action",
+        "sesn_failed": "error",
+        "sesn_done": None,
+        "sesn_quiet": None,
+    }
+
+    async def filled(url: str) -> None:
+        opened = await open_store(url)
+        try:
+            for session_id, events in logs.items():
+                await opened.insert("session", resource(session_id, status="idle"))
+                for one in events:  # one append each, like the harness
+                    await opened.append_events(session_id, [one])
+        finally:
+            await opened.close()
+
+    async def attention(url: str) -> tuple[dict[str, Any], list[str]]:
+        opened = await open_store(url)
+        try:
+            values = {sid: (await opened.get("session", sid) or {}).get("tether_attention") for sid in logs}
+            page = await opened.list_resources(
+                "session", cursor=None, limit=10, include_archived=False, not_null=["tether_attention"]
+            )
+            return values, sorted(ids(page.items))
+        finally:
+            await opened.close()
+
+    if backend == "sqlite":
+        url = f"sqlite://{tmp_path}/store.db"
+        await filled(url)
+        db = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+        db.execute("UPDATE resources SET body = json_remove(body, '$.tether_attention')")
+        db.execute("PRAGMA user_version = 0")  # as the file was before the migration existed
+        db.close()
+        assert await attention(url) == (expected, ["sesn_failed", "sesn_waits"])
+        return
+    async with fresh_database() as dsn:
+        await filled(dsn)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("UPDATE resources SET body = body - 'tether_attention'")
+            await conn.execute("DELETE FROM schema_migrations WHERE version = 3")
+        finally:
+            await conn.close()
+        assert await attention(dsn) == (expected, ["sesn_failed", "sesn_waits"])
+
+
 # Agents ----------------------------------------------------------------------------------
 
 

@@ -109,7 +109,7 @@ def _asking_session(client: anthropic.Anthropic, scripts: Scripts, after: str) -
 
 
 def test_every_asset_is_public_and_served_under_the_csp(served: ServerProcess) -> None:
-    for name in ("app.js", "actions.js", "trail.js", "lists.js", "pages.js", "app.css"):
+    for name in ("app.js", "actions.js", "trail.js", "lists.js", "pages.js", "figures.js", "app.css"):
         answer = httpx2.get(f"{served.url}/ui/{name}")
         assert answer.status_code == 200 and answer.content, name
         assert "script-src 'self'" in answer.headers["content-security-policy"]

@@ -4,7 +4,9 @@ Three loops per link: the *reader* decodes frames and never waits on an applicat
 stream's receive buffer is bounded by the credit it granted, so buffering is always
 possible); the *writer* sends queued frames, pings and credits first; the *pinger* sends a
 ping every ``ping_interval`` and ends the link when nothing comes back within
-``ping_timeout``. When the link ends every unfinished stream fails with
+``ping_timeout`` (while streams are open, every ``busy_ping_interval`` within
+``busy_ping_timeout`` if those are set: calls in flight learn of a frozen peer in about a
+second, while an idle link pings rarely). When the link ends every unfinished stream fails with
 ``StreamReset(LINK_LOST)``, so no caller waits forever on a dead connection.
 
 Streams are ``anyio.abc.ByteStream``s with half-close (``send_eof``) and abort (``reset``).
@@ -74,6 +76,16 @@ class MuxSettings:
     """Per-stream credit granted to the peer; the most a stream ever buffers unread."""
     max_streams: int = 512
     """Concurrent streams the peer may open on this link; more are refused ``OVERLOADED``."""
+    busy_ping_interval: float | None = None
+    busy_ping_timeout: float | None = None
+    """Pinging while any stream is open (None: as when idle); never slower than idle."""
+
+    def ping_schedule(self, busy: bool) -> tuple[float, float]:
+        """(interval, timeout) for a link with or without open streams."""
+        if not busy:
+            return self.ping_interval, self.ping_timeout
+        interval = min(self.ping_interval, self.busy_ping_interval or self.ping_interval)
+        return interval, min(self.ping_timeout, self.busy_ping_timeout or self.ping_timeout)
 
 
 @dataclass
@@ -84,6 +96,7 @@ class MuxCounters:
     resets_received: dict[ErrorCode, int] = field(default_factory=dict)
     bytes_sent: int = 0
     bytes_received: int = 0
+    pings_sent: int = 0
     pongs_received: int = 0
     last_rtt: float | None = None
     """Seconds between the latest answered ping and its pong."""
@@ -288,6 +301,9 @@ class Mux:
         self._queued_bytes = 0
         self._drained = anyio.Event()
         self._pong: tuple[bytes, anyio.Event] | None = None
+        self._wake = anyio.Event()
+        """Set when a stream opens or a pong arrives: the pinger re-checks its schedule (an
+        idle link switches to the busy one at once, even with a ping outstanding)."""
         self._last_received = 0.0
         self._scope: anyio.CancelScope | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
@@ -319,6 +335,7 @@ class Mux:
         stream = MuxStream(self, stream_id, target, self.settings.window)
         self._streams[stream_id] = stream
         self.counters.streams_opened += 1
+        self._wake.set()
         self._send_ordered(open_frame(stream_id, target))
         return stream
 
@@ -401,24 +418,49 @@ class Mux:
                     self._drained.set()
 
     async def _ping_loop(self) -> None:
-        interval, timeout = self.settings.ping_interval, self.settings.ping_timeout
+        last_ping = anyio.current_time()
         while True:
-            await anyio.sleep(interval)
-            nonce = os.urandom(8)
-            answered = anyio.Event()
-            self._pong = (nonce, answered)
-            sent_at = anyio.current_time()
-            self._send_control(ping_frame(nonce))
-            with anyio.move_on_after(timeout):
-                await answered.wait()
-                self.counters.pongs_received += 1
-                self.counters.last_rtt = anyio.current_time() - sent_at
-            # Inbound traffic after the ping also proves the link lives (a pong can queue
-            # behind a large transfer); the peer's own pinger checks the other direction.
-            if not answered.is_set() and self._last_received <= sent_at:
-                log.warning("%s: no pong within %.1fs; closing the link", self.name, timeout)
-                self._end(f"no pong within {timeout:g}s", CLOSE_PING_TIMEOUT)
+            due = last_ping + self.settings.ping_schedule(bool(self._streams))[0]
+            if not await self._sleep_until(due):
+                continue  # woken early: the schedule may have changed
+            last_ping = anyio.current_time()
+            missed = await self._ping()
+            if missed is not None:
+                log.warning("%s: no pong within %gs; closing the link", self.name, missed)
+                self._end(f"no pong within {missed:g}s", CLOSE_PING_TIMEOUT)
                 return
+
+    async def _sleep_until(self, deadline: float) -> bool:
+        """True once ``deadline`` passes; False as soon as the pinger is woken before it."""
+        remaining = deadline - anyio.current_time()
+        if remaining <= 0:
+            return True
+        self._wake = anyio.Event()
+        with anyio.move_on_after(remaining):
+            await self._wake.wait()
+            return False
+        return True
+
+    async def _ping(self) -> float | None:
+        """None when the pong or any other frame came back in time; else the timeout missed
+        (that of the schedule in force, which shortens if a stream opens meanwhile)."""
+        nonce = os.urandom(8)
+        answered = anyio.Event()
+        self._pong = (nonce, answered)
+        sent_at = anyio.current_time()
+        self._send_control(ping_frame(nonce))
+        self.counters.pings_sent += 1
+        while True:
+            timeout = self.settings.ping_schedule(bool(self._streams))[1]
+            if answered.is_set() or await self._sleep_until(sent_at + timeout):
+                break
+        if answered.is_set():
+            self.counters.pongs_received += 1
+            self.counters.last_rtt = anyio.current_time() - sent_at
+            return None
+        # Inbound traffic after the ping also proves the link lives (a pong can queue
+        # behind a large transfer); the peer's own pinger checks the other direction.
+        return None if self._last_received > sent_at else timeout
 
     # Frames from the peer ---------------------------------------------------------------
 
@@ -430,6 +472,7 @@ class Mux:
         if kind is FrameType.PONG:
             if self._pong is not None and self._pong[0] == frame.payload:
                 self._pong[1].set()
+                self._wake.set()
             return
         if kind is FrameType.OPEN:
             self._on_open(frame)
@@ -465,6 +508,7 @@ class Mux:
         stream = MuxStream(self, stream_id, frame.target, self.settings.window)
         self._streams[stream_id] = stream
         self.counters.streams_accepted += 1
+        self._wake.set()
         assert self._tasks is not None
         self._tasks.start_soon(self._serve, stream, self._accept, name=f"{self.name} stream {stream_id}")
 

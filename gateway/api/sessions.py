@@ -254,7 +254,11 @@ def _frame(event: StoredEvent) -> str:
 
 
 def _preview_frame(body: Body) -> str:
-    """No ``id:`` line: a preview is no position in the log a reconnect could resume from."""
+    """No ``id:`` line: a preview is no position in the log a reconnect could resume from.
+    Tether's own kinds (``tether.*``, no SDK type) have no ``event:`` line either: the SDK's
+    stream reader skips such frames, so asking for them never breaks its parsing."""
+    if body["type"].startswith("tether."):
+        return f"data: {json.dumps(body)}\n\n"
     return f"event: {body['type']}\ndata: {json.dumps(body)}\n\n"
 
 

@@ -64,7 +64,7 @@ AGENTS = Resource(
 
 
 def agents_list(args: argparse.Namespace, client: anthropic.Anthropic) -> int:
-    query: dict[str, Any] = {"limit": min(args.limit, 100)}
+    query: dict[str, Any] = {}
     if args.include_archived:
         query["include_archived"] = True
     found, token = collect(
@@ -84,7 +84,7 @@ def agents_show(args: argparse.Namespace, client: anthropic.Anthropic) -> int:
 def agents_versions(args: argparse.Namespace, client: anthropic.Anthropic) -> int:
     found, token = collect(
         lambda q: raw(client.beta.agents.versions.with_raw_response.list(args.agent_id, **q)),
-        {"limit": min(args.limit, 100)},
+        {},
         args.limit,
         args.page,
     )

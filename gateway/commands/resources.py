@@ -133,7 +133,7 @@ def _dest(flag: Flag) -> str:
 def _handler(resource: Resource, operation: str) -> Callable[[argparse.Namespace, anthropic.Anthropic], int]:
     def handle(args: argparse.Namespace, client: anthropic.Anthropic) -> int:
         if operation == "list":
-            query: dict[str, Any] = {"limit": min(args.limit, 100)}
+            query: dict[str, Any] = {}
             if args.include_archived:
                 query["include_archived"] = True
             items, token = collect(
@@ -156,19 +156,24 @@ def collect(
     query: dict[str, Any],
     limit: int,
     page: str | None,
-    keep: Callable[[dict[str, Any]], bool] = lambda _item: True,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Follow ``next_page`` until ``limit`` kept items; returns them and the next cursor."""
+    """Follow ``next_page`` until ``limit`` items; returns them and the next cursor.
+
+    Each request asks only for the items still wanted, so every page ends on a server page
+    boundary and the cursor resumes exactly after the last item returned: nothing fetched is
+    dropped. Filtering belongs in ``query`` (the server's), never here, for the same reason."""
     found: list[dict[str, Any]] = []
     token = page
-    while True:
+    while len(found) < limit:
+        request = {**query, "limit": min(limit - len(found), 100)}
         if token:
-            query["page"] = token
-        body = fetch(dict(query))
-        found += [item for item in body["data"] if keep(item)]
+            request["page"] = token
+        body = fetch(request)
+        found += body["data"]
         token = body.get("next_page")
-        if not token or len(found) >= limit:
-            return found[:limit], token
+        if not token:
+            break
+    return found, token
 
 
 def call(

@@ -58,8 +58,12 @@ def display_status(client: anthropic.Anthropic, session: dict[str, Any]) -> str:
 
 
 def sessions_list(args: argparse.Namespace, client: anthropic.Anthropic) -> int:
-    """Most recent first; the filters go to the gateway, and are checked again here."""
-    query: dict[str, Any] = {"limit": min(args.limit, 100)}
+    """Most recent first; every filter is the gateway's, so ``next_page`` resumes exactly.
+
+    ``requires_action`` is not a session status on the wire: it is an idle session with
+    ``tether_attention`` set, so ``--status requires_action`` alone asks for exactly that, and
+    mixed with other statuses it counts as ``idle``."""
+    query: dict[str, Any] = {}
     if args.agent:
         query["agent_id"] = args.agent
     if args.environment:
@@ -78,16 +82,8 @@ def sessions_list(args: argparse.Namespace, client: anthropic.Anthropic) -> int:
     def fetch(q: dict[str, Any]) -> Any:
         return client.get("/v1/sessions", cast_to=object, options={"params": q})
 
-    def keep(session: dict[str, Any]) -> bool:
-        session["_status"] = display_status(client, session)
-        if args.status and session["_status"] not in args.status:
-            return False
-        if args.environment and session.get("environment_id") != args.environment:
-            return False
-        return not args.attention or session.get(ATTENTION, "unknown") is not None
-
-    found, token = collect(fetch, query, args.limit, args.page, keep)
-    statuses = {s["id"]: s.pop("_status") for s in found}
+    found, token = collect(fetch, query, args.limit, args.page)
+    statuses = {s["id"]: display_status(client, s) for s in found}
     columns = [
         ("ID", lambda s: s["id"]),
         ("STATUS", lambda s: statuses[s["id"]]),
@@ -210,7 +206,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     listing.add_argument("--agent", help="only this agent's sessions")
     listing.add_argument("--environment", help="only sessions in this environment")
-    listing.add_argument("--status", action="append", choices=STATUSES, help="only this status (repeatable)")
+    listing.add_argument(
+        "--status",
+        action="append",
+        choices=STATUSES,
+        help="only this status (repeatable; requires_action alone: idle and waiting for an operator)",
+    )
     listing.add_argument(
         "--attention", action="store_true", help="only sessions waiting for a confirmation or in error"
     )

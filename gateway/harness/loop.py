@@ -23,6 +23,7 @@ from gateway.harness.previews import PreviewHub, ResponsePreview
 from gateway.harness.responses import POLICY_FIELD, request_end, response_events
 from gateway.harness.retry import RetryPolicy, is_retryable
 from gateway.harness.run import Run
+from gateway.harness.tool_progress import tool_progress
 from gateway.harness.transcripts import TranscriptCache
 from gateway.observability import tracing
 from gateway.resources import files
@@ -279,28 +280,43 @@ class Harness:
                 headers = await self._server_headers(run, server)
             except RefreshFailed as exc:
                 return _text(f"{where} could not be authenticated: {exc}"), True
-        try:
-            outcome = await self._call(url, spec.name, arguments, headers)
-        except mcp_client.MCPUnavailable as exc:
-            fresh = None
-            if spec.kind == "agent" and exc.never_connected:
-                try:
-                    fresh = await self.sandboxes.replacement(session_id, endpoint)
-                except SandboxStartFailed as failed:
-                    return _text(f"The sandbox stopped and could not be restarted: {failed}"), True
-            if fresh is None:
-                return _text(f"{where} is unavailable: {exc}"), True
-            try:  # the old sandbox died before the call reached it; nothing ran twice
-                outcome = await self._call(fresh.url, spec.name, arguments, dict(fresh.headers))
-            except mcp_client.MCPUnavailable as again:
-                return _text(f"{where} is unavailable: {again}"), True
-        return outcome.content, outcome.is_error
+        # The tool's progress notifications are previewed under the pending tool use's id.
+        async with tool_progress(self.previews, session_id, call.seq, call.id) as progress:
+            try:
+                outcome = await self._call(url, spec.name, arguments, headers, progress.report)
+            except mcp_client.MCPUnavailable as exc:
+                fresh = None
+                if spec.kind == "agent" and exc.never_connected:
+                    try:
+                        fresh = await self.sandboxes.replacement(session_id, endpoint)
+                    except SandboxStartFailed as failed:
+                        return _text(f"The sandbox stopped and could not be restarted: {failed}"), True
+                if fresh is None:
+                    return _text(f"{where} is unavailable: {exc}"), True
+                try:  # the old sandbox died before the call reached it; nothing ran twice
+                    outcome = await self._call(
+                        fresh.url, spec.name, arguments, dict(fresh.headers), progress.report
+                    )
+                except mcp_client.MCPUnavailable as again:
+                    return _text(f"{where} is unavailable: {again}"), True
+            return outcome.content, outcome.is_error
 
     async def _call(
-        self, url: str, name: str, arguments: dict[str, Any], headers: dict[str, str]
+        self,
+        url: str,
+        name: str,
+        arguments: dict[str, Any],
+        headers: dict[str, str],
+        on_progress: mcp_client.ProgressFnT | None = None,
     ) -> mcp_client.ToolOutcome:
         return await mcp_client.call_tool(
-            url, name, arguments, headers, timeout=self.tool_timeout, transport_for=self.transport_for
+            url,
+            name,
+            arguments,
+            headers,
+            timeout=self.tool_timeout,
+            transport_for=self.transport_for,
+            on_progress=on_progress,
         )
 
     # Model -------------------------------------------------------------------------------

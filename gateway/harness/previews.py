@@ -11,6 +11,9 @@ Previews are best-effort and in-process: only the gateway process running the se
 harness publishes them, so a stream connected to another process (or one that falls too far
 behind) sees the buffered events alone. Each preview is anchored at the seq of its
 ``span.model_request_start``, so a stream can place it between the right log events.
+
+A running MCP tool call's progress is previewed too, as Tether's own ``TOOL_PROGRESS`` kind
+(published by ``harness.tool_progress``, anchored at the tool use's seq).
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ log = logging.getLogger("tether.previews")
 
 PREVIEWABLE = frozenset({"agent.message", "agent.thinking"})
 """The SDK's ``BetaManagedAgentsDeltaType``."""
+TOOL_PROGRESS = "tether.tool_progress"
+"""Tether's own preview kind (``harness.tool_progress``): a running tool call's latest
+``notifications/progress``. The SDK has no type for it, so a stream asks for it by this name
+and its frames carry no SSE ``event:`` line, which the SDK's stream reader skips."""
 MAX_BUFFERED = 10_000
 """Previews a slow stream may hold back; beyond that it drops them (they are best-effort)."""
 THINKING_BLOCKS = frozenset({"thinking", "redacted_thinking"})
@@ -39,11 +46,12 @@ THINKING_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 @dataclass(frozen=True)
 class Preview:
     anchor: int
-    """Seq of the ``span.model_request_start`` of the request producing it."""
+    """Seq of the ``span.model_request_start`` of the request producing it (of the tool use,
+    for tool progress)."""
     event_type: str
-    """The previewed event's type (``agent.message`` or ``agent.thinking``)."""
+    """The previewed event's type (``agent.message`` or ``agent.thinking``), or ``TOOL_PROGRESS``."""
     body: Body
-    """The ``event_start`` or ``event_delta`` as streamed."""
+    """The ``event_start``, ``event_delta`` or ``TOOL_PROGRESS`` body as streamed."""
 
 
 class Subscription:
@@ -61,7 +69,7 @@ class Subscription:
         body = preview.body
         if body["type"] == "event_start":
             self._started.add(body["event"]["id"])
-        elif body["event_id"] not in self._started:
+        elif body["type"] == "event_delta" and body["event_id"] not in self._started:
             return  # its start came before this stream subscribed: a fragment alone means nothing
         self._items.append(preview)
         self._news.set()
@@ -189,7 +197,8 @@ class ResponsePreview:
 def parse_kinds(values: list[str]) -> frozenset[str]:
     """``event_deltas`` values (repeated or comma-separated); ValueError names an unknown one."""
     kinds = {kind.strip() for value in values for kind in value.split(",") if kind.strip()}
-    unknown = sorted(kinds - PREVIEWABLE)
+    known = PREVIEWABLE | {TOOL_PROGRESS}
+    unknown = sorted(kinds - known)
     if unknown:
-        raise ValueError(f"{unknown[0]!r} is not one of {sorted(PREVIEWABLE)}")
+        raise ValueError(f"{unknown[0]!r} is not one of {sorted(known)}")
     return frozenset(kinds)

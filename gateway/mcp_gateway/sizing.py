@@ -3,11 +3,16 @@
 The SDK's streamable HTTP client refuses any SSE event over 1 MiB
 (``DEFAULT_MAX_SSE_EVENT_SIZE`` in ``mcp.client.streamable_http``, enforced by httpx2's
 ``EventSource``) and reports it as a lost connection, which a breaker would count against
-a perfectly healthy server. Tether instead lifts that limit and bounds the body of each
-request's HTTP response itself (``TETHER_MCP_MAX_MESSAGE_BYTES``, the same for agent
-sessions and the gateway endpoint). ``LimitedTransport`` counts the bytes as they arrive
-and notes on a ``SizeWatch`` when the limit was passed or the server answered 413, so the
-caller can turn the SDK's generic error into a clear "too large" tool error.
+a perfectly healthy server. Tether instead lifts that limit and bounds each message itself
+(``TETHER_MCP_MAX_MESSAGE_BYTES``, the same for agent sessions and the gateway endpoint).
+``LimitedTransport`` sees every response of a use (POST answers, resumed and listening
+GETs alike) and counts its decoded bytes: it asks for ``Accept-Encoding: identity`` and
+decodes an answer compressed anyway before counting, so a small gzip body cannot inflate
+past the limit. An SSE body is counted per event (the count restarts at each blank line),
+any other body as a whole, so a long call's many small progress notifications never add
+up to "too large". Passing the limit, or an HTTP 413, is noted on a ``SizeWatch`` so the
+caller can turn the SDK's generic error (or a success it must not trust) into a clear
+"too large" tool error.
 
 The same watch notes the session id and protocol version the upstream answered with and
 the id of the last request sent, which is what it takes to tell the upstream about a
@@ -18,7 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +40,13 @@ class MessageTooLarge(Exception):
     """A message over the size limit (or one the upstream refused with 413): the server is alive."""
 
 
-class _Exceeded(httpx2.StreamError):
-    """Stops reading a response body over the limit (a ``StreamError``, which the SDK handles)."""
+class _Exceeded(httpx2.SSEError, httpx2.StreamError):
+    """Stops reading a body over the limit.
+
+    An ``SSEError`` so the SDK gives up on the request at once instead of resuming the
+    stream (which would only fetch the same message again); a ``StreamError`` so a JSON
+    body's reader reports it as well.
+    """
 
 
 @dataclass
@@ -60,46 +71,90 @@ class SizeWatch:
         return None
 
 
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+"""A blank line, which ends an SSE event. A mixed ending not listed only makes counting stricter."""
+
+
 class _CountedBody(httpx2.AsyncByteStream):
-    def __init__(self, inner: httpx2.AsyncByteStream, watch: SizeWatch) -> None:
-        self.inner = inner
+    """A decoded body whose messages (SSE events, or the whole body) may not pass the limit."""
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        close: Callable[[], Awaitable[None]],
+        watch: SizeWatch,
+        per_event: bool,
+    ) -> None:
+        self.chunks = chunks
+        self.close = close
         self.watch = watch
+        self.per_event = per_event
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        seen = 0
-        async for chunk in self.inner:
-            seen += len(chunk)
-            if seen > self.watch.limit:
-                self.watch.exceeded = True
-                raise _Exceeded(f"response body over {self.watch.limit} bytes")
+        size, tail = 0, b""
+        async for chunk in self.chunks:
+            if self.per_event:
+                size = self._count_events(size, tail, chunk)
+                tail = (tail + chunk)[-3:]  # keeps a blank line split across chunks findable
+            else:
+                size += len(chunk)
+                self._check(size)
             yield chunk
 
+    def _count_events(self, size: int, tail: bytes, chunk: bytes) -> int:
+        """Check each event ending in ``chunk``; return the size of the one still open."""
+        data, pos = tail + chunk, len(tail)
+        for end in _EVENT_END.finditer(data):
+            if end.end() <= len(tail):
+                continue  # found with the previous chunk
+            self._check(size + max(end.start() - pos, 0))
+            size, pos = 0, end.end()
+        size += len(data) - pos
+        self._check(size)
+        return size
+
+    def _check(self, size: int) -> None:
+        if size > self.watch.limit:
+            self.watch.exceeded = True
+            raise _Exceeded(f"a message over {self.watch.limit} bytes")
+
     async def aclose(self) -> None:
-        await self.inner.aclose()
+        await self.close()
 
 
 class LimitedTransport(httpx2.AsyncBaseTransport):
-    """Bounds each POST's response body (a request's answer); GET listen streams are unbounded."""
+    """Bounds every response's messages, after decoding; notes what ``abandon`` needs."""
 
     def __init__(self, inner: httpx2.AsyncBaseTransport, watch: SizeWatch) -> None:
         self.inner = inner
         self.watch = watch
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        # Compressed bodies are what would slip past a count of wire bytes: ask for none.
+        request.headers["accept-encoding"] = "identity"
         if request.method == "POST":
             self._note_request(request)
         response = await self.inner.handle_async_request(request)
-        if request.method != "POST":
-            return response
-        self.watch.session_id = response.headers.get("mcp-session-id") or self.watch.session_id
-        if response.status_code == 413:
-            self.watch.refused = True
+        if request.method == "POST":
+            self.watch.session_id = response.headers.get("mcp-session-id") or self.watch.session_id
+            if response.status_code == 413:
+                self.watch.refused = True
         stream = response.stream
         assert isinstance(stream, httpx2.AsyncByteStream)
+        headers = httpx2.Headers(response.headers)
+        chunks: AsyncIterator[bytes] = stream.__aiter__()
+        close = stream.aclose
+        if headers.get("content-encoding", "identity").strip().lower() != "identity":
+            # Encoded anyway: decode here (httpx2's decoders, in bounded pieces) and count that.
+            encoded = httpx2.Response(response.status_code, headers=headers, stream=stream, request=request)
+            chunks, close = encoded.aiter_bytes(), encoded.aclose
+            del headers["content-encoding"]
+            headers.pop("content-length", None)
+        content_type = headers.get("content-type", "").partition(";")[0].strip().lower()
         return httpx2.Response(
             response.status_code,
-            headers=response.headers,
-            stream=_CountedBody(stream, self.watch),
+            headers=headers,
+            stream=_CountedBody(chunks, close, self.watch, content_type == "text/event-stream"),
             extensions=response.extensions,
             request=request,
         )

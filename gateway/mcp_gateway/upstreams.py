@@ -16,7 +16,8 @@ here. Stdio upstreams are one supervised process and one long-lived client.
 
 A third kind of failure is neither: an answer over the message limit, or an upstream's
 HTTP 413 (see ``sizing``). The upstream is alive, so the breaker counts a success and the
-caller gets ``MessageTooLarge``.
+caller gets ``MessageTooLarge``, even when the SDK went on to produce a result: a use
+that saw an oversize message never returns what it got.
 
 A use that is cancelled (the client cancelled, or the call timed out) tells the upstream:
 its per-call session gets a ``notifications/cancelled`` for the request and a DELETE (so
@@ -316,6 +317,9 @@ class UpstreamPool:
                     upstream.failed()
                     raise UpstreamUnavailable(message) from None
                 attempt.succeeded()
+                too_large = watch.problem()
+                if too_large is not None:  # an oversize message the SDK got past (e.g. on a GET)
+                    raise too_large
                 return result
         except CircuitOpen as exc:
             last = f"; last error: {exc.last_error}" if exc.last_error else ""

@@ -9,9 +9,12 @@ waits, then finds nothing left to do.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
+
+from gateway.store.attention_backfill import backfill_postgres
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,8 @@ class Migration:
     version: int
     name: str
     sql: str
+    then: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
+    """A data step run after ``sql`` in the same transaction, for what SQL alone cannot derive."""
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -90,6 +95,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        3,
+        "tether_attention for sessions logged before appends kept it",
+        "",
+        then=backfill_postgres,
+    ),
 )
 
 # An arbitrary constant naming "tether schema migrations" among advisory locks.
@@ -111,7 +122,10 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
         for migration in MIGRATIONS:
             if migration.version in done:
                 continue
-            await conn.execute(migration.sql)
+            if migration.sql:
+                await conn.execute(migration.sql)
+            if migration.then is not None:
+                await migration.then(conn)
             await conn.execute(
                 "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
                 migration.version,

@@ -28,7 +28,7 @@ from gateway.store.chain import ChainLink
 from gateway.store.notifier import Notifier
 from gateway.store.sqlite_conn import BUSY_TIMEOUT_SECONDS, Connections
 from gateway.store.sqlite_log import append_to_log
-from gateway.store.sqlite_schema import SCHEMA
+from gateway.store.sqlite_schema import migrate
 from gateway.store.text_search import SQLITE_MATCH, like_pattern
 
 T = TypeVar("T")
@@ -43,7 +43,7 @@ class SQLiteStore:
         self._path = str(path)
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = Connections(self._path, lambda conn: conn.executescript(SCHEMA), busy_timeout)
+        self._db = Connections(self._path, migrate, busy_timeout)
         self._notifier = Notifier()
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:

@@ -1,4 +1,16 @@
-"""The SQLite store's tables: created if missing when a store opens."""
+"""The SQLite store's tables: created if missing when a store opens, then migrated.
+
+``PRAGMA user_version`` counts the data migrations applied (the tables themselves are
+``CREATE ... IF NOT EXISTS``); each runs once, in a write transaction that re-checks the
+version, so two processes opening one file never apply a step twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from gateway.store.attention_backfill import backfill_sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
@@ -44,3 +56,27 @@ CREATE TABLE IF NOT EXISTS health (
     checked_at REAL NOT NULL
 );
 """
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    backfill_sqlite,  # 1: tether_attention for sessions logged before appends kept it
+)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Create missing tables, then apply the pending data migrations (on the writer)."""
+    conn.executescript(SCHEMA)
+    if _version(conn) >= len(MIGRATIONS):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for version in range(_version(conn), len(MIGRATIONS)):
+            MIGRATIONS[version](conn)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])

@@ -27,6 +27,7 @@ import httpx2
 import mcp.types as mcp_types
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.dispatcher import ProgressFnT
 
 from gateway.mcp_gateway.settings import max_message_bytes
 from gateway.mcp_gateway.sizing import ABANDON_TIMEOUT, LimitedTransport, SizeWatch, abandon
@@ -105,6 +106,8 @@ async def list_tools(
             while result.next_cursor:
                 result = await client.list_tools(cursor=result.next_cursor)
                 tools += result.tools
+            if (oversize := watch.problem()) is not None:  # one the SDK got past: never trusted
+                raise oversize
             return tools
     except Exception as exc:
         too_large = watch.problem()
@@ -118,11 +121,14 @@ async def call_tool(
     headers: dict[str, str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     transport_for: TransportFor | None = None,
+    on_progress: ProgressFnT | None = None,
 ) -> ToolOutcome:
+    """``on_progress`` asks the server for progress (a progress token) and receives each
+    ``notifications/progress`` as (progress, total, message) while the call runs."""
     watch = SizeWatch(max_message_bytes())
     try:
         async with connect(url, headers, timeout, transport_for, watch) as client:
-            result = await client.call_tool(name, arguments)
+            result = await client.call_tool(name, arguments, progress_callback=on_progress)
     except Exception as exc:
         too_large = watch.problem()
         if too_large is not None:
@@ -130,6 +136,8 @@ async def call_tool(
         if isinstance(exc, MCPError):
             return _error_outcome(f"MCP error: {exc}")
         raise MCPUnavailable(_describe(exc), never_connected=_never_connected(exc)) from exc
+    if (too_large := watch.problem()) is not None:  # one the SDK got past: never trusted
+        return _error_outcome(f"Tool {name!r} failed: {too_large}.")
     return ToolOutcome(content=to_blocks(result), is_error=bool(result.is_error))
 
 

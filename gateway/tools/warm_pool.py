@@ -27,6 +27,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
+from gateway.settings import SANDBOX_WARM_POOL
 from gateway.tools.pidfiles import PidFiles, process_start
 from sandbox_server import launch
 from sandbox_server.warm import ROOM, WARM_LINE
@@ -158,24 +159,14 @@ async def _stop(warm: WarmProcess) -> None:
         PidFiles.forget(warm.pid_file)
 
 
-WARM_POOL_ENV = "TETHER_SANDBOX_WARM_POOL"
-DEFAULT_WARM_POOL = 1
+WARM_POOL_ENV = SANDBOX_WARM_POOL.name
+DEFAULT_WARM_POOL = SANDBOX_WARM_POOL.default
 """One warm process per gateway by default: a second session starting at the same moment
 starts cold, as every session did before, while idle memory stays low."""
 
 
 def warm_pool_size(env: Mapping[str, str]) -> int:
     """``TETHER_SANDBOX_WARM_POOL``: warm sandbox processes per gateway (0 disables the pool).
-    A bad value is a ``ConfigError`` (a ``ValueError``), which stops the start with its message."""
-    from gateway.config import ConfigError  # the caller's module, loaded by now (no import circle)
-
-    raw = env.get(WARM_POOL_ENV, "").strip()
-    if not raw:
-        return DEFAULT_WARM_POOL
-    try:
-        size = int(raw)
-    except ValueError:
-        raise ConfigError(f"{WARM_POOL_ENV} must be a whole number, not {raw!r}") from None
-    if size < 0:
-        raise ConfigError(f"{WARM_POOL_ENV} must be 0 or more, not {size}")
-    return size
+    Read through its declaration, so ``tether config show`` and the gateway agree; a bad value
+    is a ``ConfigError`` (a ``ValueError``), which stops the start with its message."""
+    return SANDBOX_WARM_POOL.read(env)

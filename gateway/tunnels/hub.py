@@ -50,8 +50,13 @@ class HubSettings:
     base_domain: str = addressing.DEFAULT_BASE_DOMAIN
     ping_interval: float = 5.0
     ping_timeout: float = 5.0
+    stream_ping_interval: float = 0.5
+    stream_ping_timeout: float = 1.0
+    """Pinging while a connection carries streams: calls in flight on an agent that froze
+    or vanished without closing its TCP connection fail within ~1.5 s, not ~10 s."""
     connect_wait: float = 5.0
-    """How long a request waits for an agent of its tunnel to (re)connect before failing."""
+    """How long a *new* request waits for an agent of its tunnel to (re)connect before
+    failing (resuming a stream whose connection was lost never waits: see the transport)."""
     max_connections_per_tunnel: int = 16
 
 
@@ -136,7 +141,12 @@ class TunnelHub:
         mux = Mux(
             link,
             Role.GATEWAY,
-            settings=MuxSettings(self.settings.ping_interval, self.settings.ping_timeout),
+            settings=MuxSettings(
+                self.settings.ping_interval,
+                self.settings.ping_timeout,
+                busy_ping_interval=self.settings.stream_ping_interval,
+                busy_ping_timeout=self.settings.stream_ping_timeout,
+            ),
             name=f"tunnel {tunnel_id} {agent_id}/{slot}",
         )
         connection = AgentConnection(
@@ -258,17 +268,18 @@ class TunnelHub:
         host = httpx2.URL(str(url)).host
         return TunnelTransport(self) if self.handles(host) else None
 
-    async def open_stream(self, host: str) -> tuple[MuxStream, AgentConnection]:
+    async def open_stream(self, host: str, wait: bool = True) -> tuple[MuxStream, AgentConnection]:
         """A stream to ``host``'s subdomain through a live connection of its tunnel.
 
-        Waits up to ``connect_wait`` for an agent to (re)connect; ``TunnelUnavailable`` if
-        the host names no tunnel, the tunnel is archived, or no agent comes.
+        Waits up to ``connect_wait`` for an agent to (re)connect (not at all when ``wait``
+        is false); ``TunnelUnavailable`` if the host names no tunnel, the tunnel is
+        archived, or no agent comes.
         """
         try:
             address = addressing.split_host(host, self.base_domain)
         except addressing.NotATunnelHost as exc:
             raise TunnelUnavailable(str(exc)) from None
-        deadline = anyio.current_time() + self.settings.connect_wait
+        deadline = anyio.current_time() + (self.settings.connect_wait if wait else 0.0)
         checked = False
         while True:
             changed = self._changed
@@ -303,6 +314,14 @@ class TunnelHub:
         chosen = min(live, key=lambda c: (c.mux.active_streams, c.picks))
         chosen.picks += 1
         return chosen
+
+    def resumable_elsewhere(self, connection: AgentConnection) -> bool:
+        """Whether a stream lost with ``connection`` may be resumed through another live
+        connection: one of another agent, or the newer registration that replaced it (the
+        other connections of an agent that died or froze share its fate)."""
+        if connection.mux.close_code == CLOSE_REPLACED:
+            return bool(self._live(connection.tunnel_id))
+        return any(c.agent_id != connection.agent_id for c in self._live(connection.tunnel_id))
 
     def record_stream_error(self, connection: AgentConnection, code: ErrorCode, message: str) -> None:
         self._count(self.counters.stream_errors_total, code.name.lower())

@@ -8,6 +8,14 @@ responses included) under the mux's per-stream credit.
 Errors map onto httpx2's exceptions so callers need no tunnel-specific handling: an agent
 refusing or failing to reach a target is a ``ConnectError`` (nothing was sent upstream);
 a link lost mid-response is a ``ReadError``; httpx2 timeouts are honoured.
+
+A response lost with its agent connection fails at once, and is not resumed into the
+hub's connect wait: unless another agent of the tunnel is live to carry a resumption, the
+error is ``TunnelLinkLost``, which is also an ``SSEError`` so SSE clients (the MCP SDK's
+streamable HTTP client among them) give the call up instead of retrying with
+``Last-Event-ID``; and a ``Last-Event-ID`` request for a session whose stream was lost with
+its connection (and the DELETE ending that session) never waits for an agent to
+reconnect. Only new requests (POSTs) wait.
 """
 
 from __future__ import annotations
@@ -28,20 +36,39 @@ if TYPE_CHECKING:
     from gateway.tunnels.hub import AgentConnection, TunnelHub
 
 _NOT_SENT = frozenset({ErrorCode.REFUSED, ErrorCode.UNREACHABLE, ErrorCode.OVERLOADED})
+_LOST_SESSIONS_KEPT = 256
+
+
+class TunnelLinkLost(httpx2.ReadError, httpx2.SSEError):
+    """The agent connection carrying this response is gone and no other agent could resume
+    it. An ``SSEError`` too, so SSE clients end the call instead of resuming the stream."""
 
 
 class TunnelTransport(httpx2.AsyncBaseTransport):
     def __init__(self, hub: TunnelHub) -> None:
         self._hub = hub
+        self._lost_sessions: dict[str, None] = {}
+        """MCP session ids (``""``: none) with a response lost with its connection; the
+        newest few, in order."""
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         timeouts = request.extensions.get("timeout", {})
+        # In a session that lost a stream with its connection, only new messages (POSTs)
+        # wait for an agent to reconnect: resuming or listening (GET) and ending the
+        # session (DELETE) fail at once unless an agent is live now.
+        resuming = request.method != "POST" and _session_of(request) in self._lost_sessions
         try:
             with anyio.fail_after(timeouts.get("connect")):
-                stream, connection = await self._hub.open_stream(request.url.host)
+                if resuming:
+                    stream, connection = await self._hub.open_stream(request.url.host, wait=False)
+                else:
+                    stream, connection = await self._hub.open_stream(request.url.host)
         except TimeoutError:
             raise httpx2.ConnectTimeout("timed out waiting for a tunnel agent", request=request) from None
         except TunnelUnavailable as exc:
+            if resuming:
+                message = f"tunnel: this session's stream was lost with its agent connection ({exc})"
+                raise httpx2.ConnectError(message, request=request) from None
             raise httpx2.ConnectError(str(exc), request=request) from None
         try:
             await self._send_request(stream, request, timeouts.get("write"))
@@ -83,11 +110,26 @@ class TunnelTransport(httpx2.AsyncBaseTransport):
     ) -> httpx2.TransportError:
         self._hub.record_stream_error(connection, exc.code, exc.message)
         message = f"tunnel: {exc.message}"
+        if exc.code is ErrorCode.LINK_LOST:
+            self._note_lost(request)
+            if not self._hub.resumable_elsewhere(connection):
+                return TunnelLinkLost(message, request=request)
         if exc.code in _NOT_SENT:
             return httpx2.ConnectError(message, request=request)
         if exc.code is ErrorCode.PROTOCOL:
             return httpx2.RemoteProtocolError(message, request=request)
         return httpx2.ReadError(message, request=request)
+
+    def _note_lost(self, request: httpx2.Request) -> None:
+        session = _session_of(request)
+        self._lost_sessions.pop(session, None)
+        self._lost_sessions[session] = None
+        while len(self._lost_sessions) > _LOST_SESSIONS_KEPT:
+            del self._lost_sessions[next(iter(self._lost_sessions))]
+
+
+def _session_of(request: httpx2.Request) -> str:
+    return request.headers.get("mcp-session-id", "")
 
 
 async def _chunks(request: httpx2.Request) -> AsyncIterator[bytes]:

@@ -21,7 +21,7 @@ from gateway.resources import tunnels
 
 STATIC = Path(__file__).parent / "static"
 PAGE_PATH = "/ui"
-ASSETS = ("app.js", "actions.js", "trail.js", "lists.js", "pages.js", "app.css")
+ASSETS = ("app.js", "actions.js", "trail.js", "lists.js", "pages.js", "figures.js", "app.css")
 PUBLIC_PATHS = (PAGE_PATH, PAGE_PATH + "/", *(f"{PAGE_PATH}/{name}" for name in ASSETS))
 
 SECURITY_HEADERS = {
@@ -41,6 +41,7 @@ _FILES = {
     "trail.js": "text/javascript; charset=utf-8",
     "lists.js": "text/javascript; charset=utf-8",
     "pages.js": "text/javascript; charset=utf-8",
+    "figures.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
 _CONTENT = {name: (STATIC / name).read_bytes() for name in _FILES}

@@ -6,7 +6,11 @@ namespace them; each also has something of its own (``only_LABEL``, ``memo://LAB
 
 For the large-result, cancellation and progress tests: ``blob`` answers SIZE bytes,
 ``block`` leaves ``MARKER.cancelled`` behind when its call is cancelled, ``steps`` reports
-progress, and ``GET /_stats`` counts the live (legacy) sessions, i.e. server instances.
+progress, ``polled_blob`` answers over a resumed stream (with ``--resumable``), and ``GET /_stats`` counts the live (legacy) sessions, i.e. server instances.
+With ``--gzip`` every answer is gzip-compressed whatever the request's ``Accept-Encoding``
+says, as a misbehaving server (or proxy) might; with ``--resumable`` its SSE events carry
+ids (an event store), so a client whose answer stream breaks resumes it over a GET with
+``Last-Event-ID`` (session-based servers do: combine with ``--legacy-only``).
 
 Run: ``python -m tests.support.mcp_gateway_upstream --label alpha --port 0``.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import zlib
 
 import anyio
 import anyio.to_thread
@@ -26,7 +31,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.serving import serve
 
@@ -56,6 +61,10 @@ def build(label: str) -> MCPServer:
         header = (ctx.headers or {}).get("authorization")
         return "anonymous" if header is None else "sha256:" + hashlib.sha256(header.encode()).hexdigest()
 
+    @server.tool(description="The value of request header NAME as received (empty when absent).")
+    def seen_header(name: str, ctx: Context) -> str:
+        return (ctx.headers or {}).get(name, "")
+
     @server.tool(description="Create MARKER (so a test knows the call arrived), then never answer.")
     async def block(marker: str, ctx: Context) -> str:
         # MARKER holds the call's session id (empty when sessionless), for leak tests.
@@ -71,6 +80,14 @@ def build(label: str) -> MCPServer:
     # Unstructured: the text is the whole payload, so SIZE is (nearly) the message's size.
     @server.tool(description="Answer SIZE bytes of text (large-result tests).", structured_output=False)
     def blob(size: int) -> str:
+        return (label[0] * size)[:size]
+
+    @server.tool(
+        description="Like blob, but answered over the resumed stream (--resumable).", structured_output=False
+    )
+    async def polled_blob(size: int, ctx: Context) -> str:
+        # Closing the POST stream makes the client resume it (GET, Last-Event-ID) for the answer.
+        await ctx.close_sse_stream()
         return (label[0] * size)[:size]
 
     @server.tool(description="Report COUNT progress steps, then answer (progress tests).")
@@ -156,6 +173,32 @@ class LegacyOnly:
         await self.app(scope, receive, send)
 
 
+class AlwaysGzip:
+    """Gzip every HTTP answer, streamed ones chunk by chunk, ignoring ``Accept-Encoding``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        compressor = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+
+        async def compressing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message["headers"] if k.lower() != b"content-length"]
+                message = {**message, "headers": [*headers, (b"content-encoding", b"gzip")]}
+            elif message["type"] == "http.response.body":
+                more = message.get("more_body", False)
+                body = compressor.compress(message.get("body", b""))
+                body += compressor.flush(zlib.Z_SYNC_FLUSH if more else zlib.Z_FINISH)
+                message = {**message, "body": body}
+            await send(message)
+
+        await self.app(scope, receive, compressing)
+
+
 class Stats:
     """``GET /_stats``: how many sessions (server instances) the upstream holds right now."""
 
@@ -179,15 +222,23 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--legacy-only", action="store_true")
     parser.add_argument("--max-request-bytes", type=int, default=4 * 1024 * 1024)
+    parser.add_argument("--gzip", action="store_true", help="gzip every answer (AlwaysGzip)")
+    parser.add_argument("--resumable", action="store_true", help="give SSE events ids (an event store)")
     args = parser.parse_args()
     server = build(args.label)
+    # Imported here: resumable_mcp builds its server from this module.
+    from tests.support.resumable_mcp import MemoryEventStore
+
     app: ASGIApp = server.streamable_http_app(
         streamable_http_path="/mcp",
+        event_store=MemoryEventStore() if args.resumable else None,
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         host=args.host,
         max_request_body_size=args.max_request_bytes,
     )
     app = Stats(LegacyOnly(app) if args.legacy_only else app, server)
+    if args.gzip:
+        app = AlwaysGzip(app)
     serve(app, args.host, args.port)
 
 

@@ -3,7 +3,8 @@
 // Every event of the log becomes one row, inserted as text (never as HTML: tool output is
 // untrusted). Tool calls link to their results, show their duration once answered and a
 // running timer until then; a call waiting for a confirmation carries Approve / Deny
-// controls (actions.js) until it is answered or interrupted.
+// controls (actions.js) until it is answered or interrupted. A running call's progress (a
+// tether.tool_progress preview, never in the log) shows by its timer until the result comes.
 "use strict";
 
 window.TetherUI = window.TetherUI || {};
@@ -11,6 +12,7 @@ window.TetherUI = window.TetherUI || {};
 (() => {
   const RESULT_PREVIEW_CHARS = 4000;
   const MAX_DIFF_LINES = 400;
+  const PROGRESS_LINES = 200; // streamed progress messages kept per pending call
 
   // Returns the Timeline class bound to app.js's helpers.
   window.TetherUI.trail = function trail(ctx) {
@@ -60,6 +62,7 @@ window.TetherUI = window.TetherUI || {};
       }
 
       add(event) {
+        if (event && event.type === "tether.tool_progress") return this.progress(event);
         if (!event || this.seen.has(event.id)) return;
         this.seen.add(event.id);
         if (!this.lastAt || event.processed_at >= this.lastAt) {
@@ -267,6 +270,28 @@ window.TetherUI = window.TetherUI || {};
         return row;
       }
 
+      // The latest progress of a pending call: "40% · message" next to its timer, and each
+      // message as a line of streamed output under it. Text only: messages come from the tool.
+      progress({ event_id: useId, progress, total, message }) {
+        const use = this.uses.get(useId);
+        if (!use || use.done || typeof progress !== "number") return;
+        if (!use.progress) {
+          use.progress = h("span", { class: "progress muted", title: "latest progress reported by the tool" });
+          use.stream = h("pre", { class: "progress-output", title: "progress messages so far", hidden: true });
+          use.timer.after(use.progress);
+          use.timer.closest(".body").append(use.stream);
+          use.lines = [];
+        }
+        const ratio = typeof total === "number" && total > 0 ? Math.min(1, Math.max(0, progress / total)) : null;
+        const text = typeof message === "string" ? message : "";
+        use.progress.textContent = [ratio === null ? String(progress) : `${Math.round(ratio * 100)}%`, text]
+          .filter(Boolean).join(" · ");
+        if (!text || use.lines[use.lines.length - 1] === text) return;
+        use.lines = [...use.lines, text].slice(-PROGRESS_LINES);
+        use.stream.textContent = use.lines.join("\n");
+        use.stream.hidden = false;
+      }
+
       confirmation(event) {
         const use = this.uses.get(event.tool_use_id);
         const denied = event.result === "deny";
@@ -290,6 +315,7 @@ window.TetherUI = window.TetherUI || {};
         if (use) {
           this.settle(use);
           use.done = true;
+          if (use.progress) [use.progress, use.stream].forEach((el) => el.remove()); // the result replaces them
           use.timer.className = "duration";
           use.timer.title = "tool duration";
           use.timer.textContent = seconds(Math.max(0, between(use.event.processed_at, event.processed_at)));
