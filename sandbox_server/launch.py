@@ -1,6 +1,6 @@
 """Starting a ``tether sandbox`` for someone else: its command line and its environment.
 
-``python -m sandbox_server.launch sandbox ARGS`` (``command``) is ``tether sandbox ARGS`` that
+``python -m sandbox_server.started sandbox ARGS`` (``command``) is ``tether sandbox ARGS`` that
 dies with the process that started it; like ``python -m sandbox_server`` it imports only the
 sandbox server, never the gateway. The starter puts its own pid in the child's environment
 (``PARENT_ENV``); before anything else, the child asks the kernel for ``SIGKILL`` when its
@@ -30,6 +30,8 @@ from sandbox_server.serving import READY_PREFIX
 
 PARENT_ENV = "TETHER_SANDBOX_PARENT"
 _PR_SET_PDEATHSIG = 1
+STARTED_MODULE = "sandbox_server.started"
+"""The entry point ``command`` runs (kept apart so this module never imports the server)."""
 _EGRESS_TOKEN_ENV = "TETHER_EGRESS_TOKEN"  # ``sandbox_server.egress.TOKEN_ENV``, without importing the proxy
 
 PASSED_THROUGH = frozenset(
@@ -60,10 +62,10 @@ NEVER = frozenset(
 
 def command(args: Sequence[str]) -> list[str]:
     """The command line of ``tether sandbox ARGS`` started through this module: as slim as
-    ``python -m sandbox_server`` (``main`` hands over to the same ``sandbox_server.cli``), and
+    ``python -m sandbox_server`` (``started`` hands over to the same ``sandbox_server.cli``), and
     named as sandboxes always were, so ``ps`` and the tools that find a session's sandbox by
-    its command line (``sandbox_server.launch sandbox ... --workspace PATH``) still do."""
-    return [sys.executable, "-m", "sandbox_server.launch", "sandbox", *args]
+    its command line (``sandbox_server.started sandbox ... --workspace PATH``) still do."""
+    return [sys.executable, "-m", STARTED_MODULE, "sandbox", *args]
 
 
 def warm_command(room: int) -> list[str]:
@@ -118,25 +120,8 @@ def claim_parent() -> None:
     parent = os.environ.pop(PARENT_ENV, "")
     if parent:
         die_with_parent(int(parent))
-        # Run with ``-m``, this file may be ``__main__``; the server reads the flag off the
-        # module it imports, ``sandbox_server.launch``.
-        from sandbox_server import launch
-
-        launch._started_for_parent = True
-
-
-def main(argv: Sequence[str]) -> None:
-    """``python -m sandbox_server.launch sandbox ARGS``: the slim entry point, for starters."""
-    claim_parent()
-    if list(argv[:1]) != ["sandbox"]:
-        sys.exit("usage: python -m sandbox_server.launch sandbox [tether sandbox flags]")
-    from sandbox_server.cli import main as sandbox
-
-    sandbox(list(argv))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+        global _started_for_parent
+        _started_for_parent = True
 
 
 async def ready_url(process: anyio.abc.Process, timeout: float) -> str | None:

@@ -65,7 +65,7 @@ def test_help_is_served_without_importing_the_server_or_the_mcp_sdk() -> None:
 @pytest.mark.parametrize("warm", [False, True])
 def test_what_starters_run_is_slim_and_refuses_bad_flags(tmp_path: Path, warm: bool) -> None:
     command = launch.warm_command(8) if warm else launch.command([])
-    assert command[1:] == ["-m", "sandbox_server.launch", "sandbox", *command[4:]]
+    assert command[1:] == ["-m", "sandbox_server.started", "sandbox", *command[4:]]
     done = subprocess.run(
         [command[0], "-X", "importtime", *command[1:], "--help"], capture_output=True, text=True, timeout=60
     )

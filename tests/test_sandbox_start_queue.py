@@ -290,7 +290,7 @@ def _processes_naming(text: str) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if text.encode() in cmdline and b"sandbox_server.launch" in cmdline:
+        if text.encode() in cmdline and b"sandbox_server.started" in cmdline:
             found.append(int(entry.name))
     return found
 
