@@ -195,7 +195,8 @@ def _run_apt(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-LOCK_PATH = Path(tempfile.gettempdir()) / "tether-tests-provision.lock"
+LOCK_PATH = Path(tempfile.gettempdir()) / f"tether-tests-provision-{os.getuid()}.lock"
+"""One per user: another user's lock file in ``/tmp`` cannot be opened (sticky directory)."""
 
 
 @contextlib.contextmanager
