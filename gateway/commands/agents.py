@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     import anthropic
 
 from gateway.commands.client import connection_flags, raw, run
-from gateway.commands.output import next_page, output_flags, print_item, print_items
+from gateway.commands.output import next_page, output_flags, page_flags, print_item, print_items
 from gateway.commands.resources import Flag, Resource, add_operations, collect
 
 
@@ -97,10 +97,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser = commands.add_parser("agents", help="list, inspect, create and change agents")
     sub = parser.add_subparsers(dest="agents_command", required=True, metavar="COMMAND")
     listing = sub.add_parser("list", help="agents with their latest version")
-    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    listing.add_argument(
-        "--page", "--after", dest="page", help="start at this cursor (printed as `more: --page ...`)"
-    )
+    page_flags(listing)
     listing.add_argument("--include-archived", action="store_true", help="include archived agents")
     listing.set_defaults(func=run(agents_list))
     show = sub.add_parser("show", help="one agent")
@@ -109,8 +106,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     show.set_defaults(func=run(agents_show))
     versions = sub.add_parser("versions", help="every version of one agent")
     versions.add_argument("agent_id", help="the agent's id")
-    versions.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    versions.add_argument("--page", "--after", dest="page", help="start at this cursor")
+    page_flags(versions)
     versions.set_defaults(func=run(agents_versions))
     for command in (listing, show, versions):
         output_flags(command)

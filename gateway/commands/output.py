@@ -101,6 +101,16 @@ def clock(stamp: str | None) -> str:
         return stamp
 
 
+def page_flags(parser: argparse.ArgumentParser, default_limit: int = 50) -> None:
+    """``--limit`` and ``--page``/``--after`` for a listing; ``next_page`` prints the cursor to resume."""
+    parser.add_argument(
+        "--limit", type=int, default=default_limit, help=f"at most this many (default {default_limit})"
+    )
+    parser.add_argument(
+        "--page", "--after", dest="page", help="start at this cursor (printed as `more: --page ...`)"
+    )
+
+
 def next_page(token: str | None) -> None:
     """The cursor of the next page, on stderr so JSON on stdout stays clean."""
     if token:

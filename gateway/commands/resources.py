@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 from gateway.commands.client import connection_flags, raw, run
 from gateway.commands.errors import CommandError
-from gateway.commands.output import Column, next_page, output_flags, print_item, print_items
+from gateway.commands.output import Column, next_page, output_flags, page_flags, print_item, print_items
 
 ALL = ("list", "show", "create", "update", "archive", "delete")
 SECRET_KEYS = frozenset({"token", "access_token", "refresh_token", "client_secret", "value", "secret_value"})
@@ -94,10 +94,7 @@ def add_operations(
         if operation != "create" and operation != "list":
             cmd.add_argument("id", metavar=f"{noun.upper().replace(' ', '_')}_ID", help=f"the {noun}'s id")
         if operation == "list":
-            cmd.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-            cmd.add_argument(
-                "--page", "--after", dest="page", help="start at this cursor (printed as `more: --page ...`)"
-            )
+            page_flags(cmd)
             cmd.add_argument("--include-archived", action="store_true", help="include archived ones")
         if operation in ("create", "update"):
             flags = (

@@ -14,7 +14,15 @@ if TYPE_CHECKING:
 from gateway.commands import connect
 from gateway.commands.client import connection_flags, run
 from gateway.commands.events import all_events, last_idle, session_body
-from gateway.commands.output import json_line, next_page, output_flags, print_item, print_items, seconds
+from gateway.commands.output import (
+    json_line,
+    next_page,
+    output_flags,
+    page_flags,
+    print_item,
+    print_items,
+    seconds,
+)
 from gateway.commands.resources import Flag, Resource, add_operations, collect
 
 PROGRESS_EVERY = 1000
@@ -200,10 +208,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     sub = parser.add_subparsers(dest="sessions_command", required=True, metavar="COMMAND")
 
     listing = sub.add_parser("list", help="recent sessions with status, environment, tokens and age")
-    listing.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
-    listing.add_argument(
-        "--page", "--after", dest="page", help="start at this cursor (printed as `more: --page ...`)"
-    )
+    page_flags(listing, default_limit=20)
     listing.add_argument("--agent", help="only this agent's sessions")
     listing.add_argument("--environment", help="only sessions in this environment")
     listing.add_argument(
