@@ -29,6 +29,8 @@ GATEWAY_IMAGE = "tether-test/gateway:dev"
 TUNNEL_IMAGE = "tether-test/tunnel-agent:dev"
 BUILD_TIMEOUT = 1500.0
 HEALTHY_TIMEOUT = 120.0
+# A cold machine installs the engine and builds the base image inside these module fixtures.
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT + 600)
 
 
 @pytest.fixture(scope="module")

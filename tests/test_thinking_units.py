@@ -220,7 +220,9 @@ async def test_call_model_keeps_thinking_signatures_and_redacted_data_intact(
     request = {"model": MODEL, "max_tokens": 2048, "system": marker, "thinking": ON, "messages": []}
     request["messages"] = [{"role": "user", "content": "go"}]
 
-    result = await call_model(make_client("x", model_server.url, 10), request)
+    # Closed here: an unclosed client's finalizer would close its sockets from a later test's loop.
+    async with make_client("x", model_server.url, 10) as client:
+        result = await call_model(client, request)
 
     assert [b["type"] for b in result.content] == ["thinking", "redacted_thinking", "text", "tool_use"]
     assert result.content == _served(model_server, marker)[0]
