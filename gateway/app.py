@@ -28,7 +28,7 @@ from gateway.api.state import GatewayState
 from gateway.background import supervised
 from gateway.config import SCRIPTED_MODEL_PATH, ConfigError, Settings
 from gateway.harness.loop import Harness
-from gateway.harness.model import make_client
+from gateway.harness.model import ModelClient
 from gateway.harness.previews import PreviewHub
 from gateway.harness.retry import RetryPolicy
 from gateway.harness.runner import SessionRunner
@@ -145,7 +145,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
             start_timeout=settings.sandbox_start_timeout,
             warm_pool=settings.sandbox_warm_pool,  # started ahead of need: a first call skips the imports
         )
-        model = make_client(
+        model = ModelClient(
             settings.model_api_key or settings.api_keys[0],
             settings.model_base_url,
             settings.model_stream_timeout,

@@ -31,11 +31,9 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
-import anthropic
-
 from gateway.harness import context_budget as sizing
 from gateway.harness.context import build_messages
-from gateway.harness.model import FAILED, ModelCallFailed, call_model
+from gateway.harness.model import FAILED, ModelCallFailed, ModelClient, call_model
 from gateway.harness.request import build_request
 from gateway.harness.responses import request_end
 from gateway.observability import tracing
@@ -79,7 +77,7 @@ class Host(Protocol):
     """What compaction needs from the harness: the model, the log, and fenced appends."""
 
     store: Store
-    model: anthropic.AsyncAnthropic
+    model: ModelClient
     max_output_tokens: int
     prompt_caching: bool
 

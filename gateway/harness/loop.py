@@ -12,13 +12,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import anthropic
 import anyio
 import mcp.types as mcp_types
 
 from gateway.harness import compaction
 from gateway.harness.context_budget import REQUEST_CHARS_FIELD, request_chars
-from gateway.harness.model import ModelCallFailed, ModelResult, call_model
+from gateway.harness.model import ModelCallFailed, ModelClient, ModelResult, call_model
 from gateway.harness.previews import PreviewHub, ResponsePreview
 from gateway.harness.responses import POLICY_FIELD, request_end, response_events
 from gateway.harness.retry import RetryPolicy, is_retryable
@@ -52,7 +51,7 @@ INTERRUPTED_BY_RESTART = (
 @dataclass
 class Harness:
     store: Store
-    model: anthropic.AsyncAnthropic
+    model: ModelClient
     sandboxes: SandboxPool
     sandbox_catalog: SandboxCatalog
     max_output_tokens: int = 8192

@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
 import anyio
 import httpx2
-from anthropic.lib.streaming import AsyncMessageStream
-from anthropic.types import Message
+
+if TYPE_CHECKING:  # the SDK itself is imported on first use: see ModelClient
+    import anthropic
+    from anthropic.lib.streaming import AsyncMessageStream
+    from anthropic.types import Message
 
 FAILED = "model_request_failed_error"
 DRAIN_SECONDS = 1.0
@@ -64,6 +66,8 @@ class ModelCallFailed(Exception):
 def make_client(api_key: str, base_url: str | None, stream_timeout: float) -> anthropic.AsyncAnthropic:
     """``stream_timeout`` bounds each wait for bytes, so a hung stream fails instead of hanging;
     a long generation that keeps streaming is never cut off."""
+    import anthropic
+
     return anthropic.AsyncAnthropic(
         api_key=api_key,
         base_url=base_url,
@@ -72,11 +76,40 @@ def make_client(api_key: str, base_url: str | None, stream_timeout: float) -> an
     )
 
 
+class ModelClient:
+    """The gateway's SDK client, built on the first model call. Importing the SDK costs about
+    two CPU-seconds, more than the rest of the gateway's start-up together: a gateway is
+    listening without it, and one that never calls the model never pays it. The import runs in
+    a worker thread, so the event loop keeps serving meanwhile."""
+
+    def __init__(self, api_key: str, base_url: str | None, stream_timeout: float) -> None:
+        self._settings = (api_key, base_url, stream_timeout)
+        self._client: anthropic.AsyncAnthropic | None = None
+        self._building = anyio.Lock()
+
+    async def sdk(self) -> anthropic.AsyncAnthropic:
+        if self._client is None:
+            async with self._building:
+                if self._client is None:
+                    self._client = await anyio.to_thread.run_sync(lambda: make_client(*self._settings))
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
 async def call_model(
-    client: anthropic.AsyncAnthropic, request: dict[str, Any], on_event: StreamListener | None = None
+    client: anthropic.AsyncAnthropic | ModelClient,
+    request: dict[str, Any],
+    on_event: StreamListener | None = None,
 ) -> ModelResult:
     """One attempt; every way it can fail is a ``ModelCallFailed`` whose message names the cause.
     ``on_event`` sees each stream event as it arrives (previews of the reply; it must not raise)."""
+    if isinstance(client, ModelClient):
+        client = await client.sdk()
+    import anthropic  # loaded by now: the client above is the SDK's
+
     try:
         async with client.messages.stream(**request) as stream:
             message, tool_json = await _read_to_stop(stream, on_event)
