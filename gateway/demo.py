@@ -18,10 +18,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import anthropic
 
 from gateway import settings
 from gateway.serving import READY_PREFIX
@@ -35,7 +34,8 @@ SYSTEM_PROMPT = (
 START_TIMEOUT = 30.0
 
 
-def _start_gateway(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
+def _start_gateway(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], Callable[[], str]]:
+    """The gateway's process, and a wait for its URL: the caller imports the SDK meanwhile."""
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "gateway", "--port", str(port), "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE,
@@ -57,10 +57,14 @@ def _start_gateway(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], st
         ready.set()
 
     threading.Thread(target=pump, daemon=True).start()
-    if not ready.wait(START_TIMEOUT) or not found:
-        process.kill()
-        raise SystemExit("the gateway did not start; run `tether gateway` to see why")
-    return process, found[0]
+
+    def url() -> str:
+        if not ready.wait(START_TIMEOUT) or not found:
+            process.kill()
+            raise SystemExit("the gateway did not start; run `tether gateway` to see why")
+        return found[0]
+
+    return process, url
 
 
 def _describe(event: Any) -> str:
@@ -86,8 +90,11 @@ def run_demo(data_dir: str | None = None, port: int = 0) -> int:
     scratch = None if data_dir else tempfile.TemporaryDirectory(prefix="tether-demo-")
     root = Path(data_dir or scratch.name)  # type: ignore[union-attr]
     root.mkdir(parents=True, exist_ok=True)
-    process, url = _start_gateway(root, port)
+    process, started = _start_gateway(root, port)
     try:
+        import anthropic  # seconds of imports, on the other core while the gateway starts
+
+        url = started()
         api_key = next(iter(settings.API_KEYS.read(os.environ)), "") or (root / "api_key").read_text().strip()
         real_model = bool(settings.ANTHROPIC_API_KEY.read(os.environ))
         print(f"Tether gateway at {url}")
