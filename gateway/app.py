@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from gateway.api import agents, egress, environments, files, sessions, vaults, webhooks, work
+from gateway.api import agents, api_keys, egress, environments, files, sessions, vaults, webhooks, work
 from gateway.api import insights as insight_routes
 from gateway.api.auth import APIKeyMiddleware
 from gateway.api.errors import HANDLERS, STORE_RETRY_AFTER_SECONDS
@@ -211,6 +211,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
         *mcp_gateway.routes(),
         *tunnel_wiring.routes(),
         *webhooks.routes,
+        *api_keys.routes,
         *insight_routes.routes,
         *ui_routes.routes,
     ]

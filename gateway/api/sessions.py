@@ -10,6 +10,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
+from gateway.api import access
 from gateway.api.bodies import parse
 from gateway.api.pagination import (
     bool_param,
@@ -134,6 +135,7 @@ async def delete(request: Request) -> JSONResponse:
 async def send_events(request: Request) -> JSONResponse:
     gateway = state(request)
     body = await parse(request, SendEvents, gateway.settings.max_body_bytes)
+    access.require_event_types(request, (event.type for event in body.events))
     session = await sessions.get(gateway.store, request.path_params["session_id"])
     stored = await sessions.accept_events(gateway.store, session, body.events)
     if any(event.type == "user.interrupt" for event in stored):
