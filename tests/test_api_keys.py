@@ -7,6 +7,7 @@ stored only as a salted hash: it appears nowhere in the database file.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ import httpx2
 import pytest
 from anthropic.types.beta.organization.beta_api_key import BetaAPIKey
 
+from gateway import cli
 from gateway.resources.api_keys import status_of
 from tests.conftest import gateway_data_dir
 from tests.support.processes import ServerProcess
@@ -217,3 +219,55 @@ def test_an_expired_key_reports_expired() -> None:
 
 def _user_message(text: str) -> dict[str, Any]:
     return {"type": "user.message", "content": [{"type": "text", "text": text}]}
+
+
+def _cli(gateway: ServerProcess, key: str, capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
+    """``tether ARGV --json`` against the gateway: its exit status and parsed output."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*argv, "--json", "--gateway", gateway.url, "--api-key", key])
+    out = capsys.readouterr()
+    assert exited.value.code in (0, None), out.err
+    try:
+        return json.loads(out.out)  # one item, indented
+    except json.JSONDecodeError:
+        return [json.loads(line) for line in out.out.splitlines() if line.strip()]  # a list
+
+
+def test_the_cli_creates_lists_rotates_and_revokes_a_worker_key(
+    gateway: ServerProcess, api_key: str, client: anthropic.Anthropic, capsys: pytest.CaptureFixture[str]
+) -> None:
+    onprem = client.beta.environments.create(name="cli site", config={"type": "self_hosted"})
+    created = _cli(
+        gateway,
+        api_key,
+        capsys,
+        "keys",
+        "create",
+        "--name",
+        "site worker",
+        "--role",
+        "worker",
+        "--environment",
+        onprem.id,
+    )
+    first = created["key"]
+    with _as(gateway, first) as worker:
+        assert worker.beta.environments.work.poll(onprem.id, block_ms=None) is None
+    found = _cli(gateway, api_key, capsys, "keys", "list", "--limit", "1000")
+    listed = found if isinstance(found, list) else [found]
+    assert next(k for k in listed if k["id"] == created["id"])["last_used_at"]
+    assert all("key" not in k for k in listed)
+
+    rotated = _cli(gateway, api_key, capsys, "keys", "rotate", created["id"])
+    assert rotated["id"] != created["id"] and rotated["environment_id"] == onprem.id
+    assert rotated["role"] == "worker" and rotated["name"] == "site worker"
+    with _as(gateway, first) as old, pytest.raises(anthropic.AuthenticationError):
+        old.beta.environments.work.poll(onprem.id, block_ms=None)
+    with _as(gateway, rotated["key"]) as new:
+        assert new.beta.environments.work.poll(onprem.id, block_ms=None) is None
+
+    revoked = _cli(gateway, api_key, capsys, "keys", "revoke", rotated["id"])
+    assert revoked["status"] == "archived"
+    with _as(gateway, rotated["key"]) as new, pytest.raises(anthropic.AuthenticationError):
+        new.beta.environments.work.poll(onprem.id, block_ms=None)

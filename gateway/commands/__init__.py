@@ -8,8 +8,9 @@ import argparse
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the client commands to the ``tether`` command's subparsers."""
-    from gateway.commands import agents, catalog, sessions
+    from gateway.commands import agents, catalog, keys, sessions
 
     sessions.register(commands)
     agents.register(commands)
     catalog.register_all(commands)
+    keys.register(commands)
