@@ -23,6 +23,7 @@ import anthropic
 import pytest
 
 from tests.support.docker_engine import Engine, base_image, start_engine
+from tests.support.self_hosted import worker_key
 
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_IMAGE = "tether-test/gateway:dev"
@@ -177,6 +178,7 @@ def test_tunnel_agent_image_dials_the_gateway_as_a_worker(
         environment = client.beta.environments.create(name="image-onprem", config={"type": "self_hosted"})
         tunnel = client.beta.tunnels.create(display_name="image-site")
         token = client.beta.tunnels.reveal_token(tunnel.id).tunnel_token
+    worker = worker_key(url, key, environment.id, tunnel.id)  # the image refuses an admin key
     admin_port = _free_port()
     name = "tether-tunnel-" + secrets.token_hex(4)
     engine.docker(
@@ -189,7 +191,7 @@ def test_tunnel_agent_image_dials_the_gateway_as_a_worker(
         "--health-interval",
         "1s",
         "-e",
-        f"TETHER_API_KEY={key}",
+        f"TETHER_API_KEY={worker}",
         "-e",
         f"TETHER_TUNNEL_TOKEN={token}",
         "-e",

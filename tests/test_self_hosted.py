@@ -12,6 +12,8 @@ import argparse
 import os
 import secrets
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -445,3 +447,41 @@ def test_worker_flags_are_checked_before_anything_starts(
     add_arguments(parser)
     with pytest.raises(SystemExit, match=message):
         worker_cli.check_arguments(parser.parse_args(argv))
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("admin", "refusing to run with an admin API key"),
+        ("tk1.apikey_unknown.secret", "the gateway refused this API key"),
+    ],
+)
+def test_the_tunnel_agent_refuses_an_admin_key_and_an_unknown_one_in_one_line(
+    gateway: ServerProcess, api_key: str, client: anthropic.Anthropic, key: str, message: str, tmp_path: Path
+) -> None:
+    onprem = client.beta.environments.create(name="strict site", config={"type": "self_hosted"})
+    env = {**os.environ, "TETHER_API_KEY": api_key if key == "admin" else key, "TETHER_TUNNEL_TOKEN": "t"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tunnel_agent",
+            "--gateway",
+            gateway.url,
+            "--environment",
+            onprem.id,
+            "--tunnel-domain",
+            "site.tunnel.test",
+            "--workspaces",
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    if key == "admin":
+        assert "tether keys create --name SITE --role worker" in lines[0]

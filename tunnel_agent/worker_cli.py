@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from tunnel_agent.worker import WorkerSettings
 
 
+WHOAMI = "/v1/tether/whoami"
+
+
 class Runnable(Protocol):
     async def run(self) -> None: ...
 
@@ -37,7 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "TETHER_API_KEY, which keeps it out of ps output)"
     )
     group.add_argument("--environment", help="self_hosted environment id whose work this agent takes")
-    group.add_argument("--api-key", help="API key for the work queue (prefer TETHER_API_KEY)")
+    group.add_argument(
+        "--api-key",
+        help="a worker key for this environment, from `tether keys create --role worker` "
+        "(prefer TETHER_API_KEY; an admin key is refused)",
+    )
     where = group.add_mutually_exclusive_group()
     where.add_argument("--tunnel-domain", help="this agent's tunnel domain (the tunnel's 'domain' field)")
     where.add_argument("--tunnel-id", help="this agent's tunnel id: its domain is read through the API")
@@ -95,8 +102,31 @@ async def open_worker(
 
     key = args.api_key or os.environ.get("TETHER_API_KEY", "")
     async with anthropic.AsyncAnthropic(base_url=api_url(args.gateway), api_key=key, timeout=30) as client:
+        await refuse_admin_keys(client)
         settings = await _settings(args, client, agent_id)
         yield Worker(settings, client, routes, metrics, tunnel_up=lambda: metrics.ready)
+
+
+ADMIN_KEY_REFUSED = (
+    "tether tunnel: refusing to run with an admin API key: an on-prem host should hold a key "
+    "that can serve only its environment. Create one with `tether keys create --name SITE "
+    "--role worker --environment ENV_ID [--tunnel TUNNEL_ID]` and pass it as TETHER_API_KEY"
+)
+
+
+async def refuse_admin_keys(client: anthropic.AsyncAnthropic) -> None:
+    """Exit unless the key is a worker key (or the gateway cannot be asked yet: then the work
+    queue's own answers decide). A refused key is one line, not a retry loop."""
+    import anthropic
+
+    try:
+        principal = await client.get(WHOAMI, cast_to=object)
+    except anthropic.AuthenticationError:
+        sys.exit("tether tunnel: the gateway refused this API key (unknown, revoked or expired)")
+    except anthropic.APIError:
+        return
+    if isinstance(principal, dict) and principal.get("role") == "admin":
+        sys.exit(ADMIN_KEY_REFUSED)
 
 
 async def _settings(

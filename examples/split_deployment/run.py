@@ -10,8 +10,8 @@ Plays both sides of ``README.md`` in this folder, in order:
    ``config={"type": "self_hosted"}``.
 2. On-prem: starts ``inventory_server.py`` (a private MCP server), writes a ``tunnel.yaml``
    routing ``inventory.<domain>`` to it with a bearer token added on the last hop, and starts
-   ``tether tunnel`` as the environment's worker (``--environment``, ``--tunnel-id``, and the
-   gateway's API key in ``TETHER_API_KEY``, which the worker needs today).
+   ``tether tunnel`` as the environment's worker (``--environment``, ``--tunnel-id``, and a
+   worker key for that environment in ``TETHER_API_KEY``: an admin key is refused).
 3. A session in that environment: its agent toolset runs in a sandbox the worker starts, and
    its MCP server ``http://inventory.<domain>/mcp`` is reached through the tunnel.
 
@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/_common.py
 
-from _common import MODEL, api_key, connect, describe, gateway_url, is_noise, teach, turn, user_message
+from _common import MODEL, connect, describe, gateway_url, is_noise, teach, turn, user_message
 
 HERE = Path(__file__).resolve().parent
 MARKER = "Tether split deployment example."
@@ -110,6 +110,12 @@ def main() -> None:
     token = client.beta.tunnels.reveal_token(tunnel.id).tunnel_token
     environment = client.beta.environments.create(name="site-a", config={"type": "self_hosted"})
     print(f"tunnel {tunnel.id} domain {tunnel.domain}; environment {environment.id}", flush=True)
+    # The on-prem host's key: it serves this environment only (`tether keys create --role worker`).
+    worker_key: Any = client.post(
+        "/v1/organizations/api_keys",
+        cast_to=object,
+        body={"name": "site-a", "role": "worker", "environment_id": environment.id, "tunnel_id": tunnel.id},
+    )
 
     # 2. On-prem: a private MCP server, the tunnel agent's routes, the agent as worker.
     scratch = Path(tempfile.mkdtemp(prefix="tether-split-"))
@@ -138,7 +144,7 @@ def main() -> None:
         ]
         secrets_env = {
             "TETHER_TUNNEL_TOKEN": token,
-            "TETHER_API_KEY": api_key(),
+            "TETHER_API_KEY": worker_key["key"],
             "INVENTORY_TOKEN": inventory_token,
         }
         with started(worker_args, secrets_env, "tunnel agent") as admin_url:

@@ -28,7 +28,7 @@ def start_worker_agent(
     heartbeat_interval: float = 0.25,
 ) -> ServerProcess:
     """No ``--config``: the agent's only routes are the sandboxes it starts. Secrets travel in
-    the environment, never in argv."""
+    the environment, never in argv. ``api_key`` (an admin's) only mints the agent's worker key."""
     args = [
         "--gateway",
         gateway_url,
@@ -56,8 +56,22 @@ def start_worker_agent(
         str(heartbeat_interval),
     ]
     args += ["--tunnel-domain", tunnel_domain] if tunnel_domain else ["--tunnel-id", str(tunnel_id)]
-    env = {"TETHER_TUNNEL_TOKEN": token, "TETHER_API_KEY": api_key}
+    key = worker_key(gateway_url, api_key, environment_id, tunnel_id)
+    env = {"TETHER_TUNNEL_TOKEN": token, "TETHER_API_KEY": key}
     return start_server(args, env, module="tunnel_agent")
+
+
+def worker_key(gateway_url: str, admin_key: str, environment_id: str, tunnel_id: str | None = None) -> str:
+    """A key that serves only ``environment_id`` (and reads ``tunnel_id``), as an operator
+    would hand to an on-prem host."""
+    body = {"name": f"worker {environment_id}", "role": "worker", "environment_id": environment_id}
+    if tunnel_id:
+        body["tunnel_id"] = tunnel_id
+    response = httpx2.post(
+        f"{gateway_url}/v1/organizations/api_keys", headers={"x-api-key": admin_key}, json=body, timeout=30
+    )
+    response.raise_for_status()
+    return str(response.json()["key"])
 
 
 def sandbox_pids(workspaces: Path) -> dict[str, int]:
