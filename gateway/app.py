@@ -27,6 +27,7 @@ from gateway.api.errors import HANDLERS, STORE_RETRY_AFTER_SECONDS
 from gateway.api.state import GatewayState
 from gateway.background import supervised
 from gateway.config import SCRIPTED_MODEL_PATH, ConfigError, Settings
+from gateway.harness.file_blocks import Uploads
 from gateway.harness.loop import Harness
 from gateway.harness.model import ModelClient
 from gateway.harness.previews import PreviewHub
@@ -165,6 +166,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
                     model=model,
                     sandboxes=sandboxes,
                     sandbox_catalog=SandboxCatalog(),
+                    uploads=Uploads(work_store, settings.data_dir),
                     max_output_tokens=settings.max_output_tokens,
                     prompt_caching=settings.prompt_caching,
                     tool_timeout=settings.tool_timeout,

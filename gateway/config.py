@@ -24,6 +24,7 @@ from gateway.settings import (
     DATABASE_URL,
     LEASE_TTL,
     MAX_BODY_BYTES,
+    MAX_UPLOAD_BYTES,
     MODEL_BASE_URL,
     MODEL_MAX_ATTEMPTS,
     MODEL_RETRY_BASE,
@@ -53,6 +54,7 @@ class Settings:
     model_base_url: str | None = None
     """None with no model key means: serve the scripted model inside the gateway."""
     max_body_bytes: int = 8 * 1024 * 1024
+    max_upload_bytes: int = 500 * 1024 * 1024
     max_output_tokens: int = 8192
     prompt_caching: bool = True
     """Default for agents without ``tether.prompt_caching``."""
@@ -118,6 +120,7 @@ class Settings:
             model_api_key=ANTHROPIC_API_KEY.read(env),
             model_base_url=MODEL_BASE_URL.read(env),
             max_body_bytes=MAX_BODY_BYTES.read(env),
+            max_upload_bytes=MAX_UPLOAD_BYTES.read(env),
             model_stream_timeout=MODEL_STREAM_TIMEOUT.read(env),
             model_max_attempts=MODEL_MAX_ATTEMPTS.read(env),
             model_retry_base_seconds=MODEL_RETRY_BASE.read(env),

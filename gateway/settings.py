@@ -80,6 +80,14 @@ TLS_KEY = _s(
 MAX_BODY_BYTES = _s(
     "TETHER_MAX_BODY_BYTES", "int", 8 * 1024 * 1024, "request body limit (413 above it)", int, "8 MiB"
 )
+MAX_UPLOAD_BYTES = _s(
+    "TETHER_MAX_UPLOAD_BYTES",
+    "int",
+    500 * 1024 * 1024,
+    "`/v1/files` upload limit per file (413 above it)",
+    _positive_int,
+    "500 MiB",
+)
 POLICY_FILES = _s(
     "TETHER_POLICY_FILES",
     "list",
@@ -323,7 +331,7 @@ GROUPS: tuple[Group, ...] = (
     Group(
         "Gateway",
         (HOST, PORT, DATA_DIR, DATABASE_URL, API_KEYS, PUBLIC_URL, TLS_CERT, TLS_KEY, MAX_BODY_BYTES,
-         POLICY_FILES, LEASE_TTL, MASTER_KEY, METRICS_PUBLIC),
+         MAX_UPLOAD_BYTES, POLICY_FILES, LEASE_TTL, MASTER_KEY, METRICS_PUBLIC),
     ),
     Group(
         "Model",

@@ -1,4 +1,8 @@
-"""HTTP routes for ``/v1/files``: session outputs, listed by ``scope_id`` (or ``session_id``)."""
+"""HTTP routes for ``/v1/files``: uploads (``api.uploads``) and session outputs.
+
+Listed by ``scope_id`` (or ``session_id``), a session's outputs, oldest first, reconciled with
+its outputs folder; without it, every file newest first, uploads and outputs alike.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,15 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
-from gateway.api.pagination import decode_cursor, encode_cursor, limit_param
+from gateway.api.pagination import decode_cursor, encode_cursor, limit_param, page_body
 from gateway.api.routing import endpoint
 from gateway.api.state import state
+from gateway.api.uploads import upload
 from gateway.errors import InvalidRequest
-from gateway.resources import files, sessions
+from gateway.resources import files, sessions, uploads
 
 CHUNK = 64 * 1024
+MAX_IDS = 100
 
 
 async def list_files(request: Request) -> JSONResponse:
@@ -23,29 +29,35 @@ async def list_files(request: Request) -> JSONResponse:
     scope = request.query_params.get("scope_id") or request.query_params.get("session_id")
     limit = limit_param(request, default=20, maximum=1000)
     token = request.query_params.get("page")
-    start = decode_cursor(token) if token else 0
-    if scope:
-        await sessions.get(gateway.store, scope)
-        records = await files.sync_session(gateway.store, gateway.settings.workspaces_dir, scope)
-    else:
+    start = decode_cursor(token) if token else None
+    ids = list(dict.fromkeys(request.query_params.getlist("ids[]") + request.query_params.getlist("ids")))
+    if ids and (token or request.query_params.get("limit")):
+        raise InvalidRequest("ids: cannot be combined with page or limit")
+    if len(ids) > MAX_IDS:
+        raise InvalidRequest(f"ids: at most {MAX_IDS}")
+    if not scope:
         page = await gateway.store.list_resources(
-            files.KIND, cursor=None, limit=files.MAX_FILES_PER_SESSION, include_archived=True, order="asc"
+            files.KIND,
+            cursor=None if ids else start,
+            limit=len(ids) if ids else limit,
+            include_archived=True,
+            one_of={"id": ids} if ids else None,
         )
-        records = page.items
-    ids = request.query_params.getlist("ids[]") + request.query_params.getlist("ids")
+        return JSONResponse({**page_body(page, files.render), **({"next_page": None} if ids else {})})
+    await sessions.get(gateway.store, scope)
+    records = await files.sync_session(gateway.store, gateway.settings.workspaces_dir, scope)
     if ids:
-        if token or request.query_params.get("limit"):
-            raise InvalidRequest("ids: cannot be combined with page or limit")
         wanted = set(ids)
         return JSONResponse(
             {"data": [files.render(r) for r in records if r["id"] in wanted], "next_page": None}
         )
-    window = records[start : start + limit]
-    more = start + limit < len(records)
+    offset = start or 0
+    window = records[offset : offset + limit]
+    more = offset + limit < len(records)
     return JSONResponse(
         {
             "data": [files.render(r) for r in window],
-            "next_page": encode_cursor(start + limit) if more else None,
+            "next_page": encode_cursor(offset + limit) if more else None,
         }
     )
 
@@ -77,12 +89,17 @@ async def download(request: Request) -> StreamingResponse:
 async def delete(request: Request) -> JSONResponse:
     gateway = state(request)
     return JSONResponse(
-        await files.delete(gateway.store, gateway.settings.workspaces_dir, request.path_params["file_id"])
+        await files.delete(
+            gateway.store,
+            gateway.settings.workspaces_dir,
+            uploads.files_dir(gateway.settings.data_dir),
+            request.path_params["file_id"],
+        )
     )
 
 
 routes = [
-    endpoint("/v1/files", get=list_files),
+    endpoint("/v1/files", get=list_files, post=upload),
     endpoint("/v1/files/{file_id}", get=retrieve, delete=delete),
     endpoint("/v1/files/{file_id}/content", get=download),
 ]

@@ -26,8 +26,8 @@ from gateway.api.routing import endpoint
 from gateway.api.state import state
 from gateway.errors import InvalidRequest
 from gateway.harness.previews import Subscription, parse_kinds
-from gateway.resources import sessions
-from gateway.schemas.sessions import SendEvents, SessionCreate, SessionUpdate
+from gateway.resources import sessions, uploads
+from gateway.schemas.sessions import SendEvents, SessionCreate, SessionUpdate, file_references
 from gateway.sessionlog.events import new_event
 from gateway.store.base import ATTENTION_FIELD, Body, EventQuery, Store, StoredEvent
 from gateway.store.patient import patient
@@ -39,6 +39,7 @@ KEEPALIVE_SECONDS = 15.0
 async def create(request: Request) -> JSONResponse:
     gateway = state(request)
     body = await parse(request, SessionCreate, gateway.settings.max_body_bytes)
+    await uploads.require_usable(gateway.store, file_references(body.initial_events))
     session, initial = await sessions.create(gateway.store, body)
     if initial:
         gateway.runner.wake(session["id"])
@@ -137,6 +138,7 @@ async def send_events(request: Request) -> JSONResponse:
     body = await parse(request, SendEvents, gateway.settings.max_body_bytes)
     access.require_event_types(request, (event.type for event in body.events))
     session = await sessions.get(gateway.store, request.path_params["session_id"])
+    await uploads.require_usable(gateway.store, file_references(body.events))
     stored = await sessions.accept_events(gateway.store, session, body.events)
     if any(event.type == "user.interrupt" for event in stored):
         gateway.runner.interrupt(session["id"])

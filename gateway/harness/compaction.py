@@ -32,6 +32,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.harness import context_budget as sizing
+from gateway.harness import file_blocks
 from gateway.harness.context import build_messages
 from gateway.harness.model import FAILED, ModelCallFailed, ModelClient, call_model
 from gateway.harness.request import build_request
@@ -78,6 +79,7 @@ class Host(Protocol):
 
     store: Store
     model: ModelClient
+    uploads: file_blocks.Uploads | None
     max_output_tokens: int
     prompt_caching: bool
 
@@ -238,7 +240,7 @@ async def _summarise(host: Host, run: Run, request: dict[str, Any], cut: int) ->
     run.model_start_id = start["id"]
     try:
         with tracing.model_span(request) as span:
-            result = await call_model(host.model, request)
+            result = await call_model(host.model, await file_blocks.inline(request, host.uploads))
             span.record(result.usage, result.stop_reason)
     except ModelCallFailed as exc:
         await host.append(run, request_end(start["id"], None, is_error=True))

@@ -201,7 +201,8 @@ def _result_block(use_id: str, content: list[dict[str, Any]], is_error: bool) ->
 
 
 def _input_block(block: dict[str, Any]) -> dict[str, Any]:
-    """Session content blocks already match Messages API blocks except for file sources."""
+    """Session content blocks already match Messages API blocks except for file sources, which
+    stay references here (the log's view) and get their bytes when sent (``file_blocks``)."""
     if block["type"] in ("image", "document") and block["source"]["type"] == "file":
         return {**block, "source": {"type": "file", "file_id": block["source"]["file_id"]}}
     return {k: v for k, v in block.items() if v is not None}

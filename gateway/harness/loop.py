@@ -1,8 +1,7 @@
 """The agent loop: log -> Messages API -> tools -> log, until the turn ends.
 
-Each step re-reads the log and decides from it alone (see ``transcript``), so the
-loop holds no state a crash could lose. Intent (``*_tool_use``) is persisted before
-a tool runs and the outcome (``*_tool_result``) after.
+Each step decides from the log alone (see ``transcript``), so the loop holds no state a
+crash could lose. Intent (``*_tool_use``) is logged before a tool runs, the outcome after.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from typing import Any
 import anyio
 import mcp.types as mcp_types
 
-from gateway.harness import compaction
+from gateway.harness import compaction, file_blocks
 from gateway.harness.context_budget import REQUEST_CHARS_FIELD, request_chars
 from gateway.harness.model import ModelCallFailed, ModelClient, ModelResult, call_model
 from gateway.harness.previews import PreviewHub, ResponsePreview
@@ -63,7 +62,8 @@ class Harness:
     keyring: KeyRing | None = None
     transport_for: mcp_client.TransportFor | None = None
     """Routes MCP servers under a tunnel's domain through that tunnel."""
-
+    uploads: file_blocks.Uploads | None = None
+    """Where files named in messages are read from, to send them inline."""
     transcripts: TranscriptCache = field(default_factory=TranscriptCache)
     previews: PreviewHub = field(default_factory=PreviewHub)
     """Where replies being streamed are previewed to ``event_deltas`` streams of this process."""
@@ -337,7 +337,8 @@ class Harness:
             run.model_start_id = start["id"]
             try:
                 with tracing.model_span(request, attempt=attempt) as span:
-                    result = await call_model(self.model, request, preview.feed)
+                    sent = await file_blocks.inline(request, self.uploads)  # the log keeps file ids
+                    result = await call_model(self.model, sent, preview.feed)
                     span.record(result.usage, result.stop_reason)
                 return result, start["id"], preview
             except ModelCallFailed as exc:

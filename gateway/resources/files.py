@@ -1,4 +1,4 @@
-"""Session outputs as ``/v1/files`` entries.
+"""Session outputs as ``/v1/files`` entries (uploads share the collection: ``resources.uploads``).
 
 Files the agent writes under ``/workspace/outputs`` in its sandbox become file
 resources scoped to the session. Records are reconciled with the folder when it is
@@ -26,8 +26,8 @@ from pathlib import Path
 import anyio.to_thread
 
 from gateway import ids
-from gateway.errors import NotFound
-from gateway.resources import common
+from gateway.errors import InvalidRequest, NotFound
+from gateway.resources import common, uploads
 from gateway.store.base import Body, Store
 from sandbox_server import beneath, workspace_fs
 
@@ -44,6 +44,18 @@ class OutputFile:
 
 
 render = common.public
+
+
+class FileNotDownloadable(InvalidRequest):
+    """The SDK raises ``FileNotDownloadableError`` for this ``error_code``."""
+
+    def __init__(self, file_id: str) -> None:
+        super().__init__(
+            f"file {file_id!r} is not downloadable: only files a session wrote can be downloaded"
+        )
+
+    def extra(self) -> dict[str, object]:
+        return {"details": {"error_code": "file_not_downloadable"}}
 
 
 @contextlib.contextmanager
@@ -154,8 +166,11 @@ def open_content(workspaces: Path, body: Body) -> tuple[int, int]:
     """Open the file behind a record beneath the session's workspace, following no symlink.
 
     Returns ``(fd, size)``; raises ``NotFound`` when the file is gone or was swapped for
-    something that is not a regular file reached through real directories.
+    something that is not a regular file reached through real directories, and
+    ``FileNotDownloadable`` for an upload (``downloadable: false``, as the API has it).
     """
+    if uploads.is_upload(body):
+        raise FileNotDownloadable(body["id"])
     with _workspace(workspaces, body["scope"]["id"]) as workspace:
         if workspace is None:
             raise NotFound("file", body["id"])
@@ -175,10 +190,15 @@ def open_content(workspaces: Path, body: Body) -> tuple[int, int]:
     return fd, info.st_size
 
 
-async def delete(store: Store, workspaces: Path, file_id: str) -> Body:
+async def delete(store: Store, workspaces: Path, uploads_dir: Path, file_id: str) -> Body:
+    """Removes the bytes with the record: an upload's from ``uploads_dir``, an output's from
+    its session's workspace."""
     body = await get(store, file_id)
-    await anyio.to_thread.run_sync(_unlink_output, workspaces, body)
-    await store.delete(KIND, file_id)
+    if uploads.is_upload(body):
+        await uploads.delete(store, uploads_dir, body)
+    else:
+        await anyio.to_thread.run_sync(_unlink_output, workspaces, body)
+        await store.delete(KIND, file_id)
     return {"id": file_id, "type": "file_deleted"}
 
 

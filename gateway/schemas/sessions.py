@@ -6,6 +6,7 @@ Mirrors ``session_create_params``, ``session_update_params`` and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
@@ -115,6 +116,18 @@ class UserCustomToolResult(Strict):
 ClientEvent = Annotated[
     UserMessage | UserInterrupt | UserToolConfirmation | UserCustomToolResult, Field(discriminator="type")
 ]
+
+
+def file_references(events: Sequence[Strict]) -> list[tuple[str, str]]:
+    """``(block type, file_id)`` for each ``file`` source in the events' content."""
+    return [
+        (block.type, block.source.file_id)
+        for event in events
+        for block in getattr(event, "content", None) or ()
+        if isinstance(block, ImageBlock | DocumentBlock)
+        and block.source.file_id is not None
+        and block.source.type == "file"
+    ]
 
 
 class SendEvents(Strict):
