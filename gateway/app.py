@@ -36,6 +36,7 @@ from gateway.harness.runner import SessionRunner
 from gateway.mcp_gateway import wiring as mcp_gateway
 from gateway.observability import metrics, tracing
 from gateway.observability.observed_store import observe_store
+from gateway.resources import uploads
 from gateway.scripted_model.script import ScriptBook
 from gateway.scripted_model.server import create_app as create_scripted_model
 from gateway.serving import TLSFiles, bind_or_exit, serve_socket, socket_url
@@ -153,6 +154,9 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
         )
         try:
             await sandboxes.stop_leftovers()
+            await anyio.to_thread.run_sync(
+                uploads.remove_stale_partials, uploads.files_dir(settings.data_dir)
+            )
             sandboxes.check_host()  # one line if bash cannot run here (no bubblewrap)
             sandboxes.warm_up()
             async with (

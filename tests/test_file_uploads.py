@@ -12,8 +12,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import sqlite3
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -321,3 +323,21 @@ def test_a_file_deleted_after_its_message_is_sent_to_the_model_as_a_note_saying_
         "type": "text",
         "text": f"[image not available: file {image.id!r} not found]",
     }
+
+
+def test_a_gateway_start_removes_stale_partial_uploads_and_keeps_a_fresh_one(
+    tmp_path: Path, model_server: ServerProcess, api_key: str
+) -> None:
+    """What a gateway killed mid-upload left half-written goes at the next start; a younger
+    partial may be a replica's upload in progress on a shared data directory, so it stays."""
+    files = tmp_path / "data" / "files"
+    files.mkdir(parents=True)
+    stale, fresh, kept = files / ".upload-abc.part", files / ".upload-def.part", files / "file_Kept1"
+    for path in (stale, fresh, kept):
+        path.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    os.utime(kept, (two_hours_ago, two_hours_ago))
+    env = {"TETHER_API_KEYS": api_key, "TETHER_MODEL_BASE_URL": model_server.url, "ANTHROPIC_API_KEY": ""}
+    with running_server(["gateway", "--port", "0", "--data-dir", str(tmp_path / "data")], env):
+        assert sorted(p.name for p in files.iterdir()) == [".upload-def.part", "file_Kept1"]

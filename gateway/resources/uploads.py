@@ -19,6 +19,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -104,6 +105,24 @@ class Receiver:
             self._fd = None
             with contextlib.suppress(FileNotFoundError):
                 self._temp.unlink()
+
+
+PARTIAL_GLOB = ".upload-*.part"
+STALE_PARTIAL_SECONDS = 3600.0
+"""A partial upload this old belongs to no live request (a gateway was killed mid-upload); a
+younger one may be a replica's upload in progress on a shared data directory."""
+
+
+def remove_stale_partials(directory: Path, now: float | None = None) -> int:
+    """Remove what killed gateways left half-written; returns how many. Blocking."""
+    cutoff = (time.time() if now is None else now) - STALE_PARTIAL_SECONDS
+    removed = 0
+    for partial in directory.glob(PARTIAL_GLOB) if directory.is_dir() else ():
+        with contextlib.suppress(FileNotFoundError):
+            if partial.lstat().st_mtime < cutoff:
+                partial.unlink()
+                removed += 1
+    return removed
 
 
 def filename_label(raw: str | None, mime_type: str) -> str:
