@@ -88,7 +88,13 @@ def test_each_role_reaches_only_its_own_surface(
 
     _, developer = keyed("developer")
     built = developer.beta.agents.create(name="by developer", model="claude-sonnet-4-6")
-    developer.beta.sessions.create(agent=built.id, environment_id=environment.id)
+    own = developer.beta.sessions.create(agent=built.id, environment_id=environment.id)
+    vault = client.beta.vaults.create(display_name="team secrets")
+    with pytest.raises(anthropic.PermissionDeniedError, match="may not attach vaults"):
+        developer.beta.sessions.create(agent=built.id, environment_id=environment.id, vault_ids=[vault.id])
+    with pytest.raises(anthropic.PermissionDeniedError, match="may not attach vaults"):
+        developer.beta.sessions.update(own.id, vault_ids=[vault.id])
+    assert client.beta.sessions.retrieve(own.id).vault_ids == []
     for refused in (
         developer.beta.vaults.list,
         developer.beta.tunnels.list,

@@ -28,6 +28,8 @@ from anthropic.types.beta import BetaFileMetadata
 from anthropic.types.beta.beta_deleted_file import BetaDeletedFile
 from pydantic import BaseModel
 
+from gateway.harness import file_blocks
+from gateway.resources import uploads
 from tests.conftest import Scripts, gateway_data_dir
 from tests.support.processes import ServerProcess, running_server
 from tests.support.sessions import send_and_stream, strictly_valid
@@ -119,13 +121,17 @@ def test_upload_of_a_tuple_keeps_its_filename_and_a_declared_type_the_bytes_do_n
 def test_a_path_in_the_filename_is_only_a_label_and_the_bytes_land_under_the_files_dir_by_id(
     client: anthropic.Anthropic, gateway: ServerProcess
 ) -> None:
-    before = set((gateway_data_dir(gateway).parent).rglob("passwd"))
+    # Where the name would land if it were joined to a path: beside or above the files dir.
+    data = gateway_data_dir(gateway)
+    targets = [data / "etc" / "passwd", data.parent / "etc" / "passwd", files_dir(gateway) / "passwd"]
+    host_passwd = Path("/etc/passwd").read_bytes()
 
     metadata = upload(client, ("../../etc/passwd", b"root:x:0:0::/root:/bin/sh\n", "text/plain"))
 
     assert metadata.filename == "passwd"
     assert (files_dir(gateway) / metadata.id).read_bytes() == b"root:x:0:0::/root:/bin/sh\n"
-    assert set((gateway_data_dir(gateway).parent).rglob("passwd")) == before
+    assert not [target for target in targets if target.exists()]
+    assert Path("/etc/passwd").read_bytes() == host_passwd
     assert all(entry.name.startswith("file_") for entry in files_dir(gateway).iterdir())
     windows = upload(client, ("..\\..\\boot.ini", b"[boot]\n", "text/plain"))
     assert windows.filename == "boot.ini"
@@ -341,3 +347,51 @@ def test_a_gateway_start_removes_stale_partial_uploads_and_keeps_a_fresh_one(
     env = {"TETHER_API_KEYS": api_key, "TETHER_MODEL_BASE_URL": model_server.url, "ANTHROPIC_API_KEY": ""}
     with running_server(["gateway", "--port", "0", "--data-dir", str(tmp_path / "data")], env):
         assert sorted(p.name for p in files.iterdir()) == [".upload-def.part", "file_Kept1"]
+
+
+@pytest.mark.anyio
+async def test_a_file_named_many_times_is_read_and_encoded_once_and_the_request_stays_in_budget() -> None:
+    loads: list[str] = []
+
+    async def load(file_id: str, block_type: str) -> uploads.Loaded:
+        loads.append(file_id)
+        return uploads.Loaded("image/png", b"\x89PNG" + bytes(file_blocks.MAX_INLINE_BYTES // 4))
+
+    block = {"type": "image", "source": {"type": "file", "file_id": "file_Big"}}
+    request = {"messages": [{"role": "user", "content": [block] * 10}]}
+
+    sent = await file_blocks.inline_with(request, load)
+
+    content = sent["messages"][0]["content"]
+    inlined = [b for b in content if b["type"] == "image"]
+    notes = [b for b in content if b["type"] == "text"]
+    assert loads == ["file_Big"]
+    assert len(inlined) == 2 and inlined[0]["source"] is inlined[1]["source"]  # encoded once
+    assert sum(len(b["source"]["data"]) for b in inlined) <= file_blocks.MAX_INLINE_BYTES
+    assert len(notes) == 8 and "not sent" in notes[0]["text"]
+    assert request["messages"][0]["content"][0] is block  # the logged request is untouched
+
+
+def test_a_chunked_body_padded_around_its_file_part_is_refused_at_the_limit(
+    small_gateway: ServerProcess, api_key: str
+) -> None:
+    """Without a content length, bytes the parser skips (a preamble) still count."""
+    boundary = "b0undary"
+
+    def body() -> Iterator[bytes]:
+        for _ in range(16):
+            yield b"\r" + b"p" * LIMIT  # preamble the multipart parser drops
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\n'
+            f"hi\r\n--{boundary}--\r\n"
+        ).encode()
+
+    response = httpx2.post(
+        small_gateway.url + "/v1/files",
+        headers={"x-api-key": api_key, "content-type": f"multipart/form-data; boundary={boundary}"},
+        content=body(),
+        timeout=60,
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["type"] == "request_too_large"
+    assert [p.name for p in files_dir(small_gateway).glob(".upload-*")] == []

@@ -453,6 +453,7 @@ def test_worker_flags_are_checked_before_anything_starts(
     ("key", "message"),
     [
         ("admin", "refusing to run with an admin API key"),
+        ("developer", "role (developer) cannot serve an environment"),
         ("tk1.apikey_unknown.secret", "the gateway refused this API key"),
     ],
 )
@@ -460,6 +461,14 @@ def test_the_tunnel_agent_refuses_an_admin_key_and_an_unknown_one_in_one_line(
     gateway: ServerProcess, api_key: str, client: anthropic.Anthropic, key: str, message: str, tmp_path: Path
 ) -> None:
     onprem = client.beta.environments.create(name="strict site", config={"type": "self_hosted"})
+    if key == "developer":
+        created = httpx2.post(
+            gateway.url + "/v1/organizations/api_keys",
+            headers={"x-api-key": api_key},
+            json={"name": "not a worker", "role": "developer"},
+            timeout=30,
+        )
+        key = created.json()["key"]
     env = {**os.environ, "TETHER_API_KEY": api_key if key == "admin" else key, "TETHER_TUNNEL_TOKEN": "t"}
     done = subprocess.run(
         [
@@ -483,5 +492,5 @@ def test_the_tunnel_agent_refuses_an_admin_key_and_an_unknown_one_in_one_line(
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
-    if key == "admin":
+    if "unknown" not in key:
         assert "tether keys create --name SITE --role worker" in lines[0]

@@ -107,26 +107,45 @@ async def open_worker(
         yield Worker(settings, client, routes, metrics, tunnel_up=lambda: metrics.ready)
 
 
+MAKE_A_WORKER_KEY = (
+    "create one with `tether keys create --name SITE --role worker --environment ENV_ID "
+    "[--tunnel TUNNEL_ID]` and pass it as TETHER_API_KEY"
+)
 ADMIN_KEY_REFUSED = (
     "tether tunnel: refusing to run with an admin API key: an on-prem host should hold a key "
-    "that can serve only its environment. Create one with `tether keys create --name SITE "
-    "--role worker --environment ENV_ID [--tunnel TUNNEL_ID]` and pass it as TETHER_API_KEY"
+    f"that can serve only its environment; {MAKE_A_WORKER_KEY}"
 )
+WHOAMI_PATIENCE = 30.0
+"""How long a starting worker keeps asking a gateway it cannot reach (or that answers 5xx)
+what its key is, before it gives up (a supervisor restarts it)."""
 
 
-async def refuse_admin_keys(client: anthropic.AsyncAnthropic) -> None:
-    """Exit unless the key is a worker key (or the gateway cannot be asked yet: then the work
-    queue's own answers decide). A refused key is one line, not a retry loop."""
+async def refuse_admin_keys(client: anthropic.AsyncAnthropic, patience: float = WHOAMI_PATIENCE) -> None:
+    """Exit, in one line, unless the key is a worker key: an admin key is refused, and so is
+    one the gateway does not know or that cannot use the work queue."""
     import anthropic
+    import anyio
 
-    try:
-        principal = await client.get(WHOAMI, cast_to=object)
-    except anthropic.AuthenticationError:
-        sys.exit("tether tunnel: the gateway refused this API key (unknown, revoked or expired)")
-    except anthropic.APIError:
-        return
-    if isinstance(principal, dict) and principal.get("role") == "admin":
+    deadline = anyio.current_time() + patience
+    delay = 0.25
+    while True:
+        try:
+            principal = await client.get(WHOAMI, cast_to=object)
+            break
+        except anthropic.AuthenticationError:
+            sys.exit("tether tunnel: the gateway refused this API key (unknown, revoked or expired)")
+        except (anthropic.APIConnectionError, anthropic.InternalServerError) as exc:
+            if anyio.current_time() + delay > deadline:
+                sys.exit(f"tether tunnel: cannot ask the gateway what this API key may do: {exc}")
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    role = principal.get("role") if isinstance(principal, dict) else None
+    if role == "admin":
         sys.exit(ADMIN_KEY_REFUSED)
+    if role != "worker":
+        sys.exit(
+            f"tether tunnel: this API key's role ({role}) cannot serve an environment; {MAKE_A_WORKER_KEY}"
+        )
 
 
 async def _settings(

@@ -75,6 +75,14 @@ def principal_of(connection: HTTPConnection) -> Principal:
     return found if isinstance(found, Principal) else ADMIN
 
 
+def require_vault_use(connection: HTTPConnection, vault_ids: Iterable[str] | None) -> None:
+    """Attaching a vault lends a session its credentials (egress and MCP servers use them on the
+    session's behalf), so only admin keys may, as only they may manage vaults."""
+    principal = principal_of(connection)
+    if vault_ids and principal.role != "admin":
+        raise PermissionDenied(f"vault_ids: this API key's role ({principal.role}) may not attach vaults")
+
+
 def require_event_types(connection: HTTPConnection, types: Iterable[str]) -> None:
     """An operator may answer confirmations and interrupt, nothing else."""
     principal = principal_of(connection)

@@ -39,6 +39,7 @@ KEEPALIVE_SECONDS = 15.0
 async def create(request: Request) -> JSONResponse:
     gateway = state(request)
     body = await parse(request, SessionCreate, gateway.settings.max_body_bytes)
+    access.require_vault_use(request, body.vault_ids)
     await uploads.require_usable(gateway.store, file_references(body.initial_events))
     session, initial = await sessions.create(gateway.store, body)
     if initial:
@@ -109,6 +110,7 @@ async def retrieve(request: Request) -> JSONResponse:
 async def update(request: Request) -> JSONResponse:
     gateway = state(request)
     body = await parse(request, SessionUpdate, gateway.settings.max_body_bytes)
+    access.require_vault_use(request, body.vault_ids)
     return JSONResponse(
         sessions.render(await sessions.update(gateway.store, request.path_params["session_id"], body))
     )

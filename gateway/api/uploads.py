@@ -143,8 +143,13 @@ async def _receive(request: Request, form: _Form, receiver: uploads.Receiver) ->
     """Feed the body through the parser, writing the file's bytes as they are parsed."""
     parser = MultipartParser(_boundary(request), form.callbacks())  # type: ignore[arg-type]
     chunks = request.stream().__aiter__()
+    received = 0
     try:
         async for chunk in chunks:
+            # The whole body, not only the file part: the parser skips any preamble and epilogue.
+            received += len(chunk)
+            if received > form.limit + ENVELOPE_BYTES:
+                raise RequestTooLarge(f"file: exceeds the upload limit of {form.limit} bytes")
             try:
                 parser.write(chunk)
             except MultipartParseError as exc:
@@ -183,5 +188,5 @@ async def upload(request: Request) -> JSONResponse:
             expires_in_seconds=uploads.expiry(form.field("expires_in_seconds")),
         )
     finally:
-        await anyio.to_thread.run_sync(receiver.discard)
+        receiver.discard()  # close and unlink, not awaited: a cancelled request must clean up too
     return JSONResponse(files.render(body))

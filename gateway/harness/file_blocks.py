@@ -78,24 +78,37 @@ def _inlined(block: Block, loaded: uploads.Loaded) -> Block:
 
 
 class _Resolver:
-    """Loads each file once per request, however many blocks name it."""
+    """Loads and encodes each file once per request, however many blocks name it, and sends
+    no more than ``MAX_INLINE_BYTES`` of files in one request: every block naming a file costs
+    its encoded size (the request carries each copy), and those over the budget become notes.
+    Without the budget a message naming one large file many times would cost gigabytes."""
 
     def __init__(self, load: Loader) -> None:
         self.load = load
-        self.loaded: dict[tuple[str, str], uploads.Loaded | str] = {}
+        self.budget = MAX_INLINE_BYTES
+        self.sources: dict[tuple[str, str], Block | str] = {}
 
     async def block(self, block: Any) -> Any:
         if _is_file_block(block):
             key = (str(block["source"].get("file_id", "")), str(block["type"]))
-            if key not in self.loaded:
+            if key not in self.sources:
                 try:
-                    self.loaded[key] = await self.load(*key)
+                    self.sources[key] = _inlined(block, await self.load(*key))["source"]
                 except uploads.Unavailable as exc:
-                    self.loaded[key] = str(exc)
-            loaded = self.loaded[key]
-            if isinstance(loaded, str):
-                return {"type": "text", "text": f"[{key[1]} not available: {loaded}]"}
-            return _inlined(block, loaded)
+                    self.sources[key] = str(exc)
+            source = self.sources[key]
+            if isinstance(source, str):
+                return {"type": "text", "text": f"[{key[1]} not available: {source}]"}
+            cost = len(source["data"])
+            if cost > self.budget:
+                return {
+                    "type": "text",
+                    "text": f"[{key[1]} {key[0]} not sent: the files of one request may total "
+                    f"{MAX_INLINE_BYTES} bytes]",
+                }
+            self.budget -= cost
+            fields = {name: value for name, value in block.items() if name != "source" and value is not None}
+            return {**fields, "source": source}
         if _nested(block):
             return {**block, "content": [await self.block(inner) for inner in block["content"]]}
         return block

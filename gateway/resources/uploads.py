@@ -180,7 +180,7 @@ async def create(
     try:
         await store.insert(KIND, body)
     except BaseException:
-        await anyio.to_thread.run_sync(_unlink, receiver.directory, file_id)
+        _unlink(receiver.directory, file_id)  # not awaited: a cancelled request must clean up too
         raise
     return body
 
@@ -222,7 +222,7 @@ def _unusable(body: Body | None, file_id: str, block_type: str) -> str | None:
 async def require_usable(store: Store, references: Iterable[tuple[str, str]]) -> None:
     """Each ``(block_type, file_id)`` must name an uploaded file of a type that block can carry:
     otherwise a 400 naming the file, before anything is written to the session's log."""
-    for block_type, file_id in references:
+    for block_type, file_id in dict.fromkeys(references):  # one read per file, however often named
         body = await store.get(KIND, file_id)
         problem = _unusable(body, file_id, block_type)
         if problem is not None:
