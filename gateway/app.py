@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -188,6 +189,10 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
                     ("sandbox reaper", sandboxes.reap_forever),
                     ("session pickup", runner.pickup_forever),
                     ("webhook deliveries", dispatcher.run),
+                    (
+                        "upload expiry",
+                        partial(uploads.expire_forever, work_store, uploads.files_dir(settings.data_dir)),
+                    ),
                 ):
                     tasks.start_soon(supervised, name, loop, name=name)
                 app.state.gateway = GatewayState(settings, store, runner, sandboxes, keyring, previews)

@@ -18,6 +18,7 @@ import struct
 import time
 import zlib
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,10 @@ from anthropic.types.beta import BetaFileMetadata
 from anthropic.types.beta.beta_deleted_file import BetaDeletedFile
 from pydantic import BaseModel
 
+from gateway import ids
 from gateway.harness import file_blocks
 from gateway.resources import uploads
+from gateway.store import open_store
 from tests.conftest import Scripts, gateway_data_dir
 from tests.support.processes import ServerProcess, running_server
 from tests.support.sessions import send_and_stream, strictly_valid
@@ -395,3 +398,31 @@ def test_a_chunked_body_padded_around_its_file_part_is_refused_at_the_limit(
     assert response.status_code == 413, response.text
     assert response.json()["error"]["type"] == "request_too_large"
     assert [p.name for p in files_dir(small_gateway).glob(".upload-*")] == []
+
+
+@pytest.mark.anyio
+async def test_expired_uploads_lose_their_record_and_bytes_and_nothing_else_does(tmp_path: Path) -> None:
+    store = await open_store(f"sqlite:///{tmp_path}/store.db")
+    directory = tmp_path / "files"
+    directory.mkdir()
+    past = ids.timestamp(ids.now() - timedelta(seconds=5))
+    future = ids.timestamp(ids.now() + timedelta(hours=1))
+    records = {
+        "file_Expired1": {"expires_at": past, uploads.UPLOAD: {"sniffed_type": "text/plain"}},
+        "file_Later1": {"expires_at": future, uploads.UPLOAD: {"sniffed_type": "text/plain"}},
+        "file_Forever1": {uploads.UPLOAD: {"sniffed_type": "text/plain"}},
+        "file_Output1": {"scope": {"type": "session", "id": "sesn_x"}},
+    }
+    try:
+        for file_id, fields in records.items():
+            await store.insert(uploads.KIND, {"id": file_id, "created_at": ids.timestamp(), **fields})
+            (directory / file_id).write_bytes(b"x")
+
+        assert await uploads.remove_expired(store, directory) == 1
+
+        assert await store.get(uploads.KIND, "file_Expired1") is None
+        assert sorted(p.name for p in directory.iterdir()) == ["file_Forever1", "file_Later1", "file_Output1"]
+        for kept in ("file_Later1", "file_Forever1", "file_Output1"):
+            assert await store.get(uploads.KIND, kept) is not None
+    finally:
+        await store.close()

@@ -196,6 +196,33 @@ async def delete(store: Store, directory: Path, body: Body) -> None:
     await anyio.to_thread.run_sync(_unlink, directory, body["id"])
 
 
+EXPIRY_SWEEP_SECONDS = 600.0
+EXPIRY_SWEEP_BATCH = 500
+
+
+async def remove_expired(store: Store, directory: Path) -> int:
+    """Delete uploads past their ``expires_at``, record and bytes; returns how many. An expired
+    file is already refused in messages: this gives its disk space back."""
+    page = await store.list_resources(
+        KIND,
+        cursor=None,
+        limit=EXPIRY_SWEEP_BATCH,
+        include_archived=True,
+        not_null=("expires_at",),
+        order="asc",
+    )
+    expired = [body for body in page.items if is_upload(body) and _expired(body)]
+    for body in expired:
+        await delete(store, directory, body)
+    return len(expired)
+
+
+async def expire_forever(store: Store, directory: Path, interval: float = EXPIRY_SWEEP_SECONDS) -> None:
+    while True:
+        await remove_expired(store, directory)
+        await anyio.sleep(interval)
+
+
 def _expired(body: Body) -> bool:
     expires_at = body.get("expires_at")
     return expires_at is not None and str(expires_at) <= ids.timestamp()
