@@ -208,6 +208,27 @@ def test_a_worker_key_for_a_cloud_environment_is_refused(
     assert response.status_code == 400 and "self_hosted" in response.json()["error"]["message"]
 
 
+def test_a_key_limited_to_address_ranges_works_only_from_them(
+    gateway: ServerProcess, api_key: str, client: anthropic.Anthropic
+) -> None:
+    here = _create(gateway, api_key, name="loopback", role="reader", allowed_ips=["127.0.0.0/8", "::1/128"])
+    elsewhere = _create(gateway, api_key, name="office", role="reader", allowed_ips=["10.1.0.0/16"])
+    assert here["allowed_ips"] == ["127.0.0.0/8", "::1/128"]
+
+    with _as(gateway, here["key"]) as allowed:
+        allowed.beta.agents.list()
+    with _as(gateway, elsewhere["key"]) as refused, pytest.raises(anthropic.AuthenticationError):
+        refused.beta.agents.list()
+    assert client.beta.organization.api_keys.retrieve(elsewhere["id"]).model_dump()["last_used_at"] is None
+    response = httpx2.post(
+        gateway.url + KEYS,
+        headers={"x-api-key": api_key},
+        json={"name": "bad", "role": "reader", "allowed_ips": ["10.0.0.300/8"]},
+        timeout=30,
+    )
+    assert response.status_code == 400 and "not an address range" in response.json()["error"]["message"]
+
+
 def test_a_forged_token_with_a_real_key_id_is_refused(gateway: ServerProcess, keyed: Any) -> None:
     record, _ = keyed("admin")
     forged = f"tk1.{record['id']}.{'A' * 43}"
@@ -256,6 +277,8 @@ def test_the_cli_creates_lists_rotates_and_revokes_a_worker_key(
         "worker",
         "--environment",
         onprem.id,
+        "--allow-ip",
+        "127.0.0.0/8",
     )
     first = created["key"]
     with _as(gateway, first) as worker:
@@ -268,6 +291,7 @@ def test_the_cli_creates_lists_rotates_and_revokes_a_worker_key(
     rotated = _cli(gateway, api_key, capsys, "keys", "rotate", created["id"])
     assert rotated["id"] != created["id"] and rotated["environment_id"] == onprem.id
     assert rotated["role"] == "worker" and rotated["name"] == "site worker"
+    assert rotated["allowed_ips"] == ["127.0.0.0/8"]
     with _as(gateway, first) as old, pytest.raises(anthropic.AuthenticationError):
         old.beta.environments.work.poll(onprem.id, block_ms=None)
     with _as(gateway, rotated["key"]) as new:

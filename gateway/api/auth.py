@@ -56,7 +56,10 @@ class APIKeyMiddleware:
         gateway = getattr(scope["app"].state, "gateway", None)
         if gateway is None:  # still starting: only configured keys are known
             return None
-        return await api_keys.authenticate(gateway.store, presented.decode("ascii", "replace"))
+        client = scope.get("client")
+        return await api_keys.authenticate(
+            gateway.store, presented.decode("ascii", "replace"), client[0] if client else None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")

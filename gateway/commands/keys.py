@@ -40,6 +40,7 @@ KEYS = Resource(
         Flag("--environment", "environment_id", "a worker key's self-hosted environment"),
         Flag("--tunnel", "tunnel_id", "the tunnel a worker key may read (for tether tunnel --tunnel-id)"),
         Flag("--expires-at", "expires_at", "when it stops working (RFC 3339, e.g. 2027-01-31T00:00:00Z)"),
+        Flag("--allow-ip", "allowed_ips", "an address range (CIDR) it may be used from", kind="list"),
     ],
     update_flags=[
         Flag("--name", "name", "a new name"),
@@ -56,11 +57,8 @@ def keys_revoke(args: argparse.Namespace, client: anthropic.Anthropic) -> int:
 
 def keys_rotate(args: argparse.Namespace, client: anthropic.Anthropic) -> int:
     old: Any = client.get(f"{PATH}/{args.id}", cast_to=object)
-    body = {
-        name: old[name]
-        for name in ("name", "role", "environment_id", "tunnel_id", "expires_at")
-        if old.get(name)
-    }
+    kept = ("name", "role", "environment_id", "tunnel_id", "expires_at", "allowed_ips")
+    body = {name: old[name] for name in kept if old.get(name)}
     created = client.post(PATH, cast_to=object, body=body)
     client.post(f"{PATH}/{args.id}", cast_to=object, body={"status": "archived"})
     print_item(args, created)

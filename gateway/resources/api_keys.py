@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from gateway import ids
 from gateway.errors import InvalidRequest, NotFound
@@ -43,6 +44,20 @@ class KeyCreate(Strict):
     tunnel_id: str | None = None
     """A worker key may also read this one tunnel (``tether tunnel --tunnel-id``)."""
     expires_at: datetime | None = None
+    allowed_ips: Annotated[list[str], Field(max_length=64)] | None = None
+    """Address ranges (CIDR) requests with this key must come from; None: anywhere."""
+
+    @field_validator("allowed_ips")
+    @classmethod
+    def _networks(cls, ranges: list[str] | None) -> list[str] | None:
+        if ranges is None:
+            return None
+        if not ranges:
+            raise ValueError("give at least one range, or leave allowed_ips out")
+        try:
+            return [str(ipaddress.ip_network(entry, strict=False)) for entry in ranges]
+        except ValueError as exc:
+            raise ValueError(f"not an address range: {exc}") from None
 
     @model_validator(mode="after")
     def _scoped_only_for_workers(self) -> KeyCreate:
@@ -122,6 +137,7 @@ async def create(store: Store, request: KeyCreate) -> tuple[Body, str]:
         "created_at": ids.timestamp(),
         "expires_at": ids.timestamp(request.expires_at) if request.expires_at else None,
         "last_used_at": None,
+        "allowed_ips": request.allowed_ips,
         "partial_key_hint": f"{TOKEN_PREFIX}.{key_id}.{secret[:2]}...{secret[-4:]}",
         _SALT: salt.hex(),
         _HASH: _digest(salt, secret),
@@ -130,8 +146,22 @@ async def create(store: Store, request: KeyCreate) -> tuple[Body, str]:
     return body, f"{TOKEN_PREFIX}.{key_id}.{secret}"
 
 
-async def authenticate(store: Store, token: str) -> Principal | None:
-    """The principal a presented token acts as, or None (unknown, wrong, revoked, expired)."""
+def _from_allowed(body: Body, client: str | None) -> bool:
+    ranges = body.get("allowed_ips")
+    if not ranges:
+        return True
+    try:
+        address = ipaddress.ip_address(client or "")
+    except ValueError:
+        return False  # no peer address (e.g. a Unix socket): a range cannot be satisfied
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack listener's view of an IPv4 peer
+    return any(address in ipaddress.ip_network(entry) for entry in ranges)
+
+
+async def authenticate(store: Store, token: str, client: str | None = None) -> Principal | None:
+    """The principal a presented token acts as, or None (unknown, wrong, revoked, expired, or
+    presented from outside the key's ``allowed_ips``). ``client`` is the peer's address."""
     prefix, _, rest = token.partition(".")
     key_id, _, secret = rest.partition(".")
     if prefix != TOKEN_PREFIX or not key_id.startswith(ID_PREFIX + "_") or not secret:
@@ -141,6 +171,8 @@ async def authenticate(store: Store, token: str) -> Principal | None:
         return None
     presented = _digest(bytes.fromhex(body[_SALT]), secret)
     if not hmac.compare_digest(presented, body[_HASH]) or status_of(body) != "active":
+        return None
+    if not _from_allowed(body, client):
         return None
     await _touch(store, body)
     return Principal(body["role"], key_id, body.get("environment_id"), body.get("tunnel_id"))
