@@ -19,6 +19,7 @@ from tests.conftest import Scripts
 from tests.support import restarts
 from tests.support.processes import ServerProcess, running_server
 from tests.support.restarts import LEASE_TTL, sdk_client
+from tests.support.self_hosted import eventually
 from tests.support.sessions import mcp_agent, strictly_valid, user_message
 
 # Shared fixtures: both backends, gateways started one after another on one database.
@@ -190,6 +191,8 @@ def test_kill_during_a_model_stream_closes_the_request_and_calls_the_model_again
         for event in stream:
             if event.type == "span.model_request_start":
                 break
+    # The premise: the request is in the model's hands (its stream hangs) when the kill comes.
+    eventually(lambda: scripts.requests_for(marker), "the model never received the request")
     before = _all_events(client, session.id)
     _kill(first)
 

@@ -235,6 +235,7 @@ def cut_points(transcript: Transcript, after_seq: int) -> list[int]:
 
 async def _summarise(host: Host, run: Run, request: dict[str, Any], cut: int) -> ModelCallFailed | None:
     """One summarising call; on success the compaction is in the log, else the failure."""
+    await host.model.sdk()  # loaded first, so the span opens only as its request goes out
     start = ev.new_event("span.model_request_start", **{COMPACTION_FIELD: True})
     await host.append(run, start)
     run.model_start_id = start["id"]

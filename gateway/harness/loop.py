@@ -1,8 +1,7 @@
 """The agent loop: log -> Messages API -> tools -> log, until the turn ends.
 
-Each step decides from the log alone (see ``transcript``), so the loop holds no state a
-crash could lose. Intent (``*_tool_use``) is logged before a tool runs, the outcome after.
-"""
+Each step decides from the log alone (see ``transcript``): the loop holds no state a crash
+could lose. Intent (``*_tool_use``) is logged before a tool runs, the outcome after."""
 
 from __future__ import annotations
 
@@ -329,6 +328,7 @@ class Harness:
 
         A retryable failure on the last attempt is ``exhausted`` (the caller idles the session);
         a non-retryable one is ``terminal`` and terminates the session, as the SDK documents."""
+        await self.model.sdk()  # loaded first, so a span opens only as its request goes out
         for attempt in range(1, self.retry.max_attempts + 1):
             fields = {CONTEXT_SEQ_FIELD: context_seq, REQUEST_CHARS_FIELD: request_chars(request)}
             start = ev.new_event("span.model_request_start", **fields)
