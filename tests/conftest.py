@@ -50,25 +50,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _ensure(session.config, provision.SANDBOX)
 
 
-LONGEST_FIRST = (
-    "test_deployment_images.py",
-    "test_lost_wakeups.py",
-    "test_crash_recovery.py",
-    "test_sandbox_start_queue.py",
-    "test_store_outages.py",
-    "test_self_hosted.py",
-    "test_sandbox_lifecycle.py",
-    "test_exfiltration.py",
-)
-"""The files that take longest, in that order. Workers (``--dist loadfile``) take files in
-collection order, so these start first and the run does not end waiting on one of them."""
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files keep their order
-
-
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Provide what the selected tests need: Chromium, PostgreSQL and its throwaway cluster."""
     modules = {item.module for item in session.items if isinstance(item, pytest.Function)}
