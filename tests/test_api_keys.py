@@ -184,6 +184,8 @@ def test_revoked_and_deactivated_keys_are_refused_at_once(client: anthropic.Anth
         ({"name": "w", "role": "worker", "environment_id": "env_missing"}, "no environment env_missing"),
         ({"name": "e", "role": "reader", "expires_at": "2020-01-01T00:00:00Z"}, "future"),
         ({"name": "e", "role": "reader", "secret": "mine"}, "secret"),
+        ({"name": "w", "role": "worker", "environment_id": "env_x", "agent_ids": ["agent_1"]}, "agent_ids"),
+        ({"name": "d", "role": "developer", "agent_ids": []}, "agent_ids"),
     ],
 )
 def test_bad_key_requests_are_400s_naming_the_field(
@@ -227,6 +229,30 @@ def test_a_key_limited_to_address_ranges_works_only_from_them(
         timeout=30,
     )
     assert response.status_code == 400 and "not an address range" in response.json()["error"]["message"]
+
+
+def test_a_key_limited_to_one_agent_starts_and_changes_only_that_agents_sessions(
+    client: anthropic.Anthropic, keyed: Any
+) -> None:
+    mine = client.beta.agents.create(name="ci target", model="claude-sonnet-4-6")
+    other = client.beta.agents.create(name="someone else's", model="claude-sonnet-4-6")
+    environment = client.beta.environments.create(name="ci")
+    record, ci = keyed("developer", agent_ids=[mine.id])
+    assert record["agent_ids"] == [mine.id]
+
+    started = ci.beta.sessions.create(agent=mine.id, environment_id=environment.id)
+    assert started.agent.id == mine.id
+    ci.beta.sessions.create(
+        agent={"type": "agent", "id": mine.id, "version": 1}, environment_id=environment.id
+    )
+    assert ci.beta.agents.update(mine.id, version=1, description="tuned by CI").version == 2
+    with pytest.raises(anthropic.PermissionDeniedError, match=f"may start sessions of {mine.id} only"):
+        ci.beta.sessions.create(agent=other.id, environment_id=environment.id)
+    with pytest.raises(anthropic.PermissionDeniedError):
+        ci.beta.agents.update(other.id, version=1, description="not mine")
+    with pytest.raises(anthropic.PermissionDeniedError):
+        ci.beta.agents.create(name="new", model="claude-sonnet-4-6")
+    assert client.beta.agents.retrieve(other.id).version == 1
 
 
 def test_a_forged_token_with_a_real_key_id_is_refused(gateway: ServerProcess, keyed: Any) -> None:

@@ -23,6 +23,7 @@ WHOAMI = "/v1/tether/whoami"
 _WORK = re.compile(r"^/v1/environments/(?P<environment>[^/]+)/work(?:/.*)?$")
 _ENVIRONMENT = re.compile(r"^/v1/environments/(?P<environment>[^/]+)$")
 _TUNNEL = re.compile(r"^/v1/tunnels/(?P<tunnel>[^/]+)$")
+_AGENT = re.compile(r"^/v1/agents(?:/(?P<agent>[^/]+)(?:/.*)?)?$")
 _SESSION_EVENTS = re.compile(r"^/v1/sessions/[^/]+/events$")
 _SESSION_ARCHIVE = re.compile(r"^/v1/sessions/[^/]+/archive$")
 _BUILDING = ("/v1/agents", "/v1/environments", "/v1/sessions", "/v1/files")
@@ -42,6 +43,8 @@ def allows(principal: Principal, method: str, path: str) -> bool:
         return _worker_allows(principal, method, path)
     if _WORK.match(path):
         return False  # the work queue is for workers (and admins)
+    if principal.agent_ids is not None and method not in READS and (agent := _AGENT.match(path)):
+        return agent["agent"] in principal.agent_ids  # no new agents, and only its own changed
     if role == "developer":
         return _under(path, _BUILDING)
     if role == "reader":
@@ -73,6 +76,15 @@ def principal_of(connection: HTTPConnection) -> Principal:
     """The caller; requests that reached a handler without the key middleware act as admin."""
     found = connection.scope.get("state", {}).get(PRINCIPAL)
     return found if isinstance(found, Principal) else ADMIN
+
+
+def require_agent(connection: HTTPConnection, agent_id: str) -> None:
+    """A key limited to some agents starts sessions of those only."""
+    principal = principal_of(connection)
+    if principal.agent_ids is not None and agent_id not in principal.agent_ids:
+        raise PermissionDenied(
+            f"agent: this API key may start sessions of {', '.join(sorted(principal.agent_ids))} only"
+        )
 
 
 def require_vault_use(connection: HTTPConnection, vault_ids: Iterable[str] | None) -> None:

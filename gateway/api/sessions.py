@@ -40,6 +40,7 @@ async def create(request: Request) -> JSONResponse:
     gateway = state(request)
     body = await parse(request, SessionCreate, gateway.settings.max_body_bytes)
     access.require_vault_use(request, body.vault_ids)
+    access.require_agent(request, body.agent if isinstance(body.agent, str) else body.agent.id)
     await uploads.require_usable(gateway.store, file_references(body.initial_events))
     session, initial = await sessions.create(gateway.store, body)
     if initial:

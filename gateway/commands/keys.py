@@ -41,6 +41,7 @@ KEYS = Resource(
         Flag("--tunnel", "tunnel_id", "the tunnel a worker key may read (for tether tunnel --tunnel-id)"),
         Flag("--expires-at", "expires_at", "when it stops working (RFC 3339, e.g. 2027-01-31T00:00:00Z)"),
         Flag("--allow-ip", "allowed_ips", "an address range (CIDR) it may be used from", kind="list"),
+        Flag("--agent", "agent_ids", "the only agent it may start sessions of and change", kind="list"),
     ],
     update_flags=[
         Flag("--name", "name", "a new name"),
@@ -57,7 +58,7 @@ def keys_revoke(args: argparse.Namespace, client: anthropic.Anthropic) -> int:
 
 def keys_rotate(args: argparse.Namespace, client: anthropic.Anthropic) -> int:
     old: Any = client.get(f"{PATH}/{args.id}", cast_to=object)
-    kept = ("name", "role", "environment_id", "tunnel_id", "expires_at", "allowed_ips")
+    kept = ("name", "role", "environment_id", "tunnel_id", "expires_at", "allowed_ips", "agent_ids")
     body = {name: old[name] for name in kept if old.get(name)}
     created = client.post(PATH, cast_to=object, body=body)
     client.post(f"{PATH}/{args.id}", cast_to=object, body={"status": "archived"})

@@ -46,6 +46,10 @@ class KeyCreate(Strict):
     expires_at: datetime | None = None
     allowed_ips: Annotated[list[str], Field(max_length=64)] | None = None
     """Address ranges (CIDR) requests with this key must come from; None: anywhere."""
+    agent_ids: (
+        Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=64)] | None
+    ) = None
+    """The only agents this key may start sessions of and change (a CI job's key); None: any."""
 
     @field_validator("allowed_ips")
     @classmethod
@@ -65,6 +69,8 @@ class KeyCreate(Strict):
             raise ValueError("environment_id: a worker key needs the self-hosted environment it serves")
         if self.role != "worker" and (self.environment_id or self.tunnel_id):
             raise ValueError("environment_id and tunnel_id apply only to worker keys")
+        if self.agent_ids is not None and self.role in ("admin", "worker"):
+            raise ValueError(f"agent_ids: {self.role} keys cannot be limited to agents")
         if self.expires_at is not None:
             if self.expires_at.tzinfo is None:
                 raise ValueError("expires_at: must carry a time zone (RFC 3339)")
@@ -86,6 +92,7 @@ class Principal:
     key_id: str | None = None
     environment_id: str | None = None
     tunnel_id: str | None = None
+    agent_ids: frozenset[str] | None = None
 
 
 ADMIN = Principal("admin")
@@ -138,6 +145,7 @@ async def create(store: Store, request: KeyCreate) -> tuple[Body, str]:
         "expires_at": ids.timestamp(request.expires_at) if request.expires_at else None,
         "last_used_at": None,
         "allowed_ips": request.allowed_ips,
+        "agent_ids": request.agent_ids,
         "partial_key_hint": f"{TOKEN_PREFIX}.{key_id}.{secret[:2]}...{secret[-4:]}",
         _SALT: salt.hex(),
         _HASH: _digest(salt, secret),
@@ -175,7 +183,14 @@ async def authenticate(store: Store, token: str, client: str | None = None) -> P
     if not _from_allowed(body, client):
         return None
     await _touch(store, body)
-    return Principal(body["role"], key_id, body.get("environment_id"), body.get("tunnel_id"))
+    agents = body.get("agent_ids")
+    return Principal(
+        body["role"],
+        key_id,
+        body.get("environment_id"),
+        body.get("tunnel_id"),
+        frozenset(agents) if agents is not None else None,
+    )
 
 
 async def _touch(store: Store, body: Body) -> None:
