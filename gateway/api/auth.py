@@ -15,6 +15,7 @@ import logging
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api import access
+from gateway.api.errors import STORE_RETRY_AFTER_SECONDS
 from gateway.resources import api_keys
 from gateway.resources.api_keys import ADMIN, Principal
 from gateway.store.base import StoreUnavailable
@@ -107,6 +108,6 @@ async def _refuse(scope: Scope, send: Send, status: int, error_type: str, messag
     body = json.dumps({"type": "error", "error": {"type": error_type, "message": message}})
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if status == 503:
-        headers.append((b"retry-after", b"2"))
+        headers.append((b"retry-after", str(STORE_RETRY_AFTER_SECONDS).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body.encode()})
