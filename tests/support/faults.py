@@ -46,12 +46,6 @@ def sqlite_write_lock_held(path: Path) -> Iterator[None]:
         conn.close()
 
 
-def sqlite_write_lock(path: Path, seconds: float) -> None:
-    """Hold the database's write lock for ``seconds``, then release it."""
-    with sqlite_write_lock_held(path):
-        time.sleep(seconds)
-
-
 def truncate_wal(path: Path) -> None:
     """Checkpoint the database at ``path`` and truncate its write-ahead log to zero bytes.
 
