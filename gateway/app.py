@@ -21,7 +21,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from gateway.api import agents, api_keys, egress, environments, files, sessions, vaults, webhooks, work
+from gateway.api import (
+    agents,
+    api_keys,
+    deployments,
+    egress,
+    environments,
+    files,
+    sessions,
+    vaults,
+    webhooks,
+    work,
+)
 from gateway.api import insights as insight_routes
 from gateway.api.auth import APIKeyMiddleware
 from gateway.api.errors import HANDLERS, STORE_RETRY_AFTER_SECONDS
@@ -38,6 +49,7 @@ from gateway.mcp_gateway import wiring as mcp_gateway
 from gateway.observability import metrics, tracing
 from gateway.observability.observed_store import observe_store
 from gateway.resources import uploads
+from gateway.scheduling.scheduler import Scheduler
 from gateway.scripted_model.script import ScriptBook
 from gateway.scripted_model.server import create_app as create_scripted_model
 from gateway.serving import TLSFiles, bind_or_exit, serve_socket, socket_url
@@ -189,6 +201,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
                     ("sandbox reaper", sandboxes.reap_forever),
                     ("session pickup", runner.pickup_forever),
                     ("webhook deliveries", dispatcher.run),
+                    ("deployment schedules", Scheduler(work_store, runner.wake).run_forever),
                     (
                         "upload expiry",
                         partial(uploads.expire_forever, work_store, uploads.files_dir(settings.data_dir)),
@@ -215,6 +228,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
         *agents.routes,
         *environments.routes,
         *sessions.routes,
+        *deployments.routes,
         *files.routes,
         *vaults.routes,
         *egress.routes,

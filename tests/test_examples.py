@@ -137,6 +137,24 @@ def test_custom_tools_are_answered_by_the_client_with_its_own_data(
     assert log[-1].stop_reason.type == "end_turn"
 
 
+def test_scheduled_report_deploys_on_a_schedule_and_runs_once_now(
+    sdk: anthropic.Anthropic, env: dict[str, str]
+) -> None:
+    output = run_example("scheduled_report.py", [], env)
+
+    deployment_id = re.search(r"^deployment (depl_\w+) \(0 9 \* \* 1-5, Europe/London\)$", output, re.M)
+    assert deployment_id, output
+    deployment = sdk.beta.deployments.retrieve(deployment_id[1])
+    assert deployment.status == "active" and deployment.schedule is not None
+    assert output.count("  next fire ") == 5
+    [run] = sdk.beta.deployment_runs.list(deployment_id=deployment.id).data
+    assert run.trigger_context.type == "manual" and run.session_id == session_of(output)
+    log = _log(sdk, run.session_id)
+    assert _text(log[0]) == "Write this morning's status report."
+    assert "agent.message: Status: all builds green" in output
+    assert log[-1].stop_reason.type == "end_turn"
+
+
 def test_policies_review_approves_one_call_and_denies_the_other(
     sdk: anthropic.Anthropic, env: dict[str, str], examples_gateway: ServerProcess
 ) -> None:

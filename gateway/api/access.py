@@ -26,7 +26,14 @@ _TUNNEL = re.compile(r"^/v1/tunnels/(?P<tunnel>[^/]+)$")
 _AGENT = re.compile(r"^/v1/agents(?:/(?P<agent>[^/]+)(?:/.*)?)?$")
 _SESSION_EVENTS = re.compile(r"^/v1/sessions/[^/]+/events$")
 _SESSION_ARCHIVE = re.compile(r"^/v1/sessions/[^/]+/archive$")
-_BUILDING = ("/v1/agents", "/v1/environments", "/v1/sessions", "/v1/files")
+_BUILDING = (
+    "/v1/agents",
+    "/v1/environments",
+    "/v1/sessions",
+    "/v1/files",
+    "/v1/deployments",
+    "/v1/deployment_runs",
+)
 """The surfaces a ``developer`` builds with and a ``reader`` reads."""
 OPERATOR_EVENTS = frozenset({"user.tool_confirmation", "user.interrupt"})
 

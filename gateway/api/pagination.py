@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
@@ -86,3 +86,17 @@ def time_param(request: Request, name: str) -> str | None:
         return timestamp(moment)
     except (ValueError, OverflowError):
         raise InvalidRequest(f"{name}: not an RFC 3339 timestamp") from None
+
+
+def created_bounds(request: Request) -> tuple[str | None, str | None]:
+    """Inclusive ``(from, to)`` from ``created_at[gte|gt|lte|lt]``: stored times have microsecond
+    precision, so a strict bound is the inclusive one a microsecond inside it."""
+    lower = [time_param(request, "created_at[gte]"), _shifted(time_param(request, "created_at[gt]"), 1)]
+    upper = [time_param(request, "created_at[lte]"), _shifted(time_param(request, "created_at[lt]"), -1)]
+    return max((b for b in lower if b), default=None), min((b for b in upper if b), default=None)
+
+
+def _shifted(stamp: str | None, microseconds: int) -> str | None:
+    if stamp is None:
+        return None
+    return timestamp(datetime.fromisoformat(stamp) + timedelta(microseconds=microseconds))

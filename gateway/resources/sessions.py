@@ -50,7 +50,11 @@ def _empty_usage() -> Body:
     }
 
 
-async def create(store: Store, request: SessionCreate) -> tuple[Body, list[StoredEvent]]:
+async def create(
+    store: Store, request: SessionCreate, session_id: str | None = None
+) -> tuple[Body, list[StoredEvent]]:
+    """``session_id`` is chosen ahead by callers that must not create the session twice
+    (a scheduled fire completed again after a crash)."""
     if isinstance(request.agent, str):
         agent = await agents.get(store, request.agent)
     else:
@@ -64,7 +68,7 @@ async def create(store: Store, request: SessionCreate) -> tuple[Body, list[Store
     moment = ids.timestamp()
     body: Body = {
         "type": "session",
-        "id": ids.new_id(ids.SESSION),
+        "id": session_id or ids.new_id(ids.SESSION),
         "agent": {name: agent.get(name) for name in AGENT_SNAPSHOT_FIELDS},
         "environment_id": environment["id"],
         "title": request.title,

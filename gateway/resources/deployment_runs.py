@@ -1,0 +1,104 @@
+"""Deployment runs: one record per fire of a deployment, holding the session it created or
+the reason it could not (the SDK's run error types), never both.
+
+``fire`` may be called again for the same run after a crash (a scheduled fire's ids are chosen
+when it is claimed): a session that already exists is not created twice, and its initial
+events are appended only if its log is still empty.
+"""
+
+from __future__ import annotations
+
+from gateway import ids
+from gateway.errors import TetherError
+from gateway.resources import common, sessions
+from gateway.schemas.sessions import AgentReference, SessionCreate, UserMessage
+from gateway.sessionlog.events import new_event
+from gateway.store.base import Body, Store
+
+KIND = "deployment_run"
+PREFIX = "drun"
+
+
+class RunError(Exception):
+    """Why a fire created no session, as the run's ``error`` object."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.body: Body = {"type": error_type, "message": message}
+
+
+async def _check_references(store: Store, deployment: Body) -> None:
+    agent = await store.get("agent", deployment["agent"]["id"])
+    if agent is None or agent.get("archived_at"):
+        raise RunError("agent_archived_error", f"agent {deployment['agent']['id']} is archived or gone")
+    environment = await store.get("environment", deployment["environment_id"])
+    if environment is None:
+        raise RunError("environment_not_found_error", f"environment {deployment['environment_id']} not found")
+    if environment.get("archived_at"):
+        raise RunError("environment_archived_error", f"environment {environment['id']} is archived")
+    for vault_id in deployment["vault_ids"]:
+        vault = await store.get("vault", vault_id)
+        if vault is None:
+            raise RunError("vault_not_found_error", f"vault {vault_id} not found")
+        if vault.get("archived_at"):
+            raise RunError("vault_archived_error", f"vault {vault_id} is archived")
+
+
+async def _start_session(store: Store, deployment: Body, session_id: str) -> None:
+    if await store.get(sessions.KIND, session_id) is None:
+        pinned = deployment["agent"]
+        request = SessionCreate(
+            agent=AgentReference(type="agent", id=pinned["id"], version=pinned["version"]),
+            environment_id=deployment["environment_id"],
+            title=deployment["name"],
+            initial_events=[UserMessage.model_validate(event) for event in deployment["initial_events"]],
+            vault_ids=deployment["vault_ids"],
+        )
+        try:
+            await sessions.create(store, request, session_id=session_id)
+        except TetherError as exc:
+            if exc.status_code >= 500:
+                raise
+            raise RunError("session_creation_rejected_error", exc.message) from None
+    elif await store.last_seq(session_id) == 0:
+        # Created before a crash that came ahead of its first events.
+        events = [
+            new_event(event["type"], content=event["content"]) for event in deployment["initial_events"]
+        ]
+        await store.append_events(session_id, events)
+
+
+async def fire(
+    store: Store,
+    deployment: Body,
+    trigger_context: Body,
+    run_id: str | None = None,
+    session_id: str | None = None,
+) -> Body:
+    """Create the deployment's session and record the run; a run that already exists is returned."""
+    run_id = run_id or ids.new_id(PREFIX)
+    if (existing := await store.get(KIND, run_id)) is not None:
+        return existing
+    session_id = session_id or ids.new_id(ids.SESSION)
+    error: Body | None = None
+    try:
+        await _check_references(store, deployment)
+        await _start_session(store, deployment, session_id)
+    except RunError as exc:
+        error = exc.body
+    run: Body = {
+        "type": "deployment_run",
+        "id": run_id,
+        "deployment_id": deployment["id"],
+        "agent": deployment["agent"],
+        "session_id": None if error else session_id,
+        "error": error,
+        "trigger_context": trigger_context,
+        "created_at": ids.timestamp(),
+    }
+    await store.insert(KIND, run)
+    return run
+
+
+async def get(store: Store, run_id: str) -> Body:
+    return await common.fetch(store, KIND, run_id)

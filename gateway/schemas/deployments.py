@@ -1,0 +1,105 @@
+"""Request bodies of ``/v1/deployments``, as ``deployment_create_params`` and
+``deployment_update_params`` define them.
+
+Tether runs only what its sessions support: ``user.message`` initial events, no budget and no
+session resources. The rest of the SDK's shapes parse, then answer a 400 that names them, so a
+caller learns what is missing instead of getting a deployment that silently does less.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from gateway.scheduling.cron import Cron, InvalidSchedule
+from gateway.schemas.common import Metadata, MetadataPatch, Name, Strict
+from gateway.schemas.sessions import AgentReference, UserMessage
+
+MAX_INITIAL_EVENTS = 50
+MAX_VAULT_IDS = 50
+
+
+class Schedule(Strict):
+    type: Literal["cron"]
+    expression: Annotated[str, Field(min_length=1, max_length=256)]
+    timezone: Annotated[str, Field(min_length=1, max_length=64)]
+
+    @model_validator(mode="after")
+    def _parses(self) -> Schedule:
+        try:
+            self.cron()
+        except InvalidSchedule as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def cron(self) -> Cron:
+        return Cron.parse(self.expression, self.timezone)
+
+
+class _NotYetSupported(BaseModel):
+    """An initial event type the SDK defines and Tether's sessions cannot run yet."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["user.define_outcome", "system.message"]
+
+    @model_validator(mode="after")
+    def _refuse(self) -> _NotYetSupported:
+        raise ValueError(f"{self.type} events are not supported by Tether yet")
+
+
+InitialEvents = Annotated[
+    list[Annotated[UserMessage | _NotYetSupported, Field(discriminator="type")]],
+    Field(min_length=1, max_length=MAX_INITIAL_EVENTS),
+]
+
+
+def _no_budget(budget: dict[str, Any] | None) -> dict[str, Any] | None:
+    if budget is not None:
+        raise ValueError("budgets are not supported by Tether yet")
+    return budget
+
+
+def _no_resources(resources: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    if resources:
+        raise ValueError("session resources are not supported by Tether yet")
+    return resources
+
+
+Budget = Annotated[dict[str, Any] | None, AfterValidator(_no_budget)]
+Resources = Annotated[list[dict[str, Any]] | None, AfterValidator(_no_resources)]
+AgentParam = Annotated[str, Field(min_length=1)] | AgentReference
+Description = Annotated[str, Field(max_length=2048)]
+VaultIds = Annotated[list[str], Field(max_length=MAX_VAULT_IDS)]
+
+
+class DeploymentCreate(Strict):
+    agent: AgentParam
+    environment_id: Annotated[str, Field(min_length=1)]
+    initial_events: InitialEvents
+    name: Name
+    description: Description | None = None
+    metadata: Metadata = Field(default_factory=dict)
+    schedule: Schedule | None = None
+    vault_ids: VaultIds = Field(default_factory=list)
+    resources: Resources = None
+    budget: Budget = None
+
+
+class DeploymentUpdate(Strict):
+    """Omitted fields are kept; ``model_fields_set`` tells omitted from null."""
+
+    agent: AgentParam | None = None
+    environment_id: Annotated[str, Field(min_length=1)] | None = None
+    initial_events: InitialEvents | None = None
+    name: Name | None = None
+    description: Description | None = None
+    metadata: MetadataPatch | None = None
+    schedule: Schedule | None = None
+    vault_ids: VaultIds | None = None
+    resources: Resources = None
+    budget: Budget = None
+
+
+def event_bodies(events: list[UserMessage | _NotYetSupported]) -> list[dict[str, Any]]:
+    return [event.model_dump(exclude_none=True) for event in events]
