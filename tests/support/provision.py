@@ -6,7 +6,7 @@ provisions itself instead of a CI script doing it beforehand: bubblewrap (the sa
 Debian's Chromium and the ``libatomic1`` that Playwright's Node.js driver links
 (the trail page's browser test; Playwright's own browser download is never used) and
 PostgreSQL's server binaries (the throwaway cluster of
-``pg_cluster``). Each is looked for, and only what the selected tests need is asked for
+``pg_cluster``), and npm with Node.js (the TypeScript SDK's client test, ``ts_client``). Each is looked for, and only what the selected tests need is asked for
 (``needed_by``); whatever is missing is installed with one ``apt-get install`` as root, or
 through passwordless ``sudo``. When that is impossible (no apt, not root, no sudo), the run
 stops with one message naming what to install: a test never skips for want of a package.
@@ -114,6 +114,12 @@ DEBOOTSTRAP = Requirement(
     lambda host: host.which("debootstrap") is not None or host.executable("/usr/sbin/debootstrap"),
 )
 """Makes the image tests' base image from Debian's mirror (no container registry is reachable)."""
+NODE = Requirement(
+    "npm",
+    "node and npm",
+    lambda host: host.which("node") is not None and host.which("npm") is not None,
+)
+"""The TypeScript SDK's client test (``ts_client``); Debian's npm brings Node.js with it."""
 
 USED_BY: dict[Requirement, tuple[str, ...]] = {
     CHROMIUM: ("playwright",),
@@ -121,6 +127,7 @@ USED_BY: dict[Requirement, tuple[str, ...]] = {
     POSTGRESQL: ("tests.support.postgres", "tests.support.pg_cluster", "tests.support.restarts"),
     DOCKER_ENGINE: ("tests.support.docker_engine",),
     DEBOOTSTRAP: ("tests.support.docker_engine",),
+    NODE: ("tests.support.ts_client",),
 }
 """A test module that uses any of these modules needs the requirement."""
 
