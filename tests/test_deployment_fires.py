@@ -41,7 +41,10 @@ def test_a_minute_schedule_fires_a_session_that_answers(
         client,
         new_agent(client, system=marker),
         environment.id,
-        initial_events=[user_message("the nightly job")],
+        initial_events=[
+            user_message("the nightly job"),
+            {"type": "system.message", "content": [{"type": "text", "text": "Report in one line."}]},
+        ],
         schedule=EVERY_MINUTE,
     )
     assert created.schedule is not None and created.schedule.upcoming_runs_at
@@ -62,6 +65,9 @@ def test_a_minute_schedule_fires_a_session_that_answers(
 
     events = wait_for_reply(client, fired.session_id)
     assert events[0]["content"] == [{"type": "text", "text": "the nightly job"}]
+    assert events[1]["type"] == "system.message"  # appended with the message, before any turn
+    [request] = scripts.requests_for(marker)
+    assert [m["role"] for m in request["messages"]] == ["user", "system"]
     assert [e["content"] for e in events if e["type"] == "agent.message"] == [
         [{"type": "text", "text": "scheduled hello"}]
     ]

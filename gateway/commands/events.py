@@ -67,7 +67,7 @@ def describe_event(event: dict[str, Any]) -> str:
     """One line per event: time, type, and what matters about it."""
     kind = event.get("type", "?")
     detail = ""
-    if kind in ("user.message", "agent.message"):
+    if kind in ("user.message", "agent.message", "system.message"):
         detail = _text(event.get("content"))
     elif kind in ("agent.tool_use", "agent.mcp_tool_use", "agent.custom_tool_use"):
         server = f"{event['mcp_server_name']}/" if event.get("mcp_server_name") else ""

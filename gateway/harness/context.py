@@ -10,6 +10,8 @@ A tool use that never got a result (an interrupt, a restart) is answered with an
 here, so the model never receives an orphaned ``tool_use``. User text that arrived while
 tools were running is placed after their results, as the API requires, and user text that
 arrived while the model was answering is placed after that answer (it is answered by the next call).
+A ``system.message`` becomes a ``role: "system"`` message right after the input it came with,
+and moves with it.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ class _Builder:
         self.closed: set[str] = set()
         self.wire_ids: dict[str, str] = {}
         """Tool-use event id -> the id the model gave that tool use."""
-        self.deferred_user: list[dict[str, Any]] = []
-        self.late_user: dict[int, list[dict[str, Any]]] = {}
-        """Blocks of messages that arrived during a model request, by that request's end seq."""
+        self.deferred_user: list[tuple[str, dict[str, Any]]] = []
+        """(role, block) of input waiting for open tool uses' results, which go first."""
+        self.late_user: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+        """(role, block) of input that arrived during a model request, by that request's end seq."""
 
     def settled_copy(self) -> _Builder:
         """A copy to resume from at a settled point: new lists (later adds append to them),
@@ -66,17 +69,18 @@ class _Builder:
         self.open_uses.clear()
         self.flush_user()
 
-    def add_user(self, blocks: list[dict[str, Any]]) -> None:
-        """User text goes after the results of open tool uses, which the API wants first."""
+    def add_input(self, blocks: list[tuple[str, dict[str, Any]]]) -> None:
+        """Input (user and system messages) goes after the results of open tool uses, which the
+        API wants first."""
         if self.open_uses:
             self.deferred_user += blocks
         else:
-            for block in blocks:
-                self.add("user", block)
+            for role, block in blocks:
+                self.add(role, block)
 
     def flush_user(self) -> None:
-        for block in self.deferred_user:
-            self.add("user", block)
+        for role, block in self.deferred_user:
+            self.add(role, block)
         self.deferred_user.clear()
 
 
@@ -115,6 +119,12 @@ def build_messages(
         builder, start = _Builder(), after_seq
         for block in first or []:
             builder.add("user", block)
+        # A summary replaces the conversation, not the system messages: they hold for every
+        # later turn, so those it covers follow it.
+        for seq, content in transcript.system_messages:
+            if seq <= after_seq:
+                for block in content:
+                    builder.add("system", _input_block(block))
     for event in transcript.events_after(start):
         _fold(builder, transcript, event, tool_name)
     if naming is not None and _settled(builder, transcript):
@@ -140,15 +150,16 @@ def _fold(
     builder: _Builder, transcript: Transcript, event: StoredEvent, tool_name: Callable[[Body], str]
 ) -> None:
     body, kind = event.body, event.type
-    if kind == "user.message":
-        blocks = [_input_block(block) for block in body["content"]]
+    if kind in ("user.message", "system.message"):
+        role = "user" if kind == "user.message" else "system"
+        blocks = [(role, _input_block(block)) for block in body["content"]]
         release = transcript.late_messages.get(event.seq)
         if release is not None:
             builder.late_user.setdefault(release, []).extend(blocks)
         else:
-            builder.add_user(blocks)
+            builder.add_input(blocks)
     elif kind == "span.model_request_end":
-        builder.add_user(builder.late_user.pop(event.seq, []))
+        builder.add_input(builder.late_user.pop(event.seq, []))
     elif kind == "user.interrupt":
         builder.close_open_uses(transcript.calls)  # what it abandoned closes here, before what follows
     elif kind == "agent.thinking":

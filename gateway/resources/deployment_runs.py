@@ -11,7 +11,7 @@ from __future__ import annotations
 from gateway import ids
 from gateway.errors import TetherError
 from gateway.resources import common, sessions
-from gateway.schemas.sessions import AgentReference, SessionCreate, UserMessage
+from gateway.schemas.sessions import AgentReference, SessionCreate
 from gateway.sessionlog.events import new_event
 from gateway.store.base import Body, Store
 
@@ -45,13 +45,14 @@ async def _check_references(store: Store, deployment: Body) -> None:
 
 
 async def _start_session(store: Store, deployment: Body, session_id: str) -> None:
+    """Create the session, then append its initial events in one batch: a turn never starts
+    before a ``system.message`` meant for it has landed."""
     if await store.get(sessions.KIND, session_id) is None:
         pinned = deployment["agent"]
         request = SessionCreate(
             agent=AgentReference(type="agent", id=pinned["id"], version=pinned["version"]),
             environment_id=deployment["environment_id"],
             title=deployment["name"],
-            initial_events=[UserMessage.model_validate(event) for event in deployment["initial_events"]],
             vault_ids=deployment["vault_ids"],
         )
         try:
@@ -60,10 +61,10 @@ async def _start_session(store: Store, deployment: Body, session_id: str) -> Non
             if exc.status_code >= 500:
                 raise
             raise RunError("session_creation_rejected_error", exc.message) from None
-    elif await store.last_seq(session_id) == 0:
-        # Created before a crash that came ahead of its first events.
+    if await store.last_seq(session_id) == 0:  # not yet appended (or a crash came first)
         events = [
-            new_event(event["type"], content=event["content"]) for event in deployment["initial_events"]
+            new_event(event["type"], **{k: v for k, v in event.items() if k != "type"})
+            for event in deployment["initial_events"]
         ]
         await store.append_events(session_id, events)
 

@@ -1,8 +1,8 @@
 """Request bodies of ``/v1/deployments``, as ``deployment_create_params`` and
 ``deployment_update_params`` define them.
 
-Tether runs only what its sessions support: ``user.message`` initial events, no budget and no
-session resources. The rest of the SDK's shapes parse, then answer a 400 that names them, so a
+Tether runs only what its sessions support: ``user.message`` and ``system.message`` initial
+events, no budget and no session resources. The rest of the SDK's shapes parse, then answer a 400 that names them, so a
 caller learns what is missing instead of getting a deployment that silently does less.
 """
 
@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from gateway.scheduling.cron import Cron, InvalidSchedule
 from gateway.schemas.common import Metadata, MetadataPatch, Name, Strict
-from gateway.schemas.sessions import AgentReference, UserMessage
+from gateway.schemas.sessions import AgentReference, SystemMessage, UserMessage, check_system_message
 
 MAX_INITIAL_EVENTS = 50
 MAX_VAULT_IDS = 50
@@ -41,7 +41,7 @@ class _NotYetSupported(BaseModel):
     """An initial event type the SDK defines and Tether's sessions cannot run yet."""
 
     model_config = ConfigDict(extra="allow")
-    type: Literal["user.define_outcome", "system.message"]
+    type: Literal["user.define_outcome"]
 
     @model_validator(mode="after")
     def _refuse(self) -> _NotYetSupported:
@@ -49,7 +49,7 @@ class _NotYetSupported(BaseModel):
 
 
 InitialEvents = Annotated[
-    list[Annotated[UserMessage | _NotYetSupported, Field(discriminator="type")]],
+    list[Annotated[UserMessage | SystemMessage | _NotYetSupported, Field(discriminator="type")]],
     Field(min_length=1, max_length=MAX_INITIAL_EVENTS),
 ]
 
@@ -85,6 +85,11 @@ class DeploymentCreate(Strict):
     resources: Resources = None
     budget: Budget = None
 
+    @model_validator(mode="after")
+    def _system_message_placement(self) -> DeploymentCreate:
+        check_system_message(self.initial_events, "initial_events")
+        return self
+
 
 class DeploymentUpdate(Strict):
     """Omitted fields are kept; ``model_fields_set`` tells omitted from null."""
@@ -100,6 +105,11 @@ class DeploymentUpdate(Strict):
     resources: Resources = None
     budget: Budget = None
 
+    @model_validator(mode="after")
+    def _system_message_placement(self) -> DeploymentUpdate:
+        check_system_message(self.initial_events or [], "initial_events")
+        return self
 
-def event_bodies(events: list[UserMessage | _NotYetSupported]) -> list[dict[str, Any]]:
+
+def event_bodies(events: list[UserMessage | SystemMessage | _NotYetSupported]) -> list[dict[str, Any]]:
     return [event.model_dump(exclude_none=True) for event in events]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from gateway.schemas.agents import MAX_MCP_SERVERS, MAX_TOOLS, Tool, URLMCPServer
 from gateway.schemas.common import Metadata, MetadataPatch, Strict
@@ -113,9 +113,42 @@ class UserCustomToolResult(Strict):
     session_thread_id: str | None = None
 
 
+class SystemText(Strict):
+    type: Literal["text"]
+    text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+
+
+class SystemMessage(Strict):
+    """Privileged context for the turn it accompanies and every later one: a ``role: "system"``
+    message placed right after that input in the conversation (see ``harness.context``)."""
+
+    type: Literal["system.message"]
+    content: Annotated[list[SystemText], Field(min_length=1)]
+
+
+ACCOMPANIED = ("user.message", "user.custom_tool_result")
+"""What a ``system.message`` may follow in one request (``user.tool_result`` is not accepted)."""
+
+
 ClientEvent = Annotated[
-    UserMessage | UserInterrupt | UserToolConfirmation | UserCustomToolResult, Field(discriminator="type")
+    UserMessage | UserInterrupt | UserToolConfirmation | UserCustomToolResult | SystemMessage,
+    Field(discriminator="type"),
 ]
+
+
+def check_system_message(events: Sequence[object], field: str = "events") -> None:
+    """At most one ``system.message`` per request, last, right after the input it accompanies."""
+    for index, event in enumerate(events):
+        if getattr(event, "type", None) != "system.message":
+            continue
+        if index != len(events) - 1:
+            raise ValueError(f"{field}.{index}: a system.message must be the request's last event")
+        before = getattr(events[index - 1], "type", None) if index else None
+        if before not in ACCOMPANIED:
+            raise ValueError(
+                f"{field}.{index}: a system.message must directly follow the "
+                f"{' or '.join(ACCOMPANIED)} it accompanies"
+            )
 
 
 def file_references(events: Sequence[Strict]) -> list[tuple[str, str]]:
@@ -132,6 +165,11 @@ def file_references(events: Sequence[Strict]) -> list[tuple[str, str]]:
 
 class SendEvents(Strict):
     events: Annotated[list[ClientEvent], Field(min_length=1, max_length=MAX_EVENTS_PER_POST)]
+
+    @model_validator(mode="after")
+    def _system_message_placement(self) -> SendEvents:
+        check_system_message(self.events)
+        return self
 
 
 class AgentReference(Strict):

@@ -94,8 +94,10 @@ class Transcript:
     """A ``span.model_request_start`` with no end yet: a call in flight, or lost in a crash."""
     open_request_context_seq: int = 0
     """The newest seq the open model request's context was built from (one is open at a time)."""
+    system_messages: list[tuple[int, list[Body]]] = field(default_factory=list)
+    """(seq, content) of every ``system.message``: they hold for all later turns, compaction too."""
     late_messages: dict[int, int] = field(default_factory=dict)
-    """``user.message`` seq -> seq of the end of the model request it arrived during: the
+    """``user.message`` (or ``system.message``) seq -> seq of the end of the model request it arrived during: the
     conversation places it after that request's reply, which never saw it."""
     _recent_messages: list[int] = field(default_factory=list)
     compacted: Body | None = None
@@ -143,6 +145,10 @@ class Transcript:
         elif kind == "user.message":
             self.last_input_seq = event.seq
             self._recent_messages.append(event.seq)
+        elif kind == "system.message":
+            # Not input of its own: it accompanies the input just before it, and moves with it.
+            self._recent_messages.append(event.seq)
+            self.system_messages.append((event.seq, body["content"]))
         elif kind == "user.interrupt":
             self.previous_interrupt_seq, self.last_interrupt_seq = self.last_interrupt_seq, event.seq
         elif kind == "span.model_request_start":

@@ -137,6 +137,10 @@ window.TetherUI = window.TetherUI || {};
               h("div", { class: "text" }, textOf(event.content)),
             );
           }
+          case "system.message":
+            return this.row(event, "user",
+              h("div", { class: "line" }, h("span", { class: "kind" }, "System")),
+              h("div", { class: "text" }, textOf(event.content)));
           case "user.interrupt":
             for (const use of this.uses.values()) {
               this.settle(use);
