@@ -38,6 +38,7 @@ OUTCOME = {
 }
 SYSTEM = {"type": "system.message", "content": [{"type": "text", "text": "be terse"}]}
 BUDGET = {"type": "limit", "max_list_cost": {"amount": "2500", "currency": "USD"}}
+MISSING_IMAGE = {"type": "image", "source": {"type": "file", "file_id": "file_doesnotexist00000000000"}}
 BAD_EXPRESSIONS = [
     "@daily",
     "0 9 * * L",
@@ -226,6 +227,9 @@ def test_schedule_lists_five_upcoming_runs_in_its_time_zone(
             {"schedule": {"type": "cron", "expression": "0 9 * * *", "timezone": "Mars/Olympus"}},
             "Mars/Olympus",
         ),
+        ({"schedule": {"type": "cron", "expression": "0 9 * * *", "timezone": "America"}}, "America"),
+        ({"schedule": {"type": "cron", "expression": "0 9 * * *", "timezone": "localtime"}}, "localtime"),
+        ({"initial_events": [{"type": "user.message", "content": [MISSING_IMAGE]}]}, "file_"),
         ({"name": ""}, "name"),
         ({"extra_body": {"colour": "red"}}, "colour"),
     ],
@@ -332,10 +336,13 @@ def test_pause_and_unpause(client: anthropic.Anthropic, environment: Any) -> Non
 
 def test_archive_freezes_the_deployment(client: anthropic.Anthropic, environment: Any) -> None:
     created = deploy(client, new_agent(client), environment.id, schedule=LEAP_DAYS)
+    do(client, "pause", created.id)
 
     archived = do(client, "archive", created.id)
 
+    # "Archived deployments report `active` with `archived_at` set", paused before or not.
     assert archived.archived_at is not None and archived.status == "active"
+    assert archived.paused_reason is None
     assert archived.schedule is not None and archived.schedule.upcoming_runs_at == []
     assert archived.schedule.expression == LEAP_DAYS["expression"]
     assert do(client, "retrieve", created.id) == archived

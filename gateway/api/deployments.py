@@ -19,9 +19,10 @@ from gateway.api.pagination import (
 from gateway.api.routing import endpoint
 from gateway.api.state import state
 from gateway.errors import InvalidRequest
-from gateway.resources import deployment_runs, deployments
+from gateway.resources import deployment_runs, deployments, uploads
 from gateway.schemas.deployments import DeploymentCreate, DeploymentUpdate
-from gateway.schemas.sessions import AgentReference
+from gateway.schemas.sessions import AgentReference, file_references
+from gateway.store.base import Body
 
 STATUSES = ("active", "paused")
 TRIGGER_TYPES = ("manual", "schedule")
@@ -37,6 +38,7 @@ async def create(request: Request) -> JSONResponse:
     body = await parse(request, DeploymentCreate, gateway.settings.max_body_bytes)
     access.require_agent(request, _agent_id(body.agent))
     access.require_vault_use(request, body.vault_ids)
+    await uploads.require_usable(gateway.store, file_references(body.initial_events))
     return JSONResponse(deployments.render(await deployments.create(gateway.store, body)))
 
 
@@ -73,26 +75,44 @@ async def update(request: Request) -> JSONResponse:
     gateway = state(request)
     body = await parse(request, DeploymentUpdate, gateway.settings.max_body_bytes)
     deployment_id = request.path_params["deployment_id"]
-    current = await deployments.get(gateway.store, deployment_id)
-    access.require_agent(request, current["agent"]["id"])
+    current = await _controlled(request, deployment_id)
     if body.agent is not None:
         access.require_agent(request, _agent_id(body.agent))
-    access.require_vault_use(request, body.vault_ids)
+    # Changing a deployment that will fire with vaults lends them to what it fires: admin only.
+    keeps = body.vault_ids if "vault_ids" in body.model_fields_set else current["vault_ids"]
+    access.require_vault_use(request, keeps)
+    await uploads.require_usable(gateway.store, file_references(body.initial_events or []))
     return JSONResponse(deployments.render(await deployments.update(gateway.store, deployment_id, body)))
 
 
+async def _controlled(request: Request, deployment_id: str) -> Body:
+    """The deployment, if the caller's key may act on its agent (a key limited to some agents
+    acts on their deployments only)."""
+    current = await deployments.get(state(request).store, deployment_id)
+    access.require_agent(request, current["agent"]["id"])
+    return current
+
+
 async def archive(request: Request) -> JSONResponse:
-    body = await deployments.archive(state(request).store, request.path_params["deployment_id"])
+    deployment_id = request.path_params["deployment_id"]
+    await _controlled(request, deployment_id)
+    body = await deployments.archive(state(request).store, deployment_id)
     return JSONResponse(deployments.render(body))
 
 
 async def pause(request: Request) -> JSONResponse:
-    body = await deployments.pause(state(request).store, request.path_params["deployment_id"])
+    deployment_id = request.path_params["deployment_id"]
+    await _controlled(request, deployment_id)
+    body = await deployments.pause(state(request).store, deployment_id)
     return JSONResponse(deployments.render(body))
 
 
 async def unpause(request: Request) -> JSONResponse:
-    body = await deployments.unpause(state(request).store, request.path_params["deployment_id"])
+    """Resuming fires lends the deployment's vaults again: as for ``run``, admin only if it has any."""
+    deployment_id = request.path_params["deployment_id"]
+    current = await _controlled(request, deployment_id)
+    access.require_vault_use(request, current["vault_ids"])
+    body = await deployments.unpause(state(request).store, deployment_id)
     return JSONResponse(deployments.render(body))
 
 
@@ -100,9 +120,9 @@ async def run(request: Request) -> JSONResponse:
     """A manual fire: allowed while paused; a failed one is recorded and pauses nothing."""
     gateway = state(request)
     deployment = await deployments.get(gateway.store, request.path_params["deployment_id"])
+    access.require_agent(request, deployment["agent"]["id"])
     if deployment.get("archived_at"):
         raise InvalidRequest(f"deployment {deployment['id']} is archived")
-    access.require_agent(request, deployment["agent"]["id"])
     access.require_vault_use(request, deployment["vault_ids"])
     record = await deployment_runs.fire(gateway.store, deployment, {"type": "manual"})
     if record["session_id"] is not None:

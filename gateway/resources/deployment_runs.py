@@ -9,9 +9,9 @@ events are appended only if its log is still empty.
 from __future__ import annotations
 
 from gateway import ids
-from gateway.errors import TetherError
-from gateway.resources import common, sessions
-from gateway.schemas.sessions import AgentReference, SessionCreate
+from gateway.errors import InvalidRequest, TetherError
+from gateway.resources import common, sessions, uploads, work
+from gateway.schemas.sessions import AgentReference, SessionCreate, UserMessage, file_references
 from gateway.sessionlog.events import new_event
 from gateway.store.base import Body, Store
 
@@ -42,12 +42,24 @@ async def _check_references(store: Store, deployment: Body) -> None:
             raise RunError("vault_not_found_error", f"vault {vault_id} not found")
         if vault.get("archived_at"):
             raise RunError("vault_archived_error", f"vault {vault_id} is archived")
+    messages = [
+        UserMessage.model_validate(e) for e in deployment["initial_events"] if e["type"] == "user.message"
+    ]
+    try:
+        await uploads.require_usable(store, file_references(messages))
+    except InvalidRequest as exc:  # deleted or expired since the deployment was saved
+        raise RunError("file_not_found_error", exc.message) from None
 
 
-async def _start_session(store: Store, deployment: Body, session_id: str) -> None:
+async def _start_session(store: Store, deployment: Body, session_id: str, event_ids: list[str]) -> None:
     """Create the session, then append its initial events in one batch: a turn never starts
-    before a ``system.message`` meant for it has landed."""
-    if await store.get(sessions.KIND, session_id) is None:
+    before a ``system.message`` meant for it has landed. Run again for the same fire (after a
+    crash, or by a replica taking it over), it creates and appends only what is missing: the
+    events' ids are the fire's own, so a second append of them fails instead of doubling them."""
+    session = await store.get(sessions.KIND, session_id)
+    if session is not None:
+        await _ensure_work(store, session)
+    else:
         pinned = deployment["agent"]
         request = SessionCreate(
             agent=AgentReference(type="agent", id=pinned["id"], version=pinned["version"]),
@@ -63,10 +75,22 @@ async def _start_session(store: Store, deployment: Body, session_id: str) -> Non
             raise RunError("session_creation_rejected_error", exc.message) from None
     if await store.last_seq(session_id) == 0:  # not yet appended (or a crash came first)
         events = [
-            new_event(event["type"], **{k: v for k, v in event.items() if k != "type"})
-            for event in deployment["initial_events"]
+            new_event(event["type"], **{k: v for k, v in event.items() if k != "type"}, id=event_id)
+            for event, event_id in zip(deployment["initial_events"], event_ids, strict=True)
         ]
         await store.append_events(session_id, events)
+
+
+async def _ensure_work(store: Store, session: Body) -> None:
+    """A self-hosted session needs its work item; a crash may have come between the two."""
+    environment = await store.get("environment", session["environment_id"])
+    if environment is None or environment["config"]["type"] != "self_hosted":
+        return
+    queued = await store.list_resources(
+        work.KIND, cursor=None, limit=1, include_archived=True, equals={"data.id": session["id"]}
+    )
+    if not queued.items:
+        await work.enqueue(store, environment["id"], session["id"])
 
 
 async def fire(
@@ -75,16 +99,22 @@ async def fire(
     trigger_context: Body,
     run_id: str | None = None,
     session_id: str | None = None,
+    event_ids: list[str] | None = None,
 ) -> Body:
-    """Create the deployment's session and record the run; a run that already exists is returned."""
+    """Create the deployment's session and record the run; a run that already exists is returned.
+
+    A fire completed again whose session exists is recorded as that session's run, whatever
+    became of the agent, environment or vaults since: the session is running."""
     run_id = run_id or ids.new_id(PREFIX)
     if (existing := await store.get(KIND, run_id)) is not None:
         return existing
     session_id = session_id or ids.new_id(ids.SESSION)
+    event_ids = event_ids or [ids.new_id(ids.EVENT) for _ in deployment["initial_events"]]
     error: Body | None = None
     try:
-        await _check_references(store, deployment)
-        await _start_session(store, deployment, session_id)
+        if await store.get(sessions.KIND, session_id) is None:
+            await _check_references(store, deployment)
+        await _start_session(store, deployment, session_id, event_ids)
     except RunError as exc:
         error = exc.body
     run: Body = {

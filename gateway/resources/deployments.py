@@ -14,7 +14,7 @@ from datetime import datetime
 from gateway import ids
 from gateway.errors import InvalidRequest, NotFound
 from gateway.resources import agents, common, environments, vaults
-from gateway.scheduling.cron import Cron
+from gateway.scheduling.cron import Cron, InvalidSchedule
 from gateway.schemas.common import apply_metadata_patch
 from gateway.schemas.deployments import DeploymentCreate, DeploymentUpdate, Schedule, event_bodies
 from gateway.schemas.sessions import AgentReference
@@ -119,9 +119,11 @@ async def update(store: Store, deployment_id: str, request: DeploymentUpdate) ->
             updated["metadata"] = apply_metadata_patch(current["metadata"], request.metadata or {})
         if "schedule" in given:
             updated["schedule"] = _schedule(request.schedule)
-            if updated["schedule"] is not None and current["schedule"] is not None:
-                updated["schedule"]["last_run_at"] = current["schedule"]["last_run_at"]
-            updated["_cursor"] = ids.timestamp()  # a new schedule starts from now
+            before, after = current["schedule"], updated["schedule"]
+            if before is not None and after is not None:
+                after["last_run_at"] = before["last_run_at"]
+            if _timing(before) != _timing(after):
+                updated["_cursor"] = ids.timestamp()  # a new schedule starts from now
         if updated != current:
             updated["updated_at"] = ids.timestamp()
         return updated
@@ -137,7 +139,21 @@ async def _changed(store: Store, deployment_id: str, apply: Mutation) -> Body:
 
 
 async def archive(store: Store, deployment_id: str) -> Body:
-    return await common.archive(store, KIND, deployment_id)
+    """Idempotent; an archived deployment reports ``active``, as the SDK says, paused or not."""
+
+    def apply(current: Body) -> Body:
+        if current.get("archived_at"):
+            return current
+        moment = ids.timestamp()
+        return {
+            **current,
+            "archived_at": moment,
+            "updated_at": moment,
+            "status": "active",
+            "paused_reason": None,
+        }
+
+    return await _changed(store, deployment_id, apply)
 
 
 async def pause(store: Store, deployment_id: str, reason: Body | None = None) -> Body:
@@ -177,6 +193,10 @@ async def unpause(store: Store, deployment_id: str, now: datetime | None = None)
     return await _changed(store, deployment_id, apply)
 
 
+def _timing(schedule: Body | None) -> tuple[str, str] | None:
+    return None if schedule is None else (schedule["expression"], schedule["timezone"])
+
+
 def render(body: Body, now: datetime | None = None) -> Body:
     """The wire shape, with the schedule's next fire times (none once archived)."""
     public = common.public(body)
@@ -184,7 +204,11 @@ def render(body: Body, now: datetime | None = None) -> Body:
     if schedule is not None:
         upcoming: list[str] = []
         if not body.get("archived_at"):
-            cron = Cron.parse(schedule["expression"], schedule["timezone"])
-            upcoming = [ids.timestamp(moment) for moment in cron.upcoming(now or ids.now())]
+            try:
+                cron = Cron.parse(schedule["expression"], schedule["timezone"])
+            except InvalidSchedule:  # a zone this replica's time zone database lacks
+                cron = None
+            if cron is not None:
+                upcoming = [ids.timestamp(moment) for moment in cron.upcoming(now or ids.now())]
         public["schedule"] = {**schedule, "upcoming_runs_at": upcoming}
     return public

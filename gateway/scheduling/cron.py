@@ -8,18 +8,23 @@ five fields, no seconds or year, none of the extensions ``L``, ``W``, ``#`` and 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from cronsim import CronSim, CronSimError
 
 _VALUE = r"(?:\*|[0-9]{1,2}|[A-Z]{3})"
 _ITEM = re.compile(rf"^{_VALUE}(?:-{_VALUE})?(?:/[0-9]{{1,2}})?$")
 FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
+LOOKBACK = timedelta(hours=25)
+"""How far back a missed fire is still found (a day, plus a daylight-saving hour)."""
+HOST_ALIASES = frozenset({"localtime", "posixrules", "Factory"})
+"""Names some databases hold that are not places: a schedule must not depend on the host."""
 UPCOMING = 5
 """How many future fire times a schedule shows (``upcoming_runs_at``)."""
 
@@ -48,9 +53,11 @@ class Cron:
                         f"expression: the {name} field {field!r} is not plain cron (L, W, # and ? "
                         "are not supported)"
                     )
+        if timezone not in _zone_names():
+            raise InvalidSchedule(f"timezone: {timezone!r} is not an IANA time zone")
         try:
             zone = ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             raise InvalidSchedule(f"timezone: {timezone!r} is not an IANA time zone") from None
         cron = cls(expression, zone)
         try:
@@ -69,8 +76,23 @@ class Cron:
     def upcoming(self, moment: datetime, count: int = UPCOMING) -> list[datetime]:
         return list(islice(self.after(moment), count))
 
-    def latest(self, moment: datetime) -> datetime | None:
-        """The last fire time at or before ``moment`` (None if the expression never matched)."""
-        # Reverse iteration yields times strictly before its start: start one second later.
-        start = moment.astimezone(self.zone).replace(microsecond=0) + timedelta(seconds=1)
-        return next((fire.astimezone(UTC) for fire in CronSim(self.expression, start, reverse=True)), None)
+    def due(self, since: datetime, now: datetime) -> datetime | None:
+        """The last fire time after ``since`` and at or before ``now``, if any.
+
+        Found walking forward (as ``upcoming`` does), so the times a daylight-saving change
+        repeats or skips come out the same both ways; the walk starts at most ``LOOKBACK``
+        before ``now``, so a long-idle cursor costs a bounded number of steps.
+        """
+        latest = None
+        for fire in self.after(max(since, now - LOOKBACK)):
+            if fire > now:
+                break
+            latest = fire
+        return latest
+
+
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    """The IANA names this host's time zone database holds (``tzdata`` when the OS has none);
+    not directories, ``localtime`` or ``posix/...`` paths, which ``ZoneInfo`` also opens."""
+    return frozenset(available_timezones()) - HOST_ALIASES

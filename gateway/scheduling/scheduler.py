@@ -10,8 +10,10 @@ replica (or the same one restarted) takes it over by a second compare-and-set an
 with the same ids, so the session is created once and the run recorded once.
 
 Missed fires: when no gateway ran through several cron times, only the most recent of them
-fires, once, when one comes back; the earlier ones are skipped (no run is recorded for them).
-A paused deployment fires nothing, and on unpause its schedule starts from that moment.
+fires, once, when one comes back (if it is at most a day old); the earlier ones are skipped
+(no run is recorded for them). A paused deployment fires nothing, and on unpause its schedule
+starts from that moment. A claim left behind by a dead replica is dropped instead of completed
+when the deployment was paused, archived or rescheduled since, unless its session exists.
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ PAUSED_REASON_ERRORS = frozenset(
 """Run errors that the SDK's ``paused_reason`` can carry as they are; others become unknown."""
 
 
+def _withdrawn(deployment: Body, pending: Body) -> bool:
+    """Whether the deployment no longer wants the fire claimed: paused, archived, or its
+    schedule cleared or changed since."""
+    schedule = deployment.get("schedule")
+    return (
+        bool(deployment.get("archived_at"))
+        or deployment["status"] != "active"
+        or schedule is None
+        or {"expression": schedule["expression"], "timezone": schedule["timezone"]} != pending["schedule"]
+    )
+
+
 class Scheduler:
     def __init__(self, store: Store, wake: Callable[[str], None], owner: str | None = None) -> None:
         self._store = store
@@ -62,10 +76,15 @@ class Scheduler:
         runs = []
         for deployment in await self._scheduled():
             pending = deployment.get("_pending")
-            if pending is not None:
-                claimed = await self._take_over(deployment, now) if self._stale(pending, now) else None
-            else:
+            if pending is None:
                 claimed = await self._claim(deployment, now)
+            elif not self._stale(pending, now):
+                continue  # its replica is still at it
+            elif _withdrawn(deployment, pending) and not await self._session_exists(pending):
+                await self._drop(deployment, pending)  # paused, archived or rescheduled meanwhile
+                continue
+            else:
+                claimed = await self._take_over(deployment, now)
             if claimed is None:
                 continue
             try:
@@ -79,16 +98,32 @@ class Scheduler:
         return runs
 
     async def _scheduled(self) -> list[Body]:
-        found: list[Body] = []
-        cursor = None
-        while True:
-            page = await self._store.list_resources(
-                deployments.KIND, cursor=cursor, limit=PAGE, include_archived=False, not_null=["schedule"]
-            )
-            found += page.items
-            if page.next_cursor is None:
-                return found
-            cursor = page.next_cursor
+        """Deployments with a schedule, and any (even archived or unscheduled by now) with a
+        claimed fire still to finish or drop."""
+        found: dict[str, Body] = {}
+        for archived, field in ((False, "schedule"), (True, "_pending")):
+            cursor = None
+            while True:
+                page = await self._store.list_resources(
+                    deployments.KIND, cursor=cursor, limit=PAGE, include_archived=archived, not_null=[field]
+                )
+                found.update((body["id"], body) for body in page.items)
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+        return list(found.values())
+
+    async def _session_exists(self, pending: Body) -> bool:
+        return await self._store.get("session", pending["session_id"]) is not None
+
+    async def _drop(self, deployment: Body, pending: Body) -> None:
+        """Withdraw a claimed fire that created nothing yet (compare-and-set, like the claim)."""
+
+        def drop(current: Body) -> Body:
+            return {**current, "_pending": None} if current.get("_pending") == pending else current
+
+        await self._store.update(deployments.KIND, deployment["id"], drop)
+        log.info("deployment %s: dropped the fire claimed for %s", deployment["id"], pending["scheduled_at"])
 
     def _stale(self, pending: Body, now: datetime) -> bool:
         claimed_at = datetime.fromisoformat(pending["claimed_at"])
@@ -98,17 +133,21 @@ class Scheduler:
         if deployment["status"] != "active":
             return None
         schedule = deployment["schedule"]
+        cursor = datetime.fromisoformat(deployment["_cursor"])
         try:
-            due = Cron.parse(schedule["expression"], schedule["timezone"]).latest(now)
+            due = Cron.parse(schedule["expression"], schedule["timezone"]).due(cursor, now)
         except InvalidSchedule as exc:  # e.g. a time zone this host's database lacks
             log.warning("deployment %s: schedule cannot be evaluated: %s", deployment["id"], exc)
             return None
-        if due is None or due <= datetime.fromisoformat(deployment["_cursor"]):
+        if due is None:
             return None
         pending = {
             "run_id": ids.new_id(deployment_runs.PREFIX),
             "session_id": ids.new_id(ids.SESSION),
+            # Fixed ahead, so a replica completing this fire again cannot log the events twice.
+            "event_ids": [ids.new_id(ids.EVENT) for _ in deployment["initial_events"]],
             "scheduled_at": ids.timestamp(due),
+            "schedule": {"expression": schedule["expression"], "timezone": schedule["timezone"]},
             "owner": self.owner,
             "claimed_at": ids.timestamp(now),
         }
@@ -143,7 +182,12 @@ class Scheduler:
         pending = deployment["_pending"]
         trigger = {"type": "schedule", "scheduled_at": pending["scheduled_at"]}
         run = await deployment_runs.fire(
-            self._store, deployment, trigger, run_id=pending["run_id"], session_id=pending["session_id"]
+            self._store,
+            deployment,
+            trigger,
+            run_id=pending["run_id"],
+            session_id=pending["session_id"],
+            event_ids=pending["event_ids"],
         )
 
         def settle(current: Body) -> Body:

@@ -68,7 +68,15 @@ def _no_resources(resources: list[dict[str, Any]] | None) -> list[dict[str, Any]
 
 Budget = Annotated[dict[str, Any] | None, AfterValidator(_no_budget)]
 Resources = Annotated[list[dict[str, Any]] | None, AfterValidator(_no_resources)]
-AgentParam = Annotated[str, Field(min_length=1)] | AgentReference
+
+
+class PinnedAgent(AgentReference):
+    """An agent object on a deployment names its version too (an id alone pins the latest)."""
+
+    version: Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
+AgentParam = Annotated[str, Field(min_length=1)] | PinnedAgent
 Description = Annotated[str, Field(max_length=2048)]
 VaultIds = Annotated[list[str], Field(max_length=MAX_VAULT_IDS)]
 

@@ -151,7 +151,7 @@ def check_system_message(events: Sequence[object], field: str = "events") -> Non
             )
 
 
-def file_references(events: Sequence[Strict]) -> list[tuple[str, str]]:
+def file_references(events: Sequence[object]) -> list[tuple[str, str]]:
     """``(block type, file_id)`` for each ``file`` source in the events' content."""
     return [
         (block.type, block.source.file_id)
