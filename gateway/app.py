@@ -186,6 +186,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
                     uploads=Uploads(work_store, settings.data_dir),
                     max_output_tokens=settings.max_output_tokens,
                     prompt_caching=settings.prompt_caching,
+                    prices=settings.prices,
                     tool_timeout=settings.tool_timeout,
                     policies=policies or PolicySet(),
                     keyring=keyring,
@@ -201,7 +202,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
                     ("sandbox reaper", sandboxes.reap_forever),
                     ("session pickup", runner.pickup_forever),
                     ("webhook deliveries", dispatcher.run),
-                    ("deployment schedules", Scheduler(work_store, runner.wake).run_forever),
+                    ("deployment schedules", Scheduler(work_store, runner.wake, settings.prices).run_forever),
                     (
                         "upload expiry",
                         partial(uploads.expire_forever, work_store, uploads.files_dir(settings.data_dir)),

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote_plus
 
 from gateway.mcp_gateway.settings import McpGatewaySettings
+from gateway.resources.pricing import PriceTable
 from gateway.settings import (
     ANTHROPIC_API_KEY,
     API_KEYS,
@@ -31,6 +32,7 @@ from gateway.settings import (
     MODEL_RETRY_MAX,
     MODEL_STREAM_TIMEOUT,
     POLICY_FILES,
+    PRICES_FILE,
     PROMPT_CACHING,
     SANDBOX_ARGS,
     SANDBOX_IDLE,
@@ -58,6 +60,8 @@ class Settings:
     max_output_tokens: int = 8192
     prompt_caching: bool = True
     """Default for agents without ``tether.prompt_caching``."""
+    prices: PriceTable = field(default_factory=lambda: PriceTable.load(None))
+    """List prices for budgets: the built-in ones with ``TETHER_PRICES_FILE`` over them."""
     model_stream_timeout: float = 120.0
     """Longest wait for the next bytes of a model stream before the attempt fails."""
     model_max_attempts: int = 4
@@ -126,6 +130,7 @@ class Settings:
             model_retry_base_seconds=MODEL_RETRY_BASE.read(env),
             model_retry_max_seconds=MODEL_RETRY_MAX.read(env),
             prompt_caching=PROMPT_CACHING.read(env),
+            prices=_prices(PRICES_FILE.read(env)),
             policy_files=POLICY_FILES.read(env),
             self_hosted_wait_seconds=SELF_HOSTED_WAIT.read(env),
             tunnel_base_domain=TUNNEL_BASE_DOMAIN.read(env),
@@ -139,6 +144,13 @@ class Settings:
             generated_key=generated,
             key_file=key_file,
         )
+
+
+def _prices(path: str | None) -> PriceTable:
+    try:
+        return PriceTable.load(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"TETHER_PRICES_FILE: {exc}") from None
 
 
 DATABASE_FORMS = (

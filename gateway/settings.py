@@ -161,6 +161,13 @@ PROMPT_CACHING = _s(
     "cache breakpoints in model requests, for agents that do not say",
     _on_off,
 )
+PRICES_FILE = _s(
+    "TETHER_PRICES_FILE",
+    "path",
+    None,
+    "JSON or YAML list prices ($ per million tokens by model prefix) over the built-in ones, for budgets",
+    str,
+)
 
 # Sandboxes ------------------------------------------------------------------------------------
 SANDBOX_ARGS = _s(
@@ -336,7 +343,7 @@ GROUPS: tuple[Group, ...] = (
     Group(
         "Model",
         (ANTHROPIC_API_KEY, MODEL_BASE_URL, MODEL_STREAM_TIMEOUT, MODEL_MAX_ATTEMPTS, MODEL_RETRY_BASE,
-         MODEL_RETRY_MAX, PROMPT_CACHING),
+         MODEL_RETRY_MAX, PROMPT_CACHING, PRICES_FILE),
     ),
     Group(
         "Sandboxes",

@@ -37,7 +37,7 @@ OUTCOME = {
     "rubric": {"type": "text", "content": "ok"},
 }
 SYSTEM = {"type": "system.message", "content": [{"type": "text", "text": "be terse"}]}
-BUDGET = {"type": "limit", "max_list_cost": {"amount": "2500", "currency": "USD"}}
+BUDGET = {"type": "limit", "max_list_cost": {"amount": "2500", "currency": "EUR"}}
 MISSING_IMAGE = {"type": "image", "source": {"type": "file", "file_id": "file_doesnotexist00000000000"}}
 BAD_EXPRESSIONS = [
     "@daily",
@@ -217,7 +217,7 @@ def test_schedule_lists_five_upcoming_runs_in_its_time_zone(
         ({"initial_events": [user_message("x")] * 51}, "initial_events"),
         ({"initial_events": [OUTCOME]}, "not supported"),
         ({"initial_events": [SYSTEM, user_message("x")]}, "last event"),
-        ({"budget": BUDGET}, "budget"),
+        ({"budget": BUDGET}, "currency"),
         ({"resources": [{"type": "file", "file_id": "file_0123"}]}, "resources"),
         *[
             ({"schedule": {"type": "cron", "expression": e, "timezone": "UTC"}}, "schedule")

@@ -39,7 +39,9 @@ async def create(request: Request) -> JSONResponse:
     access.require_agent(request, _agent_id(body.agent))
     access.require_vault_use(request, body.vault_ids)
     await uploads.require_usable(gateway.store, file_references(body.initial_events))
-    return JSONResponse(deployments.render(await deployments.create(gateway.store, body)))
+    return JSONResponse(
+        deployments.render(await deployments.create(gateway.store, body, gateway.settings.prices))
+    )
 
 
 async def list_deployments(request: Request) -> JSONResponse:
@@ -82,7 +84,8 @@ async def update(request: Request) -> JSONResponse:
     keeps = body.vault_ids if "vault_ids" in body.model_fields_set else current["vault_ids"]
     access.require_vault_use(request, keeps)
     await uploads.require_usable(gateway.store, file_references(body.initial_events or []))
-    return JSONResponse(deployments.render(await deployments.update(gateway.store, deployment_id, body)))
+    updated = await deployments.update(gateway.store, deployment_id, body, gateway.settings.prices)
+    return JSONResponse(deployments.render(updated))
 
 
 async def _controlled(request: Request, deployment_id: str) -> Body:
@@ -124,7 +127,9 @@ async def run(request: Request) -> JSONResponse:
     if deployment.get("archived_at"):
         raise InvalidRequest(f"deployment {deployment['id']} is archived")
     access.require_vault_use(request, deployment["vault_ids"])
-    record = await deployment_runs.fire(gateway.store, deployment, {"type": "manual"})
+    record = await deployment_runs.fire(
+        gateway.store, deployment, {"type": "manual"}, prices=gateway.settings.prices
+    )
     if record["session_id"] is not None:
         gateway.runner.wake(record["session_id"])
     return JSONResponse(record)

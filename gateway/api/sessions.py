@@ -42,7 +42,7 @@ async def create(request: Request) -> JSONResponse:
     access.require_vault_use(request, body.vault_ids)
     access.require_agent(request, body.agent if isinstance(body.agent, str) else body.agent.id)
     await uploads.require_usable(gateway.store, file_references(body.initial_events))
-    session, initial = await sessions.create(gateway.store, body)
+    session, initial = await sessions.create(gateway.store, body, prices=gateway.settings.prices)
     if initial:
         gateway.runner.wake(session["id"])
     return JSONResponse(sessions.render(session))
@@ -113,7 +113,11 @@ async def update(request: Request) -> JSONResponse:
     body = await parse(request, SessionUpdate, gateway.settings.max_body_bytes)
     access.require_vault_use(request, body.vault_ids)
     return JSONResponse(
-        sessions.render(await sessions.update(gateway.store, request.path_params["session_id"], body))
+        sessions.render(
+            await sessions.update(
+                gateway.store, request.path_params["session_id"], body, gateway.settings.prices
+            )
+        )
     )
 
 

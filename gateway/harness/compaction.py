@@ -40,6 +40,7 @@ from gateway.harness.responses import request_end
 from gateway.observability import tracing
 from gateway.resources import agent_settings
 from gateway.resources import sessions as session_state
+from gateway.resources.pricing import PriceTable
 from gateway.sessionlog import events as ev
 from gateway.sessionlog.transcript import (
     COMPACTION_FIELD,
@@ -82,6 +83,7 @@ class Host(Protocol):
     uploads: file_blocks.Uploads | None
     max_output_tokens: int
     prompt_caching: bool
+    prices: PriceTable
 
     async def transcript(self, run: Run) -> Transcript: ...
 
@@ -262,7 +264,7 @@ async def _summarise(host: Host, run: Run, request: dict[str, Any], cut: int) ->
         )
     await host.append(run, *closing)
     run.model_start_id = None
-    await session_state.add_usage(host.store, run.session_id, result.usage)
+    await session_state.add_usage(host.store, run.session_id, result.usage, host.prices)
     return None if summary else ModelCallFailed(FAILED, "the model returned no summary text")
 
 

@@ -23,8 +23,9 @@ from gateway.harness.run import Run
 from gateway.harness.tool_progress import tool_progress
 from gateway.harness.transcripts import TranscriptCache
 from gateway.observability import tracing
-from gateway.resources import files
+from gateway.resources import budgets, files
 from gateway.resources import sessions as session_state
+from gateway.resources.pricing import DEFAULT_TABLE, PriceTable
 from gateway.sessionlog import events as ev
 from gateway.sessionlog.transcript import CONTEXT_SEQ_FIELD, RESULT_TYPES, ToolCall, Transcript
 from gateway.store.base import Body, Store, StoredEvent
@@ -66,6 +67,8 @@ class Harness:
     transcripts: TranscriptCache = field(default_factory=TranscriptCache)
     previews: PreviewHub = field(default_factory=PreviewHub)
     """Where replies being streamed are previewed to ``event_deltas`` streams of this process."""
+    prices: PriceTable = DEFAULT_TABLE
+    """List prices: each call's cost is added to the session's, and a budget is checked on it."""
 
     async def transcript(self, run: Run) -> Transcript:
         transcript = await self.transcripts.current(self.store, run.session_id)
@@ -109,6 +112,9 @@ class Harness:
                 await self._idle(run, transcript, "requires_action", [c.id for c in waiting])
                 return
             if transcript.needs_model():
+                if budgets.exhausted(await session_state.get(self.store, run.session_id), self.prices):
+                    await self._idle(run, transcript, "budget_reached")
+                    return
                 await self._ensure_running(run, transcript)
                 toolbox = toolbox or await self._toolbox(run, agent)
                 if not await self._model_turn(run, agent, toolbox):
@@ -377,7 +383,7 @@ class Harness:
         preview.assign_ids(produced)
         await self.append(run, *produced, request_end(start_id, result.usage, is_error=False))
         run.model_start_id = None
-        await session_state.add_usage(self.store, run.session_id, result.usage)
+        await session_state.add_usage(self.store, run.session_id, result.usage, self.prices)
         return True
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from gateway import ids
 from gateway.errors import InvalidRequest, TetherError
 from gateway.resources import common, sessions, uploads, work
+from gateway.resources.pricing import PriceTable
 from gateway.schemas.sessions import AgentReference, SessionCreate, UserMessage, file_references
 from gateway.sessionlog.events import new_event
 from gateway.store.base import Body, Store
@@ -51,7 +52,9 @@ async def _check_references(store: Store, deployment: Body) -> None:
         raise RunError("file_not_found_error", exc.message) from None
 
 
-async def _start_session(store: Store, deployment: Body, session_id: str, event_ids: list[str]) -> None:
+async def _start_session(
+    store: Store, deployment: Body, session_id: str, event_ids: list[str], prices: PriceTable | None
+) -> None:
     """Create the session, then append its initial events in one batch: a turn never starts
     before a ``system.message`` meant for it has landed. Run again for the same fire (after a
     crash, or by a replica taking it over), it creates and appends only what is missing: the
@@ -66,9 +69,10 @@ async def _start_session(store: Store, deployment: Body, session_id: str, event_
             environment_id=deployment["environment_id"],
             title=deployment["name"],
             vault_ids=deployment["vault_ids"],
+            budget=deployment.get("budget"),  # stamped onto each session; re-checked for the model
         )
         try:
-            await sessions.create(store, request, session_id=session_id)
+            await sessions.create(store, request, session_id=session_id, prices=prices)
         except TetherError as exc:
             if exc.status_code >= 500:
                 raise
@@ -100,6 +104,7 @@ async def fire(
     run_id: str | None = None,
     session_id: str | None = None,
     event_ids: list[str] | None = None,
+    prices: PriceTable | None = None,
 ) -> Body:
     """Create the deployment's session and record the run; a run that already exists is returned.
 
@@ -114,7 +119,7 @@ async def fire(
     try:
         if await store.get(sessions.KIND, session_id) is None:
             await _check_references(store, deployment)
-        await _start_session(store, deployment, session_id, event_ids)
+        await _start_session(store, deployment, session_id, event_ids, prices)
     except RunError as exc:
         error = exc.body
     run: Body = {

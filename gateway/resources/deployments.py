@@ -13,11 +13,12 @@ from datetime import datetime
 
 from gateway import ids
 from gateway.errors import InvalidRequest, NotFound
-from gateway.resources import agents, common, environments, vaults
+from gateway.resources import agents, budgets, common, environments, vaults
+from gateway.resources.pricing import DEFAULT_TABLE, PriceTable
 from gateway.scheduling.cron import Cron, InvalidSchedule
 from gateway.schemas.common import apply_metadata_patch
 from gateway.schemas.deployments import DeploymentCreate, DeploymentUpdate, Schedule, event_bodies
-from gateway.schemas.sessions import AgentReference
+from gateway.schemas.sessions import AgentReference, BudgetLimit
 from gateway.store.base import Body, Mutation, Store
 
 KIND = "deployment"
@@ -52,8 +53,18 @@ def _schedule(schedule: Schedule | None) -> Body | None:
     }
 
 
-async def create(store: Store, request: DeploymentCreate) -> Body:
+async def _budget(store: Store, budget: BudgetLimit | None, agent: Body, prices: PriceTable) -> Body | None:
+    """A budget is stamped onto every session fired, so the agent's model must have a price."""
+    if budget is None:
+        return None
+    version = await agents.get(store, agent["id"], agent["version"])
+    budgets.require_budgetable(prices, str(version["model"]["id"]))
+    return budget.model_dump()
+
+
+async def create(store: Store, request: DeploymentCreate, prices: PriceTable = DEFAULT_TABLE) -> Body:
     agent = await pinned_agent(store, request.agent)
+    budget = await _budget(store, request.budget, agent, prices)
     await _usable_environment(store, request.environment_id)
     await vaults.require_usable(store, request.vault_ids)
     moment = ids.timestamp()
@@ -71,6 +82,7 @@ async def create(store: Store, request: DeploymentCreate) -> Body:
         "schedule": _schedule(request.schedule),
         "status": "active",
         "paused_reason": None,
+        "budget": budget,
         "created_at": moment,
         "updated_at": moment,
         "archived_at": None,
@@ -90,12 +102,17 @@ def _not_archived(current: Body) -> None:
         raise InvalidRequest(f"deployment {current['id']} is archived")
 
 
-async def update(store: Store, deployment_id: str, request: DeploymentUpdate) -> Body:
+async def update(
+    store: Store, deployment_id: str, request: DeploymentUpdate, prices: PriceTable = DEFAULT_TABLE
+) -> Body:
     given = request.model_fields_set
     for name in ("agent", "environment_id", "initial_events", "name"):
         if name in given and getattr(request, name) is None:
             raise InvalidRequest(f"{name}: may not be null")
     agent = await pinned_agent(store, request.agent) if request.agent is not None else None
+    if request.budget is not None:
+        pinned = agent or (await get(store, deployment_id))["agent"]
+        await _budget(store, request.budget, pinned, prices)
     if request.environment_id is not None:
         await _usable_environment(store, request.environment_id)
     if request.vault_ids:
@@ -115,6 +132,8 @@ async def update(store: Store, deployment_id: str, request: DeploymentUpdate) ->
             updated["description"] = request.description or None
         if "vault_ids" in given:
             updated["vault_ids"] = request.vault_ids or []
+        if "budget" in given:
+            updated["budget"] = request.budget.model_dump() if request.budget is not None else None
         if "metadata" in given:
             updated["metadata"] = apply_metadata_patch(current["metadata"], request.metadata or {})
         if "schedule" in given:

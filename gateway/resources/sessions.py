@@ -7,7 +7,8 @@ from typing import Any
 
 from gateway import ids
 from gateway.errors import Conflict, InvalidRequest, NotFound
-from gateway.resources import agents, common, environments, files, vaults, work
+from gateway.resources import agents, budgets, common, environments, files, vaults, work
+from gateway.resources.pricing import DEFAULT_TABLE, PriceTable
 from gateway.schemas.common import apply_metadata_patch
 from gateway.schemas.sessions import (
     ClientEvent,
@@ -51,10 +52,12 @@ def _empty_usage() -> Body:
 
 
 async def create(
-    store: Store, request: SessionCreate, session_id: str | None = None
+    store: Store, request: SessionCreate, session_id: str | None = None, prices: PriceTable | None = None
 ) -> tuple[Body, list[StoredEvent]]:
     """``session_id`` is chosen ahead by callers that must not create the session twice
-    (a scheduled fire completed again after a crash)."""
+    (a scheduled fire completed again after a crash); ``prices`` cost its usage (the gateway's
+    table; the built-in one when not given)."""
+    prices = prices or DEFAULT_TABLE
     if isinstance(request.agent, str):
         agent = await agents.get(store, request.agent)
     else:
@@ -65,6 +68,9 @@ async def create(
     if environment.get("archived_at"):
         raise InvalidRequest(f"environment_id: {environment['id']} is archived")
     await vaults.require_usable(store, request.vault_ids)
+    model = str(agent["model"]["id"])
+    if request.budget is not None:
+        budgets.require_budgetable(prices, model)
     moment = ids.timestamp()
     body: Body = {
         "type": "session",
@@ -74,7 +80,8 @@ async def create(
         "title": request.title,
         "metadata": request.metadata,
         "status": "idle",
-        "usage": _empty_usage(),
+        "usage": {**_empty_usage(), **budgets.opening_usage(prices, model)},
+        "budget": request.budget.model_dump() if request.budget is not None else None,
         "resources": [],
         "vault_ids": request.vault_ids,
         "outcome_evaluations": [],
@@ -104,12 +111,14 @@ def render(body: Body) -> Body:
     end = datetime.fromisoformat(body["archived_at"]) if body.get("archived_at") else ids.now()
     return {
         ATTENTION_FIELD: None,
-        **body,
+        **common.public(body),
         "stats": {"duration_seconds": round((end - created).total_seconds(), 3)},
     }
 
 
-async def update(store: Store, session_id: str, request: SessionUpdate) -> Body:
+async def update(
+    store: Store, session_id: str, request: SessionUpdate, prices: PriceTable | None = None
+) -> Body:
     """Apply the update and log what changed as ``session.updated``; a new agent configuration
     applies from the next turn (the harness reads the session's agent when a run starts)."""
     if request.vault_ids is not None:
@@ -128,6 +137,9 @@ async def update(store: Store, session_id: str, request: SessionUpdate) -> Body:
             updated["metadata"] = apply_metadata_patch(current["metadata"], request.metadata or {})
         if request.vault_ids is not None:
             updated["vault_ids"] = request.vault_ids
+        if "budget" in fields:
+            budget = request.budget.model_dump() if request.budget is not None else None
+            updated = budgets.replaced(updated, budget, prices or DEFAULT_TABLE)
         if updated != current:
             updated["updated_at"] = ids.timestamp()
         return updated
@@ -158,10 +170,10 @@ def _agent_update(session: Body, change: SessionAgentUpdate) -> Body:
 def _changes(before: Body, after: Body) -> Body | None:
     """The fields of ``session.updated`` as the SDK describes them (only what changed; metadata
     in full unless emptied; the agent as its whole new snapshot), or None if nothing did."""
-    fields = ("title", "metadata", "agent")
-    if all(after[name] == before[name] for name in fields):
+    fields = ("title", "metadata", "agent", "budget")
+    if all(after.get(name) == before.get(name) for name in fields):
         return None
-    changes = {name: after[name] for name in fields if after[name] != before[name]}
+    changes = {name: after.get(name) for name in fields if after.get(name) != before.get(name)}
     if not changes.get("metadata", True):
         del changes["metadata"]
     return changes
@@ -190,13 +202,18 @@ async def delete(store: Store, session_id: str) -> None:
     await store.delete(KIND, session_id)
 
 
-async def add_usage(store: Store, session_id: str, usage: dict[str, int]) -> None:
+async def add_usage(
+    store: Store, session_id: str, usage: dict[str, int], prices: PriceTable | None = None
+) -> None:
+    """Add one model call's tokens, and its list cost at ``prices``, to the session's totals."""
+
     def add(body: Body) -> Body:
         total = body.get("usage") or _empty_usage()
         cache = total.get("cache_creation") or {}
-        return {
+        counted = {
             **body,
             "usage": {
+                **total,
                 "input_tokens": (total.get("input_tokens") or 0) + usage["input_tokens"],
                 "output_tokens": (total.get("output_tokens") or 0) + usage["output_tokens"],
                 "cache_read_input_tokens": (total.get("cache_read_input_tokens") or 0)
@@ -208,6 +225,7 @@ async def add_usage(store: Store, session_id: str, usage: dict[str, int]) -> Non
                 },
             },
         }
+        return budgets.charged(counted, usage, prices or DEFAULT_TABLE)
 
     await store.update(KIND, session_id, add)
 

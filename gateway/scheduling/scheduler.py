@@ -26,6 +26,7 @@ import anyio
 
 from gateway import ids
 from gateway.resources import deployment_runs, deployments
+from gateway.resources.pricing import DEFAULT_TABLE, PriceTable
 from gateway.scheduling.cron import Cron, InvalidSchedule
 from gateway.store.base import Body, Store
 
@@ -61,9 +62,16 @@ def _withdrawn(deployment: Body, pending: Body) -> bool:
 
 
 class Scheduler:
-    def __init__(self, store: Store, wake: Callable[[str], None], owner: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        wake: Callable[[str], None],
+        prices: PriceTable = DEFAULT_TABLE,
+        owner: str | None = None,
+    ) -> None:
         self._store = store
         self._wake = wake
+        self._prices = prices
         self.owner = owner or ids.new_id("sched")
 
     async def run_forever(self) -> None:
@@ -188,6 +196,7 @@ class Scheduler:
             run_id=pending["run_id"],
             session_id=pending["session_id"],
             event_ids=pending["event_ids"],
+            prices=self._prices,
         )
 
         def settle(current: Body) -> Body:

@@ -2,7 +2,7 @@
 ``deployment_update_params`` define them.
 
 Tether runs only what its sessions support: ``user.message`` and ``system.message`` initial
-events, no budget and no session resources. The rest of the SDK's shapes parse, then answer a 400 that names them, so a
+events, and no session resources. The rest of the SDK's shapes parse, then answer a 400 that names them, so a
 caller learns what is missing instead of getting a deployment that silently does less.
 """
 
@@ -14,7 +14,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from gateway.scheduling.cron import Cron, InvalidSchedule
 from gateway.schemas.common import Metadata, MetadataPatch, Name, Strict
-from gateway.schemas.sessions import AgentReference, SystemMessage, UserMessage, check_system_message
+from gateway.schemas.sessions import (
+    AgentReference,
+    BudgetLimit,
+    SystemMessage,
+    UserMessage,
+    check_system_message,
+)
 
 MAX_INITIAL_EVENTS = 50
 MAX_VAULT_IDS = 50
@@ -54,19 +60,12 @@ InitialEvents = Annotated[
 ]
 
 
-def _no_budget(budget: dict[str, Any] | None) -> dict[str, Any] | None:
-    if budget is not None:
-        raise ValueError("budgets are not supported by Tether yet")
-    return budget
-
-
 def _no_resources(resources: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
     if resources:
         raise ValueError("session resources are not supported by Tether yet")
     return resources
 
 
-Budget = Annotated[dict[str, Any] | None, AfterValidator(_no_budget)]
 Resources = Annotated[list[dict[str, Any]] | None, AfterValidator(_no_resources)]
 
 
@@ -91,7 +90,7 @@ class DeploymentCreate(Strict):
     schedule: Schedule | None = None
     vault_ids: VaultIds = Field(default_factory=list)
     resources: Resources = None
-    budget: Budget = None
+    budget: BudgetLimit | None = None
 
     @model_validator(mode="after")
     def _system_message_placement(self) -> DeploymentCreate:
@@ -111,7 +110,7 @@ class DeploymentUpdate(Strict):
     schedule: Schedule | None = None
     vault_ids: VaultIds | None = None
     resources: Resources = None
-    budget: Budget = None
+    budget: BudgetLimit | None = None
 
     @model_validator(mode="after")
     def _system_message_placement(self) -> DeploymentUpdate:

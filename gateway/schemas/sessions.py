@@ -172,6 +172,20 @@ class SendEvents(Strict):
         return self
 
 
+class Money(Strict):
+    """``BetaMonetaryAmount``: whole minor units (cents) as a string, no leading zeros."""
+
+    amount: Annotated[str, Field(pattern=r"^[1-9][0-9]{0,15}$")]
+    currency: Literal["USD"]
+
+
+class BudgetLimit(Strict):
+    """``BetaManagedAgentsBudgetLimitParam``: a hard ceiling on the session's list cost."""
+
+    type: Literal["limit"]
+    max_list_cost: Money
+
+
 class AgentReference(Strict):
     type: Literal["agent"]
     id: Annotated[str, Field(min_length=1)]
@@ -188,7 +202,7 @@ class SessionCreate(Strict):
     )
     vault_ids: Annotated[list[str], Field(max_length=MAX_VAULTS)] = Field(default_factory=list)
     resources: list[dict[str, Any]] = Field(default_factory=list)
-    budget: None = None
+    budget: BudgetLimit | None = None
 
     @field_validator("resources")
     @classmethod
@@ -211,4 +225,5 @@ class SessionUpdate(Strict):
     title: Annotated[str, Field(max_length=512)] | None = None
     metadata: MetadataPatch | None = None
     vault_ids: Annotated[list[str], Field(max_length=MAX_VAULTS)] | None = None
-    budget: None = None
+    budget: BudgetLimit | None = None
+    """Omitted: kept; null: removed (for good); an object: replaces a budget the session has."""
