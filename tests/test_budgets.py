@@ -8,14 +8,18 @@ starts at 90 cents, below the ceiling) and stops the fourth before it is made.
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx2
 import pytest
 from anthropic.types.beta.beta_managed_agents_session import BetaManagedAgentsSession
 
 from gateway.config import Settings
+from gateway.errors import InvalidRequest
+from gateway.resources import budgets
 from gateway.resources.pricing import PriceTable, minor_units, price
 from gateway.settings import ConfigError
 from tests.conftest import Scripts
@@ -73,18 +77,76 @@ def test_a_budget_stops_the_session_before_the_call_that_would_start_above_it(
     raw = client.beta.sessions.events.with_raw_response.list(session.id, limit=100).http_response.json()
     strictly_valid(raw["data"])
 
-    # Raising the ceiling lets the next message through; lowering it to what was spent does not.
+    # A message sent while the budget is spent gets its own answer: budget_reached again.
+    assert send_and_stream(client, session.id, [user_message("Q4")])[-1].stop_reason.type == "budget_reached"
+    # Lowering the ceiling to what was spent is refused; raising it resumes the stopped turn.
     _refused(
         lambda: client.beta.sessions.update(
             session.id, budget={"type": "limit", "max_list_cost": {"amount": "135", "currency": "USD"}}
         ),
         "budget_not_raised",
     )
-    client.beta.sessions.update(
-        session.id, budget={"type": "limit", "max_list_cost": {"amount": "200", "currency": "USD"}}
+    with client.beta.sessions.events.stream(session.id) as stream:
+        client.beta.sessions.update(
+            session.id, budget={"type": "limit", "max_list_cost": {"amount": "200", "currency": "USD"}}
+        )
+        resumed = [event.type for event in _until_idle(stream)]
+    assert "agent.message" in resumed and len(scripts.requests_for(marker)) == 4
+
+
+def _until_idle(stream: Any) -> list[Any]:
+    seen = []
+    for event in stream:
+        seen.append(event)
+        if event.type == "session.status_idle":
+            return seen
+    return seen
+
+
+def test_a_failed_attempt_the_model_billed_is_charged(
+    client: anthropic.Anthropic, environment: Any, scripts: Scripts
+) -> None:
+    """A complete reply whose tool input is not valid JSON is refused and retried, but it was
+    generated: its usage counts towards the budget."""
+    marker = scripts.add(
+        [
+            {
+                "content": [{"type": "tool_use", "name": "lookup", "input": {"q": "x"}}],
+                "usage": CALL,
+                "malformed_tool_json_first": 2,
+            },
+            {"content": [{"type": "text", "text": "done"}], "usage": CALL},
+        ]
     )
-    assert send_and_stream(client, session.id, [user_message("Q4")])[-1].stop_reason.type == "end_turn"
-    assert len(scripts.requests_for(marker)) == 4
+    lookup: Any = {
+        "type": "custom",
+        "name": "lookup",
+        "description": "Look up.",
+        "input_schema": {"type": "object"},
+    }
+    agent = client.beta.agents.create(name="billed", model=SONNET, system=marker, tools=[lookup])
+    session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id, budget=DOLLAR)
+    streamed = send_and_stream(client, session.id, [user_message("go")])
+    assert streamed[-1].stop_reason.type == "requires_action"  # the third attempt parsed
+    ends = [
+        e
+        for e in client.beta.sessions.events.list(session.id, limit=100).data
+        if e.type == "span.model_request_end"
+    ]
+    assert [(e.is_error, e.model_usage.input_tokens) for e in ends] == [
+        (True, 100_000),
+        (True, 100_000),
+        (False, 100_000),
+    ]
+    # The refused attempts broke off mid-stream (the SDK rejects the tool JSON as it arrives):
+    # what they reported by then (the input side) is charged, the same as in their span ends.
+    billed = {
+        "input_tokens": sum(e.model_usage.input_tokens for e in ends),
+        "output_tokens": sum(e.model_usage.output_tokens for e in ends),
+    }
+    spent = _strict_session(client, session.id).usage
+    assert spent.input_tokens == 300_000 and spent.list_cost is not None
+    assert spent.list_cost.amount == minor_units(price("3", "15").cost(billed))
 
 
 def test_budget_updates_follow_the_sdks_rules(
@@ -134,6 +196,10 @@ def test_a_model_without_a_list_price_cannot_carry_a_budget(
         lambda: deploy(client, agent.id, environment.id, budget=DOLLAR),
         "model_not_budgetable",
     )
+    # Nor can a budgeted deployment switch to it: every fire would fail.
+    priced = client.beta.agents.create(name="priced", model=SONNET)
+    budgeted = deploy(client, priced.id, environment.id, budget=DOLLAR)
+    _refused(lambda: client.beta.deployments.update(budgeted.id, agent=agent.id), "model_not_budgetable")
     unbudgeted = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
     assert unbudgeted.usage.list_cost is None  # no price: no cost to show
 
@@ -178,7 +244,77 @@ def test_a_prices_file_adds_and_overrides_models(tmp_path: Path, monkeypatch: py
     assert table.for_model("claude-sonnet-4-6") == price("1", "2", cache_read="0.5")
     assert table.for_model("claude-opus-4-1") == price("15", "75")  # defaults stay
 
-    prices.write_text("house-model: {input: 2}\n")
     monkeypatch.setenv("TETHER_PRICES_FILE", str(prices))
-    with pytest.raises(ConfigError, match="TETHER_PRICES_FILE"):
-        Settings.from_env(tmp_path)
+    for wrong in (
+        "house-model: {input: 2}",
+        "m: {input: 1, output: 2, cache_reads: 0.1}",
+        "m: {input: .inf, output: 1}",
+    ):
+        prices.write_text(wrong + "\n")
+        with pytest.raises(ConfigError, match="TETHER_PRICES_FILE"):
+            Settings.from_env(tmp_path)
+
+
+def test_the_ceiling_is_compared_with_the_cost_as_shown() -> None:
+    """Shown costs round up to the cent; the ceiling compares with that, in both directions."""
+    table = PriceTable.load(None)
+    session: dict[str, Any] = {
+        "id": "sesn_x",
+        "status": "idle",
+        "agent": {"model": {"id": SONNET}},
+        "usage": {},
+        "budget": {"type": "limit", "max_list_cost": {"amount": "2", "currency": "USD"}},
+        "_cost_picos": 108 * 10**8,  # 1.08 cents, shown as "2"
+    }
+    assert budgets.exhausted(session, table)
+    lower_to_shown = {"type": "limit", "max_list_cost": {"amount": "2", "currency": "USD"}}
+    assert budgets.replaced(session, lower_to_shown, table) == session  # unchanged: accepted
+    with pytest.raises(InvalidRequest, match="budget_not_raised"):
+        budgets.replaced(
+            {**session, "budget": {**lower_to_shown, "max_list_cost": {"amount": "3", "currency": "USD"}}},
+            lower_to_shown,
+            table,
+        )
+    removed = budgets.replaced(budgets.replaced(session, None, table), None, table)
+    with pytest.raises(InvalidRequest, match="it was removed"):
+        budgets.replaced(removed, lower_to_shown, table)
+
+
+def test_a_summarising_call_that_spends_the_rest_stops_the_request_after_it(
+    client: anthropic.Anthropic, environment: Any, scripts: Scripts
+) -> None:
+    """The budget is checked again after a compaction: its summary call costs money too."""
+    marker = "script-" + secrets.token_hex(8)
+    turns = [
+        {"content": [{"type": "text", "text": "A1"}], "usage": {"input_tokens": 3500, "output_tokens": 1}},
+        {"content": [{"type": "text", "text": "A2"}], "usage": {"input_tokens": 500, "output_tokens": 1}},
+    ]
+    summary = {
+        "content": [{"type": "text", "text": "SUMMARY"}],
+        "usage": {"input_tokens": 3500, "output_tokens": 1000},
+    }
+    added = httpx2.post(
+        f"{scripts.model_url}/_scripts",
+        json={"match": marker, "turns": turns, "compaction": summary},
+        timeout=30,
+    )
+    assert added.status_code == 201, added.text
+    agent = client.beta.agents.create(
+        name="compacting",
+        model=SONNET,
+        system=marker,
+        metadata={"tether.context_window_tokens": "4000", "tether.max_tokens": "256"},
+    )
+    three_cents: Any = {"type": "limit", "max_list_cost": {"amount": "3", "currency": "USD"}}
+    session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id, budget=three_cents)
+    assert (
+        send_and_stream(client, session.id, [user_message("Q1 " + "x" * 200)])[-1].stop_reason.type
+        == "end_turn"
+    )
+
+    stopped = send_and_stream(client, session.id, [user_message("Q2")])
+
+    assert stopped[-1].stop_reason.type == "budget_reached"
+    kinds = [e.type for e in stopped]
+    assert "agent.thread_context_compacted" in kinds and "agent.message" not in kinds
+    assert len(scripts.requests_for(marker)) == 2  # Q1 and the summary; Q2's request never went

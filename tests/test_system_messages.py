@@ -14,9 +14,12 @@ from typing import Any
 import anthropic
 import pytest
 
+from gateway.harness import context_budget as sizing
+from gateway.harness.compaction import summary_request
 from gateway.harness.context import build_messages
 from gateway.sessionlog.transcript import Transcript
 from gateway.store.base import StoredEvent
+from gateway.tools.toolbox import build_toolbox
 from tests.conftest import Scripts
 from tests.support.sessions import send_and_stream, strictly_valid, user_message
 
@@ -133,3 +136,25 @@ def test_system_messages_a_summary_covers_still_follow_it() -> None:
         ("system", ["Stay formal."]),
         ("user", ["Q2"]),
     ]
+
+
+def test_the_summarising_request_is_not_bound_by_the_sessions_system_messages() -> None:
+    """ "Reply with one word" must not shape the summary; the system messages follow it anyway."""
+    transcript = _log(
+        user_message("Q1"),
+        system_message("Reply with exactly one word."),
+        {"type": "span.model_request_start", "tether_context_seq": 2},
+        {"type": "agent.message", "content": [{"type": "text", "text": "Ok"}]},
+        {"type": "span.model_request_end", "model_request_start_id": "sevt_3", "is_error": False},
+        user_message("Q2"),
+    )
+    agent = {
+        "model": {"id": "claude-sonnet-4-6"},
+        "system": "sys",
+        "tools": [],
+        "mcp_servers": [],
+        "metadata": {},
+    }
+    request = summary_request(agent, transcript, build_toolbox(agent, [], {}), 5, sizing.Budget(4000, 256))
+    assert [m["role"] for m in request["messages"]] == ["user", "assistant", "user"]
+    assert "one word" not in str(request["messages"])

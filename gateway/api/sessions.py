@@ -112,13 +112,11 @@ async def update(request: Request) -> JSONResponse:
     gateway = state(request)
     body = await parse(request, SessionUpdate, gateway.settings.max_body_bytes)
     access.require_vault_use(request, body.vault_ids)
-    return JSONResponse(
-        sessions.render(
-            await sessions.update(
-                gateway.store, request.path_params["session_id"], body, gateway.settings.prices
-            )
-        )
-    )
+    session_id = request.path_params["session_id"]
+    updated = await sessions.update(gateway.store, session_id, body, gateway.settings.prices)
+    if "budget" in body.model_fields_set:
+        gateway.runner.wake(session_id)  # "raise the budget to continue": a stopped turn resumes
+    return JSONResponse(sessions.render(updated))
 
 
 async def archive(request: Request) -> JSONResponse:

@@ -141,8 +141,8 @@ def _rolling(messages: list[dict[str, Any]], index: int, owned: set[int]) -> lis
 
 
 def _previous_user(messages: list[dict[str, Any]]) -> int | None:
-    """The index of the last user message before the last message."""
+    """The index of the last input (user or system message) before the last message."""
     for index in range(len(messages) - 2, -1, -1):
-        if messages[index].get("role") == "user":
+        if messages[index].get("role") in ("user", "system"):
             return index
     return None

@@ -246,7 +246,9 @@ async def _summarise(host: Host, run: Run, request: dict[str, Any], cut: int) ->
             result = await call_model(host.model, await file_blocks.inline(request, host.uploads))
             span.record(result.usage, result.stop_reason)
     except ModelCallFailed as exc:
-        await host.append(run, request_end(start["id"], None, is_error=True))
+        if exc.usage:  # billed although it failed
+            await session_state.add_usage(host.store, run.session_id, exc.usage, host.prices)
+        await host.append(run, request_end(start["id"], exc.usage, is_error=True))
         run.model_start_id = None
         return exc
     except Exception:
@@ -271,7 +273,7 @@ async def _summarise(host: Host, run: Run, request: dict[str, Any], cut: int) ->
 def _conversation_chars(event: StoredEvent) -> int:
     """What an event adds to the conversation, in characters (0 for the rest of the log)."""
     kind, body = event.type, event.body
-    if kind in ("user.message", "agent.message") or kind in RESULT_LINKS:
+    if kind in ("user.message", "agent.message", "system.message") or kind in RESULT_LINKS:
         return len(json.dumps(body.get("content") or []))
     if kind in TOOL_USE_KINDS:
         return len(json.dumps(body.get("input") or {})) + len(str(body.get("name", "")))
@@ -281,10 +283,14 @@ def _conversation_chars(event: StoredEvent) -> int:
 
 
 def _without_thinking(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The summariser needs no thinking blocks (and thinking is off for it): drop them, and any
-    message they leave empty, merging the neighbours that then share a role."""
+    """The summariser needs no thinking blocks (and thinking is off for it), nor the session's
+    system messages (they would bind the summary too, e.g. "answer in one word"; they follow
+    the summary anyway, see ``context.build_messages``): drop them, and any message left empty,
+    merging the neighbours that then share a role."""
     out: list[dict[str, Any]] = []
     for message in messages:
+        if message["role"] == "system":
+            continue
         content = [b for b in message["content"] if b.get("type") not in ("thinking", "redacted_thinking")]
         if not content:
             continue

@@ -112,12 +112,16 @@ class Harness:
                 await self._idle(run, transcript, "requires_action", [c.id for c in waiting])
                 return
             if transcript.needs_model():
-                if budgets.exhausted(await session_state.get(self.store, run.session_id), self.prices):
+                if await self._over_budget(run):
                     await self._idle(run, transcript, "budget_reached")
                     return
                 await self._ensure_running(run, transcript)
                 toolbox = toolbox or await self._toolbox(run, agent)
-                if not await self._model_turn(run, agent, toolbox):
+                turn = await self._model_turn(run, agent, toolbox)
+                if turn == "over_budget":  # a summarising call spent what was left
+                    await self._idle(run, await self.transcript(run), "budget_reached")
+                    return
+                if turn == "failed":
                     transcript = await self.transcript(run)
                     if transcript.status == "terminated":  # a terminal model error ended it
                         tracing.set_stop_reason("terminated")
@@ -175,9 +179,13 @@ class Harness:
     ) -> None:
         tracing.set_stop_reason(reason)
         last = transcript.last_idle
-        if transcript.status == "idle" and last is not None:
+        if (
+            transcript.status == "idle"
+            and last is not None
+            and transcript.last_input_seq < transcript.last_idle_seq
+        ):
             if last["stop_reason"]["type"] == reason and last["stop_reason"].get("event_ids") == event_ids:
-                return
+                return  # already said, and nothing came in since
         await self.append(run, ev.status_idle(reason, event_ids))
         await files.sync_session(self.store, self.sandboxes.workspaces, run.session_id)
 
@@ -352,8 +360,10 @@ class Harness:
                 retrying = retryable and attempt < self.retry.max_attempts
                 log.warning("model call %d for %s failed: %s", attempt, run.session_id, exc.message)
                 status = "retrying" if retrying else ("exhausted" if retryable else "terminal")
+                if exc.usage:  # billed although it failed: it counts towards the budget
+                    await session_state.add_usage(self.store, run.session_id, exc.usage, self.prices)
                 closing = [
-                    request_end(start["id"], None, is_error=True),
+                    request_end(start["id"], exc.usage, is_error=True),
                     ev.session_error(exc.error_type, exc.message, status),
                 ]
                 if status == "terminal":
@@ -370,21 +380,29 @@ class Harness:
                 raise
         return None
 
-    async def _model_turn(self, run: Run, agent: Body, toolbox: Toolbox) -> bool:
+    async def _over_budget(self, run: Run) -> bool:
+        return budgets.exhausted(await session_state.get(self.store, run.session_id), self.prices)
+
+    async def _model_turn(self, run: Run, agent: Body, toolbox: Toolbox) -> str:
+        """``answered``, ``failed`` (recorded in the log) or ``over_budget``."""
+        before = run.last_seq
         fitted = await compaction.fitted_request(self, run, agent, toolbox)
         if fitted is None:  # over the context budget, and compacting it failed (recorded)
-            return False
+            return "failed"
         transcript, request = fitted
+        if transcript.last_seq != before and await self._over_budget(run):
+            return "over_budget"
         outcome = await self._call_with_retries(run, request, transcript.last_seq)
         if outcome is None:
-            return False
+            return "failed"
         result, start_id, preview = outcome
         produced = response_events(result.content, toolbox, self.policies)
         preview.assign_ids(produced)
+        # Charged first: a crash before the events land costs a repeated call, never a free one.
+        await session_state.add_usage(self.store, run.session_id, result.usage, self.prices)
         await self.append(run, *produced, request_end(start_id, result.usage, is_error=False))
         run.model_start_id = None
-        await session_state.add_usage(self.store, run.session_id, result.usage, self.prices)
-        return True
+        return "answered"
 
 
 def _without_nul(value: Any) -> Any:

@@ -61,6 +61,8 @@ class ModelCallFailed(Exception):
         self.message = message
         self.status = status
         self.retry_after = retry_after
+        self.usage: dict[str, int] | None = None
+        """What the failed attempt consumed, when the model said (it is billed all the same)."""
 
 
 def make_client(api_key: str, base_url: str | None, stream_timeout: float) -> anthropic.AsyncAnthropic:
@@ -108,10 +110,26 @@ async def call_model(
     ``on_event`` sees each stream event as it arrives (previews of the reply; it must not raise)."""
     if isinstance(client, ModelClient):
         client = await client.sdk()
-    import anthropic  # loaded by now: the client above is the SDK's
+    opened: list[AsyncMessageStream[Any]] = []
+    try:
+        return await _attempt(client, request, on_event, opened)
+    except ModelCallFailed as exc:
+        if exc.usage is None and opened:
+            exc.usage = _usage_so_far(opened[0])
+        raise
+
+
+async def _attempt(
+    client: anthropic.AsyncAnthropic,
+    request: dict[str, Any],
+    on_event: StreamListener | None,
+    opened: list[AsyncMessageStream[Any]],
+) -> ModelResult:
+    import anthropic  # loaded by now: the client is the SDK's
 
     try:
         async with client.messages.stream(**request) as stream:
+            opened.append(stream)
             message, tool_json = await _read_to_stop(stream, on_event)
     except anthropic.APIStatusError as exc:
         raise _status_failure(exc) from None
@@ -125,25 +143,38 @@ async def call_model(
         raise ModelCallFailed(FAILED, f"the model stream broke off: {_describe(exc)}") from None
     except (ValueError, RuntimeError, IndexError) as exc:  # the SDK's accumulator refused an event
         raise ModelCallFailed(FAILED, _malformed(exc)) from None
-    if message.stop_reason is None:
-        raise ModelCallFailed(FAILED, f"{INCOMPLETE} (message_stop without a stop_reason)")
-    content = []
-    for index, block in enumerate(message.content):
-        dumped = block.model_dump(mode="json", exclude_none=True)
-        if index in tool_json:
-            dumped["input"] = _tool_input(dumped, tool_json[index], message.stop_reason)
-        content.append(dumped)
-    usage = message.usage
-    return ModelResult(
-        content=content,
-        stop_reason=message.stop_reason,
-        usage={
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "cache_read_input_tokens": usage.cache_read_input_tokens or 0,
-            "cache_creation_input_tokens": usage.cache_creation_input_tokens or 0,
-        },
-    )
+    usage = _usage(message.usage)
+    try:
+        if message.stop_reason is None:
+            raise ModelCallFailed(FAILED, f"{INCOMPLETE} (message_stop without a stop_reason)")
+        content = []
+        for index, block in enumerate(message.content):
+            dumped = block.model_dump(mode="json", exclude_none=True)
+            if index in tool_json:
+                dumped["input"] = _tool_input(dumped, tool_json[index], message.stop_reason)
+            content.append(dumped)
+    except ModelCallFailed as exc:
+        exc.usage = usage  # a complete reply refused here was still generated, and billed
+        raise
+    return ModelResult(content=content, stop_reason=message.stop_reason, usage=usage)
+
+
+def _usage(usage: Any) -> dict[str, int]:
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_input_tokens": usage.cache_read_input_tokens or 0,
+        "cache_creation_input_tokens": usage.cache_creation_input_tokens or 0,
+    }
+
+
+def _usage_so_far(stream: AsyncMessageStream[Any]) -> dict[str, int] | None:
+    """The usage a broken stream reported before it broke (``message_start`` carries the input
+    side), or None if it broke before saying."""
+    try:
+        return _usage(stream.current_message_snapshot.usage)
+    except Exception:  # no message_start yet: the SDK has no snapshot
+        return None
 
 
 async def _read_to_stop(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.errors import InvalidRequest
-from gateway.resources.pricing import CURRENCY, PriceTable, minor_units, picos_of
+from gateway.resources.pricing import CURRENCY, PriceTable, minor_units
 from gateway.store.base import Body
 
 COST_FIELD = "_cost_picos"
@@ -51,6 +51,12 @@ def charged(session: Body, usage: dict[str, Any], prices: PriceTable) -> Body:
     return {**session, COST_FIELD: picos, "usage": total}
 
 
+def spent(session: Body) -> int:
+    """The cost as shown (whole cents, rounded up): what the ceiling is compared with, so a
+    session never shows its ceiling reached and still calls the model."""
+    return int(minor_units(int(session.get(COST_FIELD) or 0)))
+
+
 def exhausted(session: Body, prices: PriceTable) -> bool:
     """Whether a budgeted session may not start another model request."""
     budget = session.get("budget")
@@ -58,7 +64,7 @@ def exhausted(session: Body, prices: PriceTable) -> bool:
         return False
     if session.get(UNPRICED_FIELD) or prices.for_model(model_of(session)) is None:
         return True
-    return int(session.get(COST_FIELD) or 0) >= picos_of(budget["max_list_cost"])
+    return spent(session) >= int(budget["max_list_cost"]["amount"])
 
 
 def replaced(session: Body, budget: Body | None, prices: PriceTable) -> Body:
@@ -66,14 +72,16 @@ def replaced(session: Body, budget: Body | None, prices: PriceTable) -> Body:
     if session["status"] == "terminated":
         raise InvalidRequest(f"budget: session {session['id']} is terminated")
     if budget is None:
-        return {**session, "budget": None, REMOVED_FIELD: session.get("budget") is not None}
+        removed = bool(session.get(REMOVED_FIELD)) or session.get("budget") is not None
+        return {**session, "budget": None, REMOVED_FIELD: removed}
+    if budget == session.get("budget"):
+        return session  # sent again unchanged: not a lowering
     if session.get("budget") is None:
         reason = "it was removed" if session.get(REMOVED_FIELD) else "it was created without one"
         raise InvalidRequest(f"budget: cannot be added to this session, {reason} (budget_create_only)")
     require_budgetable(prices, model_of(session))
-    if picos_of(budget["max_list_cost"]) <= int(session.get(COST_FIELD) or 0):
-        spent = session["usage"].get("list_cost", {}).get("amount", "0")
+    if int(budget["max_list_cost"]["amount"]) <= spent(session):
         raise InvalidRequest(
-            f"budget: max_list_cost must be above the {spent} already spent (budget_not_raised)"
+            f"budget: max_list_cost must be above the {spent(session)} already spent (budget_not_raised)"
         )
     return {**session, "budget": budget}

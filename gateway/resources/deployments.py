@@ -110,9 +110,11 @@ async def update(
         if name in given and getattr(request, name) is None:
             raise InvalidRequest(f"{name}: may not be null")
     agent = await pinned_agent(store, request.agent) if request.agent is not None else None
-    if request.budget is not None:
-        pinned = agent or (await get(store, deployment_id))["agent"]
-        await _budget(store, request.budget, pinned, prices)
+    if agent is not None or request.budget is not None:
+        current = await get(store, deployment_id)
+        kept = request.budget if "budget" in given else current.get("budget")
+        if kept is not None:  # the budget that will be stamped, on the agent that will run
+            await _budget(store, BudgetLimit.model_validate(kept), agent or current["agent"], prices)
     if request.environment_id is not None:
         await _usable_environment(store, request.environment_id)
     if request.vault_ids:

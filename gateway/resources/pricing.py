@@ -24,6 +24,7 @@ import yaml
 PICOS_PER_MINOR_UNIT = 10_000_000_000
 """Picodollars in a cent."""
 CURRENCY = "USD"
+PRICE_KEYS = frozenset({"input", "output", "cache_read", "cache_write_5m", "cache_write_1h"})
 CACHE_READ, CACHE_WRITE_5M, CACHE_WRITE_1H = Decimal("0.1"), Decimal("1.25"), Decimal("2")
 """Prompt-cache prices as multiples of the input price, where an entry does not give them."""
 
@@ -53,6 +54,8 @@ class Price:
 
 
 def _per_token(dollars_per_million: Decimal) -> int:
+    if not dollars_per_million.is_finite():
+        raise ValueError(f"{dollars_per_million} is not a price")
     picos = dollars_per_million * 1_000_000
     if picos != picos.to_integral_value() or picos < 0:
         raise ValueError(f"{dollars_per_million} $/MTok is not a whole number of picodollars a token")
@@ -107,6 +110,9 @@ class PriceTable:
                 raise ValueError(f"{path}: expected a mapping of model prefix to prices")
             for model, entry in raw.items():
                 try:
+                    unknown = set(dict(entry)) - PRICE_KEYS
+                    if unknown:
+                        raise ValueError(f"unknown keys {sorted(unknown)} (expected {sorted(PRICE_KEYS)})")
                     prices[str(model)] = price(**{k: str(v) for k, v in dict(entry).items()})
                 except (TypeError, ValueError, InvalidOperation) as exc:
                     raise ValueError(f"{path}: {model}: {exc}") from None
@@ -119,8 +125,3 @@ DEFAULT_TABLE = PriceTable(DEFAULT_PRICES)
 def minor_units(picos: int) -> str:
     """Picodollars as whole cents, rounded up (a cap compares at or above the real cost)."""
     return str(-(-picos // PICOS_PER_MINOR_UNIT))
-
-
-def picos_of(amount: dict[str, Any]) -> int:
-    """A ``BetaMonetaryAmount`` (minor units) in picodollars."""
-    return int(amount["amount"]) * PICOS_PER_MINOR_UNIT

@@ -89,6 +89,7 @@ class Transcript:
     last_interrupt_seq: int = 0
     previous_interrupt_seq: int = 0
     last_idle: Body | None = None
+    last_idle_seq: int = 0
     status: str = "idle"
     open_model_request: str | None = None
     """A ``span.model_request_start`` with no end yet: a call in flight, or lost in a crash."""
@@ -172,6 +173,7 @@ class Transcript:
         if kind in STATUS_EVENTS:
             self.status = STATUS_EVENTS[kind]
             self.last_idle = body if kind == "session.status_idle" else None
+            self.last_idle_seq = event.seq
 
     @property
     def last_seq(self) -> int:

@@ -40,8 +40,9 @@ def status_after(events: Sequence[Body]) -> str | None:
 
 
 ATTENTION_FIELD = "tether_attention"
-"""Why a session needs an operator (``requires_action``, ``retries_exhausted``, ``error``) or
-null: kept on the session by the append that logs the reason, so lists filter on it cheaply."""
+"""Why a session needs an operator (``requires_action``, ``retries_exhausted``,
+``budget_reached``, ``error``) or null: kept on the session by the append that logs the
+reason, so lists filter on it cheaply."""
 
 
 def attention_after(events: Sequence[Body]) -> tuple[bool, str | None] | None:
@@ -66,7 +67,8 @@ def _attention_step(event: Body) -> tuple[bool, str | None] | None:
         return (False, None)
     if kind == "session.status_idle":
         reason = (event.get("stop_reason") or {}).get("type")
-        return (False, reason) if reason in ("requires_action", "retries_exhausted") else (True, None)
+        waits = ("requires_action", "retries_exhausted", "budget_reached")
+        return (False, reason) if reason in waits else (True, None)
     if kind == "session.status_terminated":
         return (False, "error")
     if kind == "session.error":

@@ -80,6 +80,7 @@
     requires_action: "action required",
     error: "error",
     retries_exhausted: "retries exhausted",
+    budget_reached: "budget reached",
   };
   const attentionLabel = (reason) => ATTENTION[reason] || reason;
 
