@@ -187,6 +187,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
                     max_output_tokens=settings.max_output_tokens,
                     prompt_caching=settings.prompt_caching,
                     prices=settings.prices,
+                    outcome_heartbeat_seconds=settings.outcome_heartbeat_seconds,
                     tool_timeout=settings.tool_timeout,
                     policies=policies or PolicySet(),
                     keyring=keyring,

@@ -31,6 +31,7 @@ from gateway.settings import (
     MODEL_RETRY_BASE,
     MODEL_RETRY_MAX,
     MODEL_STREAM_TIMEOUT,
+    OUTCOME_HEARTBEAT,
     POLICY_FILES,
     PRICES_FILE,
     PROMPT_CACHING,
@@ -60,6 +61,7 @@ class Settings:
     max_output_tokens: int = 8192
     prompt_caching: bool = True
     """Default for agents without ``tether.prompt_caching``."""
+    outcome_heartbeat_seconds: float = 10.0
     prices: PriceTable = field(default_factory=lambda: PriceTable.load(None))
     """List prices for budgets: the built-in ones with ``TETHER_PRICES_FILE`` over them."""
     model_stream_timeout: float = 120.0
@@ -131,6 +133,7 @@ class Settings:
             model_retry_max_seconds=MODEL_RETRY_MAX.read(env),
             prompt_caching=PROMPT_CACHING.read(env),
             prices=_prices(PRICES_FILE.read(env)),
+            outcome_heartbeat_seconds=OUTCOME_HEARTBEAT.read(env),
             policy_files=POLICY_FILES.read(env),
             self_hosted_wait_seconds=SELF_HOSTED_WAIT.read(env),
             tunnel_base_domain=TUNNEL_BASE_DOMAIN.read(env),

@@ -161,6 +161,13 @@ PROMPT_CACHING = _s(
     "cache breakpoints in model requests, for agents that do not say",
     _on_off,
 )
+OUTCOME_HEARTBEAT = _s(
+    "TETHER_OUTCOME_HEARTBEAT_SECONDS",
+    "seconds",
+    10.0,
+    "how often `span.outcome_evaluation_ongoing` is logged while an outcome's grader works",
+    float,
+)
 PRICES_FILE = _s(
     "TETHER_PRICES_FILE",
     "path",
@@ -343,7 +350,7 @@ GROUPS: tuple[Group, ...] = (
     Group(
         "Model",
         (ANTHROPIC_API_KEY, MODEL_BASE_URL, MODEL_STREAM_TIMEOUT, MODEL_MAX_ATTEMPTS, MODEL_RETRY_BASE,
-         MODEL_RETRY_MAX, PROMPT_CACHING, PRICES_FILE),
+         MODEL_RETRY_MAX, PROMPT_CACHING, PRICES_FILE, OUTCOME_HEARTBEAT),
     ),
     Group(
         "Sandboxes",

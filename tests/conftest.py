@@ -124,6 +124,7 @@ def gateway(
         "ANTHROPIC_API_KEY": "",
         "TETHER_MODEL_MAX_ATTEMPTS": "3",
         "TETHER_MODEL_RETRY_BASE_SECONDS": "0.01",
+        "TETHER_OUTCOME_HEARTBEAT_SECONDS": "0.2",
     }
     with running_server(["gateway", "--port", "0", "--data-dir", str(data_dir)], env) as server:
         server.data_dir = data_dir  # type: ignore[attr-defined]

@@ -215,7 +215,8 @@ def test_schedule_lists_five_upcoming_runs_in_its_time_zone(
     [
         ({"initial_events": []}, "initial_events"),
         ({"initial_events": [user_message("x")] * 51}, "initial_events"),
-        ({"initial_events": [OUTCOME]}, "not supported"),
+        ({"initial_events": [{**OUTCOME, "max_iterations": 21}]}, "max_iterations"),
+        ({"initial_events": [OUTCOME, OUTCOME]}, "one user.define_outcome"),
         ({"initial_events": [SYSTEM, user_message("x")]}, "last event"),
         ({"budget": BUDGET}, "currency"),
         ({"resources": [{"type": "file", "file_id": "file_0123"}]}, "resources"),

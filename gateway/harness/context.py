@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.sessionlog import outcomes
 from gateway.sessionlog.events import MODEL_ID_FIELD, THINKING_BLOCK_FIELD
 from gateway.sessionlog.transcript import RESULT_LINKS, TOOL_USE_KINDS, ToolCall, Transcript
 from gateway.store.base import Body, StoredEvent
@@ -150,9 +151,12 @@ def _fold(
     builder: _Builder, transcript: Transcript, event: StoredEvent, tool_name: Callable[[Body], str]
 ) -> None:
     body, kind = event.body, event.type
-    if kind in ("user.message", "system.message"):
-        role = "user" if kind == "user.message" else "system"
-        blocks = [(role, _input_block(block)) for block in body["content"]]
+    if kind in ("user.message", "system.message", "user.define_outcome"):
+        if kind == "user.define_outcome":
+            blocks = [("user", {"type": "text", "text": outcomes.work_request(body)})]
+        else:
+            role = "user" if kind == "user.message" else "system"
+            blocks = [(role, _input_block(block)) for block in body["content"]]
         release = transcript.late_messages.get(event.seq)
         if release is not None:
             builder.late_user.setdefault(release, []).extend(blocks)
@@ -160,6 +164,8 @@ def _fold(
             builder.add_input(blocks)
     elif kind == "span.model_request_end":
         builder.add_input(builder.late_user.pop(event.seq, []))
+    elif kind == "span.outcome_evaluation_end" and (feedback := outcomes.feedback(body)) is not None:
+        builder.add_input([("user", {"type": "text", "text": feedback})])
     elif kind == "user.interrupt":
         builder.close_open_uses(transcript.calls)  # what it abandoned closes here, before what follows
     elif kind == "agent.thinking":

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import mcp.types as mcp_types
 
-from gateway.harness import compaction, file_blocks
+from gateway.harness import compaction, file_blocks, outcomes
 from gateway.harness.context_budget import REQUEST_CHARS_FIELD, request_chars
 from gateway.harness.model import ModelCallFailed, ModelClient, ModelResult, call_model
 from gateway.harness.previews import PreviewHub, ResponsePreview
@@ -69,6 +69,8 @@ class Harness:
     """Where replies being streamed are previewed to ``event_deltas`` streams of this process."""
     prices: PriceTable = DEFAULT_TABLE
     """List prices: each call's cost is added to the session's, and a budget is checked on it."""
+    outcome_heartbeat_seconds: float = 10.0
+    """How often ``span.outcome_evaluation_ongoing`` says a grader is still at work."""
 
     async def transcript(self, run: Run) -> Transcript:
         transcript = await self.transcripts.current(self.store, run.session_id)
@@ -131,6 +133,14 @@ class Harness:
                     return
                 transcript = await self.transcript(run)
                 continue
+            if transcript.needs_evaluation():
+                if await self._over_budget(run):
+                    await self._idle(run, transcript, "budget_reached")
+                    return
+                await self._ensure_running(run, transcript)
+                await outcomes.evaluate(self, run, agent, transcript)
+                transcript = await self.transcript(run)
+                continue
             await self._idle(run, transcript, "end_turn")
             return
 
@@ -173,6 +183,7 @@ class Harness:
     async def _ensure_running(self, run: Run, transcript: Transcript) -> None:
         if transcript.status != "running":
             await self.append(run, ev.new_event("session.status_running"))
+        await outcomes.sync(self.store, run.session_id, transcript)
 
     async def _idle(
         self, run: Run, transcript: Transcript, reason: str, event_ids: list[str] | None = None
@@ -187,6 +198,7 @@ class Harness:
             if last["stop_reason"]["type"] == reason and last["stop_reason"].get("event_ids") == event_ids:
                 return  # already said, and nothing came in since
         await self.append(run, ev.status_idle(reason, event_ids))
+        await outcomes.sync(self.store, run.session_id, await self.transcript(run))
         await files.sync_session(self.store, self.sandboxes.workspaces, run.session_id)
 
     # Tools -------------------------------------------------------------------------------

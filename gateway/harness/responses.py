@@ -23,18 +23,23 @@ POLICY_FIELD = "tether_policy"
 """Extra field on tool-use events: the rule that decided, so a reviewer can see why a call ran."""
 
 
-def request_end(start_id: str, usage: dict[str, int] | None, is_error: bool) -> Body:
+def model_usage(usage: dict[str, int] | None) -> Body:
+    """The SDK's ``BetaManagedAgentsSpanModelUsage`` (zeros for what is not known)."""
     usage = usage or {}
+    return {
+        "input_tokens": usage.get("input_tokens", 0),
+        "output_tokens": usage.get("output_tokens", 0),
+        "cache_read_input_tokens": usage.get("cache_read_input_tokens", 0),
+        "cache_creation_input_tokens": usage.get("cache_creation_input_tokens", 0),
+    }
+
+
+def request_end(start_id: str, usage: dict[str, int] | None, is_error: bool) -> Body:
     return ev.new_event(
         "span.model_request_end",
         model_request_start_id=start_id,
         is_error=is_error,
-        model_usage={
-            "input_tokens": usage.get("input_tokens", 0),
-            "output_tokens": usage.get("output_tokens", 0),
-            "cache_read_input_tokens": usage.get("cache_read_input_tokens", 0),
-            "cache_creation_input_tokens": usage.get("cache_creation_input_tokens", 0),
-        },
+        model_usage=model_usage(usage),
     )
 
 

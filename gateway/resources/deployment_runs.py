@@ -12,8 +12,15 @@ from gateway import ids
 from gateway.errors import InvalidRequest, TetherError
 from gateway.resources import common, sessions, uploads, work
 from gateway.resources.pricing import PriceTable
-from gateway.schemas.sessions import AgentReference, SessionCreate, UserMessage, file_references
+from gateway.schemas.sessions import (
+    AgentReference,
+    SessionCreate,
+    UserDefineOutcome,
+    UserMessage,
+    file_references,
+)
 from gateway.sessionlog.events import new_event
+from gateway.sessionlog.outcomes import OutcomeState
 from gateway.store.base import Body, Store
 
 KIND = "deployment_run"
@@ -43,8 +50,12 @@ async def _check_references(store: Store, deployment: Body) -> None:
             raise RunError("vault_not_found_error", f"vault {vault_id} not found")
         if vault.get("archived_at"):
             raise RunError("vault_archived_error", f"vault {vault_id} is archived")
+    parsers: dict[str, type[UserMessage] | type[UserDefineOutcome]] = {
+        "user.message": UserMessage,
+        "user.define_outcome": UserDefineOutcome,
+    }
     messages = [
-        UserMessage.model_validate(e) for e in deployment["initial_events"] if e["type"] == "user.message"
+        parsers[e["type"]].model_validate(e) for e in deployment["initial_events"] if e["type"] in parsers
     ]
     try:
         await uploads.require_usable(store, file_references(messages))
@@ -82,7 +93,10 @@ async def _start_session(
             new_event(event["type"], **{k: v for k, v in event.items() if k != "type"}, id=event_id)
             for event, event_id in zip(deployment["initial_events"], event_ids, strict=True)
         ]
+        defined = [sessions.with_outcome_id(body) for body in events if body["type"] == "user.define_outcome"]
         await store.append_events(session_id, events)
+        for body in defined:
+            await sessions.record_outcome(store, session_id, OutcomeState(body, 0, 0).entry(working=False))
 
 
 async def _ensure_work(store: Store, session: Body) -> None:

@@ -19,6 +19,8 @@ from gateway.schemas.sessions import (
     UserToolConfirmation,
 )
 from gateway.sessionlog.events import new_event
+from gateway.sessionlog.outcomes import TERMINAL as OUTCOME_TERMINAL
+from gateway.sessionlog.outcomes import OutcomeState
 from gateway.sessionlog.transcript import Transcript
 from gateway.store.base import ATTENTION_FIELD, Body, EventQuery, Store, StoredEvent
 
@@ -244,7 +246,39 @@ async def accept_events(store: Store, session: Body, events: list[Any]) -> list[
         for index, event in enumerate(events):
             _check_event(index, event, pending, answered, transcript)
     bodies = [new_event(e.type, **e.model_dump(exclude_none=True, exclude={"type"})) for e in events]
-    return await store.append_events(session["id"], bodies)
+    defined = [with_outcome_id(body) for body in bodies if body["type"] == "user.define_outcome"]
+    if defined:
+        _one_outcome_at_a_time(session, defined)
+    stored = await store.append_events(session["id"], bodies)
+    for body in defined:
+        await record_outcome(store, session["id"], OutcomeState(body, 0, 0).entry(working=False))
+    return stored
+
+
+def with_outcome_id(body: Body) -> Body:
+    """A ``user.define_outcome`` gets its ``outc_`` id from its event id, so an event appended
+    again after a crash (same id) names the same outcome."""
+    body["outcome_id"] = "outc_" + body["id"].split("_", 1)[1]
+    return body
+
+
+def _one_outcome_at_a_time(session: Body, defined: list[Body]) -> None:
+    active = [e for e in session.get("outcome_evaluations") or [] if e["result"] not in OUTCOME_TERMINAL]
+    if active or len(defined) > 1:
+        raise InvalidRequest(
+            "user.define_outcome: the session already works towards an outcome "
+            f"({(active or defined)[0]['outcome_id']}); send it once that one has a result"
+        )
+
+
+async def record_outcome(store: Store, session_id: str, entry: Body) -> None:
+    """Put ``entry`` in the session's ``outcome_evaluations`` (replacing the same outcome's)."""
+
+    def put(body: Body) -> Body:
+        entries = [e for e in body.get("outcome_evaluations") or [] if e["outcome_id"] != entry["outcome_id"]]
+        return {**body, "outcome_evaluations": [*entries, entry]}
+
+    await store.update(KIND, session_id, put)
 
 
 async def _transcript_since_calls(store: Store, session_id: str, events: list[Any]) -> Transcript:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from gateway.scheduling.cron import Cron, InvalidSchedule
 from gateway.schemas.common import Metadata, MetadataPatch, Name, Strict
@@ -18,6 +18,7 @@ from gateway.schemas.sessions import (
     AgentReference,
     BudgetLimit,
     SystemMessage,
+    UserDefineOutcome,
     UserMessage,
     check_system_message,
 )
@@ -43,19 +44,8 @@ class Schedule(Strict):
         return Cron.parse(self.expression, self.timezone)
 
 
-class _NotYetSupported(BaseModel):
-    """An initial event type the SDK defines and Tether's sessions cannot run yet."""
-
-    model_config = ConfigDict(extra="allow")
-    type: Literal["user.define_outcome"]
-
-    @model_validator(mode="after")
-    def _refuse(self) -> _NotYetSupported:
-        raise ValueError(f"{self.type} events are not supported by Tether yet")
-
-
 InitialEvents = Annotated[
-    list[Annotated[UserMessage | SystemMessage | _NotYetSupported, Field(discriminator="type")]],
+    list[Annotated[UserMessage | SystemMessage | UserDefineOutcome, Field(discriminator="type")]],
     Field(min_length=1, max_length=MAX_INITIAL_EVENTS),
 ]
 
@@ -94,7 +84,7 @@ class DeploymentCreate(Strict):
 
     @model_validator(mode="after")
     def _system_message_placement(self) -> DeploymentCreate:
-        check_system_message(self.initial_events, "initial_events")
+        _check_initial_events(self.initial_events)
         return self
 
 
@@ -114,9 +104,17 @@ class DeploymentUpdate(Strict):
 
     @model_validator(mode="after")
     def _system_message_placement(self) -> DeploymentUpdate:
-        check_system_message(self.initial_events or [], "initial_events")
+        _check_initial_events(self.initial_events or [])
         return self
 
 
-def event_bodies(events: list[UserMessage | SystemMessage | _NotYetSupported]) -> list[dict[str, Any]]:
+def _check_initial_events(events: list[UserMessage | SystemMessage | UserDefineOutcome]) -> None:
+    check_system_message(events, "initial_events")
+    if sum(isinstance(event, UserDefineOutcome) for event in events) > 1:
+        raise ValueError(
+            "initial_events: at most one user.define_outcome (a session works towards one at a time)"
+        )
+
+
+def event_bodies(events: list[UserMessage | SystemMessage | UserDefineOutcome]) -> list[dict[str, Any]]:
     return [event.model_dump(exclude_none=True) for event in events]

@@ -126,12 +126,39 @@ class SystemMessage(Strict):
     content: Annotated[list[SystemText], Field(min_length=1)]
 
 
+class TextRubric(Strict):
+    type: Literal["text"]
+    content: Annotated[str, Field(min_length=1, max_length=262_144)]
+
+
+class FileRubric(Strict):
+    """An uploaded text, markdown or PDF file, shown to the grader as a document."""
+
+    type: Literal["file"]
+    file_id: Annotated[str, Field(min_length=1)]
+
+
+class UserDefineOutcome(Strict):
+    """Work towards ``description`` until a grader, shown only the rubric and the work, is
+    satisfied (or ``max_iterations`` evaluations have run); see ``harness.outcomes``."""
+
+    type: Literal["user.define_outcome"]
+    description: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+    rubric: Annotated[TextRubric | FileRubric, Field(discriminator="type")]
+    max_iterations: Annotated[int, Field(ge=1, le=20)] | None = None
+
+
 ACCOMPANIED = ("user.message", "user.custom_tool_result")
 """What a ``system.message`` may follow in one request (``user.tool_result`` is not accepted)."""
 
 
 ClientEvent = Annotated[
-    UserMessage | UserInterrupt | UserToolConfirmation | UserCustomToolResult | SystemMessage,
+    UserMessage
+    | UserInterrupt
+    | UserToolConfirmation
+    | UserCustomToolResult
+    | SystemMessage
+    | UserDefineOutcome,
     Field(discriminator="type"),
 ]
 
@@ -152,14 +179,20 @@ def check_system_message(events: Sequence[object], field: str = "events") -> Non
 
 
 def file_references(events: Sequence[object]) -> list[tuple[str, str]]:
-    """``(block type, file_id)`` for each ``file`` source in the events' content."""
-    return [
+    """``(block type, file_id)`` for each ``file`` source in the events' content, and each file
+    rubric (read as a document)."""
+    blocks: list[tuple[str, str]] = [
         (block.type, block.source.file_id)
         for event in events
         for block in getattr(event, "content", None) or ()
         if isinstance(block, ImageBlock | DocumentBlock)
         and block.source.file_id is not None
         and block.source.type == "file"
+    ]
+    return blocks + [
+        ("document", event.rubric.file_id)
+        for event in events
+        if isinstance(event, UserDefineOutcome) and isinstance(event.rubric, FileRubric)
     ]
 
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gateway.sessionlog.outcomes import OutcomeState
 from gateway.store.base import Body, StoredEvent
 
 ToolKind = Literal["agent", "mcp", "custom"]
@@ -90,6 +91,8 @@ class Transcript:
     previous_interrupt_seq: int = 0
     last_idle: Body | None = None
     last_idle_seq: int = 0
+    outcome: OutcomeState | None = None
+    """The newest outcome defined (``user.define_outcome``), and how far it got."""
     status: str = "idle"
     open_model_request: str | None = None
     """A ``span.model_request_start`` with no end yet: a call in flight, or lost in a crash."""
@@ -146,12 +149,23 @@ class Transcript:
         elif kind == "user.message":
             self.last_input_seq = event.seq
             self._recent_messages.append(event.seq)
+        elif kind == "user.define_outcome":
+            self.last_input_seq = event.seq
+            self._recent_messages.append(event.seq)
+            self.outcome = OutcomeState(body, event.seq, input_seq=event.seq)
+        elif kind == "span.outcome_evaluation_start" and self.outcome is not None:
+            self.outcome.started(event.id, event.seq)
+        elif kind == "span.outcome_evaluation_end" and self.outcome is not None:
+            if self.outcome.ended(body, event.seq):
+                self.last_input_seq = event.seq
         elif kind == "system.message":
             # Not input of its own: it accompanies the input just before it, and moves with it.
             self._recent_messages.append(event.seq)
             self.system_messages.append((event.seq, body["content"]))
         elif kind == "user.interrupt":
             self.previous_interrupt_seq, self.last_interrupt_seq = self.last_interrupt_seq, event.seq
+            if self.outcome is not None:
+                self.outcome.interrupted(body)
         elif kind == "span.model_request_start":
             self.open_model_request = event.id
             context_seq = body.get(CONTEXT_SEQ_FIELD)
@@ -193,6 +207,29 @@ class Transcript:
 
     def awaiting_client(self) -> list[ToolCall]:
         return [call for call in self.pending() if call.awaits_client]
+
+    def needs_evaluation(self) -> bool:
+        """The agent finished a turn of work on an open outcome (or an evaluation was cut off):
+        the grader decides what comes next."""
+        outcome = self.outcome
+        if outcome is None or outcome.done:
+            return False
+        if outcome.open_start is not None:
+            return True
+        return (
+            self.answered_through_seq >= outcome.input_seq
+            and self.open_model_request is None
+            and not self.needs_model()
+            and not self.pending()
+        )
+
+    def outcome_entry(self) -> dict[str, Any] | None:
+        outcome = self.outcome
+        if outcome is None:
+            return None
+        return outcome.entry(
+            working=self.answered_through_seq >= outcome.seq or self.open_model_request is not None
+        )
 
     def needs_model(self) -> bool:
         """Input no model request has seen exists, nothing is pending, and no interrupt has
