@@ -10,15 +10,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import mcp.types as mcp_types
 
-from gateway.harness import compaction, file_blocks, outcomes
-from gateway.harness.context_budget import REQUEST_CHARS_FIELD, request_chars
-from gateway.harness.model import ModelCallFailed, ModelClient, ModelResult, call_model
-from gateway.harness.previews import PreviewHub, ResponsePreview
-from gateway.harness.responses import POLICY_FIELD, request_end, response_events
-from gateway.harness.retry import RetryPolicy, is_retryable
+from gateway.harness import file_blocks, model_turn, outcomes
+from gateway.harness.model import ModelClient
+from gateway.harness.previews import PreviewHub
+from gateway.harness.responses import POLICY_FIELD, request_end
+from gateway.harness.retry import RetryPolicy
 from gateway.harness.run import Run
 from gateway.harness.tool_progress import tool_progress
 from gateway.harness.transcripts import TranscriptCache
@@ -27,7 +25,7 @@ from gateway.resources import budgets, files
 from gateway.resources import sessions as session_state
 from gateway.resources.pricing import DEFAULT_TABLE, PriceTable
 from gateway.sessionlog import events as ev
-from gateway.sessionlog.transcript import CONTEXT_SEQ_FIELD, RESULT_TYPES, ToolCall, Transcript
+from gateway.sessionlog.transcript import RESULT_TYPES, ToolCall, Transcript
 from gateway.store.base import Body, Store, StoredEvent
 from gateway.tools import mcp_client
 from gateway.tools.sandbox import SandboxPool, SandboxStartFailed
@@ -343,78 +341,11 @@ class Harness:
             on_progress=on_progress,
         )
 
-    # Model -------------------------------------------------------------------------------
-
-    async def _call_with_retries(
-        self, run: Run, request: dict[str, Any], context_seq: int
-    ) -> tuple[ModelResult, str, ResponsePreview] | None:
-        """One model request per attempt, each a ``span.model_request_*`` pair in the log; a failed
-        attempt is a ``session.error`` saying whether it will be retried. Only a completed response
-        is returned: a broken one leaves nothing in the log but its closed span and the error.
-
-        A retryable failure on the last attempt is ``exhausted`` (the caller idles the session);
-        a non-retryable one is ``terminal`` and terminates the session, as the SDK documents."""
-        await self.model.sdk()  # loaded first, so a span opens only as its request goes out
-        for attempt in range(1, self.retry.max_attempts + 1):
-            fields = {CONTEXT_SEQ_FIELD: context_seq, REQUEST_CHARS_FIELD: request_chars(request)}
-            start = ev.new_event("span.model_request_start", **fields)
-            anchor = (await self.append(run, start))[-1].seq
-            preview = ResponsePreview(self.previews, run.session_id, anchor)
-            run.model_start_id = start["id"]
-            try:
-                with tracing.model_span(request, attempt=attempt) as span:
-                    sent = await file_blocks.inline(request, self.uploads)  # the log keeps file ids
-                    result = await call_model(self.model, sent, preview.feed)
-                    span.record(result.usage, result.stop_reason)
-                return result, start["id"], preview
-            except ModelCallFailed as exc:
-                retryable = is_retryable(exc.status)
-                retrying = retryable and attempt < self.retry.max_attempts
-                log.warning("model call %d for %s failed: %s", attempt, run.session_id, exc.message)
-                status = "retrying" if retrying else ("exhausted" if retryable else "terminal")
-                if exc.usage:  # billed although it failed: it counts towards the budget
-                    await session_state.add_usage(self.store, run.session_id, exc.usage, self.prices)
-                closing = [
-                    request_end(start["id"], exc.usage, is_error=True),
-                    ev.session_error(exc.error_type, exc.message, status),
-                ]
-                if status == "terminal":
-                    closing.append(ev.new_event("session.status_terminated"))
-                await self.append(run, *closing)
-                run.model_start_id = None
-                if not retrying:
-                    return None
-                await anyio.sleep(self.retry.delay(attempt, exc.retry_after))
-            except Exception:
-                # Not the model's failure but ours: still close the request before it propagates.
-                await self.append(run, request_end(start["id"], None, is_error=True))
-                run.model_start_id = None
-                raise
-        return None
-
     async def _over_budget(self, run: Run) -> bool:
         return budgets.exhausted(await session_state.get(self.store, run.session_id), self.prices)
 
     async def _model_turn(self, run: Run, agent: Body, toolbox: Toolbox) -> str:
-        """``answered``, ``failed`` (recorded in the log) or ``over_budget``."""
-        before = run.last_seq
-        fitted = await compaction.fitted_request(self, run, agent, toolbox)
-        if fitted is None:  # over the context budget, and compacting it failed (recorded)
-            return "failed"
-        transcript, request = fitted
-        if transcript.last_seq != before and await self._over_budget(run):
-            return "over_budget"
-        outcome = await self._call_with_retries(run, request, transcript.last_seq)
-        if outcome is None:
-            return "failed"
-        result, start_id, preview = outcome
-        produced = response_events(result.content, toolbox, self.policies)
-        preview.assign_ids(produced)
-        # Charged first: a crash before the events land costs a repeated call, never a free one.
-        await session_state.add_usage(self.store, run.session_id, result.usage, self.prices)
-        await self.append(run, *produced, request_end(start_id, result.usage, is_error=False))
-        run.model_start_id = None
-        return "answered"
+        return await model_turn.take(self, run, agent, toolbox, self._over_budget)
 
 
 def _without_nul(value: Any) -> Any:
