@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
 from gateway.api import (
+    admin_audit,
     agents,
     api_keys,
     deployments,
@@ -34,6 +35,7 @@ from gateway.api import (
     work,
 )
 from gateway.api import insights as insight_routes
+from gateway.api.admin_audit import AdminAuditMiddleware
 from gateway.api.auth import APIKeyMiddleware
 from gateway.api.errors import HANDLERS, STORE_RETRY_AFTER_SECONDS
 from gateway.api.state import GatewayState
@@ -239,6 +241,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
         *tunnel_wiring.routes(),
         *webhooks.routes,
         *api_keys.routes,
+        *admin_audit.routes,
         *insight_routes.routes,
         *ui_routes.routes,
     ]
@@ -263,6 +266,8 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
                 # The MCP endpoints authenticate callers themselves (API keys or scoped tokens).
                 public_prefixes=mcp_gateway.PUBLIC_PATH_PREFIXES,
             ),
+            # Inside the key check, which names the caller.
+            Middleware(AdminAuditMiddleware),
         ],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,

@@ -25,10 +25,12 @@ from typing import Any
 import anyio
 
 from gateway.config import resolve_database_url, sqlite_path
+from gateway.sessionlog.events import ADMIN_LOG
 from gateway.settings import DATA_DIR, DATABASE_URL, ConfigError
 from gateway.store.chain import GENESIS, ChainLink, Verdict, link_hash, verify
 
 EVENTS_PAGE = 1000
+ADMIN_PATH = "/v1/tether/admin_log"
 
 
 class AuditError(Exception):
@@ -92,14 +94,23 @@ def _online(session_id: str, url: str, api_key: str) -> tuple[list[ChainLink], d
 
     try:
         with anthropic.Anthropic(base_url=url, api_key=api_key, max_retries=2, timeout=30) as client:
-            insights = client.get(f"/v1/tether/sessions/{session_id}/insights", cast_to=object)
+            insights: Any
+            if session_id == ADMIN_LOG:
+                insights = {"integrity": client.get(f"{ADMIN_PATH}/integrity", cast_to=object)}
+            else:
+                insights = client.get(f"/v1/tether/sessions/{session_id}/insights", cast_to=object)
             bodies: list[dict[str, Any]] = []
             page: str | None = None
             while True:
-                raw = client.beta.sessions.events.with_raw_response.list(
-                    session_id, limit=EVENTS_PAGE, order="asc", page=page or anthropic.omit
-                )
-                listing = raw.http_response.json()
+                listing: Any
+                if session_id == ADMIN_LOG:
+                    query = {"limit": EVENTS_PAGE, **({"page": page} if page else {})}
+                    listing = client.get(ADMIN_PATH, cast_to=object, options={"params": query})
+                else:
+                    raw = client.beta.sessions.events.with_raw_response.list(
+                        session_id, limit=EVENTS_PAGE, order="asc", page=page or anthropic.omit
+                    )
+                    listing = raw.http_response.json()
                 bodies += listing["data"]
                 page = listing.get("next_page")
                 if not page:
@@ -153,6 +164,13 @@ class _Broken(Exception):
 
 
 # The commands --------------------------------------------------------------------------------
+def _log_name(args: argparse.Namespace) -> str | None:
+    """The log to check: a session's, or with ``--admin`` the admin audit log."""
+    if args.admin == bool(args.session_id):
+        return None
+    return ADMIN_LOG if args.admin else str(args.session_id)
+
+
 def _chain(args: argparse.Namespace) -> Verdict:
     if args.gateway:  # ``TETHER_URL`` counts only when no --data-dir was given
         if not args.api_key:
@@ -162,6 +180,14 @@ def _chain(args: argparse.Namespace) -> Verdict:
 
 
 def _verdict_or_exit(args: argparse.Namespace) -> Verdict | int:
+    log_name = _log_name(args)
+    if log_name is None:
+        print(
+            "tether audit: name a SESSION_ID, or --admin for the admin audit log (one of the two)",
+            file=sys.stderr,
+        )
+        return 2
+    args.session_id = log_name
     if args.gateway and args.data_dir:
         print("tether audit: --gateway and --data-dir are two modes; choose one", file=sys.stderr)
         return 2
@@ -218,7 +244,10 @@ def add_commands(commands: Any) -> None:
         ("head", run_head, "print a session's verified chain head, to record somewhere else"),
     ):
         command = commands.add_parser(name, help=summary, description=__doc__)
-        command.add_argument("session_id")
+        command.add_argument("session_id", nargs="?", help="the session whose log to check")
+        command.add_argument(
+            "--admin", action="store_true", help="check the admin audit log instead (who changed what)"
+        )
         command.add_argument(
             "--data-dir",
             default=None,

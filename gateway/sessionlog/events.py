@@ -36,3 +36,7 @@ def text_result(kind_type: str, link_field: str, use_id: str, text: str, is_erro
     return new_event(
         kind_type, **{link_field: use_id}, content=[{"type": "text", "text": text}], is_error=is_error
     )
+
+
+ADMIN_LOG = "admin_log"
+"""The admin audit log's name among the logs (``gateway.api.admin_audit``); sessions are ``sesn_…``."""
