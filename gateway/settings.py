@@ -17,6 +17,7 @@ from gateway.settings_types import flag as _flag
 from gateway.settings_types import non_negative_int as _non_negative_int
 from gateway.settings_types import on_off as _on_off
 from gateway.settings_types import path_list as _path_list
+from gateway.settings_types import positive_float as _positive_float
 from gateway.settings_types import positive_int as _positive_int
 from gateway.settings_types import text as _text
 
@@ -166,7 +167,7 @@ OUTCOME_HEARTBEAT = _s(
     "seconds",
     10.0,
     "how often `span.outcome_evaluation_ongoing` is logged while an outcome's grader works",
-    float,
+    _positive_float,
 )
 PRICES_FILE = _s(
     "TETHER_PRICES_FILE",

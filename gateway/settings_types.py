@@ -39,6 +39,16 @@ def positive_int(value: str) -> int:
     return max(1, int(value))
 
 
+def positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if not number > 0 or number == float("inf"):
+        raise ValueError("must be more than 0")
+    return number
+
+
 def non_negative_int(value: str) -> int:
     try:
         number = int(value)

@@ -275,6 +275,10 @@ def _conversation_chars(event: StoredEvent) -> int:
     kind, body = event.type, event.body
     if kind in ("user.message", "agent.message", "system.message") or kind in RESULT_LINKS:
         return len(json.dumps(body.get("content") or []))
+    if kind == "user.define_outcome":
+        return len(str(body.get("description", "")))
+    if kind == "span.outcome_evaluation_end":
+        return len(str(body.get("explanation", "")))
     if kind in TOOL_USE_KINDS:
         return len(json.dumps(body.get("input") or {})) + len(str(body.get("name", "")))
     if kind == "agent.thinking":

@@ -13,6 +13,7 @@ defines for it; here the gateway writes it on the client's behalf.
 from __future__ import annotations
 
 from gateway.sessionlog import events as ev
+from gateway.sessionlog.outcomes import interrupted_evaluation_end
 from gateway.sessionlog.transcript import RESULT_TYPES, ToolCall, Transcript
 from gateway.store.base import Body
 
@@ -39,9 +40,17 @@ def reason(call: ToolCall) -> str:
 
 
 def closing_results(transcript: Transcript) -> list[Body]:
-    """An error result for each call the latest interrupt abandoned."""
+    """An error result for each call the latest interrupt abandoned, and the end of an outcome
+    evaluation it cut short (``interrupted``), so no span is left open either."""
     closing = []
     for call in abandoned(transcript):
         result_type, link = RESULT_TYPES[call.kind]
         closing.append(ev.text_result(result_type, link, call.id, reason(call), True))
+    outcome = transcript.outcome
+    if (
+        outcome is not None
+        and outcome.open_start is not None
+        and outcome.open_start[1] < transcript.last_interrupt_seq
+    ):
+        closing.append(interrupted_evaluation_end(outcome))
     return closing

@@ -136,7 +136,9 @@ class Harness:
                     await self._idle(run, transcript, "budget_reached")
                     return
                 await self._ensure_running(run, transcript)
-                await outcomes.evaluate(self, run, agent, transcript)
+                if not await outcomes.evaluate(self, run, agent, transcript):
+                    await self._idle(run, await self.transcript(run), "retries_exhausted")
+                    return
                 transcript = await self.transcript(run)
                 continue
             await self._idle(run, transcript, "end_turn")
@@ -181,12 +183,14 @@ class Harness:
     async def _ensure_running(self, run: Run, transcript: Transcript) -> None:
         if transcript.status != "running":
             await self.append(run, ev.new_event("session.status_running"))
+            transcript = await self.transcript(run)
         await outcomes.sync(self.store, run.session_id, transcript)
 
     async def _idle(
         self, run: Run, transcript: Transcript, reason: str, event_ids: list[str] | None = None
     ) -> None:
         tracing.set_stop_reason(reason)
+        await outcomes.sync(self.store, run.session_id, transcript)  # an interrupt may have ended one
         last = transcript.last_idle
         if (
             transcript.status == "idle"

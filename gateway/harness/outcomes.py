@@ -71,16 +71,23 @@ class Host(Protocol):
 
 
 async def sync(store: Store, session_id: str, transcript: Transcript) -> None:
-    """Bring the session's ``outcome_evaluations`` entry up to date with the log."""
+    """Bring the session's ``outcome_evaluations`` up to date with the log: the current
+    outcome's entry, and any older one still open (defined in a race) closed as superseded."""
     entry = transcript.outcome_entry()
     if entry is None or transcript.memo.get(SYNCED) == entry:
         return
-    await session_state.record_outcome(store, session_id, entry)
+    await session_state.record_outcome(store, session_id, entry, supersede=True)
     transcript.memo[SYNCED] = entry
 
 
-async def evaluate(host: Host, run: Run, agent: Body, transcript: Transcript) -> None:
-    """One evaluation of the open outcome (``transcript.needs_evaluation()``), logged."""
+class GraderUnavailable(Exception):
+    """The grader kept failing with errors worth retrying: the evaluation stays open, and is
+    taken up again on the session's next run, as a model turn that runs out of retries is."""
+
+
+async def evaluate(host: Host, run: Run, agent: Body, transcript: Transcript) -> bool:
+    """One evaluation of the open outcome (``transcript.needs_evaluation()``), logged; False when
+    the grader could not be reached (``retries_exhausted``; the evaluation stays open)."""
     assert transcript.outcome is not None
     if transcript.outcome.open_start is None:  # else resumed: a crash cut the previous one off
         outcome = transcript.outcome
@@ -96,7 +103,14 @@ async def evaluate(host: Host, run: Run, agent: Body, transcript: Transcript) ->
     if transcript.last_interrupt_seq > start_seq:
         result, explanation, usage = "interrupted", "An interrupt arrived during the evaluation.", None
     else:
-        result, explanation, usage = await _graded(host, run, _grader_request(agent, current, transcript))
+        try:
+            result, explanation, usage = await _graded(host, run, _grader_request(agent, current, transcript))
+        except GraderUnavailable as exc:
+            if exc.args[0]:
+                await session_state.add_usage(host.store, run.session_id, exc.args[0], host.prices)
+            return False
+        if (await host.transcript(run)).last_interrupt_seq > start_seq:  # sent to another replica
+            result, explanation = "interrupted", "An interrupt arrived during the evaluation."
     if result == "needs_revision" and current.iteration + 1 >= current.max_iterations:
         result = "max_iterations_reached"
     if usage:
@@ -112,6 +126,7 @@ async def evaluate(host: Host, run: Run, agent: Body, transcript: Transcript) ->
     )
     await host.append(run, end)
     await sync(host.store, run.session_id, await host.transcript(run))
+    return True
 
 
 def _grader_request(agent: Body, outcome: OutcomeState, transcript: Transcript) -> dict[str, Any]:
@@ -157,15 +172,23 @@ async def _graded(host: Host, run: Run, request: dict[str, Any]) -> tuple[str, s
             beat = ev.new_event(
                 "span.outcome_evaluation_ongoing", outcome_id=outcome.outcome_id, iteration=outcome.iteration
             )
-            await host.append(run, beat)
+            try:
+                await host.append(run, beat)
+            except Exception:  # a lost lease or a store outage: the grading itself will say
+                log.warning("outcome heartbeat for %s not logged; no more this evaluation", run.session_id)
+                return
 
-    graded = None
+    graded: tuple[str, str, dict[str, int] | None] | GraderUnavailable | None = None
     async with anyio.create_task_group() as beating:
         beating.start_soon(heartbeats)
         try:
             graded = await _grade(host, request)
+        except GraderUnavailable as exc:  # raised out here, not wrapped in the group's ExceptionGroup
+            graded = exc
         finally:
             beating.cancel_scope.cancel()
+    if isinstance(graded, GraderUnavailable):
+        raise graded
     assert graded is not None
     return graded
 
@@ -178,11 +201,14 @@ async def _grade(host: Host, request: dict[str, Any]) -> tuple[str, str, dict[st
             result = await call_model(host.model, sent)
         except ModelCallFailed as exc:
             _add(spent, exc.usage)
-            if is_retryable(exc.status) and attempt < host.retry.max_attempts:
+            if not is_retryable(exc.status):
+                log.warning("the outcome grader failed: %s", exc.message)
+                return "failed", f"The grader could not give a verdict: {exc.message}", spent or None
+            if attempt < host.retry.max_attempts:
                 await anyio.sleep(host.retry.delay(attempt, exc.retry_after))
                 continue
-            log.warning("the outcome grader failed: %s", exc.message)
-            return "failed", f"The grader could not give a verdict: {exc.message}", spent or None
+            log.warning("the outcome grader is unavailable: %s", exc.message)
+            raise GraderUnavailable(spent or None) from None
         _add(spent, result.usage)
         for block in result.content:
             verdict = block.get("input") or {}

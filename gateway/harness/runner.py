@@ -21,7 +21,7 @@ import uuid
 import anyio
 import anyio.abc
 
-from gateway.harness import interrupts
+from gateway.harness import interrupts, outcomes
 from gateway.harness.loop import Harness
 from gateway.harness.responses import interrupted_request_end
 from gateway.harness.run import Run
@@ -188,6 +188,7 @@ class SessionRunner:
         closing.append(ev.status_idle("end_turn"))
         try:
             await self.harness.append(run, *closing)
+            await outcomes.sync(self.store, run.session_id, await self.harness.transcript(run))
         except LeaseLost:
             pass
 
@@ -197,6 +198,7 @@ class SessionRunner:
         closing = interrupts.closing_results(await self.harness.transcript(run))
         if closing and await self.store.get("session", run.session_id) is not None:
             await self.harness.append(run, *closing)
+            await outcomes.sync(self.store, run.session_id, await self.harness.transcript(run))
 
     async def _record_failure(self, run: Run, exc: Exception) -> None:
         if await self.store.get("session", run.session_id) is None:

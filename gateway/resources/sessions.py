@@ -250,8 +250,10 @@ async def accept_events(store: Store, session: Body, events: list[Any]) -> list[
     if defined:
         _one_outcome_at_a_time(session, defined)
     stored = await store.append_events(session["id"], bodies)
-    for body in defined:
-        await record_outcome(store, session["id"], OutcomeState(body, 0, 0).entry(working=False))
+    for body in defined:  # only if the harness has not already said more
+        await record_outcome(
+            store, session["id"], OutcomeState(body, 0, 0).entry(working=False), replace=False
+        )
     return stored
 
 
@@ -271,12 +273,30 @@ def _one_outcome_at_a_time(session: Body, defined: list[Body]) -> None:
         )
 
 
-async def record_outcome(store: Store, session_id: str, entry: Body) -> None:
-    """Put ``entry`` in the session's ``outcome_evaluations`` (replacing the same outcome's)."""
+async def record_outcome(
+    store: Store, session_id: str, entry: Body, replace: bool = True, supersede: bool = False
+) -> None:
+    """Put ``entry`` in the session's ``outcome_evaluations``: replacing the same outcome's
+    (unless ``replace`` is False), and with ``supersede`` closing any other still open, which
+    a later outcome replaced (two defined at once can race past the one-at-a-time check)."""
 
     def put(body: Body) -> Body:
-        entries = [e for e in body.get("outcome_evaluations") or [] if e["outcome_id"] != entry["outcome_id"]]
-        return {**body, "outcome_evaluations": [*entries, entry]}
+        entries = list(body.get("outcome_evaluations") or [])
+        if not replace and any(e["outcome_id"] == entry["outcome_id"] for e in entries):
+            return body
+        kept = []
+        for e in entries:
+            if e["outcome_id"] == entry["outcome_id"]:
+                continue
+            if supersede and e["result"] not in OUTCOME_TERMINAL:
+                e = {
+                    **e,
+                    "result": "interrupted",
+                    "explanation": "A later outcome replaced it.",
+                    "completed_at": ids.timestamp(),
+                }
+            kept.append(e)
+        return {**body, "outcome_evaluations": [*kept, entry]}
 
     await store.update(KIND, session_id, put)
 

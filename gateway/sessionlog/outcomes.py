@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.sessionlog.events import new_event
 from gateway.store.base import Body
 
 DEFAULT_MAX_ITERATIONS = 3
@@ -41,6 +42,25 @@ def feedback(end: Body) -> str | None:
             f"{end['explanation']}\n\nBriefly acknowledge where the work stands."
         )
     return None
+
+
+def interrupted_evaluation_end(state: OutcomeState) -> Body:
+    """The end of an evaluation an interrupt cut short."""
+    assert state.open_start is not None
+    return new_event(
+        "span.outcome_evaluation_end",
+        outcome_id=state.outcome_id,
+        iteration=state.iteration,
+        outcome_evaluation_start_id=state.open_start[0],
+        result="interrupted",
+        explanation="An interrupt arrived during the evaluation.",
+        usage={
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+        },
+    )
 
 
 @dataclass

@@ -227,9 +227,8 @@ class Transcript:
         outcome = self.outcome
         if outcome is None:
             return None
-        return outcome.entry(
-            working=self.answered_through_seq >= outcome.seq or self.open_model_request is not None
-        )
+        working = self.status == "running" or self.answered_through_seq >= outcome.seq
+        return outcome.entry(working=working)
 
     def needs_model(self) -> bool:
         """Input no model request has seen exists, nothing is pending, and no interrupt has

@@ -25,7 +25,13 @@ client never sees the event while the session still reports the old status."""
 
 
 WAKES_HARNESS = frozenset(
-    {"user.message", "user.interrupt", "user.tool_confirmation", "user.custom_tool_result"}
+    {
+        "user.message",
+        "user.interrupt",
+        "user.tool_confirmation",
+        "user.custom_tool_result",
+        "user.define_outcome",
+    }
 )
 """Client events the harness must look at. Appending one records a durable wake-up in the same
 transaction, so input accepted just before a crash is still found by pickup afterwards."""
