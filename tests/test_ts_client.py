@@ -64,5 +64,18 @@ def test_the_typescript_sdk_runs_a_session_a_deployment_and_meets_errors(
         timeout=30,
     )
 
+    assert (seen["budget"], seen["raised"]) == ("500", "900")
+    assert seen["listCost"] is not None and int(seen["listCost"]) > 0  # the turn was costed
+    assert seen["outcomeId"].startswith("outc_")
+    eventually(
+        lambda: (
+            (entries := client.beta.sessions.retrieve(seen["outcomeSession"]).outcome_evaluations)
+            and entries[0].outcome_id == seen["outcomeId"]
+            and entries[0].completed_at is not None
+        ),
+        "the outcome defined through the TypeScript SDK to be graded",
+        timeout=30,
+    )
+
     assert seen["vault"]["archived"] is True
     assert client.beta.vaults.retrieve(seen["vault"]["id"]).archived_at is not None

@@ -81,6 +81,35 @@ out.badSchedule = await failure(() =>
   }),
 );
 
+// A budgeted session, a message with a system message, and an outcome the grader cannot judge.
+const budgeted = await client.beta.sessions.create({
+  agent: agent.id,
+  environment_id: environment.id,
+  budget: { type: 'limit', max_list_cost: { amount: '500', currency: 'USD' } },
+});
+out.budget = budgeted.budget.max_list_cost.amount;
+const raised = await client.beta.sessions.update(budgeted.id, {
+  budget: { type: 'limit', max_list_cost: { amount: '900', currency: 'USD' } },
+});
+out.raised = raised.budget.max_list_cost.amount;
+const turn = await client.beta.sessions.events.stream(budgeted.id);
+await client.beta.sessions.events.send(budgeted.id, {
+  events: [
+    { type: 'user.message', content: text('second session') },
+    { type: 'system.message', content: text('Be brief.') },
+  ],
+});
+for await (const event of turn) {
+  if (event.type === 'session.status_idle') break;
+}
+const spent = await client.beta.sessions.retrieve(budgeted.id);
+out.listCost = spent.usage.list_cost?.amount ?? null;
+const outcome = await client.beta.sessions.events.send(budgeted.id, {
+  events: [{ type: 'user.define_outcome', description: 'a haiku', rubric: { type: 'text', content: 'five-seven-five' } }],
+});
+out.outcomeId = outcome.data[0].outcome_id;
+out.outcomeSession = budgeted.id;
+
 const vault = await client.beta.vaults.create({ display_name: 'ts-vault' });
 out.vault = { id: vault.id, archived: (await client.beta.vaults.archive(vault.id)).archived_at !== null };
 
