@@ -9,7 +9,6 @@ import json
 import secrets
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,59 +18,24 @@ from typing import Any
 import anthropic
 import httpx2
 import pytest
-import uvicorn
 from anthropic.types.beta import BetaManagedAgentsVault
 from anthropic.types.beta.vaults import BetaManagedAgentsCredential
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
-from gateway.serving import bind_socket, socket_url
 from gateway.vault.egress import mint_token
 from gateway.vault.keyring import DecryptionFailed, KeyRing
 from tests.conftest import Scripts, gateway_data_dir
+from tests.support import oauth
 from tests.support.processes import ServerProcess, running_server
 from tests.support.sessions import mcp_agent, send_and_stream, strictly_valid, user_message
+
+TokenEndpoint = oauth.TokenEndpoint
+token_endpoint = oauth.token_endpoint
 
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[ServerProcess]:
     with running_server(["--port", "0"], module="tests.support.upstream_mcp") as server:
         yield server
-
-
-class TokenEndpoint:
-    """An OAuth token endpoint on loopback that hands out numbered access tokens."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self.failing = False
-        app = Starlette(routes=[Route("/token", self.token, methods=["POST"])])
-        self.sock = bind_socket("127.0.0.1", 0)
-        self.url = socket_url(self.sock) + "/token"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    async def token(self, request: Request) -> JSONResponse:
-        form = dict(await request.form())
-        self.calls.append({"form": form, "authorization": request.headers.get("authorization")})
-        if self.failing:
-            return JSONResponse({"error": "invalid_grant"}, status_code=400)
-        return JSONResponse(
-            {"access_token": f"fresh-{len(self.calls)}", "expires_in": 3600, "token_type": "Bearer"}
-        )
-
-
-@pytest.fixture
-def token_endpoint() -> Iterator[TokenEndpoint]:
-    endpoint = TokenEndpoint()
-    endpoint.thread.start()
-    while not endpoint.server.started:
-        endpoint.thread.join(0.01)
-    yield endpoint
-    endpoint.server.should_exit = True
-    endpoint.thread.join(5)
 
 
 def _whoami_agent(client: anthropic.Anthropic, marker: str, upstream: ServerProcess) -> Any:

@@ -11,6 +11,7 @@ from gateway.api.routing import endpoint
 from gateway.api.state import state
 from gateway.resources import vaults
 from gateway.schemas.vaults import CredentialCreate, CredentialUpdate, VaultCreate, VaultUpdate
+from gateway.vault import validation
 
 
 async def create_vault(request: Request) -> JSONResponse:
@@ -102,6 +103,15 @@ async def delete_credential(request: Request) -> JSONResponse:
     )
 
 
+async def validate_credential(request: Request) -> JSONResponse:
+    """``mcp_oauth_validate``: the credential tried against its server (``vault.validation``)."""
+    gateway = state(request)
+    params = request.path_params
+    return JSONResponse(
+        await validation.validate(gateway.store, gateway.keyring, params["vault_id"], params["credential_id"])
+    )
+
+
 routes = [
     endpoint("/v1/vaults", post=create_vault, get=list_vaults),
     endpoint("/v1/vaults/{vault_id}", get=retrieve_vault, post=update_vault, delete=delete_vault),
@@ -114,4 +124,7 @@ routes = [
         delete=delete_credential,
     ),
     endpoint("/v1/vaults/{vault_id}/credentials/{credential_id}/archive", post=archive_credential),
+    endpoint(
+        "/v1/vaults/{vault_id}/credentials/{credential_id}/mcp_oauth_validate", post=validate_credential
+    ),
 ]

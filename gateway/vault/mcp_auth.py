@@ -24,7 +24,12 @@ REFRESH_MARGIN = timedelta(seconds=30)
 
 
 class RefreshFailed(Exception):
-    """The token endpoint refused or could not be reached; the message never holds a secret."""
+    """The token endpoint refused or could not be reached; the message never holds a secret.
+    ``response`` is the endpoint's answer when it gave one (None: it could not be reached)."""
+
+    def __init__(self, message: str, response: httpx2.Response | None = None) -> None:
+        super().__init__(message)
+        self.response = response
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,15 @@ async def _fresh_access_token(
     refresh = auth.get("refresh")
     if refresh is None or "refresh_token" not in secrets:
         raise RefreshFailed("the access token has expired and the credential has no refresh settings")
-    token = await _refresh(refresh, secrets)
+    token = await refreshed(refresh, secrets)
+    return await store_refreshed(store, keyring, credential, secrets, token)
+
+
+async def store_refreshed(
+    store: Store, keyring: KeyRing, credential: Body, secrets: dict[str, str], token: dict[str, Any]
+) -> str:
+    """Keep a refresh's new tokens (sealed) and expiry on the credential; the new access token."""
+    auth = credential["auth"]
     secrets["access_token"] = token["access_token"]
     if token.get("refresh_token"):
         secrets["refresh_token"] = token["refresh_token"]
@@ -97,7 +110,7 @@ async def _fresh_access_token(
     return secrets["access_token"]
 
 
-async def _refresh(refresh: Body, secrets: dict[str, str]) -> dict[str, Any]:
+async def refreshed(refresh: Body, secrets: dict[str, str]) -> dict[str, Any]:
     """RFC 6749 section 6: ``grant_type=refresh_token`` with the configured client authentication."""
     form = {"grant_type": "refresh_token", "refresh_token": secrets["refresh_token"]}
     for optional in ("scope", "resource"):
@@ -120,11 +133,11 @@ async def _refresh(refresh: Body, secrets: dict[str, str]) -> dict[str, Any]:
     except httpx2.HTTPError as exc:
         raise RefreshFailed(f"the token endpoint could not be reached ({type(exc).__name__})") from None
     if response.status_code != 200:
-        raise RefreshFailed(f"the token endpoint answered HTTP {response.status_code}")
+        raise RefreshFailed(f"the token endpoint answered HTTP {response.status_code}", response)
     try:
         token = response.json()
     except json.JSONDecodeError:
-        raise RefreshFailed("the token endpoint did not answer JSON") from None
+        raise RefreshFailed("the token endpoint did not answer JSON", response) from None
     if not isinstance(token, dict) or not isinstance(token.get("access_token"), str):
-        raise RefreshFailed("the token endpoint's answer has no access_token")
+        raise RefreshFailed("the token endpoint's answer has no access_token", response)
     return token
