@@ -221,6 +221,7 @@ def test_endpoints_are_registered_listed_and_deleted_and_the_secret_is_shown_onc
         "session.status_idle",
         "session.status_rescheduled",
         "session.status_terminated",
+        "span.outcome_evaluation_end",
     ]
 
     listed = _api(hooked, api_key, "GET", "/v1/tether/webhooks").json()
@@ -444,3 +445,30 @@ async def test_a_delivery_connects_to_the_address_that_was_checked(store: Store)
     assert delivery.headers["host"] == f"hooks.pinned.test:{port}", "the URL's name is kept in Host"
     assert dns.lookups == ["hooks.pinned.test"], "one lookup, checked, then connected to"
     assert dispatcher.results[0].delivered
+
+
+@pytest.mark.anyio
+async def test_an_outcome_verdict_is_delivered_to_its_subscribers(store: Store) -> None:
+    """``span.outcome_evaluation_end`` can be subscribed to: a deployment's caller learns
+    whether the work passed without following the session."""
+    with receiving() as receiver:
+        await _register(store, receiver.url, ["span.outcome_evaluation_end"])
+        finished = Finished(1)
+        dispatcher = WebhookDispatcher(store, on_result=finished, targets=LOOPBACK)
+        verdict = ev.new_event(
+            "span.outcome_evaluation_end",
+            outcome_id="outc_1",
+            iteration=0,
+            result="satisfied",
+            explanation="ok",
+        )
+        dispatcher.publish("sesn_v", ev.new_event("span.outcome_evaluation_start", outcome_id="outc_1"))
+        dispatcher.publish("sesn_v", verdict)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(dispatcher.run)
+            with anyio.fail_after(15):
+                await finished.all.wait()
+            tasks.cancel_scope.cancel()
+    (delivery,) = receiver.requests
+    sent = json.loads(delivery.body)
+    assert sent["type"] == "span.outcome_evaluation_end" and sent["data"]["event"]["result"] == "satisfied"

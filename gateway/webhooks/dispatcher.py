@@ -1,4 +1,4 @@
-"""Deliver session status changes to registered webhook endpoints, off the harness's path.
+"""Deliver session status changes and outcome verdicts to registered webhook endpoints, off the harness's path.
 
 ``publish`` (or ``observe``, the store-observer form) only puts the event on a bounded
 in-memory queue and returns: the harness never waits on a receiver. ``run`` is the worker
@@ -29,10 +29,14 @@ import httpx2
 from gateway import settings
 from gateway.config import webhook_allowed_hosts
 from gateway.observability.metrics import METRICS, Metrics
-from gateway.store.base import SESSION_STATUS_OF_EVENT, Body, Store, StoredEvent
+from gateway.store.base import Body, Store, StoredEvent
 from gateway.webhooks import endpoints
+from gateway.webhooks.endpoints import EVENT_TYPES
 from gateway.webhooks.signing import signed_headers
 from gateway.webhooks.targets import PinnedTransport, RefusedConnect, WebhookTargets
+
+DELIVERED = frozenset(EVENT_TYPES)
+"""Status changes and outcome verdicts: what endpoints can subscribe to."""
 
 log = logging.getLogger("tether.webhooks")
 
@@ -129,8 +133,9 @@ class WebhookDispatcher:
     # Producer side: called from the harness's task, must never block ---------------------------
 
     def publish(self, session_id: str, event: Body) -> None:
-        """Queue a status event for delivery; drops it (logged, counted) if the queue is full."""
-        if event.get("type") not in SESSION_STATUS_OF_EVENT:
+        """Queue a deliverable event (``DELIVERED``) for delivery; drops it (logged, counted) if
+        the queue is full."""
+        if event.get("type") not in DELIVERED:
             return
         try:
             self._send.send_nowait((session_id, event))
@@ -143,7 +148,7 @@ class WebhookDispatcher:
     def observe(self, session_id: str, events: Sequence[StoredEvent]) -> None:
         """An ``EventObserver`` (see ``observability.observed_store``)."""
         for event in events:
-            if event.type in SESSION_STATUS_OF_EVENT:
+            if event.type in DELIVERED:
                 self.publish(session_id, event.body)
 
     # Worker ----------------------------------------------------------------------------------

@@ -21,15 +21,15 @@ from gateway.webhooks.targets import WebhookTargets
 
 KIND = "webhook_endpoint"
 ID_PREFIX = "whep"
-EVENT_TYPES = tuple(SESSION_STATUS_OF_EVENT)
-"""What can be subscribed to: the session status changes."""
+EVENT_TYPES = (*SESSION_STATUS_OF_EVENT, "span.outcome_evaluation_end")
+"""What can be subscribed to: the session status changes, and outcome evaluations' verdicts."""
 PAGE_SCAN = 100
 
 
 class WebhookCreate(Strict):
     url: Annotated[str, Field(min_length=1, max_length=2048)]
     event_types: list[str] | None = None
-    """Omitted or empty: every status change."""
+    """Omitted or empty: all of ``EVENT_TYPES``."""
     description: Annotated[str, Field(max_length=512)] | None = None
     metadata: Metadata = Field(default_factory=dict)
 
