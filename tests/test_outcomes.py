@@ -261,3 +261,36 @@ def test_a_deployment_can_start_its_sessions_on_an_outcome(
     [evaluation] = session.outcome_evaluations
     assert (evaluation.result, evaluation.explanation) == ("failed", "The grader gave no verdict.")
     assert _events(client, session.id)[0]["outcome_id"] == evaluation.outcome_id
+
+
+def test_a_compacted_context_still_tells_the_agent_an_open_outcome() -> None:
+    """The summary replaced the message that set the task: while the outcome was open at the
+    cut, the task follows the summary; one with a result before the cut is not repeated."""
+    from gateway.harness.context import build_messages
+    from gateway.sessionlog.outcomes import work_request
+
+    task = work_request(_outcome("g"))
+    worked = [
+        {**_outcome("g"), "outcome_id": "outc_1"},
+        {"type": "span.model_request_start", "tether_context_seq": 1},
+        {"type": "agent.message", "content": [{"type": "text", "text": "draft"}]},
+        {"type": "span.model_request_end", "model_request_start_id": "sevt_2", "is_error": False},
+        {"type": "span.outcome_evaluation_start", "outcome_id": "outc_1", "iteration": 0},
+        {
+            "type": "span.outcome_evaluation_end",
+            "outcome_id": "outc_1",
+            "iteration": 0,
+            "outcome_evaluation_start_id": "sevt_5",
+            "result": "satisfied",
+            "explanation": "ok",
+        },
+    ]
+
+    def texts(cut: int) -> list[str]:
+        messages = build_messages(
+            _log(*worked), lambda use: use["name"], cut, [{"type": "text", "text": "SUMMARY"}]
+        )
+        return [b["text"] for m in messages for b in m["content"]]
+
+    assert texts(4)[:2] == ["SUMMARY", task]  # cut while the grader had yet to judge
+    assert task not in texts(6)  # cut after the verdict

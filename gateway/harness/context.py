@@ -126,6 +126,8 @@ def build_messages(
             if seq <= after_seq:
                 for block in content:
                     builder.add("system", _input_block(block))
+        if after_seq and (definition := outcomes.open_through(transcript.events, after_seq)) is not None:
+            builder.add("user", {"type": "text", "text": outcomes.work_request(definition)})
     for event in transcript.events_after(start):
         _fold(builder, transcript, event, tool_name)
     if naming is not None and _settled(builder, transcript):

@@ -9,11 +9,12 @@ as is ``max_iterations_reached`` (one last acknowledgement turn). ``satisfied``,
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.sessionlog.events import new_event
-from gateway.store.base import Body
+from gateway.store.base import Body, StoredEvent
 
 DEFAULT_MAX_ITERATIONS = 3
 TERMINAL = frozenset({"satisfied", "max_iterations_reached", "failed", "interrupted"})
@@ -42,6 +43,27 @@ def feedback(end: Body) -> str | None:
             f"{end['explanation']}\n\nBriefly acknowledge where the work stands."
         )
     return None
+
+
+def open_through(events: Iterable[StoredEvent], seq: int) -> Body | None:
+    """The definition of the outcome still open after the events up to ``seq``, if any: what a
+    compacted context must still tell the agent (the summary replaced the message saying it).
+    Decided by those events alone, so a context rebuilt later says the same."""
+    state: OutcomeState | None = None
+    for event in events:
+        if event.seq > seq:
+            break
+        if event.type == "user.define_outcome":
+            state = OutcomeState(event.body, event.seq, input_seq=event.seq)
+        elif state is None:
+            continue
+        elif event.type == "span.outcome_evaluation_start":
+            state.started(event.id, event.seq)
+        elif event.type == "span.outcome_evaluation_end":
+            state.ended(event.body, event.seq)
+        elif event.type == "user.interrupt":
+            state.interrupted(event.body)
+    return state.definition if state is not None and not state.done else None
 
 
 def interrupted_evaluation_end(state: OutcomeState) -> Body:
