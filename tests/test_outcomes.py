@@ -120,6 +120,13 @@ def test_a_failed_grade_sends_the_agent_back_and_a_second_one_satisfies(
         1,
     )
     assert evaluation.explanation == "Ends with a summary line." and evaluation.completed_at is not None
+    # The grader's tokens count like the agent's: in the session's usage and in its insights.
+    insights = client.get(f"/v1/tether/sessions/{session.id}/insights", cast_to=object)
+    total = _strict(client, session.id).usage.input_tokens
+    assert isinstance(insights, dict) and insights["usage"]["input_tokens"] == total
+    graders = sum(e["usage"]["input_tokens"] for e in log if e["type"] == "span.outcome_evaluation_end")
+    agents = sum(e["model_usage"]["input_tokens"] for e in log if e["type"] == "span.model_request_end")
+    assert graders > 0 and total == graders + agents
 
 
 def test_the_last_iteration_ends_with_max_iterations_reached_and_one_acknowledgement(

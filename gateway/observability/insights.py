@@ -168,6 +168,9 @@ def session_insights(
             model_usage = event.get("model_usage") or {}
             for name in USAGE_FIELDS:
                 usage[name] += int(model_usage.get(name) or 0)
+        elif kind == "span.outcome_evaluation_end":  # the grader's calls, summed per evaluation
+            for name in USAGE_FIELDS:
+                usage[name] += int((event.get("usage") or {}).get(name) or 0)
         elif kind in TOOL_USE_TYPES:
             tool_calls += 1
         elif kind in TOOL_RESULT_TYPES and event.get("is_error"):

@@ -49,6 +49,8 @@ CALL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120
 disable_created_metrics()
 
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+USAGE_OF = {"span.model_request_end": "model_usage", "span.outcome_evaluation_end": "usage"}
+"""Events that carry model usage (the agent's calls, an evaluation's grader calls), and where."""
 
 
 class Metrics:
@@ -145,8 +147,8 @@ class Metrics:
                 error = event.body.get("error") or {}
                 if (error.get("retry_status") or {}).get("type") == "retrying":
                     self.model_retries.labels(str(error.get("type", "unknown"))).inc()
-            elif event.type == "span.model_request_end" and not event.body.get("is_error"):
-                usage = event.body.get("model_usage") or {}
+            elif event.type in USAGE_OF:
+                usage = event.body.get(USAGE_OF[event.type]) or {}
                 for kind in TOKEN_FIELDS:
                     amount = usage.get(kind) or 0
                     if amount:
