@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote_plus
 
 from gateway.mcp_gateway.settings import McpGatewaySettings
-from gateway.resources.pricing import PriceTable
+from gateway.pricing import PriceTable
 from gateway.settings import (
     ANTHROPIC_API_KEY,
     API_KEYS,

@@ -19,8 +19,8 @@ from anthropic.types.beta.beta_managed_agents_session import BetaManagedAgentsSe
 
 from gateway.config import Settings
 from gateway.errors import InvalidRequest
+from gateway.pricing import PriceTable, minor_units, price
 from gateway.resources import budgets
-from gateway.resources.pricing import PriceTable, minor_units, price
 from gateway.settings import ConfigError
 from tests.conftest import Scripts
 from tests.support.sessions import send_and_stream, strictly_valid, user_message

@@ -38,9 +38,9 @@ from gateway.harness.model import FAILED, ModelCallFailed, ModelClient, call_mod
 from gateway.harness.request import build_request
 from gateway.harness.responses import request_end
 from gateway.observability import tracing
+from gateway.pricing import PriceTable
 from gateway.resources import agent_settings
 from gateway.resources import sessions as session_state
-from gateway.resources.pricing import PriceTable
 from gateway.sessionlog import events as ev
 from gateway.sessionlog.transcript import (
     COMPACTION_FIELD,

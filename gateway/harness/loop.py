@@ -21,9 +21,9 @@ from gateway.harness.run import Run
 from gateway.harness.tool_progress import tool_progress
 from gateway.harness.transcripts import TranscriptCache
 from gateway.observability import tracing
+from gateway.pricing import DEFAULT_TABLE, PriceTable
 from gateway.resources import budgets, files
 from gateway.resources import sessions as session_state
-from gateway.resources.pricing import DEFAULT_TABLE, PriceTable
 from gateway.sessionlog import events as ev
 from gateway.sessionlog.transcript import RESULT_TYPES, ToolCall, Transcript
 from gateway.store.base import Body, Store, StoredEvent

@@ -24,8 +24,8 @@ from gateway.harness.model import ModelCallFailed, ModelClient, call_model
 from gateway.harness.responses import model_usage
 from gateway.harness.retry import RetryPolicy, is_retryable
 from gateway.harness.run import Run
+from gateway.pricing import PriceTable
 from gateway.resources import sessions as session_state
-from gateway.resources.pricing import PriceTable
 from gateway.sessionlog import events as ev
 from gateway.sessionlog.outcomes import OutcomeState
 from gateway.sessionlog.transcript import Transcript

@@ -17,10 +17,10 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from gateway.pricing import DEFAULT_TABLE
 from gateway.store.base import SESSION_STATUS_OF_EVENT, Body
 from gateway.store.chain import Verdict
 
@@ -30,60 +30,20 @@ TOOL_RESULT_TYPES = frozenset({"agent.tool_result", "agent.mcp_tool_result", "us
 USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 
 
-@dataclass(frozen=True)
-class Price:
-    """US dollars per million tokens."""
-
-    family: str
-    input: float
-    output: float
-
-    @property
-    def cache_read(self) -> float:
-        return self.input * 0.1
-
-    @property
-    def cache_write(self) -> float:
-        return self.input * 1.25
-
-
-PRICES: tuple[tuple[str, Price], ...] = (
-    ("opus-4-5", Price("Claude Opus 4.5+", 5.0, 25.0)),
-    ("opus-4-6", Price("Claude Opus 4.5+", 5.0, 25.0)),
-    ("opus", Price("Claude Opus", 15.0, 75.0)),
-    ("sonnet", Price("Claude Sonnet", 3.0, 15.0)),
-    ("haiku-4", Price("Claude Haiku 4.5", 1.0, 5.0)),
-    ("haiku", Price("Claude Haiku 3.5", 0.8, 4.0)),
-)
-"""First substring of the model id that matches wins. List prices when this was written."""
-
 COST_BASIS = (
-    "Estimate only: tokens times Anthropic list prices per million tokens for the model family "
-    "when this Tether version was written (cache reads 0.1x, cache writes 1.25x input). Not a bill."
+    "Estimate only: tokens times the list prices budgets are counted at (pricing: the built-in "
+    "table and TETHER_PRICES_FILE's entries are the gateway's; this uses the built-in one). Not a bill."
 )
-
-
-def price_for(model: str | None) -> Price | None:
-    if not model:
-        return None
-    lowered = model.lower()
-    for needle, price in PRICES:
-        if needle in lowered:
-            return price
-    return None
 
 
 def estimate_cost(model: str | None, usage: dict[str, int]) -> dict[str, Any] | None:
-    price = price_for(model)
-    if price is None:
+    """The usage at list prices (``resources.pricing``), in dollars, labelled as an estimate."""
+    found = DEFAULT_TABLE.entry(model) if model else None
+    if found is None:
         return None
-    dollars = (
-        usage.get("input_tokens", 0) * price.input
-        + usage.get("output_tokens", 0) * price.output
-        + usage.get("cache_read_input_tokens", 0) * price.cache_read
-        + usage.get("cache_creation_input_tokens", 0) * price.cache_write
-    ) / 1_000_000
-    return {"usd": round(dollars, 6), "priced_as": price.family, "is_estimate": True, "basis": COST_BASIS}
+    prefix, price = found
+    picos = price.cost({**usage, "cache_creation": {}})
+    return {"usd": round(picos / 10**12, 6), "priced_as": prefix, "is_estimate": True, "basis": COST_BASIS}
 
 
 def _time(event: Body) -> datetime | None:

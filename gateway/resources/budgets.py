@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.errors import InvalidRequest
-from gateway.resources.pricing import CURRENCY, PriceTable, minor_units
+from gateway.pricing import CURRENCY, PriceTable, minor_units
 from gateway.store.base import Body
 
 COST_FIELD = "_cost_picos"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from gateway import ids
 from gateway.errors import InvalidRequest, TetherError
+from gateway.pricing import PriceTable
 from gateway.resources import common, sessions, uploads, work
-from gateway.resources.pricing import PriceTable
 from gateway.schemas.sessions import (
     AgentReference,
     SessionCreate,

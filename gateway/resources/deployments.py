@@ -13,8 +13,8 @@ from datetime import datetime
 
 from gateway import ids
 from gateway.errors import InvalidRequest, NotFound
+from gateway.pricing import DEFAULT_TABLE, PriceTable
 from gateway.resources import agents, budgets, common, environments, vaults
-from gateway.resources.pricing import DEFAULT_TABLE, PriceTable
 from gateway.scheduling.cron import Cron, InvalidSchedule
 from gateway.schemas.common import apply_metadata_patch
 from gateway.schemas.deployments import DeploymentCreate, DeploymentUpdate, Schedule, event_bodies

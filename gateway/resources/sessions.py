@@ -7,8 +7,8 @@ from typing import Any
 
 from gateway import ids
 from gateway.errors import Conflict, InvalidRequest, NotFound
+from gateway.pricing import DEFAULT_TABLE, PriceTable
 from gateway.resources import agents, budgets, common, environments, files, vaults, work
-from gateway.resources.pricing import DEFAULT_TABLE, PriceTable
 from gateway.schemas.common import apply_metadata_patch
 from gateway.schemas.sessions import (
     ClientEvent,

@@ -25,8 +25,8 @@ from datetime import datetime, timedelta
 import anyio
 
 from gateway import ids
+from gateway.pricing import DEFAULT_TABLE, PriceTable
 from gateway.resources import deployment_runs, deployments
-from gateway.resources.pricing import DEFAULT_TABLE, PriceTable
 from gateway.scheduling.cron import Cron, InvalidSchedule
 from gateway.store.base import Body, Store
 

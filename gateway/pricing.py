@@ -80,6 +80,8 @@ DEFAULT_PRICES: dict[str, Price] = {
     "claude-opus-4-6": price("5", "25"),
     "claude-sonnet-4": price("3", "15"),
     "claude-3-7-sonnet": price("3", "15"),
+    "claude-3-5-sonnet": price("3", "15"),
+    "claude-3-opus": price("15", "75"),
     "claude-haiku-4": price("1", "5"),
     "claude-3-5-haiku": price("0.8", "4"),
     "claude-3-haiku": price("0.25", "1.25"),
@@ -90,10 +92,17 @@ DEFAULT_PRICES: dict[str, Price] = {
 class PriceTable:
     prices: dict[str, Price]
 
-    def for_model(self, model: str) -> Price | None:
-        """The entry with the longest prefix of ``model``, if any."""
+    def entry(self, model: str) -> tuple[str, Price] | None:
+        """(prefix, price) of the entry with the longest prefix of ``model``, if any."""
         matches = [prefix for prefix in self.prices if model.startswith(prefix)]
-        return self.prices[max(matches, key=len)] if matches else None
+        if not matches:
+            return None
+        prefix = max(matches, key=len)
+        return prefix, self.prices[prefix]
+
+    def for_model(self, model: str) -> Price | None:
+        found = self.entry(model)
+        return found[1] if found else None
 
     @classmethod
     def load(cls, path: str | None) -> PriceTable:
