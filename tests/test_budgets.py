@@ -164,6 +164,15 @@ def test_budget_updates_follow_the_sdks_rules(
     updates = [e for e in client.beta.sessions.events.list(budgeted.id).data if e.type == "session.updated"]
     assert [u.budget.max_list_cost.amount if u.budget else None for u in updates] == ["500", None]  # type: ignore[union-attr]
 
+    # Changing a budget wakes only a turn the budget stopped: an untouched session gets no stray
+    # idle event, which a client streaming its first turn would take for that turn's end.
+    fresh = _session(client, environment, marker, budget=DOLLAR)
+    client.beta.sessions.update(fresh.id, budget=raised)
+    streamed = send_and_stream(client, fresh.id, [user_message("first")])
+    assert [e.type for e in streamed][:2] == ["user.message", "session.status_running"]
+    kinds = [e.type for e in client.beta.sessions.events.list(fresh.id).data]
+    assert kinds[: kinds.index("user.message")] == ["session.updated"], kinds
+
 
 @pytest.mark.parametrize(
     ("budget", "says"),

@@ -99,7 +99,9 @@ await client.beta.sessions.events.send(budgeted.id, {
     { type: 'system.message', content: text('Be brief.') },
   ],
 });
+out.secondTurn = [];
 for await (const event of turn) {
+  out.secondTurn.push(event.type === 'session.status_idle' ? `idle:${event.stop_reason.type}` : event.type);
   if (event.type === 'session.status_idle') break;
 }
 const spent = await client.beta.sessions.retrieve(budgeted.id);
