@@ -9,9 +9,11 @@ the token endpoint is ``test_vaults``' (it hands out ``fresh-1``, ``fresh-2``, .
 
 from __future__ import annotations
 
+import base64
 import secrets
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote_plus
 
 import anthropic
 import pytest
@@ -38,8 +40,19 @@ class GuardedServer(LoopbackServer):
 
     async def mcp(self, request: Request) -> JSONResponse:
         token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if token == "rpc-error":  # a 200 that is no handshake: says nothing of the token
+            return JSONResponse(
+                {"jsonrpc": "2.0", "id": 1, "error": {"code": -32001, "message": "Unauthorized"}}
+            )
         if token not in self.allowed:
-            return JSONResponse({"error": "invalid_token", "seen": token}, status_code=401)
+            echoes = {
+                "seen": token,
+                "form": quote_plus(token),
+                "b64": base64.b64encode(token.encode()).decode(),
+            }
+            return JSONResponse(
+                {"error": "invalid_token", **echoes}, status_code=401, headers={"x-echo": token}
+            )
         result = {
             "protocolVersion": "2025-06-18",
             "capabilities": {},
@@ -120,7 +133,7 @@ def test_a_refused_token_is_refreshed_kept_and_then_valid(
 def test_a_refused_token_without_refresh_is_invalid_and_the_echo_is_scrubbed(
     client: anthropic.Anthropic, guarded: GuardedServer
 ) -> None:
-    token = "leaky-" + secrets.token_hex(8)
+    token = "leaky/" + secrets.token_hex(8) + "+="  # differs raw, URL-encoded and base64
     vault_id, credential_id = _credential(client, guarded.url, token)
     verdict, text = _validate(client, vault_id, credential_id)
     assert verdict.status == "invalid"
@@ -128,7 +141,24 @@ def test_a_refused_token_without_refresh_is_invalid_and_the_echo_is_scrubbed(
     assert verdict.mcp_probe is not None and verdict.mcp_probe.method == "initialize"
     answer = verdict.mcp_probe.http_response
     assert answer is not None and answer.status_code == 401 and "[redacted]" in answer.body
-    assert token not in text
+    for echo in (token, quote_plus(token), base64.b64encode(token.encode()).decode()):
+        assert echo not in text
+
+
+def test_what_the_probe_cannot_judge_is_unknown(client: anthropic.Anthropic, guarded: GuardedServer) -> None:
+    """A 200 that is no handshake says nothing of the token; a server behind a tunnel is not
+    probed at all (its name must never reach public DNS)."""
+    vault_id, credential_id = _credential(client, guarded.url, "rpc-error")
+    verdict, _ = _validate(client, vault_id, credential_id)
+    assert verdict.status == "unknown" and verdict.mcp_probe is not None
+    assert verdict.mcp_probe.http_response is not None and verdict.mcp_probe.http_response.status_code == 200
+
+    port = guarded.url.split(":")[-1].split("/")[0]
+    vault_id, credential_id = _credential(
+        client, f"http://crm.abcd.tunnels.tether.internal:{port}/mcp", "t0ken"
+    )
+    verdict, _ = _validate(client, vault_id, credential_id)
+    assert (verdict.status, verdict.mcp_probe) == ("unknown", None)  # no probe was even tried
 
 
 def test_a_refused_refresh_is_invalid_and_an_unreachable_server_unknown(

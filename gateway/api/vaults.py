@@ -108,7 +108,13 @@ async def validate_credential(request: Request) -> JSONResponse:
     gateway = state(request)
     params = request.path_params
     return JSONResponse(
-        await validation.validate(gateway.store, gateway.keyring, params["vault_id"], params["credential_id"])
+        await validation.validate(
+            gateway.store,
+            gateway.keyring,
+            params["vault_id"],
+            params["credential_id"],
+            tunnel_domain=gateway.settings.tunnel_base_domain,
+        )
     )
 
 

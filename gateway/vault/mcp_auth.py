@@ -89,25 +89,33 @@ async def _fresh_access_token(
 async def store_refreshed(
     store: Store, keyring: KeyRing, credential: Body, secrets: dict[str, str], token: dict[str, Any]
 ) -> str:
-    """Keep a refresh's new tokens (sealed) and expiry on the credential; the new access token."""
-    auth = credential["auth"]
-    secrets["access_token"] = token["access_token"]
-    if token.get("refresh_token"):
-        secrets["refresh_token"] = token["refresh_token"]
-    public = dict(auth)
-    if isinstance(token.get("expires_in"), int | float):
-        public["expires_at"] = ids.timestamp(
-            datetime.now(UTC) + timedelta(seconds=float(token["expires_in"]))
-        )
-    else:
-        public.pop("expires_at", None)
-    sealed = vaults.seal(keyring, credential["id"], secrets)
-    await store.update(
-        vaults.CREDENTIAL,
-        credential["id"],
-        lambda body: {**body, "auth": public, vaults.SECRET_FIELD: sealed, "updated_at": ids.timestamp()},
+    """Keep a refresh's new tokens (sealed) and expiry on the credential; the new access token.
+
+    Merged into the credential as stored now, and only if its refresh token is still the one
+    used: an update made while the token endpoint answered (new refresh settings, say) wins."""
+    used = secrets.get("refresh_token")
+    expires_at = (
+        ids.timestamp(datetime.now(UTC) + timedelta(seconds=float(token["expires_in"])))
+        if isinstance(token.get("expires_in"), int | float)
+        else None
     )
-    return secrets["access_token"]
+
+    def keep(body: Body) -> Body:
+        current = vaults.unseal(keyring, body)
+        if current.get("refresh_token") != used:
+            return body
+        current["access_token"] = token["access_token"]
+        if token.get("refresh_token"):
+            current["refresh_token"] = token["refresh_token"]
+        public = {**body["auth"], "expires_at": expires_at}
+        if expires_at is None:
+            public.pop("expires_at")
+        sealed = vaults.seal(keyring, body["id"], current)
+        return {**body, "auth": public, vaults.SECRET_FIELD: sealed, "updated_at": ids.timestamp()}
+
+    await store.update(vaults.CREDENTIAL, credential["id"], keep)
+    secrets["access_token"] = token["access_token"]
+    return str(token["access_token"])
 
 
 async def refreshed(refresh: Body, secrets: dict[str, str]) -> dict[str, Any]:
@@ -130,7 +138,7 @@ async def refreshed(refresh: Body, secrets: dict[str, str]) -> dict[str, Any]:
                 response = await http.post(refresh["token_endpoint"], data=form)
             else:
                 response = await http.post(refresh["token_endpoint"], data=form, auth=basic)
-    except httpx2.HTTPError as exc:
+    except (httpx2.HTTPError, httpx2.InvalidURL, UnicodeError) as exc:
         raise RefreshFailed(f"the token endpoint could not be reached ({type(exc).__name__})") from None
     if response.status_code != 200:
         raise RefreshFailed(f"the token endpoint answered HTTP {response.status_code}", response)

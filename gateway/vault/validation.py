@@ -1,19 +1,29 @@
 """``mcp_oauth_validate``: does a stored MCP OAuth credential still work? Answered by trying it.
 
 The probe is the MCP handshake's first step (``initialize``) against the credential's server
-with its access token. A server that refuses it (401/403) gets one refresh-token exchange, kept
-if it succeeds (the server may have rotated the refresh token), and the new access token is
-probed again. The verdict is ``valid``, ``invalid`` (refused, or no access token, and no
-refresh recovered it) or ``unknown`` (the server or token endpoint could not be reached, or
-answered something else). What the servers answered is reported with every secret the
-credential holds scrubbed out and the body cut to ``BODY_LIMIT``; no secret is returned.
+with its access token; only an answer carrying a JSON-RPC ``result`` counts as working. A
+server that refuses it with a 401 gets one refresh-token exchange, kept if it succeeds (the
+server may have rotated the refresh token), and the new access token is probed again. The
+verdict is ``valid``, ``invalid`` (refused, or no access token, and no refresh recovered it) or
+``unknown`` (the server or token endpoint could not be reached or failed on its side, or
+answered something that says nothing of the token).
+
+What the servers answered is reported with every secret the credential holds scrubbed out, in
+the encodings an echo would use (raw, JSON-escaped, URL-encoded, base64 alone or as Basic
+auth), and cut to ``BODY_LIMIT``; a token endpoint's successful answer is never reported (it
+holds new tokens). Servers behind a tunnel are not probed (that would resolve their names in
+public DNS); such a credential is ``unknown``.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from urllib.parse import quote, quote_plus, urlsplit
 
+import anyio
 import httpx2
 
 from gateway import ids
@@ -24,8 +34,8 @@ from gateway.vault.keyring import KeyRing
 from gateway.vault.mcp_auth import RefreshFailed, refreshed, store_refreshed
 
 BODY_LIMIT = 2048
-PROBE_TIMEOUT = 15.0
-REFUSED = (401, 403)
+READ_LIMIT = 64 * 1024
+PROBE_SECONDS = 15.0
 INITIALIZE = {
     "jsonrpc": "2.0",
     "id": 1,
@@ -36,13 +46,21 @@ INITIALIZE = {
         "clientInfo": {"name": "tether-credential-check", "version": "1"},
     },
 }
+Scrub = Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class Reply:
+    status_code: int
+    content_type: str
+    body: bytes
 
 
 @dataclass(frozen=True)
 class Probe:
     ok: bool
-    response: httpx2.Response | None
-    """The server's answer when the probe failed with one (None: unreachable)."""
+    reply: Reply | None
+    """What the server answered when it did not work (None: unreachable, or timed out)."""
 
 
 async def probe(url: str, access_token: str) -> Probe:
@@ -52,15 +70,45 @@ async def probe(url: str, access_token: str) -> Probe:
         "Content-Type": "application/json",
     }
     try:
-        async with httpx2.AsyncClient(timeout=PROBE_TIMEOUT) as http:
-            response = await http.post(url, json=INITIALIZE, headers=headers)
-            await response.aread()
-    except httpx2.HTTPError:
+        with anyio.fail_after(PROBE_SECONDS):
+            async with httpx2.AsyncClient(timeout=PROBE_SECONDS) as http:
+                async with http.stream("POST", url, json=INITIALIZE, headers=headers) as response:
+                    body = b""
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) >= READ_LIMIT or _has_result(body):
+                            break
+                    reply = Reply(
+                        response.status_code, response.headers.get("content-type", ""), body[:READ_LIMIT]
+                    )
+    except (httpx2.HTTPError, httpx2.InvalidURL, UnicodeError, TimeoutError):
         return Probe(False, None)
-    return Probe(200 <= response.status_code < 300, None if response.is_success else response)
+    ok = 200 <= reply.status_code < 300 and _has_result(reply.body)
+    return Probe(ok, None if ok else reply)
 
 
-async def validate(store: Store, keyring: KeyRing, vault_id: str, credential_id: str) -> Body:
+def _has_result(body: bytes) -> bool:
+    """A JSON-RPC ``result``, in a JSON body or an SSE stream's data lines."""
+    text = body.decode("utf-8", "replace")
+    candidates = [line[5:] for line in text.splitlines() if line.startswith("data:")] or [text]
+    for candidate in candidates:
+        try:
+            message = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and "result" in message:
+            return True
+    return False
+
+
+def _tunnelled(url: str, tunnel_domain: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    return host == tunnel_domain or host.endswith("." + tunnel_domain)
+
+
+async def validate(
+    store: Store, keyring: KeyRing, vault_id: str, credential_id: str, tunnel_domain: str = ""
+) -> Body:
     credential = await vaults.get_credential(store, vault_id, credential_id)
     auth = credential["auth"]
     if auth["type"] != "mcp_oauth":
@@ -68,7 +116,6 @@ async def validate(store: Store, keyring: KeyRing, vault_id: str, credential_id:
             f"credential {credential_id} is {auth['type']}: only mcp_oauth credentials can be validated"
         )
     secrets = vaults.unseal(keyring, credential)
-    can_refresh = auth.get("refresh") is not None and bool(secrets.get("refresh_token"))
     result: Body = {
         "type": "vault_credential_validation",
         "credential_id": credential_id,
@@ -78,64 +125,86 @@ async def validate(store: Store, keyring: KeyRing, vault_id: str, credential_id:
         "refresh": None,
         "validated_at": ids.timestamp(),
     }
-    scrub = _scrubber(secrets)
+    refresh = auth.get("refresh")
+    scrub = _scrubber(secrets, refresh.get("client_id") if refresh else None)
     token = secrets.get("access_token")
     if not token:
         return {**result, "status": "invalid"}
+    if tunnel_domain and _tunnelled(auth["mcp_server_url"], tunnel_domain):
+        return {**result, "status": "unknown"}  # not probed: see the module's docstring
     first = await probe(auth["mcp_server_url"], token)
     if first.ok:
         return {**result, "status": "valid"}
-    result["mcp_probe"] = {"method": "initialize", "http_response": _captured(first.response, scrub)}
-    if first.response is None or first.response.status_code not in REFUSED:
-        return {**result, "status": "unknown"}  # unreachable, or an answer that says nothing of the token
-    if not can_refresh:
+    result["mcp_probe"] = {"method": "initialize", "http_response": _captured(first.reply, scrub)}
+    if first.reply is None or first.reply.status_code != 401:
+        return {
+            **result,
+            "status": "invalid" if first.reply and first.reply.status_code == 403 else "unknown",
+        }
+    if refresh is None or not secrets.get("refresh_token"):
         return {
             **result,
             "status": "invalid",
             "refresh": {"status": "no_refresh_token", "http_response": None},
         }
     try:
-        token_answer = await refreshed(auth["refresh"], secrets)
+        answer = await refreshed(refresh, secrets)
     except RefreshFailed as exc:
-        if exc.response is None:
+        response = exc.response
+        if response is None:
             return {
                 **result,
                 "status": "unknown",
                 "refresh": {"status": "connect_error", "http_response": None},
             }
-        failed = {"status": "failed", "http_response": _captured(exc.response, scrub)}
-        return {**result, "status": "invalid", "refresh": failed}
-    scrub = _scrubber({**secrets, **{k: v for k, v in token_answer.items() if isinstance(v, str)}})
-    fresh = await store_refreshed(store, keyring, credential, secrets, token_answer)
+        reply = Reply(response.status_code, response.headers.get("content-type", ""), response.content)
+        # A 2xx that was still refused (no access_token) holds new tokens: never reported.
+        shown = None if response.is_success else _captured(reply, scrub)
+        transient = response.status_code >= 500 or response.status_code == 429
+        return {
+            **result,
+            "status": "unknown" if transient else "invalid",
+            "refresh": {"status": "failed", "http_response": shown},
+        }
+    scrub = _scrubber(
+        {**secrets, **{k: v for k, v in answer.items() if isinstance(v, str)}}, refresh.get("client_id")
+    )
+    fresh = await store_refreshed(store, keyring, credential, secrets, answer)
     result["refresh"] = {"status": "succeeded", "http_response": None}
     second = await probe(auth["mcp_server_url"], fresh)
     if second.ok:
         return {**result, "status": "valid", "mcp_probe": None}
-    result["mcp_probe"] = {"method": "initialize", "http_response": _captured(second.response, scrub)}
-    refused = second.response is not None and second.response.status_code in REFUSED
+    result["mcp_probe"] = {"method": "initialize", "http_response": _captured(second.reply, scrub)}
+    refused = second.reply is not None and second.reply.status_code in (401, 403)
     return {**result, "status": "invalid" if refused else "unknown"}
 
 
-def _scrubber(secrets: dict[str, str]) -> Any:
-    values = sorted(
-        (v for v in secrets.values() if isinstance(v, str) and len(v) >= 4), key=len, reverse=True
-    )
+def _scrubber(secrets: dict[str, str], client_id: str | None) -> Scrub:
+    """Every secret out of a text, in the forms an echo of it could take."""
+    values = [v for v in secrets.values() if isinstance(v, str) and v]
+    forms: set[str] = set()
+    for value in values:
+        forms |= {value, json.dumps(value)[1:-1], json.dumps(value)[1:-1].replace("/", "\\/")}
+        forms |= {quote(value, safe=""), quote_plus(value), base64.b64encode(value.encode()).decode()}
+        if client_id:
+            forms.add(base64.b64encode(f"{client_id}:{value}".encode()).decode())
+    ordered = sorted(forms, key=len, reverse=True)
 
     def scrub(text: str) -> str:
-        for value in values:
-            text = text.replace(value, "[redacted]")
+        for form in ordered:
+            text = text.replace(form, "[redacted]")
         return text
 
     return scrub
 
 
-def _captured(response: httpx2.Response | None, scrub: Any) -> Body | None:
-    if response is None:
+def _captured(reply: Reply | None, scrub: Scrub) -> Body | None:
+    if reply is None:
         return None
-    text = scrub(response.content.decode("utf-8", "replace"))
+    text = scrub(reply.body.decode("utf-8", "replace"))
     return {
-        "status_code": response.status_code,
-        "content_type": response.headers.get("content-type", ""),
+        "status_code": reply.status_code,
+        "content_type": scrub(reply.content_type),
         "body": text[:BODY_LIMIT],
-        "body_truncated": len(text) > BODY_LIMIT,
+        "body_truncated": len(text) > BODY_LIMIT or len(reply.body) >= READ_LIMIT,
     }
