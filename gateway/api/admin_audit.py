@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api import access
-from gateway.api.errors import error_response
+from gateway.api.errors import STORE_RETRY_AFTER_SECONDS, error_response
 from gateway.api.pagination import decode_cursor, encode_cursor, limit_param
 from gateway.api.routing import endpoint
 from gateway.api.state import state
@@ -94,6 +94,7 @@ class AdminAuditMiddleware:
             response = error_response(
                 503, "api_error", "The gateway's database is unavailable right now; retry shortly."
             )
+            response.headers["retry-after"] = str(STORE_RETRY_AFTER_SECONDS)
             await response(scope, receive, send)
             return
         seen: dict[str, Any] = {"status": 500, "body": b""}

@@ -18,6 +18,7 @@ from gateway.api.routing import endpoint
 from gateway.api.state import state
 from gateway.observability.insights import aggregate, session_insights
 from gateway.observability.metrics import METRICS_PATH, metrics_endpoint
+from gateway.pricing import DEFAULT_TABLE, PriceTable
 from gateway.resources import sessions
 from gateway.store.base import Body, Store
 from gateway.store.chain import verify
@@ -26,16 +27,16 @@ DEFAULT_SESSIONS = 50
 MAX_SESSIONS = 200
 
 
-async def insights_for(store: Store, session: Body) -> dict[str, Any]:
+async def insights_for(store: Store, session: Body, prices: PriceTable = DEFAULT_TABLE) -> dict[str, Any]:
     links = await store.read_chain(session["id"])
     verdict = verify(session["id"], links)
-    return session_insights(session, [link.body for link in links], verdict, now=ids.now())
+    return session_insights(session, [link.body for link in links], verdict, now=ids.now(), prices=prices)
 
 
 async def one_session(request: Request) -> JSONResponse:
     gateway = state(request)
     session = await sessions.get(gateway.store, request.path_params["session_id"])
-    return JSONResponse(await insights_for(gateway.store, session))
+    return JSONResponse(await insights_for(gateway.store, session, gateway.settings.prices))
 
 
 async def recent_sessions(request: Request) -> JSONResponse:
@@ -54,7 +55,7 @@ async def recent_sessions(request: Request) -> JSONResponse:
         include_archived=bool_param(request, "include_archived"),
         equals=equals,
     )
-    rows = [await insights_for(gateway.store, session) for session in page.items]
+    rows = [await insights_for(gateway.store, session, gateway.settings.prices) for session in page.items]
     return JSONResponse(
         {
             "aggregate": aggregate(rows),

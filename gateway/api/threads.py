@@ -55,7 +55,7 @@ def render(session: Body) -> Body:
         "parent_thread_id": None,
         "status": session["status"],
         "usage": session.get("usage"),
-        "stats": None,
+        "stats": {"duration_seconds": sessions.render(session)["stats"]["duration_seconds"]},
         "workflow_run_id": None,
         "created_at": session["created_at"],
         "updated_at": session["updated_at"],
@@ -73,8 +73,14 @@ async def _thread(request: Request) -> Body:
 
 
 async def list_threads(request: Request) -> JSONResponse:
+    """``statuses`` (repeatable) filters; one thread is always a single page."""
     session = await sessions.get(state(request).store, request.path_params["session_id"])
-    return JSONResponse({"data": [render(session)], "next_page": None})
+    wanted = request.query_params.getlist("statuses[]") + request.query_params.getlist("statuses")
+    unknown = set(wanted) - set(sessions.STATUSES)
+    if unknown:
+        raise InvalidRequest(f"statuses: {sorted(unknown)} not among {', '.join(sessions.STATUSES)}")
+    threads = [render(session)] if not wanted or session["status"] in wanted else []
+    return JSONResponse({"data": threads, "next_page": None})
 
 
 async def retrieve_thread(request: Request) -> JSONResponse:

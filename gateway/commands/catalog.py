@@ -111,7 +111,7 @@ TUNNELS = Resource(
 WEBHOOKS = Resource(
     name="webhooks",
     noun="webhook",
-    help="webhook endpoints told of session status changes (Tether-only)",
+    help="webhook endpoints told of session status changes and outcome verdicts (Tether-only)",
     path="/v1/tether/webhooks",
     operations=("list", "show", "create", "delete"),
     columns=[
@@ -122,9 +122,7 @@ WEBHOOKS = Resource(
     ],
     flags=[
         Flag("--url", "url", "the http(s) URL to POST events to"),
-        Flag(
-            "--event-type", "event_types", "only this event type (default: every status change)", kind="list"
-        ),
+        Flag("--event-type", "event_types", "only this event type (default: all of them)", kind="list"),
         DESCRIPTION,
         METADATA,
     ],

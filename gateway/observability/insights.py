@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from gateway.pricing import DEFAULT_TABLE
+from gateway.pricing import DEFAULT_TABLE, PriceTable
 from gateway.store.base import SESSION_STATUS_OF_EVENT, Body
 from gateway.store.chain import Verdict
 
@@ -36,9 +36,12 @@ COST_BASIS = (
 )
 
 
-def estimate_cost(model: str | None, usage: dict[str, int]) -> dict[str, Any] | None:
-    """The usage at list prices (``resources.pricing``), in dollars, labelled as an estimate."""
-    found = DEFAULT_TABLE.entry(model) if model else None
+def estimate_cost(
+    model: str | None, usage: dict[str, int], prices: PriceTable = DEFAULT_TABLE
+) -> dict[str, Any] | None:
+    """The usage at list prices (``gateway.pricing``: the gateway's table), in dollars, labelled as
+    an estimate (cache writes are priced at the 5-minute rate)."""
+    found = prices.entry(model) if model else None
     if found is None:
         return None
     prefix, price = found
@@ -81,6 +84,7 @@ def session_insights(
     events: Sequence[Body],
     verdict: Verdict | None = None,
     now: datetime | None = None,
+    prices: PriceTable = DEFAULT_TABLE,
 ) -> dict[str, Any]:
     """Everything the trail page and ``tether sessions show`` display about one session.
 
@@ -169,7 +173,7 @@ def session_insights(
         "duration_seconds": _seconds(first_event, last_event),
         "active_seconds": round(active, 3),
         "usage": usage,
-        "estimated_cost": estimate_cost(model_id, usage),
+        "estimated_cost": estimate_cost(model_id, usage, prices),
         "model_calls": {
             "count": model_calls,
             "failed": failed_calls,

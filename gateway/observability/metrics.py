@@ -37,6 +37,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.sessionlog.events import ADMIN_LOG
 from gateway.store.base import SESSION_STATUS_OF_EVENT, StoredEvent
 
 METRICS_PATH = "/metrics"
@@ -136,6 +137,8 @@ class Metrics:
 
     def observe_events(self, session_id: str, events: Sequence[StoredEvent]) -> None:
         """An ``EventObserver``: called after each batch this process appended is committed."""
+        if session_id == ADMIN_LOG:
+            return  # administration, not session traffic
         for event in events:
             self.session_events.labels(event.type).inc()
             status = SESSION_STATUS_OF_EVENT.get(event.type)
