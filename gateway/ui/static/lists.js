@@ -24,6 +24,7 @@ window.TetherUI = window.TetherUI || {};
     let cursors = [null]; // cursors[i] opens page i; null is the first page
     let index = 0;
     let nextCursor = null;
+    let generation = 0; // only the newest refresh may render: an older one can answer later
     const listeners = new AbortController();
     const on = (selector, type, handler) => $(selector).addEventListener(type, handler, { signal: listeners.signal });
 
@@ -45,6 +46,7 @@ window.TetherUI = window.TetherUI || {};
 
     async function refresh() {
       clearTimeout(timer);
+      const mine = ++generation;
       if (!document.hidden) {
         try {
           const [sessions, insights, environments] = await Promise.all([
@@ -53,7 +55,7 @@ window.TetherUI = window.TetherUI || {};
             UI.environments(ctx),
           ]);
           const ranOn = await whereTheyRan(ctx, sessions.data, environments);
-          if (stopped) return;
+          if (stopped || mine !== generation) return; // a newer refresh (a click, a filter) renders
           $("#aggregate").replaceChildren(...figuresFor(insights.aggregate, true));
           renderTable(ctx, sessions.data, new Map(insights.data.map((row) => [row.session_id, row])), environments, ranOn);
           nextCursor = sessions.next_page;
@@ -65,7 +67,7 @@ window.TetherUI = window.TetherUI || {};
           reportError("#list-error", error);
         }
       }
-      if (!stopped) timer = setTimeout(refresh, LIST_REFRESH_MS);
+      if (!stopped && mine === generation) timer = setTimeout(refresh, LIST_REFRESH_MS);
     }
 
     function restart() {
