@@ -441,3 +441,40 @@ def test_the_mcp_page_counts_calls_and_errors_per_tool(
         expect(page.locator("#resource-note")).to_contain_text("audit log")
     finally:
         upstream.stop()
+
+
+def test_a_slow_earlier_load_never_replaces_the_filtered_page(
+    page: Page, served: ServerProcess, api_key: str, client: anthropic.Anthropic
+) -> None:
+    """The list's first, unfiltered load is held at the network until the filtered page is on
+    screen; when it is let through, the filtered page stays (only the newest refresh renders)."""
+    env = client.beta.environments.create(name="stale-" + secrets.token_hex(3))
+    agent = client.beta.agents.create(name="stale", model="claude-sonnet-4-6")
+    mine = client.beta.sessions.create(agent=agent.id, environment_id=env.id).id
+    client.beta.sessions.create(
+        agent=agent.id, environment_id=client.beta.environments.create(name="other").id
+    )
+    held: list[Any] = []
+
+    def hold_unfiltered(route: Any) -> None:
+        if "environment_id" in route.request.url or held:
+            route.continue_()
+        else:
+            held.append(route)  # the first unfiltered list request: answered later
+
+    _open(page, served, api_key)
+    page.route(re.compile(r".*/v1/sessions\?.*"), hold_unfiltered)
+    page.evaluate("location.hash = '#/agents'")  # leave the list, and come back to a fresh load
+    page.evaluate("location.hash = '#/'")
+    rows = page.locator("#sessions tbody tr")
+    page.wait_for_function("() => document.querySelector('#f-environment').options.length > 1")
+    page.select_option("#f-environment", env.id)
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_attribute("data-session-id", mine)
+    assert held, "the unfiltered load was not held"
+
+    settled = int(page.locator("#sessions").get_attribute("data-settled") or 0)
+    held[0].continue_()
+    page.wait_for_function(f"() => Number(document.querySelector('#sessions').dataset.settled) > {settled}")
+    expect(rows).to_have_count(1)
+    assert rows.evaluate_all("rows => rows.map(r => r.dataset.sessionId)") == [mine]

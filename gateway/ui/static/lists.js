@@ -55,19 +55,23 @@ window.TetherUI = window.TetherUI || {};
             UI.environments(ctx),
           ]);
           const ranOn = await whereTheyRan(ctx, sessions.data, environments);
-          if (stopped || mine !== generation) return; // a newer refresh (a click, a filter) renders
-          $("#aggregate").replaceChildren(...figuresFor(insights.aggregate, true));
-          renderTable(ctx, sessions.data, new Map(insights.data.map((row) => [row.session_id, row])), environments, ranOn);
-          nextCursor = sessions.next_page;
-          $("#next-page").disabled = !nextCursor;
-          $("#prev-page").disabled = index === 0;
-          $("#page-info").textContent = `page ${index + 1}`;
-          $("#list-error").textContent = "";
+          if (!stopped && mine === generation) { // else a newer refresh (a click, a filter) renders
+            $("#aggregate").replaceChildren(...figuresFor(insights.aggregate, true));
+            renderTable(ctx, sessions.data, new Map(insights.data.map((row) => [row.session_id, row])), environments, ranOn);
+            nextCursor = sessions.next_page;
+            $("#next-page").disabled = !nextCursor;
+            $("#prev-page").disabled = index === 0;
+            $("#page-info").textContent = `page ${index + 1}`;
+            $("#list-error").textContent = "";
+          }
         } catch (error) {
-          reportError("#list-error", error);
+          if (mine === generation) reportError("#list-error", error);
         }
       }
       if (!stopped && mine === generation) timer = setTimeout(refresh, LIST_REFRESH_MS);
+      // How many refreshes have finished (rendered or, superseded, not): what a test waits for.
+      const table = $("#sessions");
+      table.dataset.settled = String(Number(table.dataset.settled || 0) + 1);
     }
 
     function restart() {
