@@ -22,20 +22,9 @@ from gateway.resources import sessions
 from gateway.store.base import Body
 
 PREFIX = "sthr_"
-THREAD_AGENT_FIELDS = (
-    "id",
-    "type",
-    "name",
-    "description",
-    "system",
-    "model",
-    "tools",
-    "mcp_servers",
-    "skills",
-    "execution_identity",
-    "version",
-)
-"""``BetaManagedAgentsSessionThreadAgent``: the snapshot without the roster (``multiagent``)."""
+THREAD_AGENT_FIELDS = tuple(f for f in sessions.AGENT_SNAPSHOT_FIELDS if f not in ("multiagent", "metadata"))
+"""``BetaManagedAgentsSessionThreadAgent``: the session's snapshot without the roster
+(``multiagent``) and Tether's settings (``metadata``)."""
 
 
 def primary_thread_id(session_id: str) -> str:
