@@ -114,8 +114,8 @@ async def update(request: Request) -> JSONResponse:
     access.require_vault_use(request, body.vault_ids)
     session_id = request.path_params["session_id"]
     updated = await sessions.update(gateway.store, session_id, body, gateway.settings.prices)
-    if "budget" in body.model_fields_set and updated.get(ATTENTION_FIELD) == "budget_reached":
-        gateway.runner.wake(session_id)  # "raise the budget to continue": the stopped turn resumes
+    if "budget" in body.model_fields_set:
+        gateway.runner.wake(session_id)  # "raise the budget to continue": a stopped turn resumes
     return JSONResponse(sessions.render(updated))
 
 

@@ -191,14 +191,17 @@ class Harness:
     ) -> None:
         tracing.set_stop_reason(reason)
         await outcomes.sync(self.store, run.session_id, transcript)  # an interrupt may have ended one
-        last = transcript.last_idle
-        if (
-            transcript.status == "idle"
-            and last is not None
-            and transcript.last_input_seq < transcript.last_idle_seq
-        ):
-            if last["stop_reason"]["type"] == reason and last["stop_reason"].get("event_ids") == event_ids:
-                return  # already said, and nothing came in since
+        if transcript.status == "idle":
+            since = transcript.last_status_seq
+            if max(transcript.last_input_seq, transcript.last_interrupt_seq) <= since:
+                return  # woken with nothing new since it last idled (or since it began): nothing to say
+            said = (transcript.last_idle or {}).get("stop_reason") or {}
+            if (
+                said.get("type") == reason
+                and said.get("event_ids") == event_ids
+                and transcript.last_input_seq < since
+            ):
+                return  # already said, and no input came in since
         await self.append(run, ev.status_idle(reason, event_ids))
         await outcomes.sync(self.store, run.session_id, await self.transcript(run))
         await files.sync_session(self.store, self.sandboxes.workspaces, run.session_id)

@@ -90,7 +90,8 @@ class Transcript:
     last_interrupt_seq: int = 0
     previous_interrupt_seq: int = 0
     last_idle: Body | None = None
-    last_idle_seq: int = 0
+    last_status_seq: int = 0
+    """Seq of the newest status event (0: none yet)."""
     outcome: OutcomeState | None = None
     """The newest outcome defined (``user.define_outcome``), and how far it got."""
     status: str = "idle"
@@ -187,7 +188,7 @@ class Transcript:
         if kind in STATUS_EVENTS:
             self.status = STATUS_EVENTS[kind]
             self.last_idle = body if kind == "session.status_idle" else None
-            self.last_idle_seq = event.seq
+            self.last_status_seq = event.seq
 
     @property
     def last_seq(self) -> int:
