@@ -27,9 +27,8 @@ from gateway.scheduling.scheduler import TAKEOVER_SECONDS, Scheduler
 from gateway.schemas.agents import AgentCreate
 from gateway.schemas.deployments import DeploymentCreate, DeploymentUpdate
 from gateway.schemas.environments import EnvironmentCreate
-from gateway.store import open_store
 from gateway.store.base import Body, Store
-from tests.support.postgres import fresh_database
+from tests.support.postgres import empty_store
 
 pytestmark = pytest.mark.anyio
 
@@ -39,19 +38,8 @@ T0 = datetime(2030, 1, 7, 9, 0, 30, tzinfo=UTC)
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        opened = await open_store(f"sqlite://{tmp_path}/store.db")
-        try:
-            yield opened
-        finally:
-            await opened.close()
-        return
-    async with fresh_database() as dsn:
-        opened = await open_store(dsn)
-        try:
-            yield opened
-        finally:
-            await opened.close()
+    async with empty_store(request.param, tmp_path) as opened:
+        yield opened
 
 
 async def _deployment(store: Store, expression: str = "* * * * *", created: datetime = T0) -> Body:

@@ -27,7 +27,7 @@ from gateway.store.pg_listener import LISTENER_APPLICATION_NAME
 from gateway.store.pg_schema import MIGRATIONS, migrate
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
-from tests.support.postgres import fresh_database
+from tests.support.postgres import empty_store, fresh_database
 
 pytestmark = pytest.mark.anyio
 
@@ -42,19 +42,8 @@ DUPLICATE_KEY = (sqlite3.IntegrityError, asyncpg.UniqueViolationError)
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        opened = await open_store(f"sqlite://{tmp_path}/store.db")
-        try:
-            yield opened
-        finally:
-            await opened.close()
-        return
-    async with fresh_database() as dsn:
-        opened = await open_store(dsn)
-        try:
-            yield opened
-        finally:
-            await opened.close()
+    async with empty_store(request.param, tmp_path) as opened:
+        yield opened
 
 
 @pytest.fixture

@@ -14,12 +14,15 @@ import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
+from gateway.store import open_store
+from gateway.store.base import Store
 from tests.support.pg_cluster import shared_cluster
 from tests.support.provision import PG_DSN_ENV
 
@@ -77,6 +80,20 @@ async def fresh_database() -> AsyncIterator[str]:
         yield dsn_for(name)
     finally:
         await drop_database(name)
+
+
+@asynccontextmanager
+async def empty_store(kind: str, directory: Path) -> AsyncIterator[Store]:
+    """An empty, open store of ``kind``: ``sqlite`` (a file in ``directory``) or ``postgres`` (a
+    fresh database), closed (and the database dropped) afterwards."""
+    async with AsyncExitStack() as stack:
+        if kind == "sqlite":
+            url = f"sqlite://{directory}/store.db"
+        else:
+            url = await stack.enter_async_context(fresh_database())
+        store = await open_store(url)
+        stack.push_async_callback(store.close)
+        yield store
 
 
 @contextmanager
