@@ -16,12 +16,13 @@ import httpx2
 import pytest
 from anthropic.types.beta.beta_managed_agents_session import BetaManagedAgentsSession
 
-from gateway.sessionlog.transcript import Transcript
-from gateway.store.base import StoredEvent
+from gateway.harness.context import build_messages
+from gateway.sessionlog.outcomes import work_request
 from tests.conftest import Scripts
 from tests.support.processes import ServerProcess
 from tests.support.self_hosted import eventually
 from tests.support.sessions import send_and_stream, strictly_valid
+from tests.support.transcripts import transcript_of
 from tests.test_deployments import deploy
 
 
@@ -48,6 +49,24 @@ def _outcome(grader_marker: str, max_iterations: int | None = 3) -> dict[str, An
     if max_iterations is not None:
         event["max_iterations"] = max_iterations
     return event
+
+
+GRADED: list[dict[str, Any]] = [
+    {**_outcome("g"), "outcome_id": "outc_1"},
+    {"type": "span.model_request_start", "tether_context_seq": 1},
+    {"type": "agent.message", "content": [{"type": "text", "text": "draft"}]},
+    {"type": "span.model_request_end", "model_request_start_id": "sevt_2", "is_error": False},
+    {"type": "span.outcome_evaluation_start", "outcome_id": "outc_1", "iteration": 0},
+    {
+        "type": "span.outcome_evaluation_end",
+        "outcome_id": "outc_1",
+        "iteration": 0,
+        "outcome_evaluation_start_id": "sevt_5",
+        "result": "satisfied",
+        "explanation": "ok",
+    },
+]
+"""A log of an outcome worked on once and graded satisfied (seqs 1 to 6)."""
 
 
 def _events(client: anthropic.Anthropic, session_id: str) -> list[dict[str, Any]]:
@@ -183,6 +202,10 @@ def test_a_grader_at_work_sends_heartbeats_and_an_interrupt_ends_the_evaluation(
     [end] = [e for e in log if e["type"] == "span.outcome_evaluation_end"]
     assert end["result"] == "interrupted"
     assert _strict(client, session.id).outcome_evaluations[0].result == "interrupted"
+    # The end comes before the session idles: a client streaming until idle sees it.
+    kinds = [e["type"] for e in log if e["type"] != "span.outcome_evaluation_ongoing"]
+    start, finish = kinds.index("span.outcome_evaluation_start"), kinds.index("span.outcome_evaluation_end")
+    assert "session.status_idle" not in kinds[start:finish], kinds
 
 
 @pytest.mark.parametrize(
@@ -214,38 +237,12 @@ def test_one_outcome_at_a_time(client: anthropic.Anthropic, environment: Any, sc
     client.beta.sessions.events.send(session.id, events=[{"type": "user.interrupt"}])
 
 
-def _log(*bodies: dict[str, Any]) -> Transcript:
-    return Transcript.from_events(
-        [
-            StoredEvent("sesn_t", seq, f"sevt_{seq}", body["type"], {"id": f"sevt_{seq}", **body})
-            for seq, body in enumerate(bodies, start=1)
-        ]
-    )
-
-
 def test_an_evaluation_cut_off_by_a_crash_is_resumed_with_the_same_start() -> None:
-    defined = {**_outcome("g"), "outcome_id": "outc_1"}
-    worked = [
-        defined,
-        {"type": "span.model_request_start", "tether_context_seq": 1},
-        {"type": "agent.message", "content": [{"type": "text", "text": "done"}]},
-        {"type": "span.model_request_end", "model_request_start_id": "sevt_2", "is_error": False},
-    ]
-    assert _log(defined).needs_evaluation() is False  # the agent has not worked yet
-    assert _log(*worked).needs_evaluation() is True
-    cut = _log(*worked, {"type": "span.outcome_evaluation_start", "outcome_id": "outc_1", "iteration": 0})
+    assert transcript_of(GRADED[0]).needs_evaluation() is False  # the agent has not worked yet
+    assert transcript_of(*GRADED[:4]).needs_evaluation() is True
+    cut = transcript_of(*GRADED[:5])
     assert cut.needs_evaluation() and cut.outcome is not None and cut.outcome.open_start == ("sevt_5", 5)
-    satisfied = {
-        "type": "span.outcome_evaluation_end",
-        "outcome_id": "outc_1",
-        "iteration": 0,
-        "outcome_evaluation_start_id": "sevt_5",
-        "result": "satisfied",
-        "explanation": "ok",
-    }
-    done = _log(
-        *worked, {"type": "span.outcome_evaluation_start", "outcome_id": "outc_1", "iteration": 0}, satisfied
-    )
+    done = transcript_of(*GRADED)
     assert not done.needs_evaluation() and not done.needs_model()
 
 
@@ -273,29 +270,11 @@ def test_a_deployment_can_start_its_sessions_on_an_outcome(
 def test_a_compacted_context_still_tells_the_agent_an_open_outcome() -> None:
     """The summary replaced the message that set the task: while the outcome was open at the
     cut, the task follows the summary; one with a result before the cut is not repeated."""
-    from gateway.harness.context import build_messages
-    from gateway.sessionlog.outcomes import work_request
-
     task = work_request(_outcome("g"))
-    worked = [
-        {**_outcome("g"), "outcome_id": "outc_1"},
-        {"type": "span.model_request_start", "tether_context_seq": 1},
-        {"type": "agent.message", "content": [{"type": "text", "text": "draft"}]},
-        {"type": "span.model_request_end", "model_request_start_id": "sevt_2", "is_error": False},
-        {"type": "span.outcome_evaluation_start", "outcome_id": "outc_1", "iteration": 0},
-        {
-            "type": "span.outcome_evaluation_end",
-            "outcome_id": "outc_1",
-            "iteration": 0,
-            "outcome_evaluation_start_id": "sevt_5",
-            "result": "satisfied",
-            "explanation": "ok",
-        },
-    ]
 
     def texts(cut: int) -> list[str]:
         messages = build_messages(
-            _log(*worked), lambda use: use["name"], cut, [{"type": "text", "text": "SUMMARY"}]
+            transcript_of(*GRADED), lambda use: use["name"], cut, [{"type": "text", "text": "SUMMARY"}]
         )
         return [b["text"] for m in messages for b in m["content"]]
 

@@ -17,11 +17,10 @@ import pytest
 from gateway.harness import context_budget as sizing
 from gateway.harness.compaction import summary_request
 from gateway.harness.context import build_messages
-from gateway.sessionlog.transcript import Transcript
-from gateway.store.base import StoredEvent
 from gateway.tools.toolbox import build_toolbox
 from tests.conftest import Scripts
 from tests.support.sessions import send_and_stream, strictly_valid, user_message
+from tests.support.transcripts import transcript_of
 
 
 def system_message(text: str) -> dict[str, Any]:
@@ -87,17 +86,8 @@ def test_a_misplaced_or_malformed_system_message_is_refused(
     assert client.beta.sessions.events.list(session.id).data == []  # nothing was appended
 
 
-def _log(*bodies: dict[str, Any]) -> Transcript:
-    return Transcript.from_events(
-        [
-            StoredEvent("sesn_t", seq, f"sevt_{seq}", body["type"], {"id": f"sevt_{seq}", **body})
-            for seq, body in enumerate(bodies, start=1)
-        ]
-    )
-
-
 def test_a_system_message_that_arrived_during_a_model_call_moves_with_its_input() -> None:
-    transcript = _log(
+    transcript = transcript_of(
         user_message("Q1"),
         {"type": "span.model_request_start", "tether_context_seq": 1},
         user_message("Q2"),
@@ -116,7 +106,7 @@ def test_a_system_message_that_arrived_during_a_model_call_moves_with_its_input(
 
 def test_a_system_message_with_a_tool_result_waits_for_the_open_uses_results() -> None:
     use = {"type": "agent.custom_tool_use", "name": "lookup", "input": {}}
-    transcript = _log(
+    transcript = transcript_of(
         user_message("go"),
         use,
         {**use, "name": "other"},
@@ -129,7 +119,7 @@ def test_a_system_message_with_a_tool_result_waits_for_the_open_uses_results() -
 
 
 def test_system_messages_a_summary_covers_still_follow_it() -> None:
-    transcript = _log(user_message("Q1"), system_message("Stay formal."), user_message("Q2"))
+    transcript = transcript_of(user_message("Q1"), system_message("Stay formal."), user_message("Q2"))
     summary = [{"type": "text", "text": "SUMMARY"}]
     assert _shape(build_messages(transcript, lambda use: use["name"], 2, summary)) == [
         ("user", ["SUMMARY"]),
@@ -140,7 +130,7 @@ def test_system_messages_a_summary_covers_still_follow_it() -> None:
 
 def test_the_summarising_request_is_not_bound_by_the_sessions_system_messages() -> None:
     """ "Reply with one word" must not shape the summary; the system messages follow it anyway."""
-    transcript = _log(
+    transcript = transcript_of(
         user_message("Q1"),
         system_message("Reply with exactly one word."),
         {"type": "span.model_request_start", "tether_context_seq": 2},

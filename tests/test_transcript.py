@@ -8,15 +8,7 @@ import pytest
 
 from gateway.harness.context import ABANDONED, build_messages
 from gateway.sessionlog.transcript import Transcript
-from gateway.store.base import StoredEvent
-
-
-def _log(*bodies: dict[str, Any]) -> Transcript:
-    events = [
-        StoredEvent("sesn_t", seq, body.get("id", f"sevt_{seq}"), body["type"], {"id": f"sevt_{seq}", **body})
-        for seq, body in enumerate(bodies, start=1)
-    ]
-    return Transcript.from_events(events)
+from tests.support.transcripts import transcript_of
 
 
 def _text(text: str) -> dict[str, Any]:
@@ -27,7 +19,7 @@ USE = {"type": "agent.tool_use", "name": "bash", "input": {}, "evaluated_permiss
 
 
 def test_a_result_recorded_for_an_interrupted_call_is_not_new_input() -> None:
-    transcript = _log(
+    transcript = transcript_of(
         _text("go"),
         {"type": "span.model_request_start"},
         USE,
@@ -41,13 +33,13 @@ def test_a_result_recorded_for_an_interrupted_call_is_not_new_input() -> None:
 
 
 def test_a_message_after_an_interrupt_needs_the_model_again() -> None:
-    transcript = _log(_text("go"), USE, {"type": "user.interrupt"}, _text("instead, do this"))
+    transcript = transcript_of(_text("go"), USE, {"type": "user.interrupt"}, _text("instead, do this"))
     assert transcript.pending() == []
     assert transcript.needs_model()
 
 
 def test_an_orphaned_tool_use_gets_an_error_result_before_later_user_text() -> None:
-    transcript = _log(_text("go"), USE, {"type": "user.interrupt"}, _text("next"))
+    transcript = transcript_of(_text("go"), USE, {"type": "user.interrupt"}, _text("next"))
     messages = build_messages(transcript, lambda use: use["name"])
     assert [m["role"] for m in messages] == ["user", "assistant", "user"]
     closing = messages[2]["content"]
@@ -57,7 +49,7 @@ def test_an_orphaned_tool_use_gets_an_error_result_before_later_user_text() -> N
 
 
 def test_user_text_sent_while_a_tool_runs_follows_its_result() -> None:
-    transcript = _log(
+    transcript = transcript_of(
         _text("go"),
         USE,
         _text("also this"),
@@ -69,7 +61,7 @@ def test_user_text_sent_while_a_tool_runs_follows_its_result() -> None:
 
 
 def test_a_reply_after_an_interrupt_is_a_new_assistant_message_after_the_abandoned_call() -> None:
-    transcript = _log(
+    transcript = transcript_of(
         _text("go"),
         USE,
         {"type": "user.interrupt"},
@@ -85,7 +77,7 @@ def test_a_reply_after_an_interrupt_is_a_new_assistant_message_after_the_abandon
 
 def test_a_message_that_arrived_during_a_model_call_follows_its_reply_and_is_unanswered() -> None:
     start = {"type": "span.model_request_start", "tether_context_seq": 1}
-    transcript = _log(
+    transcript = transcript_of(
         _text("Q1"),
         start,
         _text("Q2"),
@@ -102,7 +94,7 @@ def test_a_message_that_arrived_during_a_model_call_follows_its_reply_and_is_una
 
 
 def test_a_message_that_arrived_during_a_failed_attempt_is_answered_by_the_retry_only_if_it_saw_it() -> None:
-    transcript = _log(
+    transcript = transcript_of(
         _text("Q1"),
         {"type": "span.model_request_start", "tether_context_seq": 1},
         _text("Q2"),
@@ -126,7 +118,7 @@ def test_extending_a_transcript_equals_building_it_at_once() -> None:
         {"type": "agent.tool_result", "tool_use_id": "sevt_3", "is_error": False, "content": []},
         _text("more"),
     ]
-    whole = _log(*bodies)
+    whole = transcript_of(*bodies)
     grown = Transcript.from_events(whole.events[:2])
     grown.extend(whole.events[2:4])
     grown.extend(whole.events[4:])
@@ -138,7 +130,7 @@ def test_extending_a_transcript_equals_building_it_at_once() -> None:
 
 def _grown_step_by_step(bodies: list[dict[str, Any]], naming: object) -> list[list[dict[str, Any]]]:
     """The conversation after each event, built by resuming from the previous build."""
-    whole = _log(*bodies)
+    whole = transcript_of(*bodies)
     grown = Transcript.from_events([])
     built = []
     for event in whole.events:
@@ -165,14 +157,16 @@ def test_a_conversation_resumed_from_its_checkpoint_equals_one_built_from_scratc
         bodies.append({"type": "agent.tool_result", "tool_use_id": use_id, "is_error": False, "content": []})
         bodies.append({"type": "agent.message", "content": [{"type": "text", "text": f"A{turn}"}]})
     stepwise = _grown_step_by_step(bodies, naming={"map": 1})
-    whole = _log(*bodies)
+    whole = transcript_of(*bodies)
     for count, built in enumerate(stepwise, start=1):
         scratch = build_messages(Transcript.from_events(whole.events[:count]), lambda u: u["name"])
         assert built == scratch, f"differs after event {count}"
 
 
 def test_a_checkpoint_is_not_reused_for_another_tool_naming() -> None:
-    transcript = _log(_text("go"), USE, {"type": "agent.tool_result", "tool_use_id": "sevt_2", "content": []})
+    transcript = transcript_of(
+        _text("go"), USE, {"type": "agent.tool_result", "tool_use_id": "sevt_2", "content": []}
+    )
     first = build_messages(transcript, lambda u: "one_" + u["name"], naming="one")
     again = build_messages(transcript, lambda u: "two_" + u["name"], naming="two")
     assert first[1]["content"][0]["name"] == "one_bash" and again[1]["content"][0]["name"] == "two_bash"
