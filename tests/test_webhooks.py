@@ -19,7 +19,7 @@ from gateway.errors import InvalidRequest
 from gateway.observability.metrics import Metrics
 from gateway.sessionlog import events as ev
 from gateway.store import open_store
-from gateway.store.base import Store
+from gateway.store.base import Body, Store
 from gateway.webhooks import endpoints
 from gateway.webhooks.dispatcher import DeliveryResult, WebhookDispatcher
 from gateway.webhooks.endpoints import WebhookCreate
@@ -98,6 +98,18 @@ class Finished:
             self.all.set()
 
 
+async def _deliver(dispatcher: WebhookDispatcher, finished: Finished, *published: tuple[str, Body]) -> None:
+    """Run the delivery worker, publish ``published`` (session id, event), and return once the
+    deliveries ``finished`` counts have all ended."""
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(dispatcher.run)
+        for session_id, event in published:
+            dispatcher.publish(session_id, event)
+        with anyio.fail_after(15):
+            await finished.all.wait()
+        tasks.cancel_scope.cancel()
+
+
 @pytest.mark.anyio
 async def test_a_failing_receiver_gets_the_delivery_again_until_it_recovers(store: Store) -> None:
     metrics = Metrics(process_metrics=False)
@@ -114,12 +126,7 @@ async def test_a_failing_receiver_gets_the_delivery_again_until_it_recovers(stor
             targets=LOOPBACK,
         )
         status = ev.status_idle("end_turn")
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(dispatcher.run)
-            dispatcher.publish("sesn_w", status)
-            with anyio.fail_after(15):
-                await finished.all.wait()
-            tasks.cancel_scope.cancel()
+        await _deliver(dispatcher, finished, ("sesn_w", status))
         attempts = receiver.requests
 
     assert [a.status for a in attempts] == [500, 503, 200]
@@ -153,12 +160,7 @@ async def test_attempts_are_bounded_and_gone_stops_at_once(store: Store) -> None
             on_result=finished,
             targets=LOOPBACK,
         )
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(dispatcher.run)
-            dispatcher.publish("sesn_f", ev.new_event("session.status_running"))
-            with anyio.fail_after(15):
-                await finished.all.wait()
-            tasks.cancel_scope.cancel()
+        await _deliver(dispatcher, finished, ("sesn_f", ev.new_event("session.status_running")))
         assert len(broken.requests) == 3 and len(gone.requests) == 1
     by_status = {r.last_status: r for r in dispatcher.results}
     assert by_status[500].attempts == 3 and not by_status[500].delivered
@@ -182,11 +184,7 @@ async def test_publishing_never_blocks_and_only_subscribed_types_are_sent(store:
         dispatcher.publish("sesn_q", ev.new_event("agent.message"))  # not a status change: ignored
         assert metrics.webhook_deliveries.labels("dropped")._value.get() == 3
 
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(dispatcher.run)
-            with anyio.fail_after(15):
-                await finished.all.wait()
-            tasks.cancel_scope.cancel()
+        await _deliver(dispatcher, finished)
     # The running event went first (one worker, in order) to no endpoint; only idle was sent.
     (delivery,) = receiver.requests
     assert json.loads(delivery.body)["type"] == "session.status_idle"
@@ -405,12 +403,7 @@ async def test_a_name_that_turns_internal_after_registration_is_not_delivered_to
         dispatcher = WebhookDispatcher(
             store, base_delay=0.01, max_attempts=4, metrics=metrics, on_result=finished, targets=targets
         )
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(dispatcher.run)
-            dispatcher.publish("sesn_r", ev.status_idle("end_turn"))
-            with anyio.fail_after(15):
-                await finished.all.wait()
-            tasks.cancel_scope.cancel()
+        await _deliver(dispatcher, finished, ("sesn_r", ev.status_idle("end_turn")))
 
     assert receiver.requests == []
     (result,) = dispatcher.results
@@ -434,12 +427,7 @@ async def test_a_delivery_connects_to_the_address_that_was_checked(store: Store)
         dispatcher = WebhookDispatcher(
             store, metrics=Metrics(process_metrics=False), on_result=finished, targets=targets
         )
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(dispatcher.run)
-            dispatcher.publish("sesn_p", ev.status_idle("end_turn"))
-            with anyio.fail_after(15):
-                await finished.all.wait()
-            tasks.cancel_scope.cancel()
+        await _deliver(dispatcher, finished, ("sesn_p", ev.status_idle("end_turn")))
 
     (delivery,) = receiver.requests
     assert delivery.headers["host"] == f"hooks.pinned.test:{port}", "the URL's name is kept in Host"
@@ -462,13 +450,8 @@ async def test_an_outcome_verdict_is_delivered_to_its_subscribers(store: Store) 
             result="satisfied",
             explanation="ok",
         )
-        dispatcher.publish("sesn_v", ev.new_event("span.outcome_evaluation_start", outcome_id="outc_1"))
-        dispatcher.publish("sesn_v", verdict)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(dispatcher.run)
-            with anyio.fail_after(15):
-                await finished.all.wait()
-            tasks.cancel_scope.cancel()
+        start = ev.new_event("span.outcome_evaluation_start", outcome_id="outc_1")
+        await _deliver(dispatcher, finished, ("sesn_v", start), ("sesn_v", verdict))
     (delivery,) = receiver.requests
     sent = json.loads(delivery.body)
     assert sent["type"] == "span.outcome_evaluation_end" and sent["data"]["event"]["result"] == "satisfied"
