@@ -8,20 +8,17 @@ verdict is ``valid``, ``invalid`` (refused, or no access token, and no refresh r
 ``unknown`` (the server or token endpoint could not be reached or failed on its side, or
 answered something that says nothing of the token).
 
-What the servers answered is reported with every secret the credential holds scrubbed out, in
-the encodings an echo would use (raw, JSON-escaped, URL-encoded, base64 alone or as Basic
-auth), and cut to ``BODY_LIMIT``; a token endpoint's successful answer is never reported (it
-holds new tokens). Servers behind a tunnel are not probed (that would resolve their names in
+What the servers answered is reported with every secret the credential holds scrubbed out, by
+the egress proxy's scrubber (every encoding an echo would use), and cut to ``BODY_LIMIT``; a
+token endpoint's successful answer is never reported (it holds new tokens). Servers behind a tunnel are not probed (that would resolve their names in
 public DNS); such a credential is ``unknown``.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import urlsplit
 
 import anyio
 import httpx2
@@ -32,6 +29,8 @@ from gateway.resources import vaults
 from gateway.store.base import Body, Store
 from gateway.vault.keyring import KeyRing
 from gateway.vault.mcp_auth import RefreshFailed, refreshed, store_refreshed
+from sandbox_server.egress.forms import unique, value_forms
+from sandbox_server.egress.scrub import Scrub
 
 BODY_LIMIT = 2048
 READ_LIMIT = 64 * 1024
@@ -46,7 +45,7 @@ INITIALIZE = {
         "clientInfo": {"name": "tether-credential-check", "version": "1"},
     },
 }
-Scrub = Callable[[str], str]
+REDACTED = b"[redacted]"
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,7 @@ async def validate(
         "validated_at": ids.timestamp(),
     }
     refresh = auth.get("refresh")
-    scrub = _scrubber(secrets, refresh.get("client_id") if refresh else None)
+    scrub = _scrubber(secrets)
     token = secrets.get("access_token")
     if not token:
         return {**result, "status": "invalid"}
@@ -166,9 +165,7 @@ async def validate(
             "status": "unknown" if transient else "invalid",
             "refresh": {"status": "failed", "http_response": shown},
         }
-    scrub = _scrubber(
-        {**secrets, **{k: v for k, v in answer.items() if isinstance(v, str)}}, refresh.get("client_id")
-    )
+    scrub = _scrubber({**secrets, **{k: v for k, v in answer.items() if isinstance(v, str)}})
     fresh = await store_refreshed(store, keyring, credential, secrets, answer)
     result["refresh"] = {"status": "succeeded", "http_response": None}
     second = await probe(auth["mcp_server_url"], fresh)
@@ -179,32 +176,21 @@ async def validate(
     return {**result, "status": "invalid" if refused else "unknown"}
 
 
-def _scrubber(secrets: dict[str, str], client_id: str | None) -> Scrub:
-    """Every secret out of a text, in the forms an echo of it could take."""
-    values = [v for v in secrets.values() if isinstance(v, str) and v]
-    forms: set[str] = set()
-    for value in values:
-        forms |= {value, json.dumps(value)[1:-1], json.dumps(value)[1:-1].replace("/", "\\/")}
-        forms |= {quote(value, safe=""), quote_plus(value), base64.b64encode(value.encode()).decode()}
-        if client_id:
-            forms.add(base64.b64encode(f"{client_id}:{value}".encode()).decode())
-    ordered = sorted(forms, key=len, reverse=True)
-
-    def scrub(text: str) -> str:
-        for form in ordered:
-            text = text.replace(form, "[redacted]")
-        return text
-
-    return scrub
+def _scrubber(secrets: dict[str, str]) -> Scrub:
+    """Every secret out of a text, in every form an echo could take: the egress proxy's scrubber
+    (``sandbox_server.egress.scrub``: raw in any case, JSON, HTML, percent and line-break
+    escapes undone, hex, base64 at every alignment, so ``Basic base64(id:secret)`` too)."""
+    forms = [form for value in secrets.values() if value for form in value_forms(value.encode(), REDACTED)]
+    return Scrub(tuple(unique(forms)))
 
 
 def _captured(reply: Reply | None, scrub: Scrub) -> Body | None:
     if reply is None:
         return None
-    text = scrub(reply.body.decode("utf-8", "replace"))
+    text = scrub.apply(reply.body).decode("utf-8", "replace")
     return {
         "status_code": reply.status_code,
-        "content_type": scrub(reply.content_type),
+        "content_type": scrub.apply_text(reply.content_type),
         "body": text[:BODY_LIMIT],
         "body_truncated": len(text) > BODY_LIMIT or len(reply.body) >= READ_LIMIT,
     }
