@@ -20,7 +20,6 @@ from gateway.schemas.sessions import (
     file_references,
 )
 from gateway.sessionlog.events import new_event
-from gateway.sessionlog.outcomes import OutcomeState
 from gateway.store.base import Body, Store
 
 KIND = "deployment_run"
@@ -93,10 +92,7 @@ async def _start_session(
             new_event(event["type"], **{k: v for k, v in event.items() if k != "type"}, id=event_id)
             for event, event_id in zip(deployment["initial_events"], event_ids, strict=True)
         ]
-        defined = [sessions.with_outcome_id(body) for body in events if body["type"] == "user.define_outcome"]
-        await store.append_events(session_id, events)
-        for body in defined:
-            await sessions.record_outcome(store, session_id, OutcomeState(body, 0, 0).entry(working=False))
+        await sessions.append_input(store, session_id, events)
 
 
 async def _ensure_work(store: Store, session: Body) -> None:

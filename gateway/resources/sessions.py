@@ -246,18 +246,23 @@ async def accept_events(store: Store, session: Body, events: list[Any]) -> list[
         for index, event in enumerate(events):
             _check_event(index, event, pending, answered, transcript)
     bodies = [new_event(e.type, **e.model_dump(exclude_none=True, exclude={"type"})) for e in events]
-    defined = [with_outcome_id(body) for body in bodies if body["type"] == "user.define_outcome"]
+    defined = [body for body in bodies if body["type"] == "user.define_outcome"]
     if defined:
-        _one_outcome_at_a_time(session, defined)
-    stored = await store.append_events(session["id"], bodies)
-    for body in defined:  # only if the harness has not already said more
-        await record_outcome(
-            store, session["id"], OutcomeState(body, 0, 0).entry(working=False), replace=False
-        )
+        _one_outcome_at_a_time(session, [_with_outcome_id(body) for body in defined])
+    return await append_input(store, session["id"], bodies)
+
+
+async def append_input(store: Store, session_id: str, bodies: list[Body]) -> list[StoredEvent]:
+    """Append client input (checked already) in one batch: an outcome it defines gets its id
+    and a ``pending`` entry on the session (unless the harness has already said more)."""
+    defined = [_with_outcome_id(body) for body in bodies if body["type"] == "user.define_outcome"]
+    stored = await store.append_events(session_id, bodies)
+    for body in defined:
+        await record_outcome(store, session_id, OutcomeState(body, 0, 0).entry(working=False), replace=False)
     return stored
 
 
-def with_outcome_id(body: Body) -> Body:
+def _with_outcome_id(body: Body) -> Body:
     """A ``user.define_outcome`` gets its ``outc_`` id from its event id, so an event appended
     again after a crash (same id) names the same outcome."""
     body["outcome_id"] = "outc_" + body["id"].split("_", 1)[1]
