@@ -36,9 +36,9 @@ from gateway.store.base import (
     StoredEvent,
 )
 from gateway.store.chain import ChainLink
+from gateway.store.pg_batch import Append, Heads, pg_group_commit
 from gateway.store.pg_errors import translate_errors
 from gateway.store.pg_listener import CHANNEL, GONE, Listener, Waiters
-from gateway.store.pg_log import append_to_log
 from gateway.store.pg_schema import migrate
 from gateway.store.text_search import like_pattern, postgres_match
 
@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5.0
 """Seconds to wait for a new connection: an unreachable server is an outage, not a hang."""
 
+APPENDER_APPLICATION_NAME = "tether-appender"
+"""Names the group-commit connection in ``pg_stat_activity``."""
+
 _NOW = "extract(epoch FROM clock_timestamp())::float8"
 
 
@@ -54,10 +57,20 @@ _NOW = "extract(epoch FROM clock_timestamp())::float8"
 class PostgresStore:
     """Create with ``await PostgresStore.connect(dsn)``; the constructor does no I/O."""
 
-    def __init__(self, pool: asyncpg.Pool, listener: Listener, waiters: Waiters) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, appender: asyncpg.Pool, listener: Listener, waiters: Waiters
+    ) -> None:
         self._pool = pool
+        self._appender = appender
         self._listener = listener
         self._waiters = waiters
+        self._heads = Heads()
+        self._appends = pg_group_commit(appender, self._heads)
+
+    @property
+    def append_commits(self) -> int:
+        """Statements that carried appends; fewer than appends when group commit batched them."""
+        return self._appends.commits
 
     @classmethod
     async def connect(
@@ -67,22 +80,29 @@ class PostgresStore:
 
         ``ping_interval`` bounds how long a silently dead LISTEN connection goes unnoticed.
         """
-        pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init_connection, timeout=CONNECT_TIMEOUT
-        )
+        pool = await _pool(dsn, min_size, max_size)
+        appender: asyncpg.Pool | None = None
         try:
             async with pool.acquire() as conn:
                 await migrate(conn)
+            # Group commit writes on one connection at a time; its one statement shape gets
+            # a generic plan, since planning it afresh would cost more than running it.
+            appender = await _pool(
+                dsn, 1, 1, plan_cache_mode="force_generic_plan", application_name=APPENDER_APPLICATION_NAME
+            )
             waiters = Waiters()
             listener = Listener(dsn, waiters, ping_interval)
             await listener.start()
         except BaseException:
             await pool.close()
+            if appender is not None:
+                await appender.close()
             raise
-        return cls(pool, listener, waiters)
+        return cls(pool, appender, listener, waiters)
 
     async def close(self) -> None:
         await self._listener.stop()
+        await self._appender.close()
         await self._pool.close()
 
     async def check(self) -> None:
@@ -117,6 +137,7 @@ class PostgresStore:
                 # Streams of the session, in every process, learn that it is gone.
                 await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, GONE + resource_id)
         if kind == "session":
+            self._heads.forget(resource_id)
             self._waiters.notify(resource_id, gone=True)
         return bool(status != "DELETE 0")
 
@@ -204,8 +225,7 @@ class PostgresStore:
     async def append_events(
         self, session_id: str, events: Sequence[Body], fence: Lease | None = None
     ) -> list[StoredEvent]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            stored = await append_to_log(conn, session_id, events, fence)
+        stored: list[StoredEvent] = await self._appends.submit(session_id, Append(events, fence))
         # Our own listener will hear the NOTIFY too; waking local waiters now saves the
         # round trip and keeps them prompt while the listener is reconnecting.
         self._waiters.notify(session_id)
@@ -347,6 +367,24 @@ class _Params:
     def __call__(self, value: Any) -> str:
         self.values.append(value)
         return f"${len(self.values)}"
+
+
+async def _pool(dsn: str, min_size: int, max_size: int, **server_settings: str) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        reset=_keep_session,
+        timeout=CONNECT_TIMEOUT,
+        server_settings=server_settings or None,
+    )
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Nothing to reset on release: the store never leaves session state behind (no SET, no
+    LISTEN, no session-level advisory lock, no open cursor), and asyncpg itself rolls back
+    an open transaction. The default reset would cost a round trip on every release."""
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -26,6 +26,7 @@ from gateway.store.base import (
 )
 from gateway.store.chain import ChainLink
 from gateway.store.notifier import Notifier
+from gateway.store.sqlite_batch import sqlite_group_commit
 from gateway.store.sqlite_conn import BUSY_TIMEOUT_SECONDS, Connections
 from gateway.store.sqlite_log import append_to_log
 from gateway.store.sqlite_schema import migrate
@@ -44,7 +45,13 @@ class SQLiteStore:
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         self._db = Connections(self._path, migrate, busy_timeout)
+        self._appends = sqlite_group_commit(self._db)
         self._notifier = Notifier()
+
+    @property
+    def append_commits(self) -> int:
+        """Commits that carried appends; fewer than appends when group commit batched them."""
+        return self._appends.commits
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """A read: on a connection of its own, never behind a write."""
@@ -234,7 +241,7 @@ class SQLiteStore:
         def append(conn: sqlite3.Connection) -> list[StoredEvent]:
             return append_to_log(conn, session_id, events, fence)
 
-        stored = await self._transaction(append)
+        stored: list[StoredEvent] = await self._appends.submit(session_id, append)
         self._notifier.notify(session_id)
         return stored
 

@@ -86,7 +86,7 @@ class Connections:
         )
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA synchronous=FULL")  # a commit is on disk when it returns
         except sqlite3.Error:
             conn.close()
             raise

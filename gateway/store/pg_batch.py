@@ -1,0 +1,277 @@
+"""PostgreSQL's side of group commit: a batch of appends, one per session, in one statement.
+
+The locking path (``pg_log.append_to_log``) takes five to eight round trips per append:
+begin, lock the head, insert, move the head, wake-up, status, notify, commit. Here a batch
+of appends from different sessions is one statement in autocommit, so one round trip and one
+WAL flush serve them all:
+
+- each append names the head it builds on (``expected``: last seq and hash). The statement
+  moves a session's head only if it still is that head (``ON CONFLICT ... WHERE``, checked
+  against the latest committed row under its lock), and inserts that session's events, its
+  wake-up and its status only if the head moved. A session whose head had moved is not
+  written; its append is retried on top of the new head.
+- a fenced append reads its lease ``FOR SHARE`` in the same statement, so a takeover waits
+  for it to commit, exactly as on the locking path.
+- heads are remembered per process after every append, so a session's writer (its harness)
+  needs no read before writing; an unknown head costs one read.
+- the chain's hashes cover the bodies as jsonb returns them. A body of strings, integers,
+  booleans and nulls comes back equal to what was sent; a body with a float (which jsonb
+  may print differently) is first normalised by the database, one more round trip.
+
+Any error the server reports rolls the whole statement back; the batch's appends are then
+replayed one by one on the locking path, so each caller gets its own outcome. A lost
+connection fails the batch: its commit is in doubt, as for a single append.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from gateway.store.base import (
+    WAKES_HARNESS,
+    Body,
+    Lease,
+    LeaseLost,
+    StoredEvent,
+    attention_after,
+    status_after,
+)
+from gateway.store.chain import GENESIS, link_hash
+from gateway.store.clock import commit_times
+from gateway.store.group_commit import GroupCommit, Pending
+from gateway.store.pg_listener import CHANNEL
+from gateway.store.pg_log import append_to_log
+
+HEADS_REMEMBERED = 10_000
+MAX_ATTEMPTS = 8
+"""Optimistic attempts before an append that keeps losing its head takes the locking path."""
+
+
+@dataclass(frozen=True)
+class Head:
+    seq: int
+    hash: str
+    processed_at: str | None
+
+
+NEW = Head(0, GENESIS, None)
+
+
+@dataclass(frozen=True)
+class Append:
+    events: Sequence[Body]
+    fence: Lease | None
+
+
+class Heads:
+    """The last known head of recently written sessions (a hint: the statement checks it)."""
+
+    def __init__(self, size: int = HEADS_REMEMBERED) -> None:
+        self._size = size
+        self._known: OrderedDict[str, Head] = OrderedDict()
+
+    def get(self, session_id: str) -> Head | None:
+        return self._known.get(session_id)
+
+    def put(self, session_id: str, head: Head) -> None:
+        self._known[session_id] = head
+        self._known.move_to_end(session_id)
+        while len(self._known) > self._size:
+            self._known.popitem(last=False)
+
+    def forget(self, session_id: str) -> None:
+        self._known.pop(session_id, None)
+
+
+def pg_group_commit(pool: asyncpg.Pool, heads: Heads) -> GroupCommit:
+    async def commit(batch: list[Pending], group: GroupCommit) -> None:
+        async with pool.acquire() as conn:
+            await _commit(conn, heads, batch, group)
+
+    return GroupCommit(commit, one_per_session=True)
+
+
+async def _commit(conn: asyncpg.Connection, heads: Heads, batch: list[Pending], group: GroupCommit) -> None:
+    late = [p for p in batch if p.attempts >= MAX_ATTEMPTS or not p.work.events]
+    batch = sorted((p for p in batch if p not in late), key=lambda p: p.session_id)
+    for pending in late:
+        await _one_by_one(conn, pending)
+    if not batch:
+        return
+    try:
+        known = await _heads_of(conn, heads, [p.session_id for p in batch])
+        planned = [await _plan(conn, p, known[p.session_id]) for p in batch]
+        rows = await conn.fetch(WRITE, *_arguments(batch, planned))
+    except asyncpg.PostgresError:
+        for pending in batch:  # the statement rolled back as a whole: each on its own now
+            heads.forget(pending.session_id)
+            await _one_by_one(conn, pending)
+        return
+    verdicts = {row["session_id"]: (row["fenced"], row["applied"]) for row in rows}
+    for pending, stored in zip(batch, planned, strict=True):
+        fenced, applied = verdicts[pending.session_id]
+        if applied:
+            last = stored[-1]
+            heads.put(pending.session_id, Head(last.seq, last.hash, last.body["processed_at"]))
+            pending.succeed(stored)
+        elif not fenced:
+            fence = pending.work.fence
+            pending.fail(
+                LeaseLost(f"lease on {pending.session_id} generation {fence.generation} was taken over")
+            )
+        else:
+            heads.forget(pending.session_id)  # someone else appended: build on their head
+            group.retry(pending)
+
+
+async def _one_by_one(conn: asyncpg.Connection, pending: Pending) -> None:
+    """The locking path for one append, with its own outcome."""
+    try:
+        async with conn.transaction():
+            stored = await append_to_log(conn, pending.session_id, pending.work.events, pending.work.fence)
+    except Exception as exc:
+        pending.fail(exc)
+        return
+    pending.succeed(stored)
+
+
+async def _heads_of(conn: asyncpg.Connection, heads: Heads, sessions: list[str]) -> dict[str, Head]:
+    known = {s: head for s in sessions if (head := heads.get(s)) is not None}
+    unknown = [s for s in sessions if s not in known]
+    if unknown:
+        rows = await conn.fetch(
+            "SELECT h.session_id, h.last_seq, h.last_hash, e.processed_at FROM event_heads h "
+            "LEFT JOIN events e ON e.session_id = h.session_id AND e.seq = h.last_seq "
+            "WHERE h.session_id = ANY($1::text[])",
+            unknown,
+        )
+        found = {r["session_id"]: Head(r["last_seq"], r["last_hash"], r["processed_at"]) for r in rows}
+        known |= {s: found.get(s, NEW) for s in unknown}
+    return known
+
+
+async def _plan(conn: asyncpg.Connection, pending: Pending, head: Head) -> list[StoredEvent]:
+    """The events of ``pending`` as they will be stored on top of ``head``."""
+    events: Sequence[Body] = pending.work.events
+    if all(_survives_jsonb(body) for body in events):
+        bodies = [dict(body) for body in events]
+    else:
+        bodies = await conn.fetchval(
+            "SELECT ARRAY(SELECT b FROM unnest($1::jsonb[]) WITH ORDINALITY AS t(b, n) ORDER BY n)",
+            list(events),
+        )
+    stored, prev = [], head.hash
+    times = commit_times(head.processed_at, len(bodies))
+    for offset, body in enumerate(bodies, start=1):
+        body["processed_at"] = times[offset - 1]
+        seq = head.seq + offset
+        digest = link_hash(pending.session_id, seq, prev, body)
+        stored.append(StoredEvent(pending.session_id, seq, body["id"], body["type"], body, prev, digest))
+        prev = digest
+    return stored
+
+
+def _survives_jsonb(value: Any) -> bool:
+    """Whether jsonb returns ``value`` exactly as sent: no floats, string keys only."""
+    if isinstance(value, str | int) or value is None:  # bool is an int
+        return True
+    if isinstance(value, list):
+        return all(_survives_jsonb(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _survives_jsonb(item) for key, item in value.items())
+    return False
+
+
+WRITE = """
+WITH input AS (
+    SELECT * FROM unnest(
+        $1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::bigint[],
+        $8::text[], $9::text[], $10::bool[], $11::bool[], $12::text[], $13::bigint[]
+    ) AS t(session_id, expected_seq, expected_hash, new_seq, new_hash, owner, generation,
+           status, updated_at, attention_set, attention_keep, attention, wake_seq)
+),
+fenced AS (
+    SELECT l.session_id FROM leases l
+    JOIN input i ON i.session_id = l.session_id AND i.owner = l.owner AND i.generation = l.generation
+    FOR SHARE OF l
+),
+moved AS (
+    INSERT INTO event_heads AS h (session_id, last_seq, last_hash)
+    SELECT i.session_id, i.new_seq, i.new_hash FROM input i
+    WHERE (i.owner IS NULL OR i.session_id IN (SELECT session_id FROM fenced))
+      AND (i.expected_seq = 0 OR EXISTS (SELECT 1 FROM event_heads x WHERE x.session_id = i.session_id))
+    ORDER BY i.session_id
+    ON CONFLICT (session_id) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash
+    WHERE h.last_hash = (SELECT i.expected_hash FROM input i WHERE i.session_id = h.session_id)
+    RETURNING h.session_id
+),
+logged AS (
+    INSERT INTO events (session_id, seq, id, type, processed_at, body, prev_hash, hash)
+    SELECT * FROM unnest(
+        $14::text[], $15::bigint[], $16::text[], $17::text[], $18::text[], $19::jsonb[], $20::text[], $21::text[]
+    ) AS e(session_id, seq, id, type, processed_at, body, prev_hash, hash)
+    WHERE e.session_id IN (SELECT session_id FROM moved)
+),
+woken AS (
+    INSERT INTO wakeups (session_id, wake_seq)
+    SELECT i.session_id, i.wake_seq FROM input i
+    WHERE i.wake_seq IS NOT NULL AND i.session_id IN (SELECT session_id FROM moved)
+    ON CONFLICT (session_id) DO UPDATE SET wake_seq = excluded.wake_seq
+),
+marked AS (
+    UPDATE resources r SET body = r.body
+        || CASE WHEN i.status IS NULL THEN '{}'::jsonb
+                ELSE jsonb_build_object('status', i.status, 'updated_at', i.updated_at) END
+        || CASE WHEN NOT i.attention_set THEN '{}'::jsonb
+                ELSE jsonb_build_object('tether_attention', CASE WHEN i.attention_keep
+                     AND r.body ->> 'tether_attention' = 'error' THEN 'error' ELSE i.attention END) END
+    FROM input i
+    WHERE r.kind = 'session' AND r.id = i.session_id AND (i.status IS NOT NULL OR i.attention_set)
+      AND i.session_id IN (SELECT session_id FROM moved)
+),
+notified AS (SELECT pg_notify($22, session_id) FROM moved)
+SELECT i.session_id,
+       i.owner IS NULL OR i.session_id IN (SELECT session_id FROM fenced) AS fenced,
+       i.session_id IN (SELECT session_id FROM moved) AS applied,
+       (SELECT count(*) FROM notified) AS notified
+FROM input i
+"""
+
+
+def _arguments(batch: list[Pending], planned: list[list[StoredEvent]]) -> list[Any]:
+    """The statement's 22 parameters: 13 arrays with a row per session, 8 with a row per event."""
+    per_session: list[list[Any]] = [[] for _ in range(13)]
+    per_event: list[list[Any]] = [[] for _ in range(8)]
+    for pending, stored in zip(batch, planned, strict=True):
+        first, last = stored[0], stored[-1]
+        fence: Lease | None = pending.work.fence
+        bodies = [e.body for e in stored]
+        status, attention = status_after(bodies), attention_after(bodies)
+        wakes = [e.seq for e in stored if e.type in WAKES_HARNESS]
+        row = (
+            first.session_id,
+            first.seq - 1,
+            first.prev_hash,
+            last.seq,
+            last.hash,
+            fence.owner if fence else None,
+            fence.generation if fence else None,
+            status,
+            last.body["processed_at"],
+            attention is not None,
+            attention[0] if attention else False,
+            attention[1] if attention else None,
+            wakes[-1] if wakes else None,
+        )
+        for column, value in zip(per_session, row, strict=True):
+            column.append(value)
+        for e in stored:
+            values = (e.session_id, e.seq, e.id, e.type, e.body["processed_at"], e.body, e.prev_hash, e.hash)
+            for column, value in zip(per_event, values, strict=True):
+                column.append(value)
+    return [*per_session, *per_event, CHANNEL]
