@@ -25,12 +25,14 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._table import Row, as_json, render
 from bench.session_log import CONCURRENCY, append_throughput, fresh_database
 from gateway import ids
 
@@ -78,14 +80,11 @@ async def raw_postgres(url: str, count: int) -> float:
         await conn.close()
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=200, help="events per session")
-    parser.add_argument("--backends", default="sqlite,postgres")
-    args = parser.parse_args()
+async def measure(events: int = 200, backends: Sequence[str] = ("sqlite", "postgres")) -> list[Row]:
+    """Tether vs the raw loop per backend and concurrency, measured in this run."""
     workdir = Path(tempfile.mkdtemp(prefix="tether-bench-"))
-    print(f"{'backend':<9} {'sessions':>8} {'tether ev/s':>12} {'raw ev/s':>10} {'ratio':>7} {'goal':>7}")
-    for backend in args.backends.split(","):
+    rows = []
+    for backend in backends:
         url, drop = await fresh_database(backend, workdir)
         try:
             if backend == "sqlite":
@@ -97,13 +96,32 @@ async def main() -> None:
         for sessions in CONCURRENCY:
             url, drop = await fresh_database(backend, workdir)
             try:
-                rate = await append_throughput(url, sessions, args.events)
+                rate = await append_throughput(url, sessions, events)
             finally:
                 await drop()
             goal = GOALS[backend, sessions]
-            verdict = "" if goal is None else f">= {goal}x {'met' if rate / raw >= goal else 'NOT met'}"
-            print(f"{backend:<9} {sessions:>8} {rate:>12.0f} {raw:>10.0f} {rate / raw:>6.2f}x  {verdict}")
+            rows.append(
+                Row(
+                    f"durable append, {backend}, {sessions} session{'s' if sessions > 1 else ''}",
+                    f"{rate:,.0f} ev/s",
+                    f"{raw:,.0f} ev/s raw",
+                    rate / raw,
+                    "" if goal is None else f">= {goal}x raw",
+                    None if goal is None else rate / raw >= goal,
+                )
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=200, help="events per session")
+    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args()
+    rows = asyncio.run(measure(args.events, args.backends.split(",")))
+    print(as_json(rows) if args.json else render(rows))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

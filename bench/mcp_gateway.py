@@ -36,6 +36,7 @@ from mcp.client.streamable_http import streamable_http_client
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench._table import Row, render  # noqa: E402
 from tests.support.mcp_gateway_stack import (  # noqa: E402
     STDIO_SERVER,
     GatewayStack,
@@ -107,10 +108,8 @@ async def run(stack: GatewayStack, upstream_url: str, calls: int) -> dict[str, l
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--calls", type=int, default=200)
-    args = parser.parse_args()
+def measure(calls: int = 200) -> dict[str, list[float]]:
+    """Seconds per call for each path, all measured in this run."""
     api_key = "bench-" + secrets.token_hex(8)
     upstream = start_upstream("bench")
     with tempfile.TemporaryDirectory() as data:
@@ -125,15 +124,38 @@ def main() -> None:
                 "/v1/mcp_virtual_servers",
                 {"name": "bench", "servers": [{"server": "up", "tools": ["add"]}, {"server": "local"}]},
             )
-            results = asyncio.run(run(stack, upstream.url, args.calls))
+            return asyncio.run(run(stack, upstream.url, calls))
         finally:
             gateway.stop()
             upstream.stop()
+
+
+def rows(results: dict[str, list[float]]) -> list[Row]:
+    """Issue #16's latency goal: through the gateway <= 1.3x the direct call (medians)."""
+    direct = statistics.median(results["direct"])
+    stdio = statistics.median(results["stdio-direct"])
+    out = []
+    for name, base, label in (
+        ("gateway", direct, "MCP call via /mcp/{name}, 2026-07-28 client"),
+        ("legacy", direct, "MCP call via /mcp/{name}, 2025-11-25 session"),
+        ("stdio-gw", stdio, "MCP call via the gateway to a stdio server"),
+    ):
+        value = statistics.median(results[name])
+        baseline = f"{base * 1000:.1f} ms direct"
+        out.append(
+            Row(label, f"{value * 1000:.1f} ms", baseline, value / base, "<= 1.3x", value / base <= 1.3)
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=200)
+    args = parser.parse_args()
+    results = measure(args.calls)
     for name, samples in results.items():
         print(_summary(name, samples))
-    ratio = statistics.median(results["gateway"]) / statistics.median(results["direct"])
-    stdio_ratio = statistics.median(results["stdio-gw"]) / statistics.median(results["stdio-direct"])
-    print(f"gateway/direct {ratio:.2f}x   stdio-gw/stdio-direct {stdio_ratio:.2f}x")
+    print(render(rows(results)))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ Prints, each with its ratio to the issue's baseline (measured on main d50ebc6, 2
 * ``idle RSS``: resident memory of a started, idle sandbox server (slim entry point);
 * ``bash true``: a ``bash`` call through MCP (streamable HTTP, the sandbox's token) vs raw
   ``bwrap <the server's exact args> true`` (``bench/sandbox_exec.py`` splits it further);
-* ``gateway listening``: ``tether gateway`` from spawn to its ready line (its CPU seconds too).
+* ``gateway listening``: ``tether gateway`` from spawn to its ready line;
+* ``demo``: the wall time of ``tether demo`` (scripted model, local sandbox, SQLite).
+
+``--json`` prints the rows as JSON; ``bench/run.py`` puts them in the project's one table.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import asyncio
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +33,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench._table import Row, as_json, render  # noqa: E402
 from bench.sandbox_exec import _bench_mcp, _bench_raw  # noqa: E402
 from gateway.tools.sandbox import SandboxPool  # noqa: E402
 from tests.support.processes import start_server  # noqa: E402
@@ -38,8 +43,8 @@ BASELINE = {
     "rss": 117.0,  # MB
     "ratio": 2.64,  # bash true: mcp / raw
     "gateway": 7.0,  # seconds, the better end of "7-15 s"
+    "demo": 10.0,  # seconds, the better end of "10-11 s"
 }
-GOALS = {"start p50": "<= 0.100 s", "start p99": "<= 0.200 s", "rss": "<= 25 MB", "ratio": "<= 1.5x"}
 ARGS = ["--egress", "none"]
 
 
@@ -124,49 +129,114 @@ def _gateway_listening(data_dir: Path) -> tuple[float, float]:
     return wall, cpu
 
 
+def _demo_wall(data_dir: Path) -> float:
+    """Wall seconds of ``tether demo`` (the README's first command, once installed)."""
+    env = {**os.environ, "ANTHROPIC_API_KEY": "", "TETHER_DATA_DIR": str(data_dir)}
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "demo"], env=env, check=True, capture_output=True, cwd=REPO_ROOT
+    )
+    return time.perf_counter() - started
+
+
+def measure(starts: int = 20, calls: int = 50, gateways: int = 3, demos: int = 3) -> list[Row]:
+    """The rows of issue #17's sandbox and start-up goals, measured in this run."""
+    with tempfile.TemporaryDirectory(prefix="tether-bench-") as scratch:
+        root = Path(scratch)
+        cold, cold_first, rss = asyncio.run(_starts(root / "cold", starts, warm=0))
+        warm, warm_first, warm_rss = asyncio.run(_starts(root / "warm", starts, warm=1))
+        mcp, raw = _bash_true(root / "exec", calls)
+        started = [_gateway_listening(root / f"gw{i}") for i in range(gateways)]
+        demo = statistics.median(_demo_wall(root / f"demo{i}") for i in range(demos))
+    base_start = f"{BASELINE['start'] * 1000:.0f} ms"
+    rows = []
+    for name, samples, first in (("warm pool", warm, warm_first), ("cold", cold, cold_first)):
+        p50, p99 = statistics.median(samples), _pct(samples, 0.99)
+        goals = name == "warm pool"
+        rows += [
+            Row(
+                f"sandbox start p50, {name}",
+                f"{p50 * 1000:.0f} ms",
+                base_start,
+                p50 / BASELINE["start"],
+                "<= 100 ms" if goals else "",
+                p50 <= 0.100 if goals else None,
+            ),
+            Row(
+                f"sandbox start p99, {name}",
+                f"{p99 * 1000:.0f} ms",
+                base_start,
+                p99 / BASELINE["start"],
+                "<= 200 ms" if goals else "",
+                p99 <= 0.200 if goals else None,
+            ),
+            Row(
+                f"sandbox start + first bash p50, {name}",
+                f"{statistics.median(first) * 1000:.0f} ms",
+                base_start,
+                statistics.median(first) / BASELINE["start"],
+                "",
+                None,
+            ),
+        ]
+    for name, value in (("warm", warm_rss), ("cold", rss)):
+        rows.append(
+            Row(
+                f"idle sandbox RSS ({name})",
+                f"{value:.1f} MB",
+                f"{BASELINE['rss']:.0f} MB",
+                value / BASELINE["rss"],
+                "<= 25 MB",
+                value <= 25,
+            )
+        )
+    rows.append(
+        Row(
+            "`bash true` through MCP vs raw bwrap",
+            f"{mcp * 1000:.1f} ms",
+            f"{raw * 1000:.1f} ms",
+            mcp / raw,
+            "<= 1.5x",
+            mcp / raw <= 1.5,
+        )
+    )
+    wall = statistics.median(g[0] for g in started)
+    rows.append(
+        Row(
+            "gateway start to listening",
+            f"{wall:.2f} s",
+            f"{BASELINE['gateway']:.0f} s",
+            wall / BASELINE["gateway"],
+            "<= 1.5 s",
+            wall <= 1.5,
+        )
+    )
+    rows.append(
+        Row(
+            "`tether demo` wall time",
+            f"{demo:.2f} s",
+            f"{BASELINE['demo']:.0f} s",
+            demo / BASELINE["demo"],
+            "<= 3 s",
+            demo <= 3,
+        )
+    )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--starts", type=int, default=20, help="sandbox starts per variant (default 20)")
     parser.add_argument("--calls", type=int, default=50, help="bash true calls (default 50)")
     parser.add_argument("--gateways", type=int, default=3, help="gateway starts (default 3)")
+    parser.add_argument("--demos", type=int, default=3, help="demo runs (default 3)")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
-    load = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="tether-bench-") as scratch:
-        root = Path(scratch)
-        cold, cold_first, rss = asyncio.run(_starts(root / "cold", args.starts, warm=0))
-        warm, warm_first, warm_rss = asyncio.run(_starts(root / "warm", args.starts, warm=1))
-        mcp, raw = _bash_true(root / "exec", args.calls)
-        gateways = [_gateway_listening(root / f"gw{i}") for i in range(args.gateways)]
-
-    def row(path: str, value: str, ratio: float | None, goal: str) -> None:
-        shown = f"{ratio:.2f}x" if ratio is not None else "-"
-        print(f"{path:<34} {value:>22} {shown:>10}   {goal}")
-
-    print(f"sandbox start and footprint (uid {os.geteuid()}, {os.cpu_count()} CPUs, load {load:.1f})")
-    print(f"{'path':<34} {'Tether':>22} {'vs base':>10}   goal")
-    for name, samples, first in (("cold", cold, cold_first), ("warm pool", warm, warm_first)):
-        p50, p99 = statistics.median(samples), _pct(samples, 0.99)
-        row(f"start {name} p50 (ready)", f"{p50 * 1000:.0f} ms", p50 / BASELINE["start"], GOALS["start p50"])
-        row(f"start {name} p99 (ready)", f"{p99 * 1000:.0f} ms", p99 / BASELINE["start"], GOALS["start p99"])
-        f50 = statistics.median(first)
-        row(f"start {name} p50 (+ bash true)", f"{f50 * 1000:.0f} ms", f50 / BASELINE["start"], "")
-    row("idle sandbox RSS (cold)", f"{rss:.1f} MB", rss / BASELINE["rss"], GOALS["rss"])
-    row("idle sandbox RSS (warm)", f"{warm_rss:.1f} MB", warm_rss / BASELINE["rss"], GOALS["rss"])
-    ratio = mcp / raw
-    row(
-        "bash true: MCP / raw bwrap",
-        f"{mcp * 1000:.1f} / {raw * 1000:.1f} ms",
-        ratio / BASELINE["ratio"],
-        f"{GOALS['ratio']} (now {ratio:.2f}x)",
+    print(
+        f"sandbox start and footprint (uid {os.geteuid()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})"
     )
-    wall = statistics.median(g[0] for g in gateways)
-    cpu = statistics.median(g[1] for g in gateways)
-    row(
-        "gateway start to listening",
-        f"{wall:.2f} s ({cpu:.2f} CPU s)",
-        wall / BASELINE["gateway"],
-        "<= 1.5 s",
-    )
+    rows = measure(args.starts, args.calls, args.gateways, args.demos)
+    print(as_json(rows) if args.json else render(rows))
 
 
 if __name__ == "__main__":
