@@ -5,28 +5,34 @@ begin, lock the head, insert, move the head, wake-up, status, notify, commit. He
 of appends from different sessions is one statement in autocommit, so one round trip and one
 WAL flush serve them all:
 
-- each append names the head it builds on (``expected``: last seq and hash). The statement
-  moves a session's head only if it still is that head (``ON CONFLICT ... WHERE``, checked
-  against the latest committed row under its lock), and inserts that session's events, its
-  wake-up and its status only if the head moved. A session whose head had moved is not
-  written; its append is retried on top of the new head.
+- each append names the head it builds on (its last seq and hash). The statement moves a
+  session's head only if it still is that head (an ``UPDATE ... WHERE last_hash = expected``,
+  rechecked against the latest row; a new session's head is an ``INSERT ... ON CONFLICT DO
+  NOTHING``), and writes that session's events, wake-up, status and notification only if the
+  head moved. A head another transaction holds is skipped (``SKIP LOCKED``), never waited for.
+  An append whose head moved or was held is retried a moment later on the new head; after
+  ``MAX_ATTEMPTS`` it takes the locking path in a task of its own, so one stalled session
+  never holds up the others, and its caller can still give up.
 - a fenced append reads its lease ``FOR SHARE`` in the same statement, so a takeover waits
   for it to commit, exactly as on the locking path.
 - heads are remembered per process after every append, so a session's writer (its harness)
-  needs no read before writing; an unknown head costs one read.
-- the chain's hashes cover the bodies as jsonb returns them. A body of strings, integers,
-  booleans and nulls comes back equal to what was sent; a body with a float (which jsonb
-  may print differently) is first normalised by the database, one more round trip.
+  needs no read before writing; an unknown head costs one read. A head remembered for a
+  session deleted meanwhile matches no row, so the append is retried on a fresh log.
+- the chain's hashes cover the bodies as jsonb returns them. A body of well-formed strings,
+  integers, booleans and nulls comes back equal to what was sent; any other body (a float,
+  which jsonb may print differently; surrogate code points) is first normalised by the
+  database, one more round trip.
 
-Any error the server reports rolls the whole statement back; the batch's appends are then
-replayed one by one on the locking path, so each caller gets its own outcome. A lost
-connection fails the batch: its commit is in doubt, as for a single append.
+A body that cannot be stored fails its own append. Any other error the server reports rolls
+the whole statement back; its appends then take the locking path one by one, so each caller
+gets its own outcome. A lost connection fails the batch: whether it committed is unknown, as
+for a single append.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,12 +50,19 @@ from gateway.store.base import (
 from gateway.store.chain import GENESIS, link_hash
 from gateway.store.clock import commit_times
 from gateway.store.group_commit import GroupCommit, Pending
+from gateway.store.pg_errors import unavailable
 from gateway.store.pg_listener import CHANNEL
 from gateway.store.pg_log import append_to_log
 
 HEADS_REMEMBERED = 10_000
 MAX_ATTEMPTS = 8
 """Optimistic attempts before an append that keeps losing its head takes the locking path."""
+RETRY_DELAY = 0.001
+"""Seconds before a retry, times the attempts so far: a head another writer holds is skipped,
+not waited for, so the retry gives that writer time to finish."""
+LOCK_TIMEOUT = "5s"
+"""The appender connection's ``lock_timeout``: a backstop for the row locks the statement does
+wait for (a lease being taken over, the session's row); past it the batch's appends finish aside."""
 
 
 @dataclass(frozen=True)
@@ -88,75 +101,85 @@ class Heads:
         self._known.pop(session_id, None)
 
 
-def pg_group_commit(pool: asyncpg.Pool, heads: Heads) -> GroupCommit:
+def pg_group_commit(
+    appender: asyncpg.Pool, pool: asyncpg.Pool, heads: Heads, committed: Callable[[str], None]
+) -> GroupCommit:
+    """Batches on ``appender`` (one connection); an append that must wait for a lock (another
+    writer holds its head) finishes aside, on the locking path over ``pool``."""
+
     async def commit(batch: list[Pending], group: GroupCommit) -> None:
-        async with pool.acquire() as conn:
-            await _commit(conn, heads, batch, group)
+        async with appender.acquire() as conn:
+            await _commit(conn, pool, heads, batch, group)
 
-    return GroupCommit(commit, one_per_session=True)
+    return GroupCommit(commit, committed, one_per_session=True)
 
 
-async def _commit(conn: asyncpg.Connection, heads: Heads, batch: list[Pending], group: GroupCommit) -> None:
-    late = [p for p in batch if p.attempts >= MAX_ATTEMPTS or not p.work.events]
-    batch = sorted((p for p in batch if p not in late), key=lambda p: p.session_id)
-    for pending in late:
-        await _one_by_one(conn, pending)
-    if not batch:
+async def _commit(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, heads: Heads, batch: list[Pending], group: GroupCommit
+) -> None:
+    ready: list[tuple[Pending, list[StoredEvent]]] = []
+    for pending in sorted(batch, key=lambda p: p.session_id):
+        if pending.attempts >= MAX_ATTEMPTS or not pending.work.events:
+            group.aside(pending, _locking(pool, heads, pending, group))
+            continue
+        try:  # a body that cannot be stored fails its own append, never the batch
+            ready.append((pending, await _plan(conn, heads, pending)))
+        except Exception as exc:
+            if unavailable(exc) is not None:
+                raise
+            pending.fail(exc)
+    if not ready:
         return
     try:
-        known = await _heads_of(conn, heads, [p.session_id for p in batch])
-        planned = [await _plan(conn, p, known[p.session_id]) for p in batch]
-        rows = await conn.fetch(WRITE, *_arguments(batch, planned))
-    except asyncpg.PostgresError:
-        for pending in batch:  # the statement rolled back as a whole: each on its own now
-            heads.forget(pending.session_id)
-            await _one_by_one(conn, pending)
+        rows = await conn.fetch(WRITE, *_arguments(ready))
+    except Exception as exc:
+        if unavailable(exc) is not None:
+            raise  # the connection is gone: whether the batch committed is unknown, as for one append
+        for pending, _ in ready:  # the statement rolled back as a whole: each on its own now
+            group.aside(pending, _locking(pool, heads, pending, group))
         return
     verdicts = {row["session_id"]: (row["fenced"], row["applied"]) for row in rows}
-    for pending, stored in zip(batch, planned, strict=True):
+    for pending, stored in ready:
         fenced, applied = verdicts[pending.session_id]
         if applied:
             last = stored[-1]
             heads.put(pending.session_id, Head(last.seq, last.hash, last.body["processed_at"]))
-            pending.succeed(stored)
+            group.succeed(pending, stored)
         elif not fenced:
             fence = pending.work.fence
             pending.fail(
                 LeaseLost(f"lease on {pending.session_id} generation {fence.generation} was taken over")
             )
-        else:
-            heads.forget(pending.session_id)  # someone else appended: build on their head
-            group.retry(pending)
+        else:  # another writer moved the head, or holds it: build on its head, a little later
+            heads.forget(pending.session_id)
+            group.retry(pending, delay=RETRY_DELAY * pending.attempts)
 
 
-async def _one_by_one(conn: asyncpg.Connection, pending: Pending) -> None:
-    """The locking path for one append, with its own outcome."""
+async def _locking(pool: asyncpg.Pool, heads: Heads, pending: Pending, group: GroupCommit) -> None:
+    """The locking path for one append (``pg_log``), with its own outcome."""
+    heads.forget(pending.session_id)
     try:
-        async with conn.transaction():
+        async with pool.acquire() as conn, conn.transaction():
             stored = await append_to_log(conn, pending.session_id, pending.work.events, pending.work.fence)
     except Exception as exc:
         pending.fail(exc)
         return
-    pending.succeed(stored)
+    group.succeed(pending, stored)
 
 
-async def _heads_of(conn: asyncpg.Connection, heads: Heads, sessions: list[str]) -> dict[str, Head]:
-    known = {s: head for s in sessions if (head := heads.get(s)) is not None}
-    unknown = [s for s in sessions if s not in known]
-    if unknown:
-        rows = await conn.fetch(
-            "SELECT h.session_id, h.last_seq, h.last_hash, e.processed_at FROM event_heads h "
-            "LEFT JOIN events e ON e.session_id = h.session_id AND e.seq = h.last_seq "
-            "WHERE h.session_id = ANY($1::text[])",
-            unknown,
-        )
-        found = {r["session_id"]: Head(r["last_seq"], r["last_hash"], r["processed_at"]) for r in rows}
-        known |= {s: found.get(s, NEW) for s in unknown}
-    return known
+async def _read_head(conn: asyncpg.Connection, session_id: str) -> Head:
+    row = await conn.fetchrow(
+        "SELECT h.last_seq, h.last_hash, e.processed_at FROM event_heads h "
+        "LEFT JOIN events e ON e.session_id = h.session_id AND e.seq = h.last_seq "
+        "WHERE h.session_id = $1",
+        session_id,
+    )
+    return NEW if row is None else Head(row["last_seq"], row["last_hash"], row["processed_at"])
 
 
-async def _plan(conn: asyncpg.Connection, pending: Pending, head: Head) -> list[StoredEvent]:
-    """The events of ``pending`` as they will be stored on top of ``head``."""
+async def _plan(conn: asyncpg.Connection, heads: Heads, pending: Pending) -> list[StoredEvent]:
+    """The events of ``pending`` as they will be stored on top of the session's head."""
+    head = heads.get(pending.session_id) or await _read_head(conn, pending.session_id)
     events: Sequence[Body] = pending.work.events
     if all(_survives_jsonb(body) for body in events):
         bodies = [dict(body) for body in events]
@@ -177,8 +200,14 @@ async def _plan(conn: asyncpg.Connection, pending: Pending, head: Head) -> list[
 
 
 def _survives_jsonb(value: Any) -> bool:
-    """Whether jsonb returns ``value`` exactly as sent: no floats, string keys only."""
-    if isinstance(value, str | int) or value is None:  # bool is an int
+    """Whether jsonb returns ``value`` exactly as sent: no floats, no surrogates, string keys."""
+    if isinstance(value, str):
+        try:
+            value.encode()  # surrogate code points: jsonb pairs them up or refuses them
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, int) or value is None:  # bool is an int
         return True
     if isinstance(value, list):
         return all(_survives_jsonb(item) for item in value)
@@ -200,16 +229,28 @@ fenced AS (
     JOIN input i ON i.session_id = l.session_id AND i.owner = l.owner AND i.generation = l.generation
     FOR SHARE OF l
 ),
-moved AS (
-    INSERT INTO event_heads AS h (session_id, last_seq, last_hash)
-    SELECT i.session_id, i.new_seq, i.new_hash FROM input i
-    WHERE (i.owner IS NULL OR i.session_id IN (SELECT session_id FROM fenced))
-      AND (i.expected_seq = 0 OR EXISTS (SELECT 1 FROM event_heads x WHERE x.session_id = i.session_id))
-    ORDER BY i.session_id
-    ON CONFLICT (session_id) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash
-    WHERE h.last_hash = (SELECT i.expected_hash FROM input i WHERE i.session_id = h.session_id)
+held AS (
+    SELECT h.session_id FROM event_heads h JOIN input i ON i.session_id = h.session_id
+    WHERE i.expected_seq > 0 AND (i.owner IS NULL OR i.session_id IN (SELECT session_id FROM fenced))
+    ORDER BY h.session_id
+    FOR UPDATE OF h SKIP LOCKED
+),
+updated AS (
+    UPDATE event_heads h SET last_seq = i.new_seq, last_hash = i.new_hash
+    FROM input i
+    WHERE h.session_id = i.session_id AND h.session_id IN (SELECT session_id FROM held)
+      AND h.last_hash = i.expected_hash
     RETURNING h.session_id
 ),
+created AS (
+    INSERT INTO event_heads (session_id, last_seq, last_hash)
+    SELECT i.session_id, i.new_seq, i.new_hash FROM input i
+    WHERE i.expected_seq = 0 AND (i.owner IS NULL OR i.session_id IN (SELECT session_id FROM fenced))
+    ORDER BY i.session_id
+    ON CONFLICT (session_id) DO NOTHING
+    RETURNING session_id
+),
+moved AS (SELECT session_id FROM updated UNION ALL SELECT session_id FROM created),
 logged AS (
     INSERT INTO events (session_id, seq, id, type, processed_at, body, prev_hash, hash)
     SELECT * FROM unnest(
@@ -243,11 +284,11 @@ FROM input i
 """
 
 
-def _arguments(batch: list[Pending], planned: list[list[StoredEvent]]) -> list[Any]:
+def _arguments(ready: list[tuple[Pending, list[StoredEvent]]]) -> list[Any]:
     """The statement's 22 parameters: 13 arrays with a row per session, 8 with a row per event."""
     per_session: list[list[Any]] = [[] for _ in range(13)]
     per_event: list[list[Any]] = [[] for _ in range(8)]
-    for pending, stored in zip(batch, planned, strict=True):
+    for pending, stored in ready:
         first, last = stored[0], stored[-1]
         fence: Lease | None = pending.work.fence
         bodies = [e.body for e in stored]

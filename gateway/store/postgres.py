@@ -36,7 +36,7 @@ from gateway.store.base import (
     StoredEvent,
 )
 from gateway.store.chain import ChainLink
-from gateway.store.pg_batch import Append, Heads, pg_group_commit
+from gateway.store.pg_batch import LOCK_TIMEOUT, Append, Heads, pg_group_commit
 from gateway.store.pg_errors import translate_errors
 from gateway.store.pg_listener import CHANNEL, GONE, Listener, Waiters
 from gateway.store.pg_schema import migrate
@@ -65,7 +65,7 @@ class PostgresStore:
         self._listener = listener
         self._waiters = waiters
         self._heads = Heads()
-        self._appends = pg_group_commit(appender, self._heads)
+        self._appends = pg_group_commit(appender, pool, self._heads, waiters.notify)
 
     @property
     def append_commits(self) -> int:
@@ -88,7 +88,12 @@ class PostgresStore:
             # Group commit writes on one connection at a time; its one statement shape gets
             # a generic plan, since planning it afresh would cost more than running it.
             appender = await _pool(
-                dsn, 1, 1, plan_cache_mode="force_generic_plan", application_name=APPENDER_APPLICATION_NAME
+                dsn,
+                1,
+                1,
+                plan_cache_mode="force_generic_plan",
+                lock_timeout=LOCK_TIMEOUT,
+                application_name=APPENDER_APPLICATION_NAME,
             )
             waiters = Waiters()
             listener = Listener(dsn, waiters, ping_interval)
@@ -225,10 +230,9 @@ class PostgresStore:
     async def append_events(
         self, session_id: str, events: Sequence[Body], fence: Lease | None = None
     ) -> list[StoredEvent]:
+        # Local waiters are woken at commit (our own listener hears the NOTIFY too, but waking
+        # them then saves the round trip and keeps them prompt while it is reconnecting).
         stored: list[StoredEvent] = await self._appends.submit(session_id, Append(events, fence))
-        # Our own listener will hear the NOTIFY too; waking local waiters now saves the
-        # round trip and keeps them prompt while the listener is reconnecting.
-        self._waiters.notify(session_id)
         return stored
 
     async def read_events(self, session_id: str, query: EventQuery) -> list[StoredEvent]:

@@ -45,8 +45,8 @@ class SQLiteStore:
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         self._db = Connections(self._path, migrate, busy_timeout)
-        self._appends = sqlite_group_commit(self._db)
         self._notifier = Notifier()
+        self._appends = sqlite_group_commit(self._db, self._notifier.notify)
 
     @property
     def append_commits(self) -> int:
@@ -242,8 +242,7 @@ class SQLiteStore:
             return append_to_log(conn, session_id, events, fence)
 
         stored: list[StoredEvent] = await self._appends.submit(session_id, append)
-        self._notifier.notify(session_id)
-        return stored
+        return stored  # its readers were woken at commit
 
     async def read_events(self, session_id: str, query: EventQuery) -> list[StoredEvent]:
         clauses = ["session_id = ?", "seq > ?"]

@@ -17,18 +17,19 @@ from gateway.store.sqlite_conn import Connections, unavailable
 Work = Callable[[sqlite3.Connection], Any]
 
 
-def sqlite_group_commit(db: Connections) -> GroupCommit:
-    """Group commit on ``db``'s writer; each append's work is a ``Work`` on the connection."""
+def sqlite_group_commit(db: Connections, committed: Callable[[str], None]) -> GroupCommit:
+    """Group commit on ``db``'s writer; each append's work is a ``Work`` on the connection, and
+    ``committed`` wakes the readers of each session an append committed to."""
 
-    async def commit(batch: list[Pending], _: GroupCommit) -> None:
+    async def commit(batch: list[Pending], group: GroupCommit) -> None:
         outcomes = await db.write(lambda conn: _run(conn, [pending.work for pending in batch]))
         for pending, (failed, value) in zip(batch, outcomes, strict=True):
             if failed:
                 pending.fail(value)
             else:
-                pending.succeed(value)
+                group.succeed(pending, value)
 
-    return GroupCommit(commit)
+    return GroupCommit(commit, committed)
 
 
 def _run(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, Any]]:
