@@ -162,6 +162,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
             start_queue=StartQueue(settings.sandbox_start_concurrency),
             start_timeout=settings.sandbox_start_timeout,
             warm_pool=settings.sandbox_warm_pool,  # started ahead of need: a first call skips the imports
+            zygote=settings.sandbox_zygote,  # forked from one template: they share its memory
         )
         model = ModelClient(
             settings.model_api_key or settings.api_keys[0],

@@ -39,6 +39,7 @@ from gateway.settings import (
     SANDBOX_IDLE,
     SANDBOX_START_CONCURRENCY,
     SANDBOX_START_TIMEOUT,
+    SANDBOX_ZYGOTE,
     SELF_HOSTED_WAIT,
     TUNNEL_BASE_DOMAIN,
     WEBHOOK_ALLOWED_HOSTS,
@@ -83,6 +84,8 @@ class Settings:
     """Seconds a sandbox start may take once admitted, scaled by the host's load."""
     sandbox_warm_pool: int = 1
     """``TETHER_SANDBOX_WARM_POOL``: sandbox processes started ahead of need (``gateway.tools.warm_pool``)."""
+    sandbox_zygote: bool = True
+    """``TETHER_SANDBOX_ZYGOTE``: warm sandboxes forked from one template (``gateway.tools.zygote``)."""
     generated_key: bool = False
     """True when this start generated the admin key (it is printed only then)."""
     key_file: Path | None = None
@@ -143,6 +146,7 @@ class Settings:
             sandbox_start_concurrency=SANDBOX_START_CONCURRENCY.read(env),
             sandbox_start_timeout=SANDBOX_START_TIMEOUT.read(env),
             sandbox_warm_pool=warm_pool_size(env),
+            sandbox_zygote=SANDBOX_ZYGOTE.read(env),
             webhook_allowed_hosts=WEBHOOK_ALLOWED_HOSTS.read(env),
             generated_key=generated,
             key_file=key_file,

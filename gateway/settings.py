@@ -215,6 +215,14 @@ SANDBOX_WARM_POOL = _s(
     _non_negative_int,
     read_by="gateway.tools.warm_pool",
 )
+SANDBOX_ZYGOTE = _s(
+    "TETHER_SANDBOX_ZYGOTE",
+    "bool",
+    True,
+    "warm sandboxes are forked from one imported template process, sharing its memory (`0`: each "
+    "starts on its own)",
+    _flag,
+)
 SANDBOX_UIDS = _s(
     "TETHER_SANDBOX_UIDS",
     "range",
@@ -356,7 +364,7 @@ GROUPS: tuple[Group, ...] = (
     Group(
         "Sandboxes",
         (SANDBOX_ARGS, SANDBOX_IDLE, SANDBOX_START_CONCURRENCY, SANDBOX_START_TIMEOUT, SANDBOX_WARM_POOL,
-         SANDBOX_UIDS),
+         SANDBOX_ZYGOTE, SANDBOX_UIDS),
     ),
     Group("Tunnels and self-hosted environments", (TUNNEL_BASE_DOMAIN, SELF_HOSTED_WAIT)),
     Group(

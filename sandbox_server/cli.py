@@ -44,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser, *, warm: bool = True) -> None
             help="import, then wait for one JSON line on stdin with the session's flags (for starters; "
             "blanks in ROOM make space to show those flags in the command line)",
         )
+        parser.add_argument(
+            "--zygote",
+            type=int,
+            default=None,
+            metavar="FD",
+            help="with --warm: fork a warm sandbox per request on the socket FD (for starters)",
+        )
     add_limit_arguments(parser)
     add_egress_arguments(parser)
 
@@ -88,5 +95,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.warm is not None:
         from sandbox_server import warm
 
+        if args.zygote is not None:
+            from sandbox_server import zygote
+
+            zygote.serve(args.zygote)  # returns in a forked child, a warm sandbox of its own
         args = parser.parse_args(warm.wait_for_session())
     run_from_args(args)

@@ -74,6 +74,13 @@ def warm_command(room: int) -> list[str]:
     return command(["--warm=" + " " * room])
 
 
+def zygote_command(room: int, control_fd: int) -> list[str]:
+    """The command line of a sandbox template (``sandbox_server.zygote``) serving fork requests
+    on the socket ``control_fd``; its children are warm sandboxes with ``room`` blanks to be
+    retitled into."""
+    return command(["--warm=" + " " * room, f"--zygote={control_fd}"])
+
+
 def environment(
     token: str | None, extra: Mapping[str, str] | None = None, source: Mapping[str, str] | None = None
 ) -> dict[str, str]:

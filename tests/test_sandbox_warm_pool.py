@@ -55,6 +55,17 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(params=[False, True], ids=["spawned", "forked"])
+def zygote(request: pytest.FixtureRequest) -> bool:
+    """Warm processes started on their own, or forked from the template (``gateway.tools.zygote``)."""
+    return bool(request.param)
+
+
+def _pid_files(state: Path) -> list[str]:
+    """The state dir's pid files, but the template's (its own, whatever the sessions)."""
+    return sorted(p.name for p in state.iterdir() if not p.name.startswith("zygote."))
+
+
 async def _warm_pids(pool: SandboxPool, count: int = 1) -> list[int]:
     """The pool's warm processes once ``count`` are waiting (with a deadline)."""
     with anyio.fail_after(60):
@@ -80,13 +91,13 @@ def _cmdline(pid: int) -> list[str]:
 
 
 @pytest.mark.anyio
-async def test_a_session_gets_a_warm_process_bound_to_its_workspace(tmp_path: Path) -> None:
+async def test_a_session_gets_a_warm_process_bound_to_its_workspace(tmp_path: Path, zygote: bool) -> None:
     state = tmp_path / "state"
-    pool = SandboxPool(tmp_path / "ws", ARGS, warm_pool=1, state_dir=state)
+    pool = SandboxPool(tmp_path / "ws", ARGS, warm_pool=1, state_dir=state, zygote=zygote)
     pool.warm_up()
     try:
         [warm] = await _warm_pids(pool)
-        assert [p.name for p in state.iterdir()] == [f"warm.{warm}.json"]
+        assert _pid_files(state) == [f"warm.{warm}.json"]
         assert "--workspace" not in _cmdline(warm), "a warm process is bound to no workspace yet"
 
         assert await _bash(pool, "sesn_warm", "echo hi > made.txt; pwd") == "/workspace\n"
@@ -98,9 +109,7 @@ async def test_a_session_gets_a_warm_process_bound_to_its_workspace(tmp_path: Pa
 
         [refill] = await _warm_pids(pool)
         assert refill != warm, "a replacement is started in the background"
-        assert sorted(p.name for p in state.iterdir()) == sorted(
-            [f"sesn_warm.{warm}.json", f"warm.{refill}.json"]
-        )
+        assert _pid_files(state) == sorted([f"sesn_warm.{warm}.json", f"warm.{refill}.json"])
     finally:
         await pool.destroy("sesn_warm")
         await pool.close()
@@ -109,8 +118,8 @@ async def test_a_session_gets_a_warm_process_bound_to_its_workspace(tmp_path: Pa
 
 
 @pytest.mark.anyio
-async def test_a_handed_over_sandbox_answers_only_its_own_token(tmp_path: Path) -> None:
-    pool = SandboxPool(tmp_path / "ws", ARGS, warm_pool=1)
+async def test_a_handed_over_sandbox_answers_only_its_own_token(tmp_path: Path, zygote: bool) -> None:
+    pool = SandboxPool(tmp_path / "ws", ARGS, warm_pool=1, zygote=zygote)
     pool.warm_up()
     try:
         [warm] = await _warm_pids(pool)
@@ -138,8 +147,8 @@ def _normalised(text: str, session_id: str) -> str:
 
 
 @pytest.mark.anyio
-async def test_a_warm_sandbox_is_confined_exactly_like_a_cold_one(tmp_path: Path) -> None:
-    warm_pool = SandboxPool(tmp_path / "ws", ARGS, warm_pool=1)
+async def test_a_warm_sandbox_is_confined_exactly_like_a_cold_one(tmp_path: Path, zygote: bool) -> None:
+    warm_pool = SandboxPool(tmp_path / "ws", ARGS, warm_pool=1, zygote=zygote)
     cold_pool = SandboxPool(tmp_path / "ws", ARGS, warm_pool=0)
     warm_pool.warm_up()
     try:
@@ -157,8 +166,10 @@ async def test_a_warm_sandbox_is_confined_exactly_like_a_cold_one(tmp_path: Path
 
 
 @pytest.mark.anyio
-async def test_a_warm_process_that_died_is_skipped_and_the_start_is_cold(tmp_path: Path) -> None:
-    pool = SandboxPool(tmp_path / "ws", ARGS, warm_pool=1, state_dir=tmp_path / "state")
+async def test_a_warm_process_that_died_is_skipped_and_the_start_is_cold(
+    tmp_path: Path, zygote: bool
+) -> None:
+    pool = SandboxPool(tmp_path / "ws", ARGS, warm_pool=1, state_dir=tmp_path / "state", zygote=zygote)
     pool.warm_up()
     try:
         [warm] = await _warm_pids(pool)
@@ -180,7 +191,7 @@ from pathlib import Path
 from gateway.tools.sandbox import SandboxPool
 
 async def main() -> None:
-    pool = SandboxPool(Path(sys.argv[1]), warm_pool=2)
+    pool = SandboxPool(Path(sys.argv[1]), warm_pool=2, zygote=sys.argv[2] == "forked")
     pool.warm_up()
     print(*await pool.warm.wait_for(2), flush=True)
     await anyio.sleep_forever()
@@ -189,9 +200,15 @@ anyio.run(main)
 """
 
 
-def test_warm_processes_die_with_the_process_that_started_them(tmp_path: Path) -> None:
+def test_warm_processes_die_with_the_process_that_started_them(tmp_path: Path, zygote: bool) -> None:
     starter = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(_STARTER), str(tmp_path / "ws")],
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(_STARTER),
+            str(tmp_path / "ws"),
+            "forked" if zygote else "spawned",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -117,7 +117,8 @@ class SandboxPool:
     running sandbox (None: none are kept). ``start_queue`` admits starts (the host's queue; a
     fresh one if None); ``start_timeout`` is a start's budget on an unloaded host; ``backoff``
     spaces a session's attempts after failed starts; ``warm_pool`` processes are kept started
-    ahead of need (``warm_pool``; 0: every start is cold) once ``warm_up`` is called."""
+    ahead of need (``warm_pool``; 0: every start is cold) once ``warm_up`` is called, forked from
+    one template process when ``zygote`` is set (``gateway.tools.zygote``)."""
 
     def __init__(
         self,
@@ -132,6 +133,7 @@ class SandboxPool:
         start_timeout: float = START_TIMEOUT,
         backoff: Backoff | None = None,
         warm_pool: int = 0,
+        zygote: bool = False,
     ) -> None:
         self.workspaces = workspaces
         self.plan = plan
@@ -146,7 +148,7 @@ class SandboxPool:
         self.start_timeout = start_timeout
         self.backoff = backoff or Backoff()
         self._failures: dict[str, _Failure] = {}
-        self.warm = WarmPool(warm_pool, self.pid_files)
+        self.warm = WarmPool(warm_pool, self.pid_files, zygote=zygote)
 
     def workspace(self, session_id: str) -> Path:
         return self.workspaces / session_id
@@ -364,6 +366,7 @@ class SandboxPool:
             for session_id in list(self._sandboxes):
                 sandbox = self._sandboxes.pop(session_id)
                 await self._terminate(sandbox)
+            await self.warm.close_template()  # last: sandboxes forked from it die with it
 
 
 async def _reap(process: anyio.abc.Process, pid_file: Path | None, grace: float) -> None:

@@ -29,6 +29,7 @@ import anyio.abc
 
 from gateway.settings import SANDBOX_WARM_POOL
 from gateway.tools.pidfiles import PidFiles, process_start
+from gateway.tools.zygote import Zygote, ZygoteFailed
 from sandbox_server import launch
 from sandbox_server.warm import ROOM, WARM_LINE
 
@@ -61,9 +62,11 @@ class WarmProcess:
 class WarmPool:
     """``size`` warm sandbox processes (0: none, every start is cold)."""
 
-    def __init__(self, size: int, pid_files: PidFiles | None = None) -> None:
+    def __init__(self, size: int, pid_files: PidFiles | None = None, zygote: bool = False) -> None:
         self.size = max(0, size)
         self.pid_files = pid_files
+        self.template = Zygote(pid_files) if zygote and self.size > 0 else None
+        """Where warm processes are forked from (None: each is started on its own)."""
         self._ready: list[WarmProcess] = []
         self._filling: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -96,12 +99,7 @@ class WarmPool:
         # Shielded: once spawned, the child must be known here, whatever is cancelled meanwhile.
         with anyio.CancelScope(shield=True):
             try:
-                process = await anyio.open_process(
-                    launch.warm_command(ROOM),
-                    stdin=subprocess.PIPE,
-                    stderr=None,
-                    env=launch.environment(None),
-                )
+                process = await self._start()
             except OSError as exc:
                 log.warning("a warm sandbox could not be started: %s", exc)
                 return
@@ -112,6 +110,20 @@ class WarmPool:
             return
         self._ready.append(warm)
         warm.watch = asyncio.get_running_loop().create_task(self._watch(warm))
+
+    async def _start(self) -> anyio.abc.Process:
+        """A new warm process: forked from the template, or started on its own without one
+        (or when the template fails, which is said once and not tried again)."""
+        if self.template is not None:
+            try:
+                return await self.template.fork()
+            except ZygoteFailed as exc:
+                log.warning("%s; warm sandboxes are started on their own from now on", exc)
+                await self.template.close()
+                self.template = None
+        return await anyio.open_process(
+            launch.warm_command(ROOM), stdin=subprocess.PIPE, stderr=None, env=launch.environment(None)
+        )
 
     async def _watch(self, warm: WarmProcess) -> None:
         assert warm.process.stdout is not None
@@ -151,6 +163,11 @@ class WarmPool:
                 warm = self._ready.pop()
                 await warm.unwatch()
                 await _stop(warm)
+
+    async def close_template(self) -> None:
+        """Stop the template, once no sandbox forked from it is wanted any more (they die with it)."""
+        if self.template is not None:
+            await self.template.close()
 
 
 async def _stop(warm: WarmProcess) -> None:
