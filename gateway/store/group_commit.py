@@ -42,6 +42,9 @@ class Pending:
     """Not in a batch being committed: waiting in the queue or for a retry."""
     aside: asyncio.Task[None] | None = None
     """The task of its own finishing it, if any (``GroupCommit.aside``)."""
+    abandoned: bool = False
+    """Its caller was cancelled while it was in a batch: if that batch does not write it, it
+    is dropped instead of being retried or finished aside."""
 
     @property
     def in_batch(self) -> bool:
@@ -102,6 +105,7 @@ class GroupCommit:
                         queue.waiting.remove(pending)
                     pending.done.cancel()  # never written; a scheduled retry will see it is done
                 else:
+                    pending.abandoned = True
                     if pending.aside is not None:
                         pending.aside.cancel()  # its own transaction: rolled back unless committing
                     with anyio.CancelScope(shield=True):
@@ -116,7 +120,11 @@ class GroupCommit:
         self._committed(pending.session_id)
 
     def retry(self, pending: Pending, delay: float = 0.0) -> None:
-        """Put ``pending`` back in its queue for a later batch, after ``delay`` seconds."""
+        """Put ``pending`` back in its queue for a later batch, after ``delay`` seconds (nothing
+        of it was written); an abandoned one is dropped instead."""
+        if pending.abandoned:
+            pending.done.cancel()
+            return
         pending.attempts += 1
         pending.queued = True
         loop = pending.done.get_loop()
@@ -138,18 +146,22 @@ class GroupCommit:
     def aside(self, pending: Pending, work: Coroutine[Any, Any, None]) -> None:
         """Finish ``pending`` with ``work`` in a task of its own, outside the batches (for an
         append that must wait on something without holding up everyone else's). ``work``
-        answers ``pending``; cancelled (its caller was), it leaves ``pending`` cancelled."""
+        answers ``pending``; cancelled (its caller was), even before it began, it leaves
+        ``pending`` cancelled. An abandoned ``pending`` is dropped instead (nothing was written)."""
+        if pending.abandoned:
+            work.close()
+            pending.done.cancel()
+            return
 
-        async def finish() -> None:
-            try:
-                await work
-            finally:
-                if not pending.done.done():
-                    pending.done.cancel()
+        def finished(task: asyncio.Task[None]) -> None:
+            self._aside.discard(task)
+            work.close()  # a task cancelled before its first step never ran it
+            if not pending.done.done():
+                pending.done.cancel()
 
-        pending.aside = task = pending.done.get_loop().create_task(finish())
+        pending.aside = task = pending.done.get_loop().create_task(work)
         self._aside.add(task)
-        task.add_done_callback(self._aside.discard)
+        task.add_done_callback(finished)
 
     def _kick(self, queue: _Queue) -> None:
         if queue.drain is None and queue.waiting:

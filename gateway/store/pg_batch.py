@@ -9,7 +9,8 @@ WAL flush serve them all:
   session's head only if it still is that head (an ``UPDATE ... WHERE last_hash = expected``,
   rechecked against the latest row; a new session's head is an ``INSERT ... ON CONFLICT DO
   NOTHING``), and writes that session's events, wake-up, status and notification only if the
-  head moved. A head another transaction holds is skipped (``SKIP LOCKED``), never waited for.
+  head moved. A head another transaction holds (``SKIP LOCKED``) or is creating (an advisory
+  lock the locking path takes too) is skipped, never waited for.
   An append whose head moved or was held is retried a moment later on the new head; after
   ``MAX_ATTEMPTS`` it takes the locking path in a task of its own, so one stalled session
   never holds up the others, and its caller can still give up.
@@ -127,7 +128,10 @@ async def _commit(
         except Exception as exc:
             if unavailable(exc) is not None:
                 raise
-            pending.fail(exc)
+            if _bad_body(exc):
+                pending.fail(exc)
+            else:  # the head could not be read (a lock past lock_timeout): the locking path waits
+                group.aside(pending, _locking(pool, heads, pending, group))
     if not ready:
         return
     try:
@@ -199,20 +203,33 @@ async def _plan(conn: asyncpg.Connection, heads: Heads, pending: Pending) -> lis
     return stored
 
 
+def _bad_body(exc: Exception) -> bool:
+    """Whether ``exc`` says the append's bodies cannot be stored (not that the database is busy)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(exc.sqlstate or "").startswith("22")  # data exception: the value itself
+    return isinstance(exc, ValueError | TypeError | asyncpg.exceptions.DataError)
+
+
+def _clean(text: str) -> bool:
+    try:
+        text.encode()  # surrogate code points: jsonb pairs them up or refuses them
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _survives_jsonb(value: Any) -> bool:
     """Whether jsonb returns ``value`` exactly as sent: no floats, no surrogates, string keys."""
     if isinstance(value, str):
-        try:
-            value.encode()  # surrogate code points: jsonb pairs them up or refuses them
-        except UnicodeEncodeError:
-            return False
-        return True
+        return _clean(value)
     if isinstance(value, int) or value is None:  # bool is an int
         return True
     if isinstance(value, list):
         return all(_survives_jsonb(item) for item in value)
     if isinstance(value, dict):
-        return all(isinstance(key, str) and _survives_jsonb(item) for key, item in value.items())
+        return all(
+            isinstance(key, str) and _clean(key) and _survives_jsonb(item) for key, item in value.items()
+        )
     return False
 
 
@@ -246,6 +263,7 @@ created AS (
     INSERT INTO event_heads (session_id, last_seq, last_hash)
     SELECT i.session_id, i.new_seq, i.new_hash FROM input i
     WHERE i.expected_seq = 0 AND (i.owner IS NULL OR i.session_id IN (SELECT session_id FROM fenced))
+      AND pg_try_advisory_xact_lock(hashtextextended('tether.head:' || i.session_id, 0))
     ORDER BY i.session_id
     ON CONFLICT (session_id) DO NOTHING
     RETURNING session_id

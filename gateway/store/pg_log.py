@@ -35,6 +35,9 @@ async def append_to_log(
             raise LeaseLost(f"lease on {session_id} generation {fence.generation} was taken over")
     if not events:
         return []
+    # The head's creation is announced to group commit (``pg_batch``), which skips a session
+    # whose head is being created rather than wait on the insert.
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('tether.head:' || $1, 0))", session_id)
     # Lock the head (creating it on the first append) and have the database
     # normalise the bodies as jsonb stores them (numbers, key order), so the
     # hashes cover exactly the bodies that reads and ``read_chain`` return.
