@@ -60,13 +60,24 @@ def serve(control_fd: int) -> None:
             for fd in fds:
                 os.close(fd)
             sys.exit(f"tether sandbox zygote: a malformed request {message!r}")
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of pids or memory: this fork fails, the template serves on
+            for fd in fds:
+                os.close(fd)
+            control.send(b"failed %d" % (exc.errno or 0))
+            continue
         if pid == 0:
             _become_child(control, (wake_r, wake_w), fds, zygote)
             return
         for fd in fds:
             os.close(fd)
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:
+            os.kill(pid, signal.SIGKILL)  # not reaped yet (only this loop reaps): the pid is its own
+            control.send(b"failed %d" % (exc.errno or 0))
+            continue
         try:
             socket.send_fds(control, [b"forked %d" % pid], [pidfd])
         finally:
@@ -85,6 +96,7 @@ def _become_child(control: socket.socket, wake: tuple[int, int], fds: list[int],
     os.close(stdin)
     os.close(stdout)
     launch.die_with_parent(zygote)
+    warm.retitle(["--warm"])  # a waiting child, not the template
 
 
 def _drain(fd: int) -> None:

@@ -67,6 +67,8 @@ class WarmPool:
         self.pid_files = pid_files
         self.template = Zygote(pid_files) if zygote and self.size > 0 else None
         """Where warm processes are forked from (None: each is started on its own)."""
+        self._retired: list[Zygote] = []
+        """Templates that stopped answering: kept for the sandboxes they forked, until closed."""
         self._ready: list[WarmProcess] = []
         self._filling: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -114,13 +116,15 @@ class WarmPool:
     async def _start(self) -> anyio.abc.Process:
         """A new warm process: forked from the template, or started on its own without one
         (or when the template fails, which is said once and not tried again)."""
-        if self.template is not None:
+        template = self.template
+        if template is not None:
             try:
-                return await self.template.fork()
+                return await template.fork()
             except ZygoteFailed as exc:
-                log.warning("%s; warm sandboxes are started on their own from now on", exc)
-                await self.template.close()
-                self.template = None
+                if self.template is template:
+                    log.warning("%s; warm sandboxes are started on their own from now on", exc)
+                    self._retired.append(template)  # its sandboxes serve on; closed with the pool
+                    self.template = None
         return await anyio.open_process(
             launch.warm_command(ROOM), stdin=subprocess.PIPE, stderr=None, env=launch.environment(None)
         )
@@ -165,9 +169,9 @@ class WarmPool:
                 await _stop(warm)
 
     async def close_template(self) -> None:
-        """Stop the template, once no sandbox forked from it is wanted any more (they die with it)."""
-        if self.template is not None:
-            await self.template.close()
+        """Stop the templates, once no sandbox forked from them is wanted any more (they die with them)."""
+        for template in (*self._retired, *([self.template] if self.template is not None else [])):
+            await template.close()
 
 
 async def _stop(warm: WarmProcess) -> None:
