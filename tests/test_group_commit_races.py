@@ -62,14 +62,12 @@ async def _settle(task: asyncio.Future[Any], timeout: float) -> bool:
     return False
 
 
-# --- Defect 1: an aside task cancelled before its first step never answers its caller -------
+# --- Callers cancelled as their append goes aside ------------------------------------------
 
 
 async def test_group_aside_cancelled_before_it_starts_still_answers_the_caller() -> None:
-    """The caller's cancellation is scheduled before the aside task's first step (both in one
-    loop iteration): ``submit`` cancels the not-yet-started task, whose ``finish`` body (and its
-    ``finally``) never runs, so ``pending.done`` is never resolved and the caller, shielded,
-    waits forever."""
+    """The caller's cancellation lands before the aside task's first step (both in one loop
+    iteration): the task never runs, yet its caller is answered (cancelled), never left waiting."""
 
     async def locking(pending: Pending, group: GroupCommit) -> None:
         group.succeed(pending, "committed")
@@ -87,7 +85,7 @@ async def test_group_aside_cancelled_before_it_starts_still_answers_the_caller()
 
 async def test_an_empty_append_cancelled_as_it_goes_aside_does_not_hang(pg_url: str) -> None:
     """The same on the PostgreSQL store: an append with no events (a fence check) always goes
-    aside at the start of ``_commit``; a caller cancelled right after submitting hangs."""
+    aside; a caller cancelled right after submitting it is answered."""
     store = await open_store(pg_url)
     try:
         caller = asyncio.ensure_future(store.append_events("sesn_1", []))
@@ -98,16 +96,15 @@ async def test_an_empty_append_cancelled_as_it_goes_aside_does_not_hang(pg_url: 
         await store.close()
 
 
-# --- Defect 2: a caller cancelled while its append is in a batch cannot give up -------------
+# --- A caller cancelled while its append is in a batch --------------------------------------
 
 
 async def test_a_caller_cancelled_during_its_first_attempt_can_give_up_while_the_head_is_held(
     pg_url: str,
 ) -> None:
-    """Another writer holds A's head. The caller is cancelled while its append is in its first
-    batch statement: the statement skips A (SKIP LOCKED), so nothing was written, yet the
-    append is retried and then finished aside on the locking path, which waits for the lock;
-    the caller, shielded, waits with it until the other writer lets go."""
+    """Another writer holds A's head. A caller cancelled while its append is in its first batch
+    statement, which skips A (SKIP LOCKED) and so writes nothing, gives up at once: the append
+    is dropped, not retried or finished aside waiting for the lock."""
     store = await open_store(pg_url)
     other = await asyncpg.connect(pg_url)
     held = None
@@ -142,14 +139,13 @@ async def test_a_caller_cancelled_during_its_first_attempt_can_give_up_while_the
         await store.close()
 
 
-# --- Defect 3: a head another writer is creating holds up every session's appends -----------
+# --- A head another writer is creating -----------------------------------------------------
 
 
 async def test_a_new_head_another_writer_is_creating_holds_up_only_its_own_session(pg_url: str) -> None:
-    """Another writer (the locking path, e.g. another process) is creating a new session's head
-    and stalls. ``held``'s SKIP LOCKED covers only existing heads: ``created``'s INSERT ... ON
-    CONFLICT DO NOTHING waits for the other transaction, so the one appender connection (and
-    every session's append behind it) waits until ``lock_timeout`` (5 s)."""
+    """Another writer (the locking path, e.g. in another process) is creating a new session's
+    head and stalls before committing: the batch skips that session (the advisory lock both
+    take) instead of waiting on the insert, so appends to other sessions go on at once."""
     store = await open_store(pg_url)
     other = await asyncpg.connect(pg_url)
     held = None
@@ -178,16 +174,15 @@ async def test_a_new_head_another_writer_is_creating_holds_up_only_its_own_sessi
         await store.close()
 
 
-# --- Defect 4: lock_timeout turns _plan's head read into a failed append ---------------------
+# --- A head read past lock_timeout ---------------------------------------------------------
 
 
 async def test_a_head_read_past_lock_timeout_does_not_fail_the_append(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``lock_timeout`` is set on the appender connection, so it also bounds ``_plan``'s head
-    read, whose errors ``_commit`` treats as a bad body: the append fails (with a raw
-    LockNotAvailableError, which PatientStore does not retry) where a known-head append in the
-    same situation goes aside and commits once the lock is released."""
+    """The appender connection's ``lock_timeout`` also bounds the head read of an append whose
+    head is not known here: a read that times out sends the append to the locking path, which
+    waits for the lock and commits, as an append with a known head does."""
     monkeypatch.setattr(postgres_module, "LOCK_TIMEOUT", "200ms")
     store = await open_store(pg_url)
     other = await asyncpg.connect(pg_url)
@@ -212,13 +207,12 @@ async def test_a_head_read_past_lock_timeout_does_not_fail_the_append(
         await store.close()
 
 
-# --- Defect 5 (minor): a key with surrogate code points fails where a value is normalised ----
+# --- Surrogates in keys --------------------------------------------------------------------
 
 
 async def test_a_key_with_surrogate_pair_code_points_is_normalised_like_a_value(pg_url: str) -> None:
-    """``_survives_jsonb`` checks string values for surrogates but not keys: a value with a
-    surrogate pair is normalised by the database (as the locking path always did), a key with
-    one reaches ``link_hash`` unnormalised and fails with UnicodeEncodeError."""
+    """A key with surrogate code points is normalised by the database before hashing, exactly
+    like a value with them (as the locking path always did)."""
     store = await open_store(pg_url)
     try:
         [as_value] = await store.append_events("sesn_1", [event("v", content="\ud83d\ude00")])
@@ -230,7 +224,7 @@ async def test_a_key_with_surrogate_pair_code_points_is_normalised_like_a_value(
         await store.close()
 
 
-# --- Checked and fine ----------------------------------------------------------------------
+# --- Contention, closing, bad bodies, fencing ----------------------------------------------
 
 
 async def test_heavy_contention_from_two_stores_on_one_session(pg_url: str) -> None:

@@ -18,14 +18,13 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
-from mcp.types import TextContent
 
 from gateway.tools.pidfiles import process_start
 from gateway.tools.sandbox import SandboxPool
 from gateway.tools.warm_pool import WARM_POOL_ENV, warm_pool_size
 from sandbox_server import launch
 from sandbox_server.warm import ROOM, hand_over_line
-from tests.support.processes import sandbox_client
+from tests.support.sandbox_pools import bash_in, cmdline
 from tests.support.self_hosted import eventually
 
 ARGS = ["--egress", "none", "--timeout", "20"]
@@ -72,22 +71,8 @@ async def _warm_pids(pool: SandboxPool, count: int = 1) -> list[int]:
         return await pool.warm.wait_for(count)
 
 
-async def _bash(pool: SandboxPool, session_id: str, command: str) -> str:
-    endpoint = await pool.endpoint(session_id)
-    async with sandbox_client(endpoint.url, endpoint.headers) as client:
-        result = await client.call_tool("bash", {"command": command})
-    block = result.content[0]
-    assert isinstance(block, TextContent)
-    assert not result.is_error, block.text
-    return block.text
-
-
 def _proc(pid: int, name: str) -> bytes:
     return Path(f"/proc/{pid}/{name}").read_bytes()
-
-
-def _cmdline(pid: int) -> list[str]:
-    return _proc(pid, "cmdline").decode().split("\0")
 
 
 @pytest.mark.anyio
@@ -98,12 +83,12 @@ async def test_a_session_gets_a_warm_process_bound_to_its_workspace(tmp_path: Pa
     try:
         [warm] = await _warm_pids(pool)
         assert _pid_files(state) == [f"warm.{warm}.json"]
-        assert "--workspace" not in _cmdline(warm), "a warm process is bound to no workspace yet"
+        assert "--workspace" not in cmdline(warm), "a warm process is bound to no workspace yet"
 
-        assert await _bash(pool, "sesn_warm", "echo hi > made.txt; pwd") == "/workspace\n"
+        assert await bash_in(pool, "sesn_warm", "echo hi > made.txt; pwd") == "/workspace\n"
         assert pool.pid("sesn_warm") == warm, "the session got the warm process"
         assert (tmp_path / "ws" / "sesn_warm" / "made.txt").read_text() == "hi\n"
-        shown = _cmdline(warm)
+        shown = cmdline(warm)
         assert shown[shown.index("--workspace") + 1] == str(pool.workspace("sesn_warm"))
         assert "sandbox" in shown and not any(arg.startswith("--warm") for arg in shown)
 
@@ -134,7 +119,7 @@ async def test_a_handed_over_sandbox_answers_only_its_own_token(tmp_path: Path, 
             refused = await http.post(endpoint.url, json=body, headers=headers)
             wrong = await http.post(endpoint.url, json=body, headers={**headers, "authorization": "Bearer x"})
         assert refused.status_code == 401 and wrong.status_code == 401
-        assert await _bash(pool, "sesn_token", "echo ok") == "ok\n"
+        assert await bash_in(pool, "sesn_token", "echo ok") == "ok\n"
     finally:
         await pool.destroy("sesn_token")
         await pool.close()
@@ -153,9 +138,9 @@ async def test_a_warm_sandbox_is_confined_exactly_like_a_cold_one(tmp_path: Path
     warm_pool.warm_up()
     try:
         [warm] = await _warm_pids(warm_pool)
-        warm_view = await _bash(warm_pool, "sesn_w", PROBE)
+        warm_view = await bash_in(warm_pool, "sesn_w", PROBE)
         assert warm_pool.pid("sesn_w") == warm
-        cold_view = await _bash(cold_pool, "sesn_c", PROBE)
+        cold_view = await bash_in(cold_pool, "sesn_c", PROBE)
         assert "CapEff" in warm_view and "/workspace" in warm_view
         assert _normalised(warm_view, "sesn_w") == _normalised(cold_view, "sesn_c")
     finally:
@@ -175,10 +160,10 @@ async def test_a_warm_process_that_died_is_skipped_and_the_start_is_cold(
         [warm] = await _warm_pids(pool)
         os.kill(warm, signal.SIGKILL)
         eventually(lambda: process_start(warm) is None, "the warm process to die")
-        assert await _bash(pool, "sesn_cold", "echo cold") == "cold\n"
+        assert await bash_in(pool, "sesn_cold", "echo cold") == "cold\n"
         started = pool.pid("sesn_cold")
         assert started is not None and started != warm
-        assert "--workspace" in _cmdline(started)
+        assert "--workspace" in cmdline(started)
         assert not (tmp_path / "state" / f"warm.{warm}.json").exists()
     finally:
         await pool.destroy("sesn_cold")

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import anyio
 import pytest
-from mcp.types import TextContent
 
 from gateway.settings import SANDBOX_ZYGOTE
 from gateway.tools.pidfiles import process_start
 from gateway.tools.sandbox import SandboxPool
-from tests.support.processes import sandbox_client
+from tests.support.sandbox_pools import bash_in, cmdline, parent
 from tests.support.self_hosted import eventually
 
 ARGS = ["--egress", "none", "--timeout", "20"]
@@ -42,33 +41,16 @@ def _memory(pid: int) -> tuple[float, float]:
     return fields["Rss"] / 1024, (fields["Private_Clean"] + fields["Private_Dirty"]) / 1024
 
 
-def _cmdline(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/cmdline").read_text().split("\0")
-
-
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-async def _bash(pool: SandboxPool, session_id: str, command: str) -> str:
-    endpoint = await pool.endpoint(session_id)
-    async with sandbox_client(endpoint.url, endpoint.headers) as client:
-        result = await client.call_tool("bash", {"command": command})
-    block = result.content[0]
-    assert isinstance(block, TextContent) and not result.is_error, block
-    return block.text
-
-
 async def test_warm_sandboxes_are_forked_from_one_template_and_share_its_memory(tmp_path: Path) -> None:
     pool = SandboxPool(tmp_path / "ws", ARGS, warm_pool=3, zygote=True)
     pool.warm_up()
     try:
         with anyio.fail_after(60):
             warm = await pool.warm.wait_for(3)
-        template = {_parent(pid) for pid in warm}
+        template = {parent(pid) for pid in warm}
         assert len(template) == 1 and template != {os.getpid()}, "all three come from one template"
         [zygote] = template
-        assert any(arg.startswith("--zygote") for arg in _cmdline(zygote))
+        assert any(arg.startswith("--zygote") for arg in cmdline(zygote))
         for pid in warm:
             assert sorted(os.listdir(f"/proc/{pid}/fd")) == ["0", "1", "2"], (
                 "a child keeps nothing of the template's (its socket, its signal pipe) or of another child's"
@@ -77,7 +59,7 @@ async def test_warm_sandboxes_are_forked_from_one_template_and_share_its_memory(
             assert private < resident / 2, (
                 f"a forked sandbox shares its imports: {private:.0f} of {resident:.0f} MB"
             )
-        assert await _bash(pool, "sesn_1", "echo forked") == "forked\n"
+        assert await bash_in(pool, "sesn_1", "echo forked") == "forked\n"
         resident, private = _memory(warm[0])
         assert private < resident / 2, f"serving, it still shares: {private:.0f} of {resident:.0f} MB"
     finally:
@@ -92,21 +74,21 @@ async def test_a_template_that_dies_takes_its_children_and_is_started_anew(tmp_p
     try:
         with anyio.fail_after(60):
             [first] = await pool.warm.wait_for(1)
-        assert await _bash(pool, "sesn_1", "echo first") == "first\n"
+        assert await bash_in(pool, "sesn_1", "echo first") == "first\n"
         serving = pool.pid("sesn_1")
         assert serving == first, "the session got a forked sandbox"
         with anyio.fail_after(60):
             [waiting] = await pool.warm.wait_for(1)
-        zygote = _parent(waiting)
+        zygote = parent(waiting)
         os.kill(zygote, signal.SIGKILL)
         eventually(
             lambda: all(process_start(pid) is None for pid in (zygote, serving, waiting)),
             "the template's children to die with it",
         )
-        assert await _bash(pool, "sesn_2", "echo again") == "again\n"
+        assert await bash_in(pool, "sesn_2", "echo again") == "again\n"
         with anyio.fail_after(60):
             [refill] = await pool.warm.wait_for(1)
-        assert _parent(refill) not in (zygote, os.getpid()), "a new template forks the new warm sandboxes"
+        assert parent(refill) not in (zygote, os.getpid()), "a new template forks the new warm sandboxes"
     finally:
         await pool.destroy("sesn_1")
         await pool.destroy("sesn_2")

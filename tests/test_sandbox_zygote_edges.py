@@ -20,14 +20,13 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
-from mcp.types import TextContent
 
 import gateway.tools.zygote as zygote_module
 from gateway.tools.pidfiles import PidFiles, process_start
 from gateway.tools.sandbox import SandboxPool
 from gateway.tools.zygote import ForkedProcess, Zygote
 from sandbox_server import launch, workspace_fs
-from tests.support.processes import sandbox_client
+from tests.support.sandbox_pools import bash_in, cmdline, parent
 from tests.support.self_hosted import eventually
 
 ARGS = ["--egress", "none", "--timeout", "20"]
@@ -38,14 +37,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def _cmdline(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
 
 
 def _fds(pid: int) -> dict[int, str]:
@@ -60,72 +51,21 @@ def _kind(target: str) -> str:
     return target.split(":", 1)[0] if ":" in target else "path:" + target
 
 
-def _templates_of(parent: int) -> list[int]:
-    """Live template processes whose parent is ``parent``."""
+def _templates_of(starter: int) -> list[int]:
+    """Live template processes whose parent is ``starter``."""
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         pid = int(name)
         with contextlib.suppress(OSError, ValueError, IndexError):
-            if _parent(pid) == parent and process_start(pid) is not None:
-                if any(arg.startswith("--zygote") for arg in _cmdline(pid)):
+            if parent(pid) == starter and process_start(pid) is not None:
+                if any(arg.startswith("--zygote") for arg in cmdline(pid)):
                     found.append(pid)
     return found
 
 
-async def _bash(pool: SandboxPool, session_id: str, command: str) -> str:
-    endpoint = await pool.endpoint(session_id)
-    async with sandbox_client(endpoint.url, endpoint.headers) as client:
-        result = await client.call_tool("bash", {"command": command})
-    block = result.content[0]
-    assert isinstance(block, TextContent) and not result.is_error, block
-    return block.text
-
-
-class _RecordingChildren(dict):  # type: ignore[type-arg]
-    """``Zygote._children``, noting every pid an ``exit`` message found no child for."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.missed: dict[int, anyio.Event] = {}
-
-    def missed_event(self, pid: int) -> anyio.Event:
-        return self.missed.setdefault(pid, anyio.Event())
-
-    def pop(self, key: Any, *default: Any) -> Any:
-        if key not in self:
-            self.missed_event(key).set()
-        return super().pop(key, *default)
-
-
-class _RecordingForked(list):  # type: ignore[type-arg]
-    """``Zygote._forked``, remembering the last (pid, pidfd) handed to ``fork``."""
-
-    last: tuple[int, int] | None = None
-
-    def pop(self, *args: Any) -> Any:
-        item = super().pop(*args)
-        self.last = item
-        return item
-
-
-def _hook_registration_window(monkeypatch: pytest.MonkeyPatch, hook: Any) -> None:
-    """Run ``hook()`` once, in ``Zygote.fork`` after the ``forked`` answer was taken and before the
-    child is registered (the first ``SocketStream.from_socket`` of a fork)."""
-    original = anyio.abc.SocketStream.from_socket
-    state = {"done": False}
-
-    async def from_socket(cls: Any, sock: Any) -> Any:
-        if not state["done"]:
-            state["done"] = True
-            await hook()
-        return await original(sock)
-
-    monkeypatch.setattr(anyio.abc.SocketStream, "from_socket", classmethod(from_socket))
-
-
-# --- Defects -----------------------------------------------------------------------------------
+# --- Lifecycle -----------------------------------------------------------------------------------
 
 
 async def test_pidfds_the_gateway_holds_are_close_on_exec() -> None:
@@ -168,11 +108,11 @@ async def test_a_fork_the_kernel_refuses_fails_alone(tmp_path: Path) -> None:
     try:
         with anyio.fail_after(60):
             await pool.warm.wait_for(1)
-        assert await _bash(pool, "sesn_1", "echo one") == "one\n"
+        assert await bash_in(pool, "sesn_1", "echo one") == "one\n"
         serving = pool.pid("sesn_1")
         with anyio.fail_after(60):
             [waiting] = await pool.warm.wait_for(1)
-        template = _parent(waiting)
+        template = parent(waiting)
         taken = None
         with _pids_cgroup(limit=1) as group:
             (group / "cgroup.procs").write_text(str(template))  # its next fork gets EAGAIN
@@ -183,7 +123,7 @@ async def test_a_fork_the_kernel_refuses_fails_alone(tmp_path: Path) -> None:
                     for task in list(pool.warm._filling):
                         await task
                 assert process_start(template) is not None, "the template survives a refused fork"
-                assert await _bash(pool, "sesn_1", "echo still") == "still\n"
+                assert await bash_in(pool, "sesn_1", "echo still") == "still\n"
                 assert pool.pid("sesn_1") == serving, (
                     "one refused fork must not kill the sandboxes already forked"
                 )
@@ -249,17 +189,17 @@ async def test_a_fork_timeout_leaves_the_session_sandboxes_serving(
     try:
         with anyio.fail_after(60):
             await pool.warm.wait_for(1)
-        assert await _bash(pool, "sesn_1", "echo one") == "one\n"
+        assert await bash_in(pool, "sesn_1", "echo one") == "one\n"
         serving = pool.pid("sesn_1")
         with anyio.fail_after(60):
             [waiting] = await pool.warm.wait_for(1)
-        template = _parent(waiting)
+        template = parent(waiting)
         os.kill(template, signal.SIGSTOP)
-        assert await _bash(pool, "sesn_2", "echo two") == "two\n"  # takes the warm one, refills
+        assert await bash_in(pool, "sesn_2", "echo two") == "two\n"  # takes the warm one, refills
         with anyio.fail_after(30):
             for task in list(pool.warm._filling):
                 await task
-        assert await _bash(pool, "sesn_1", "echo still") == "still\n"
+        assert await bash_in(pool, "sesn_1", "echo still") == "still\n"
         assert pool.pid("sesn_1") == serving, "a slow fork must not kill the sessions' sandboxes"
     finally:
         if template is not None:
@@ -315,15 +255,15 @@ async def test_a_waiting_child_is_titled_as_a_warm_sandbox() -> None:
             assert child.stdout is not None
             assert (await child.stdout.receive()).strip() == b"warm"  # retitled before it says so
         assert template._process is not None
-        assert any(a.startswith("--zygote") for a in _cmdline(template._process.pid))
-        assert not any(a.startswith("--zygote") for a in _cmdline(child.pid))
+        assert any(a.startswith("--zygote") for a in cmdline(template._process.pid))
+        assert not any(a.startswith("--zygote") for a in cmdline(child.pid))
     finally:
         if child is not None:
             await child.aclose()
         await template.close()
 
 
-# --- Checked and found fine --------------------------------------------------------------------
+# --- Isolation and process semantics --------------------------------------------------------------------
 
 
 def _memory_contains(pid: int, needle: bytes) -> bool:
@@ -355,13 +295,13 @@ async def test_no_token_reaches_the_template_or_a_sibling(tmp_path: Path) -> Non
             await pool.warm.wait_for(2)
         tokens = {}
         for session in ("sesn_a", "sesn_b"):
-            assert await _bash(pool, session, "echo ok") == "ok\n"
+            assert await bash_in(pool, session, "echo ok") == "ok\n"
             endpoint = await pool.endpoint(session)
             tokens[session] = dict(endpoint.headers)["Authorization"].split()[1].encode()
         a, b = pool.pid("sesn_a"), pool.pid("sesn_b")
         assert a is not None and b is not None
-        template = _parent(a)
-        assert _parent(b) == template != os.getpid()
+        template = parent(a)
+        assert parent(b) == template != os.getpid()
         assert _memory_contains(a, tokens["sesn_a"]), "the probe finds a token where it is"
         assert not _memory_contains(b, tokens["sesn_a"]) and not _memory_contains(a, tokens["sesn_b"])
         assert not _memory_contains(template, tokens["sesn_a"])
@@ -393,7 +333,7 @@ async def test_a_forked_session_sandbox_holds_what_a_spawned_one_does(tmp_path: 
         try:
             with anyio.fail_after(60):
                 [warm] = await pool.warm.wait_for(1)
-            inside = await _bash(pool, "sesn_x", "ls /proc/self/fd | sort -n | tr '\\n' ' '")
+            inside = await bash_in(pool, "sesn_x", "ls /proc/self/fd | sort -n | tr '\\n' ' '")
             pid = pool.pid("sesn_x")
             assert pid == warm
             fds = _fds(pid)
@@ -443,7 +383,7 @@ def test_a_killed_gateway_leaves_no_template_child_or_pid_file_behind(tmp_path: 
         assert starter.stdout is not None
         warm = [int(pid) for pid in starter.stdout.readline().split()]
         assert len(warm) == 2
-        template = _parent(warm[1])
+        template = parent(warm[1])
         recorded = sorted(p.name.split(".")[0] for p in state.iterdir())
         assert "zygote" in recorded and "sesn_k" in recorded and "warm" in recorded
         pids = [template, *warm, *(int(p.name.split(".")[1]) for p in state.iterdir())]
