@@ -29,7 +29,9 @@ from gateway.api import (
     egress,
     environments,
     files,
+    session_resources,
     sessions,
+    skills,
     threads,
     vaults,
     webhooks,
@@ -51,7 +53,8 @@ from gateway.harness.runner import SessionRunner
 from gateway.mcp_gateway import wiring as mcp_gateway
 from gateway.observability import metrics, tracing
 from gateway.observability.observed_store import observe_store
-from gateway.resources import uploads
+from gateway.resources import skill_uploads, uploads
+from gateway.resources.skills import skills_dir
 from gateway.scheduling.scheduler import Scheduler
 from gateway.scripted_model.script import ScriptBook
 from gateway.scripted_model.server import create_app as create_scripted_model
@@ -59,6 +62,7 @@ from gateway.serving import TLSFiles, bind_or_exit, serve_socket, socket_url
 from gateway.store import open_store
 from gateway.store.base import StoreUnavailable
 from gateway.store.patient import patient
+from gateway.tools.placement import Placer
 from gateway.tools.sandbox import SandboxPool
 from gateway.tools.sandbox_plan import SandboxPlanner, SelfHostedSandboxes
 from gateway.tools.start_queue import StartQueue
@@ -174,6 +178,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
             await anyio.to_thread.run_sync(
                 uploads.remove_stale_partials, uploads.files_dir(settings.data_dir)
             )
+            await anyio.to_thread.run_sync(skill_uploads.remove_stale_staging, skills_dir(settings.data_dir))
             sandboxes.check_host()  # one line if bash cannot run here (no bubblewrap)
             sandboxes.warm_up()
             async with (
@@ -196,6 +201,9 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
                     policies=policies or PolicySet(),
                     keyring=keyring,
                     transport_for=hub.transport_for,
+                    placer=Placer(
+                        work_store, keyring, settings.data_dir, settings.git_base_url, hub.transport_for
+                    ),
                     retry=RetryPolicy(
                         settings.model_max_attempts,
                         settings.model_retry_base_seconds,
@@ -234,9 +242,11 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
         *agents.routes,
         *environments.routes,
         *sessions.routes,
+        *session_resources.routes,
         *threads.routes,
         *deployments.routes,
         *files.routes,
+        *skills.routes,
         *vaults.routes,
         *egress.routes,
         *work.routes,

@@ -23,6 +23,7 @@ from gateway.settings import (
     API_KEYS,
     DATA_DIR,
     DATABASE_URL,
+    GIT_BASE_URL,
     LEASE_TTL,
     MAX_BODY_BYTES,
     MAX_UPLOAD_BYTES,
@@ -59,6 +60,8 @@ class Settings:
     """None with no model key means: serve the scripted model inside the gateway."""
     max_body_bytes: int = 8 * 1024 * 1024
     max_upload_bytes: int = 500 * 1024 * 1024
+    git_base_url: str = "https://github.com"
+    """Where ``github_repository`` resources are cloned from (an on-prem or loopback Git server)."""
     max_output_tokens: int = 8192
     prompt_caching: bool = True
     """Default for agents without ``tether.prompt_caching``."""
@@ -130,6 +133,7 @@ class Settings:
             model_base_url=MODEL_BASE_URL.read(env),
             max_body_bytes=MAX_BODY_BYTES.read(env),
             max_upload_bytes=MAX_UPLOAD_BYTES.read(env),
+            git_base_url=GIT_BASE_URL.read(env),
             model_stream_timeout=MODEL_STREAM_TIMEOUT.read(env),
             model_max_attempts=MODEL_MAX_ATTEMPTS.read(env),
             model_retry_base_seconds=MODEL_RETRY_BASE.read(env),

@@ -89,6 +89,13 @@ MAX_UPLOAD_BYTES = _s(
     _positive_int,
     "500 MiB",
 )
+GIT_BASE_URL = _s(
+    "TETHER_GIT_BASE_URL",
+    "URL",
+    "https://github.com",
+    "where `github_repository` resources are cloned from (`<base>/<owner>/<repo>.git`): an on-prem Git server",
+    _text,
+)
 POLICY_FILES = _s(
     "TETHER_POLICY_FILES",
     "list",
@@ -354,7 +361,7 @@ GROUPS: tuple[Group, ...] = (
     Group(
         "Gateway",
         (HOST, PORT, DATA_DIR, DATABASE_URL, API_KEYS, PUBLIC_URL, TLS_CERT, TLS_KEY, MAX_BODY_BYTES,
-         MAX_UPLOAD_BYTES, POLICY_FILES, LEASE_TTL, MASTER_KEY, METRICS_PUBLIC),
+         MAX_UPLOAD_BYTES, GIT_BASE_URL, POLICY_FILES, LEASE_TTL, MASTER_KEY, METRICS_PUBLIC),
     ),
     Group(
         "Model",

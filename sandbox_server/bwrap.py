@@ -40,6 +40,8 @@ from sandbox_server.bwrap_args import (
     find_bwrap,
     not_installed,
     open_workspace_fd,
+    session_area_args,
+    session_area_fd,
 )
 from sandbox_server.cgroups import CgroupFactory, CommandCgroup
 from sandbox_server.egress.mount import EgressMount
@@ -208,7 +210,9 @@ class BubblewrapBash(ShellSession):
         held = self._held_fds()
         fds = etc_pipes(self._uid)
         egress = self.egress
+        area = session_area_fd(held["workspace"])
         try:
+            extra = egress.bwrap_args(held["egress"], held.get("bundle")) if egress else []
             argv = bwrap_argv(
                 bwrap,
                 workspace_fd=held["workspace"],
@@ -216,16 +220,16 @@ class BubblewrapBash(ShellSession):
                 limits=self.limits,
                 inner=inner,
                 uid=self._uid,
-                extra_args=egress.bwrap_args(held["egress"], held.get("bundle")) if egress else (),
+                extra_args=[*extra, *(session_area_args(area) if area is not None else ())],
                 extra_env=egress.env if egress is not None else None,
             )
             split = argv.index("--")
             args_fd = args_memfd(argv[1:split])
         except BaseException:
-            for fd in fds.values():
+            for fd in (*fds.values(), *([area] if area is not None else [])):
                 os.close(fd)
             raise
-        owned = [*fds.values(), args_fd]
+        owned = [*fds.values(), args_fd, *([area] if area is not None else [])]
         return PreparedCommand(
             [bwrap, "--args", str(args_fd), *argv[split:]], (*owned, *held.values(), *extra_fds), owned
         )

@@ -28,8 +28,9 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 
+from sandbox_server import beneath
 from sandbox_server.limits import SandboxLimits
-from sandbox_server.workspace import WORKSPACE_MOUNT
+from sandbox_server.workspace import AREA_DIR, AREA_MOUNTED, SESSION_MOUNT, WORKSPACE_MOUNT
 
 SANDBOX_UID = 1000
 SANDBOX_HOSTNAME = "sandbox"
@@ -237,6 +238,27 @@ def bwrap_argv(
         argv += ["--setenv", key, value]
     argv += ["--", *inner]
     return argv
+
+
+def session_area_fd(workspace_fd: int) -> int | None:
+    """An ``O_PATH`` descriptor of the session's resources (``AREA_MOUNTED``), if the gateway has
+    placed any: looked up per command, beneath the workspace and never through a symlink."""
+    try:
+        return beneath.open_beneath(
+            workspace_fd, AREA_MOUNTED, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, symlinks=False
+        )
+    except OSError:
+        return None
+
+
+def session_area_args(area_fd: int) -> list[str]:
+    """The area read-only at ``SESSION_MOUNT``, its workspace entry masked: a mount point, so the
+    agent can neither see the server's bookkeeping nor rename the entry away while it runs."""
+    masked = f"{WORKSPACE_MOUNT}/{AREA_DIR}"
+    return [
+        "--ro-bind-fd", str(area_fd), SESSION_MOUNT,
+        "--perms", "0555", "--tmpfs", masked, "--remount-ro", masked,
+    ]  # fmt: skip
 
 
 def open_workspace_fd(root: Path) -> int:

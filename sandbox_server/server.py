@@ -51,6 +51,7 @@ from sandbox_server.identity import (
     parse_uid_range,
 )
 from sandbox_server.limits import SandboxLimits, format_seconds
+from sandbox_server.placement import Placement
 from sandbox_server.quota import DiskQuota, QuotaExceeded
 from sandbox_server.results import text_result
 from sandbox_server.transport import exit_on_sigterm, serve_toolset
@@ -343,7 +344,8 @@ def run(
             cleanup.callback(close)
         owner = None if identity.is_current else (identity.uid, identity.gid)
         server = build_server(ws.root, bash_backend=bash, limits=limits, network=network, owner=owner)
-        serve_toolset(server, host, port, stdio, sandbox_token)
+        placement = Placement(Workspace.open(ws.root, create=False, owner=owner))
+        serve_toolset(server, host, port, stdio, sandbox_token, placement)
 
 
 def _claim_workspace(

@@ -13,8 +13,10 @@ import threading
 
 from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from starlette.types import ASGIApp
 
 from sandbox_server import auth
+from sandbox_server.placement import Placement, PlacementRoutes
 from sandbox_server.serving import serve
 
 MCP_PATH = "/mcp"
@@ -49,9 +51,17 @@ def exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
 
-def serve_toolset(server: MCPServer, host: str, port: int, stdio: bool, token: str | None) -> None:
+def serve_toolset(
+    server: MCPServer,
+    host: str,
+    port: int,
+    stdio: bool,
+    token: str | None,
+    placement: Placement | None = None,
+) -> None:
     """Over stdio no token is needed (only the parent holds the pipes); over HTTP every request
-    must carry it (``sandbox_server.auth``), and without one nothing is served."""
+    must carry it (``sandbox_server.auth``), and without one nothing is served. ``placement``
+    takes the session's resources from the gateway beside ``/mcp`` (HTTP only)."""
     if stdio:
         server.run("stdio")
         return
@@ -63,4 +73,5 @@ def serve_toolset(server: MCPServer, host: str, port: int, stdio: bool, token: s
     app = server.streamable_http_app(
         streamable_http_path=MCP_PATH, transport_security=transport_security(host), host=host
     )
-    serve(auth.BearerAuth(app, token), host, port)
+    served: ASGIApp = PlacementRoutes(app, placement) if placement is not None else app
+    serve(auth.BearerAuth(served, token), host, port)

@@ -28,6 +28,12 @@ from pathlib import Path
 from sandbox_server import beneath
 
 WORKSPACE_MOUNT = "/workspace"
+SESSION_MOUNT = "/mnt/session"
+"""Where the session's read-only resources show inside the sandbox (``sandbox_server.placement``)."""
+AREA_DIR = ".tether-session"
+"""The workspace entry holding them, out of the agent's reach: ``AREA_DIR/mnt`` is bound read-only
+at ``SESSION_MOUNT``, the entry itself is masked in the sandbox and refused by the file tools."""
+AREA_MOUNTED = f"{AREA_DIR}/mnt"
 
 
 class WorkspaceError(Exception):
@@ -85,7 +91,20 @@ class Workspace:
             raise WorkspaceError("Path is empty; give a path relative to /workspace or under /workspace.")
         if "\x00" in path:
             raise WorkspaceError("Path contains a NUL byte.")
-        return self._relative_part(path)
+        if path.startswith("/"):
+            normal = posixpath.normpath(path)
+            if normal == SESSION_MOUNT or normal.startswith(SESSION_MOUNT + "/"):
+                return AREA_MOUNTED + normal[len(SESSION_MOUNT) :]
+        relative = self._relative_part(path)
+        if relative == AREA_DIR or relative.startswith(AREA_DIR + "/"):
+            raise WorkspaceError(f"{path} is reserved; the session's resources are under {SESSION_MOUNT}.")
+        return relative
+
+    @staticmethod
+    def require_writable(relative: str, shown: str) -> None:
+        """The session's resources are read-only to the tools, as to the sandbox."""
+        if relative == AREA_DIR or relative.startswith(AREA_DIR + "/"):
+            raise WorkspaceError(f"{shown} is read-only: {SESSION_MOUNT} holds the session's resources.")
 
     @staticmethod
     def escape(path: str) -> WorkspaceError:
@@ -96,6 +115,8 @@ class Workspace:
 
     def mount_path(self, relative: str) -> str:
         """The ``/workspace/...`` spelling of a path relative to the root."""
+        if relative == AREA_MOUNTED or relative.startswith(AREA_MOUNTED + "/"):
+            return SESSION_MOUNT + relative[len(AREA_MOUNTED) :]
         return f"{WORKSPACE_MOUNT}/{relative}" if relative else WORKSPACE_MOUNT
 
     def _relative_part(self, path: str) -> str:
@@ -120,9 +141,7 @@ class Workspace:
     def model_path(self, host_path: str | os.PathLike[str]) -> str:
         """The ``/workspace/...`` spelling of a host path inside the workspace."""
         relative = os.path.relpath(os.fspath(host_path), self.root)
-        if relative == ".":
-            return WORKSPACE_MOUNT
-        return f"{WORKSPACE_MOUNT}/{Path(relative).as_posix()}"
+        return self.mount_path("" if relative == "." else Path(relative).as_posix())
 
     # ----------------------------------------------------------------- lookups beneath the root
 

@@ -494,3 +494,30 @@ def test_the_tunnel_agent_refuses_an_admin_key_and_an_unknown_one_in_one_line(
     assert len(lines) == 1 and message in lines[0], done.stderr
     if "unknown" not in key:
         assert "tether keys create --name SITE --role worker" in lines[0]
+
+
+def test_an_onprem_sandbox_gets_the_sessions_files_through_the_tunnel(
+    client: anthropic.Anthropic, scripts: Scripts, gateway: ServerProcess, onprem: OnPrem
+) -> None:
+    upload = client.beta.files.upload(file=("brief.md", b"# the brief\n", "text/markdown"))
+    marker = scripts.add(
+        [
+            {"content": [_read(f"/mnt/session/uploads/{upload.id}")]},
+            {"content": [{"type": "text", "text": "read"}]},
+        ]
+    )
+    session = client.beta.sessions.create(
+        agent=_toolset_agent(client, marker).id,
+        environment_id=onprem.environment.id,
+        resources=[
+            {"type": "file", "file_id": upload.id},
+            {"type": "file", "file_id": upload.id, "mount_path": "/workspace/brief.md"},
+        ],
+    )
+    streamed = send_and_stream(client, session.id, [user_message("read the brief")])
+    results = [e for e in streamed if e.type == "agent.tool_result"]
+    assert [(r.is_error, r.content[0].text) for r in results] == [(False, "     1\t# the brief\n")]
+    assert not [e for e in streamed if e.type == "session.error"]
+    on_prem = onprem.agent.view(onprem.workspaces / session.id)
+    assert (on_prem / "brief.md").read_bytes() == b"# the brief\n"
+    assert not (gateway_data_dir(gateway) / "workspaces" / session.id).exists()

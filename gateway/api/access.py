@@ -33,6 +33,7 @@ _BUILDING = (
     "/v1/files",
     "/v1/deployments",
     "/v1/deployment_runs",
+    "/v1/skills",
 )
 """The surfaces a ``developer`` builds with and a ``reader`` reads."""
 OPERATOR_EVENTS = frozenset({"user.tool_confirmation", "user.interrupt"})

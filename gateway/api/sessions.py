@@ -42,7 +42,9 @@ async def create(request: Request) -> JSONResponse:
     access.require_vault_use(request, body.vault_ids)
     access.require_agent(request, body.agent if isinstance(body.agent, str) else body.agent.id)
     await uploads.require_usable(gateway.store, file_references(body.initial_events))
-    session, initial = await sessions.create(gateway.store, body, prices=gateway.settings.prices)
+    session, initial = await sessions.create(
+        gateway.store, body, prices=gateway.settings.prices, sealer=gateway.keyring
+    )
     if initial:
         gateway.runner.wake(session["id"])
     return JSONResponse(sessions.render(session))

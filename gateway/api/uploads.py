@@ -118,17 +118,17 @@ class _Form:
         return None if value is None else value.decode("utf-8", "replace")
 
 
-def _boundary(request: Request) -> bytes:
+def boundary(request: Request, parts: str = "a 'file' part") -> bytes:
     kind, options = parse_options_header(request.headers.get("content-type", ""))
     if kind != b"multipart/form-data":
-        raise InvalidRequest("Content-Type: an upload is multipart/form-data with a 'file' part")
-    boundary = options.get(b"boundary")
-    if not boundary:
+        raise InvalidRequest(f"Content-Type: an upload is multipart/form-data with {parts}")
+    found = options.get(b"boundary")
+    if not found:
         raise InvalidRequest("Content-Type: multipart/form-data needs a boundary")
-    return boundary
+    return found
 
 
-async def _drain(chunks: AsyncIterator[bytes]) -> None:
+async def drain(chunks: AsyncIterator[bytes]) -> None:
     dropped = 0
     try:
         async for chunk in chunks:
@@ -141,7 +141,7 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
 
 async def _receive(request: Request, form: _Form, receiver: uploads.Receiver) -> None:
     """Feed the body through the parser, writing the file's bytes as they are parsed."""
-    parser = MultipartParser(_boundary(request), form.callbacks())  # type: ignore[arg-type]
+    parser = MultipartParser(boundary(request), form.callbacks())  # type: ignore[arg-type]
     chunks = request.stream().__aiter__()
     received = 0
     try:
@@ -158,7 +158,7 @@ async def _receive(request: Request, form: _Form, receiver: uploads.Receiver) ->
                 batch, form.pending = form.pending, []
                 await anyio.to_thread.run_sync(receiver.write, batch)
     except RequestTooLarge:
-        await _drain(chunks)
+        await drain(chunks)
         raise
     parser.finalize()
     if not form.file_seen:
@@ -173,7 +173,7 @@ async def upload(request: Request) -> JSONResponse:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdigit():
         if int(declared) > limit + ENVELOPE_BYTES:
-            await _drain(request.stream().__aiter__())
+            await drain(request.stream().__aiter__())
             raise RequestTooLarge(f"file: exceeds the upload limit of {limit} bytes")
     form = _Form(limit)
     directory = uploads.files_dir(gateway.settings.data_dir)

@@ -28,6 +28,7 @@ from gateway.sessionlog import events as ev
 from gateway.sessionlog.transcript import RESULT_TYPES, ToolCall, Transcript
 from gateway.store.base import Body, Store, StoredEvent
 from gateway.tools import mcp_client
+from gateway.tools.placement import Placer
 from gateway.tools.sandbox import SandboxPool, SandboxStartFailed
 from gateway.tools.start_queue import StillQueued
 from gateway.tools.toolbox import Toolbox, build_toolbox
@@ -69,6 +70,8 @@ class Harness:
     """List prices: each call's cost is added to the session's, and a budget is checked on it."""
     outcome_heartbeat_seconds: float = 10.0
     """How often ``span.outcome_evaluation_ongoing`` says a grader is still at work."""
+    placer: Placer | None = None
+    """Puts the session's resources in its sandbox before its tools run."""
 
     async def transcript(self, run: Run) -> Transcript:
         transcript = await self.transcripts.current(self.store, run.session_id)
@@ -300,6 +303,9 @@ class Harness:
                 return _text(f"Still waiting for a sandbox: {exc}. Try the call again."), True
             except SandboxStartFailed as exc:
                 return _text(f"The sandbox could not be started: {exc}"), True
+            if self.placer is not None:
+                for error in await self.placer.ensure(session_id, endpoint):
+                    await self.append(run, error)
             url, where = endpoint.url, "the sandbox"
             headers: dict[str, str] = dict(endpoint.headers)
         else:

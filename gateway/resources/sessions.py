@@ -8,7 +8,7 @@ from typing import Any
 from gateway import ids
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.pricing import DEFAULT_TABLE, PriceTable
-from gateway.resources import agents, budgets, common, environments, files, vaults, work
+from gateway.resources import agents, budgets, common, environments, files, session_resources, vaults, work
 from gateway.schemas.common import apply_metadata_patch
 from gateway.schemas.sessions import (
     ClientEvent,
@@ -23,6 +23,7 @@ from gateway.sessionlog.outcomes import TERMINAL as OUTCOME_TERMINAL
 from gateway.sessionlog.outcomes import OutcomeState
 from gateway.sessionlog.transcript import Transcript
 from gateway.store.base import ATTENTION_FIELD, Body, EventQuery, Store, StoredEvent
+from gateway.tunnels.tokens import Sealer
 
 KIND = "session"
 STATUSES = ("idle", "running", "rescheduling", "terminated")
@@ -54,11 +55,16 @@ def _empty_usage() -> Body:
 
 
 async def create(
-    store: Store, request: SessionCreate, session_id: str | None = None, prices: PriceTable | None = None
+    store: Store,
+    request: SessionCreate,
+    session_id: str | None = None,
+    prices: PriceTable | None = None,
+    sealer: Sealer | None = None,
 ) -> tuple[Body, list[StoredEvent]]:
     """``session_id`` is chosen ahead by callers that must not create the session twice
     (a scheduled fire completed again after a crash); ``prices`` cost its usage (the gateway's
-    table; the built-in one when not given)."""
+    table; the built-in one when not given); ``sealer`` seals repository tokens among the
+    ``resources`` (callers that take none need none)."""
     prices = prices or DEFAULT_TABLE
     if isinstance(request.agent, str):
         agent = await agents.get(store, request.agent)
@@ -73,6 +79,7 @@ async def create(
     model = str(agent["model"]["id"])
     if request.budget is not None:
         budgets.require_budgetable(prices, model)
+    resources, tokens = await session_resources.build_all(store, sealer, request.resources)
     moment = ids.timestamp()
     body: Body = {
         "type": "session",
@@ -84,7 +91,8 @@ async def create(
         "status": "idle",
         "usage": {**_empty_usage(), **budgets.opening_usage(prices, model)},
         "budget": request.budget.model_dump() if request.budget is not None else None,
-        "resources": [],
+        "resources": resources,
+        session_resources.TOKENS: tokens,
         "vault_ids": request.vault_ids,
         "outcome_evaluations": [],
         "created_at": moment,

@@ -7,12 +7,13 @@ Mirrors ``session_create_params``, ``session_update_params`` and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from gateway.schemas.agents import MAX_MCP_SERVERS, MAX_TOOLS, Tool, URLMCPServer
 from gateway.schemas.common import Metadata, MetadataPatch, Strict
+from gateway.schemas.session_resources import MAX_RESOURCES, ResourceParams
 
 MAX_EVENTS_PER_POST = 100
 MAX_VAULTS = 20
@@ -234,15 +235,8 @@ class SessionCreate(Strict):
         default_factory=list
     )
     vault_ids: Annotated[list[str], Field(max_length=MAX_VAULTS)] = Field(default_factory=list)
-    resources: list[dict[str, Any]] = Field(default_factory=list)
+    resources: Annotated[list[ResourceParams], Field(max_length=MAX_RESOURCES)] = Field(default_factory=list)
     budget: BudgetLimit | None = None
-
-    @field_validator("resources")
-    @classmethod
-    def _no_resources(cls, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if resources:
-            raise ValueError("session resources are not supported by Tether yet")
-        return resources
 
 
 class SessionAgentUpdate(Strict):

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from sandbox_server import beneath
 from sandbox_server.file_tools.errors import ToolError
-from sandbox_server.workspace import Workspace, WorkspaceError
+from sandbox_server.workspace import AREA_DIR, Workspace, WorkspaceError
 
 
 def join(directory: str, name: str) -> str:
@@ -88,7 +88,9 @@ def regular_files(
     """
     start_fd = ws.open_path(start, os.O_RDONLY | os.O_DIRECTORY, shown=ws.mount_path(start))
     try:
-        for entry in beneath.walk(start_fd, lambda e: e.name not in skip_dirs):
+        for entry in beneath.walk(
+            start_fd, lambda e: e.name not in skip_dirs and join(start, e.path) != AREA_DIR
+        ):
             info = entry.stat
             if stat.S_ISLNK(info.st_mode):
                 relative = join(start, entry.path)

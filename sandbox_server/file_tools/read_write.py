@@ -92,6 +92,7 @@ def write(ws: Workspace, file_path: str, content: str) -> str:
     symlink at any moment makes the call fail instead of writing elsewhere.
     """
     relative = ws.relative(file_path)
+    ws.require_writable(relative, file_path)
     cannot_create = f"Cannot create {file_path}: a parent of this path is a file, not a directory."
     try:
         existed = True
@@ -127,6 +128,7 @@ def edit(
     if old_string == new_string:
         raise ToolError("old_string and new_string are identical; there is nothing to change.")
     relative = ws.relative(file_path)
+    ws.require_writable(relative, file_path)
     fd = open_regular(ws, relative, file_path, os.O_RDWR)
     with os.fdopen(fd, "r+b") as f:
         data = f.read(MAX_EDIT_BYTES + 1)

@@ -1,0 +1,131 @@
+"""Session resources as the SDK sends them: files and repositories placed in the session's sandbox.
+
+``sessions.create(resources=…)`` and ``sessions.resources.add`` take the SDK's params; the
+wire shape answered is ``BetaManagedAgentsFileResource`` / ``…GitHubRepositoryResource``. A
+repository's ``authorization_token`` is write-only: it is sealed apart from the resource and
+never rendered. Memory-store resources parse, then answer a 400 naming them.
+
+Where a resource may go (``check_mount_path``): strictly below ``/workspace`` (placed in the
+workspace, the agent may change it) or below ``/mnt/session`` (read-only to the agent), in
+normal form, never onto a place Tether keeps for itself.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from gateway.schemas.common import Strict
+
+WORKSPACE = "/workspace"
+SESSION_AREA = "/mnt/session"
+SKILLS_AREA = f"{SESSION_AREA}/skills"
+"""Where the agent's skills are placed (``/mnt/session/skills/<name>``); no resource goes there."""
+RESERVED = (f"{WORKSPACE}/.tether-session", SKILLS_AREA)
+MAX_MOUNT_PATH_CHARS = 1024
+MAX_RESOURCES = 100
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top + "/")
+
+
+def check_mount_path(path: str) -> str:
+    """``path`` if it may hold a resource; ``ValueError`` naming the rule otherwise."""
+    if not path.startswith("/"):
+        raise ValueError(f"mount_path must be absolute, not {path!r}")
+    if _UNPRINTABLE.search(path) or len(path) > MAX_MOUNT_PATH_CHARS:
+        raise ValueError("mount_path must be printable and at most 1024 characters")
+    if posixpath.normpath(path) != path or "/../" in path + "/" or path.startswith("//"):
+        raise ValueError(f"mount_path must be in normal form (no '..', '.', '//' or trailing '/'): {path!r}")
+    if any(len(part.encode()) > 255 for part in path.split("/")):
+        raise ValueError("mount_path components must be at most 255 bytes")
+    if not any(path.startswith(top + "/") for top in (WORKSPACE, SESSION_AREA)):
+        raise ValueError(f"mount_path must be below {WORKSPACE} or {SESSION_AREA}, not {path!r}")
+    for reserved in RESERVED:
+        if _under(path, reserved):
+            raise ValueError(f"mount_path {path!r} is inside {reserved}, which Tether keeps for itself")
+    return path
+
+
+MountPath = Annotated[str, Field(min_length=1)]
+
+
+class BranchCheckout(Strict):
+    type: Literal["branch"]
+    name: Annotated[str, Field(min_length=1, max_length=255)]
+
+    @field_validator("name")
+    @classmethod
+    def _branch_name(cls, name: str) -> str:
+        if _UNPRINTABLE.search(name) or ".." in name or name.startswith(("-", "/")) or " " in name:
+            raise ValueError(f"not a branch name: {name!r}")
+        return name
+
+
+class CommitCheckout(Strict):
+    type: Literal["commit"]
+    sha: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
+
+
+Checkout = Annotated[BranchCheckout | CommitCheckout, Field(discriminator="type")]
+
+
+class FileResourceParams(Strict):
+    type: Literal["file"]
+    file_id: Annotated[str, Field(min_length=1, max_length=128)]
+    mount_path: MountPath | None = None
+
+    @field_validator("mount_path")
+    @classmethod
+    def _mount_path(cls, path: str | None) -> str | None:
+        return None if path is None else check_mount_path(path)
+
+
+class GitHubRepositoryResourceParams(Strict):
+    type: Literal["github_repository"]
+    url: Annotated[str, Field(min_length=1, max_length=1024)]
+    authorization_token: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    checkout: Checkout | None = None
+    mount_path: MountPath | None = None
+
+    @field_validator("mount_path")
+    @classmethod
+    def _mount_path(cls, path: str | None) -> str | None:
+        return None if path is None else check_mount_path(path)
+
+
+class MemoryStoreResourceParams(Strict):
+    type: Literal["memory_store"]
+    memory_store_id: str
+    access: Literal["read_write", "read_only"] | None = None
+    instructions: Annotated[str, Field(max_length=4096)] | None = None
+
+
+ResourceParams = Annotated[
+    FileResourceParams | GitHubRepositoryResourceParams | MemoryStoreResourceParams,
+    Field(discriminator="type"),
+]
+
+
+class ResourceAdd(Strict):
+    """``sessions.resources.add``: the SDK adds files only."""
+
+    type: Literal["file"]
+    file_id: Annotated[str, Field(min_length=1, max_length=128)]
+    mount_path: MountPath | None = None
+
+    @field_validator("mount_path")
+    @classmethod
+    def _mount_path(cls, path: str | None) -> str | None:
+        return None if path is None else check_mount_path(path)
+
+
+class ResourceUpdate(Strict):
+    """``sessions.resources.update``: a new token (repositories only)."""
+
+    authorization_token: Annotated[str, Field(min_length=1, max_length=4096)]

@@ -1,0 +1,237 @@
+"""Getting a session's resources into its sandbox before its tools run (``sandbox_server.placement``).
+
+Before a sandbox tool call the harness asks ``Placer.ensure``: what the session wants placed
+(its ``resources``) is compared with what this sandbox's workspace already holds, and each
+missing one is sent as a tar stream: an uploaded file straight from ``DATA_DIR/files`` (a
+header, the bytes, the padding: no copy), a repository cloned here first with its token (the
+token and the clone's credentials never leave the gateway; the sandbox gets the checked-out
+tree, ``.git`` included). The same request goes through the tunnel for an on-prem sandbox.
+
+A resource that cannot be placed is reported once per sandbox as a ``session.error`` (the SDK's
+``repository_*_error`` for repositories, ``retry_status: retrying``: the session runs on
+without it, and a new sandbox tries again). What a sandbox holds is remembered per process,
+so a call that needs nothing new costs one read of the session.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tarfile
+import tempfile
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import anyio.to_thread
+import httpx2
+
+from gateway.resources import session_resources, uploads
+from gateway.sessionlog import events as ev
+from gateway.store.base import Body, Store
+from gateway.tools import git_fetch
+from gateway.tools.mcp_client import TransportFor
+from gateway.tools.sandbox import SandboxEndpoint
+from gateway.tunnels.tokens import Sealer
+
+log = logging.getLogger("tether.placement")
+
+PLACEMENT_PATH = "/tether/resources"
+MOUNT_PATH_HEADER = "x-tether-mount-path"
+KIND_HEADER = "x-tether-kind"
+SEND_TIMEOUT = 600.0
+REMEMBERED_SANDBOXES = 4096
+_CHUNK = 1 << 20
+_BLOCK = tarfile.BLOCKSIZE
+
+
+class PlacementFailed(Exception):
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+@dataclass(frozen=True)
+class Wanted:
+    key: str
+    mount_path: str
+    kind: Literal["file", "tree"]
+    resource: Body
+
+
+def wanted(session: Body) -> list[Wanted]:
+    """What the session's sandbox should hold, keyed so a placed resource is never sent twice."""
+    return [
+        Wanted(r["id"], r["mount_path"], "file" if r["type"] == "file" else "tree", r)
+        for r in session.get("resources") or []
+    ]
+
+
+def placement_url(mcp_url: str) -> str:
+    """The sandbox's placement endpoint, beside its ``/mcp``."""
+    parts = urlsplit(mcp_url)
+    return urlunsplit((parts.scheme, parts.netloc, PLACEMENT_PATH, "", ""))
+
+
+class Placer:
+    def __init__(
+        self,
+        store: Store,
+        sealer: Sealer,
+        data_dir: Path,
+        git_base_url: str = git_fetch.GITHUB_BASE_URL,
+        transport_for: TransportFor | None = None,
+    ) -> None:
+        self.store = store
+        self.sealer = sealer
+        self.files_dir = uploads.files_dir(data_dir)
+        self.scratch = data_dir / "tmp"
+        self.git_base_url = git_base_url
+        self.transport_for = transport_for
+        self._held: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
+        """(session, sandbox URL) -> keys placed there or reported as failing there."""
+        self._locks: dict[str, anyio.Lock] = {}
+
+    async def ensure(self, session_id: str, endpoint: SandboxEndpoint) -> list[Body]:
+        """Place what the sandbox lacks; the ``session.error`` events for what could not be."""
+        session = await self.store.get(session_resources.SESSION_KIND, session_id)
+        wants = wanted(session or {})
+        slot = (session_id, endpoint.url)
+        if all(w.key in self._held.get(slot, ()) for w in wants):
+            return []
+        lock = self._locks.setdefault(session_id, anyio.Lock())
+        errors: list[Body] = []
+        async with lock:
+            held = self._remember(slot)
+            url = placement_url(endpoint.url)
+            async with httpx2.AsyncClient(
+                headers=dict(endpoint.headers),
+                timeout=httpx2.Timeout(SEND_TIMEOUT, connect=10.0),
+                transport=self.transport_for(url) if self.transport_for else None,
+            ) as client:
+                try:
+                    answer = await client.get(url)
+                    answer.raise_for_status()
+                    held.update(answer.json().get("placed") or [])
+                except (httpx2.HTTPError, ValueError) as exc:
+                    log.warning(
+                        "session %s: the sandbox's resources could not be listed: %s", session_id, exc
+                    )
+                    return []  # the tool call itself will say what is wrong with the sandbox
+                for want in wants:
+                    if want.key in held:
+                        continue
+                    try:
+                        await self._send(client, url, want, session or {})
+                    except PlacementFailed as exc:
+                        errors.append(_error_event(want, exc))
+                    held.add(want.key)
+        if not lock.statistics().tasks_waiting:
+            self._locks.pop(session_id, None)
+        return errors
+
+    def _remember(self, slot: tuple[str, str]) -> set[str]:
+        held = self._held.pop(slot, set())
+        self._held[slot] = held
+        while len(self._held) > REMEMBERED_SANDBOXES:
+            self._held.popitem(last=False)
+        return held
+
+    async def _send(self, client: httpx2.AsyncClient, url: str, want: Wanted, session: Body) -> None:
+        if want.kind == "file":
+            await self._put(client, url, want, await self._file_archive(want.resource["file_id"]))
+            return
+        with tempfile.TemporaryDirectory(prefix="clone-", dir=self._scratch()) as scratch:
+            archive = Path(scratch) / "tree.tar"
+            await self._clone(want.resource, session, Path(scratch) / "tree", archive)
+            await self._put(client, url, want, _stream(archive))
+
+    async def _put(
+        self, client: httpx2.AsyncClient, url: str, want: Wanted, body: AsyncIterator[bytes]
+    ) -> None:
+        headers = {MOUNT_PATH_HEADER: want.mount_path, KIND_HEADER: want.kind}
+        try:
+            answer = await client.put(f"{url}/{want.key}", content=body, headers=headers)
+        except (httpx2.HTTPError, OSError) as exc:
+            raise PlacementFailed(
+                _failure_type(want), f"{want.mount_path} could not be sent: {exc}"
+            ) from None
+        if answer.status_code != 200:
+            try:
+                reason = str(answer.json().get("error"))
+            except ValueError:
+                reason = f"the sandbox answered {answer.status_code}"
+            raise PlacementFailed(_failure_type(want), reason)
+
+    async def _file_archive(self, file_id: str) -> AsyncIterator[bytes]:
+        """A one-member tar of the uploaded file, made as it is sent (checked before sending)."""
+        body = await self.store.get(uploads.KIND, file_id)
+        if body is None or not uploads.is_upload(body):
+            raise PlacementFailed("unknown_error", f"file {file_id!r} no longer exists")
+        path = anyio.Path(self.files_dir / file_id)
+        try:
+            size = (await path.stat()).st_size
+        except OSError:
+            raise PlacementFailed("unknown_error", f"file {file_id!r}: its content is missing") from None
+
+        async def archive() -> AsyncIterator[bytes]:
+            async with await path.open("rb") as source:
+                info = tarfile.TarInfo("file")
+                info.size, info.mode = size, 0o644
+                yield info.tobuf(format=tarfile.PAX_FORMAT)
+                while chunk := await source.read(_CHUNK):
+                    yield chunk
+            yield b"\0" * ((_BLOCK - size % _BLOCK) % _BLOCK + 2 * _BLOCK)
+
+        return archive()
+
+    async def _clone(self, resource: Body, session: Body, tree: Path, archive: Path) -> None:
+        """Clone the repository into ``tree`` and pack it into ``archive`` (worker threads)."""
+        token = session_resources.token(self.sealer, session, resource["id"])
+        try:
+            repository = git_fetch.parse_repository_url(resource["url"])
+            await anyio.to_thread.run_sync(
+                lambda: git_fetch.clone(
+                    repository,
+                    tree,
+                    base_url=self.git_base_url,
+                    token=token,
+                    checkout=resource.get("checkout"),
+                )
+            )
+        except git_fetch.CheckoutFailed as exc:
+            raise PlacementFailed(exc.error_type, exc.message) from None
+        except ValueError as exc:
+            raise PlacementFailed("repository_clone_error", str(exc)) from None
+        await anyio.to_thread.run_sync(_pack, tree, archive)
+
+    def _scratch(self) -> Path:
+        self.scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self.scratch
+
+
+def _pack(tree: Path, archive: Path) -> None:
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(tree, arcname=".", recursive=True)
+    shutil.rmtree(tree, ignore_errors=True)
+
+
+async def _stream(path: Path) -> AsyncIterator[bytes]:
+    async with await anyio.open_file(path, "rb") as source:
+        while chunk := await source.read(_CHUNK):
+            yield chunk
+
+
+def _failure_type(want: Wanted) -> str:
+    return "repository_clone_error" if want.kind == "tree" else "unknown_error"
+
+
+def _error_event(want: Wanted, exc: PlacementFailed) -> Body:
+    resource = want.resource
+    extra = {"repository_url": resource["url"]} if resource["type"] == "github_repository" else {}
+    message = f"resource {resource['id']} ({want.mount_path}): {exc}"
+    return ev.session_error(exc.error_type, message, "retrying", **extra)
