@@ -54,6 +54,7 @@ from gateway.mcp_gateway import wiring as mcp_gateway
 from gateway.observability import metrics, tracing
 from gateway.observability.observed_store import observe_store
 from gateway.resources import skill_uploads, uploads
+from gateway.resources.skill_index import SkillIndex
 from gateway.resources.skills import skills_dir
 from gateway.scheduling.scheduler import Scheduler
 from gateway.scripted_model.script import ScriptBook
@@ -186,6 +187,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
                 anyio.create_task_group() as tasks,
             ):
                 previews = PreviewHub()
+                skill_index = SkillIndex()
                 harness = Harness(
                     store=work_store,
                     previews=previews,
@@ -201,8 +203,14 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
                     policies=policies or PolicySet(),
                     keyring=keyring,
                     transport_for=hub.transport_for,
+                    skill_index=skill_index,
                     placer=Placer(
-                        work_store, keyring, settings.data_dir, settings.git_base_url, hub.transport_for
+                        work_store,
+                        keyring,
+                        settings.data_dir,
+                        settings.git_base_url,
+                        hub.transport_for,
+                        skill_index,
                     ),
                     retry=RetryPolicy(
                         settings.model_max_attempts,

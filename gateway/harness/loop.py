@@ -12,7 +12,7 @@ from typing import Any
 
 import mcp.types as mcp_types
 
-from gateway.harness import file_blocks, model_turn, outcomes
+from gateway.harness import file_blocks, model_turn, outcomes, skill_prompt
 from gateway.harness.model import ModelClient
 from gateway.harness.previews import PreviewHub
 from gateway.harness.responses import POLICY_FIELD, request_end
@@ -24,6 +24,7 @@ from gateway.observability import tracing
 from gateway.pricing import DEFAULT_TABLE, PriceTable
 from gateway.resources import budgets, files
 from gateway.resources import sessions as session_state
+from gateway.resources.skill_index import SkillIndex
 from gateway.sessionlog import events as ev
 from gateway.sessionlog.transcript import RESULT_TYPES, ToolCall, Transcript
 from gateway.store.base import Body, Store, StoredEvent
@@ -70,6 +71,8 @@ class Harness:
     """List prices: each call's cost is added to the session's, and a budget is checked on it."""
     outcome_heartbeat_seconds: float = 10.0
     """How often ``span.outcome_evaluation_ongoing`` says a grader is still at work."""
+    skill_index: SkillIndex = field(default_factory=SkillIndex)
+    """The agent's skill versions, resolved once (for the prompt; the placer shares it)."""
     placer: Placer | None = None
     """Puts the session's resources in its sandbox before its tools run."""
 
@@ -83,7 +86,9 @@ class Harness:
         if session is None or session["status"] == "terminated" or session.get("archived_at"):
             run.last_seq = await self.store.last_seq(run.session_id)  # nothing here to answer
             return
-        agent = session["agent"]
+        agent = skill_prompt.with_skills(
+            session["agent"], await self.skill_index.refs(self.store, session["agent"])
+        )
         run.vault_ids = list(session.get("vault_ids") or [])
         with tracing.turn_span(
             run.session_id,

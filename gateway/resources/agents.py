@@ -8,10 +8,11 @@ from pydantic import TypeAdapter
 
 from gateway import ids
 from gateway.errors import Conflict, InvalidRequest, NotFound
-from gateway.resources import agent_settings, common
+from gateway.resources import agent_settings, common, skills
 from gateway.schemas.agents import (
     AgentCreate,
     AgentUpdate,
+    SkillParam,
     Tool,
     URLMCPServer,
     resolve_model,
@@ -32,8 +33,31 @@ def _tools(tools: list[Any], servers: list[URLMCPServer]) -> list[Body]:
         raise InvalidRequest(str(exc)) from None
 
 
+async def resolve_skills(store: Store, requested: list[SkillParam]) -> list[Body]:
+    """Each skill pinned to a version (the newest when none is named), as the agent stores it.
+    Anthropic-provided skills cannot be served here; two skills of one name would share a folder."""
+    resolved: list[Body] = []
+    names: dict[str, str] = {}
+    for item in requested:
+        if item.type == "anthropic":
+            raise InvalidRequest(
+                f"skills: {item.skill_id!r} is an Anthropic-provided skill, which Tether cannot serve; "
+                "upload its folder with skills.create and use it as a custom skill"
+            )
+        try:
+            ref = await skills.resolve(store, item.skill_id, item.version)
+        except NotFound as exc:
+            raise InvalidRequest(f"skills: {exc}") from None
+        if ref.name in names:
+            raise InvalidRequest(f"skills: {item.skill_id} and {names[ref.name]} are both named {ref.name!r}")
+        names[ref.name] = item.skill_id
+        resolved.append({"type": "custom", "skill_id": ref.skill_id, "version": ref.version})
+    return resolved
+
+
 async def create(store: Store, request: AgentCreate) -> Body:
     agent_settings.parse(request.metadata)
+    pinned = await resolve_skills(store, request.skills or [])
     moment = ids.timestamp()
     body: Body = {
         "type": "agent",
@@ -44,7 +68,7 @@ async def create(store: Store, request: AgentCreate) -> Body:
         "model": resolve_model(request.model),
         "tools": _tools(request.tools, request.mcp_servers),
         "mcp_servers": [s.model_dump() for s in request.mcp_servers],
-        "skills": [],
+        "skills": pinned,
         "metadata": request.metadata,
         "execution_identity": (
             request.execution_identity.model_dump() if request.execution_identity else DEFAULT_IDENTITY
@@ -70,7 +94,7 @@ async def get(store: Store, agent_id: str, version: int | None = None) -> Body:
     return body
 
 
-def _apply(current: Body, request: AgentUpdate) -> Body:
+def _apply(current: Body, request: AgentUpdate, skills: list[Body] | None = None) -> Body:
     if request.version is not None and request.version != current["version"]:
         raise Conflict(
             f"agent {current['id']} is at version {current['version']}, not {request.version}; "
@@ -92,6 +116,8 @@ def _apply(current: Body, request: AgentUpdate) -> Body:
     if "execution_identity" in fields:
         identity = request.execution_identity
         updated["execution_identity"] = identity.model_dump() if identity else DEFAULT_IDENTITY
+    if skills is not None:
+        updated["skills"] = skills
     if "metadata" in fields:
         updated["metadata"] = apply_metadata_patch(current["metadata"], request.metadata or {})
         agent_settings.parse(updated["metadata"])
@@ -125,7 +151,10 @@ def _reparse_tool(stored: Body) -> Any:
 
 
 async def update(store: Store, agent_id: str, request: AgentUpdate) -> Body:
-    body = await store.update_agent(agent_id, lambda current: _apply(current, request))
+    pinned = (
+        await resolve_skills(store, request.skills or []) if "skills" in request.model_fields_set else None
+    )
+    body = await store.update_agent(agent_id, lambda current: _apply(current, request, pinned))
     if body is None:
         raise NotFound("agent", agent_id)
     return body

@@ -134,6 +134,18 @@ class AWSRoleIdentity(Strict):
 ExecutionIdentity = Annotated[ServiceAccountIdentity | AWSRoleIdentity, Field(discriminator="type")]
 
 
+MAX_SKILLS = 20
+
+
+class SkillParam(Strict):
+    """``BetaManagedAgentsSkillParams``: a custom skill (or an Anthropic one, which Tether
+    refuses when it resolves the list), pinned to ``version`` or the latest at that moment."""
+
+    type: Literal["custom", "anthropic"]
+    skill_id: Annotated[str, Field(min_length=1, max_length=128)]
+    version: Annotated[str, Field(min_length=1, max_length=32)] | None = None
+
+
 class _AgentFields(Strict):
     """Fields shared by create and update; on update every field is optional."""
 
@@ -141,14 +153,7 @@ class _AgentFields(Strict):
     system: Annotated[str, Field(max_length=MAX_SYSTEM_CHARS)] | None = None
     execution_identity: ExecutionIdentity | None = None
     multiagent: None = None
-    skills: list[dict[str, Any]] | None = None
-
-    @field_validator("skills")
-    @classmethod
-    def _no_skills(cls, skills: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if skills:
-            raise ValueError("skills are not supported by Tether")
-        return skills
+    skills: Annotated[list[SkillParam], Field(max_length=MAX_SKILLS)] | None = None
 
 
 class AgentCreate(_AgentFields):

@@ -30,7 +30,9 @@ import anyio
 import anyio.to_thread
 import httpx2
 
-from gateway.resources import session_resources, uploads
+from gateway.resources import session_resources, skills, uploads
+from gateway.resources.skill_index import SkillIndex, skill_path
+from gateway.resources.skills import SkillVersionRef
 from gateway.sessionlog import events as ev
 from gateway.store.base import Body, Store
 from gateway.tools import git_fetch
@@ -63,12 +65,17 @@ class Wanted:
     resource: Body
 
 
-def wanted(session: Body) -> list[Wanted]:
-    """What the session's sandbox should hold, keyed so a placed resource is never sent twice."""
-    return [
+def wanted(session: Body, skills: list[SkillVersionRef]) -> list[Wanted]:
+    """What the session's sandbox should hold, keyed so a placed resource is never sent twice:
+    its resources, and its agent's skills (read-only under ``/mnt/session/skills``)."""
+    placed = [
         Wanted(r["id"], r["mount_path"], "file" if r["type"] == "file" else "tree", r)
         for r in session.get("resources") or []
     ]
+    for ref in skills:
+        resource = {"type": "skill", "id": f"{ref.skill_id} version {ref.version}", "skill": ref}
+        placed.append(Wanted(f"skill.{ref.skill_id}.{ref.version}", skill_path(ref), "tree", resource))
+    return placed
 
 
 def placement_url(mcp_url: str) -> str:
@@ -85,8 +92,11 @@ class Placer:
         data_dir: Path,
         git_base_url: str = git_fetch.GITHUB_BASE_URL,
         transport_for: TransportFor | None = None,
+        skill_index: SkillIndex | None = None,
     ) -> None:
         self.store = store
+        self.data_dir = data_dir
+        self.skill_index = skill_index or SkillIndex()
         self.sealer = sealer
         self.files_dir = uploads.files_dir(data_dir)
         self.scratch = data_dir / "tmp"
@@ -98,8 +108,8 @@ class Placer:
 
     async def ensure(self, session_id: str, endpoint: SandboxEndpoint) -> list[Body]:
         """Place what the sandbox lacks; the ``session.error`` events for what could not be."""
-        session = await self.store.get(session_resources.SESSION_KIND, session_id)
-        wants = wanted(session or {})
+        session = await self.store.get(session_resources.SESSION_KIND, session_id) or {}
+        wants = wanted(session, await self.skill_index.refs(self.store, session.get("agent") or {}))
         slot = (session_id, endpoint.url)
         if all(w.key in self._held.get(slot, ()) for w in wants):
             return []
@@ -126,7 +136,7 @@ class Placer:
                     if want.key in held:
                         continue
                     try:
-                        await self._send(client, url, want, session or {})
+                        await self._send(client, url, want, session)
                     except PlacementFailed as exc:
                         errors.append(_error_event(want, exc))
                     held.add(want.key)
@@ -145,9 +155,18 @@ class Placer:
         if want.kind == "file":
             await self._put(client, url, want, await self._file_archive(want.resource["file_id"]))
             return
-        with tempfile.TemporaryDirectory(prefix="clone-", dir=self._scratch()) as scratch:
+        with tempfile.TemporaryDirectory(prefix="place-", dir=self._scratch()) as scratch:
             archive = Path(scratch) / "tree.tar"
-            await self._clone(want.resource, session, Path(scratch) / "tree", archive)
+            if want.resource["type"] == "skill":
+                ref: SkillVersionRef = want.resource["skill"]
+                files = skills.version_dir(self.data_dir, ref.skill_id, ref.version)
+                try:
+                    await anyio.to_thread.run_sync(_pack, files, archive)
+                except OSError as exc:
+                    raise PlacementFailed("unknown_error", f"its files are missing: {exc.strerror}") from None
+            else:
+                tree = Path(scratch) / "tree"
+                await self._clone(want.resource, session, tree, archive)
             await self._put(client, url, want, _stream(archive))
 
     async def _put(
@@ -208,6 +227,7 @@ class Placer:
         except ValueError as exc:
             raise PlacementFailed("repository_clone_error", str(exc)) from None
         await anyio.to_thread.run_sync(_pack, tree, archive)
+        await anyio.to_thread.run_sync(shutil.rmtree, tree)
 
     def _scratch(self) -> Path:
         self.scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -215,9 +235,10 @@ class Placer:
 
 
 def _pack(tree: Path, archive: Path) -> None:
+    if not tree.is_dir():
+        raise FileNotFoundError(2, "No such directory")
     with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
         tar.add(tree, arcname=".", recursive=True)
-    shutil.rmtree(tree, ignore_errors=True)
 
 
 async def _stream(path: Path) -> AsyncIterator[bytes]:
@@ -232,6 +253,10 @@ def _failure_type(want: Wanted) -> str:
 
 def _error_event(want: Wanted, exc: PlacementFailed) -> Body:
     resource = want.resource
+    if resource["type"] == "skill":
+        return ev.session_error(
+            exc.error_type, f"skill {resource['id']} ({want.mount_path}): {exc}", "retrying"
+        )
     extra = {"repository_url": resource["url"]} if resource["type"] == "github_repository" else {}
     message = f"resource {resource['id']} ({want.mount_path}): {exc}"
     return ev.session_error(exc.error_type, message, "retrying", **extra)
