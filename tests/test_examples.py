@@ -137,6 +137,23 @@ def test_custom_tools_are_answered_by_the_client_with_its_own_data(
     assert log[-1].stop_reason.type == "end_turn"
 
 
+def test_skills_and_files_place_the_upload_and_the_skill_read_only_and_the_model_uses_both(
+    sdk: anthropic.Anthropic, env: dict[str, str]
+) -> None:
+    output = run_example("skills_and_files.py", [], env)
+
+    session = sdk.beta.sessions.retrieve(session_of(output))
+    [resource] = session.resources
+    assert f"resource {resource.id} at /mnt/session/uploads/" in output
+    assert session.agent.skills[0].type == "custom"
+    log = _log(sdk, session.id)
+    results = [e for e in log if e.type == "agent.tool_result"]
+    assert [bool(r.is_error) for r in results] == [False, False], [_text(r) for r in results]
+    assert "Total a score table" in _text(results[0])  # the skill's body, read on demand
+    assert _text(results[1]).strip() == "3 rows, total score 17"
+    assert "3 rows, total score 17" in _text([e for e in log if e.type == "agent.message"][-1])
+
+
 def test_scheduled_report_deploys_on_a_schedule_and_runs_once_now(
     sdk: anthropic.Anthropic, env: dict[str, str]
 ) -> None:
