@@ -199,20 +199,26 @@ def stat_beneath(dir_fd: int, relative: str, *, follow_symlinks: bool = True) ->
 
 
 def makedirs_beneath(
-    dir_fd: int, relative: str, mode: int = 0o777, *, owner: tuple[int, int] | None = None
+    dir_fd: int,
+    relative: str,
+    mode: int = 0o777,
+    *,
+    owner: tuple[int, int] | None = None,
+    symlinks: bool = True,
 ) -> int:
     """Create the missing directories of ``relative`` beneath ``dir_fd``; return an ``O_PATH`` descriptor of the last.
 
     Each directory is made with ``mkdirat`` in a parent opened beneath, which never follows
     a final symlink, so nothing is created outside whatever is swapped in meanwhile. New
     directories are ``fchown``ed to ``owner`` when given. ``FileExistsError`` or
-    ``NotADirectoryError`` mean a component is not a directory.
+    ``NotADirectoryError`` mean a component is not a directory; with ``symlinks`` False a
+    symlink anywhere on the way fails the call (``ELOOP``).
     """
     parts = _components(relative)
     existing = len(parts)
     while True:  # the deepest directory that exists (usually the whole path: one lookup)
         try:
-            fd = open_beneath(dir_fd, "/".join(parts[:existing]), _DIR_PATH)
+            fd = open_beneath(dir_fd, "/".join(parts[:existing]), _DIR_PATH, symlinks=symlinks)
             break
         except FileNotFoundError:
             if existing == 0:
@@ -228,7 +234,7 @@ def makedirs_beneath(
         finally:
             os.close(fd)
         # Looked up again from the top, so a ``..`` or a swapped-in symlink is judged by the kernel.
-        fd = open_beneath(dir_fd, "/".join(parts[: depth + 1]), _DIR_PATH)
+        fd = open_beneath(dir_fd, "/".join(parts[: depth + 1]), _DIR_PATH, symlinks=symlinks)
     return fd
 
 

@@ -28,7 +28,9 @@ import re
 import secrets
 import stat
 import tarfile
+import threading
 from typing import IO, Literal
+from urllib.parse import unquote
 
 import anyio
 import anyio.to_thread
@@ -38,6 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sandbox_server import beneath
 from sandbox_server.workspace import AREA_DIR, AREA_MOUNTED, Workspace, WorkspaceError
+from sandbox_server.workspace_fs import AREA_SUFFIX
 
 PATH = "/tether/resources"
 MOUNT_PATH_HEADER = "x-tether-mount-path"
@@ -49,6 +52,7 @@ _TMP = f"{AREA_DIR}/tmp"
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _COPY_CHUNK = 1 << 20
+_MAX_MANIFEST = 1 << 20
 
 
 class PlacementError(Exception):
@@ -69,44 +73,114 @@ def _member_name(raw: str) -> str:
 
 
 class Placement:
-    """The placed resources of one workspace."""
+    """The placed resources of one workspace.
+
+    The area is trusted only if it is the directory this server (or an earlier one on the same
+    workspace) made: its inode number (stable across remounts of the workspace's filesystem) is
+    kept beside the workspace (``<workspace>.area``),
+    where the sandbox cannot reach, so an entry of that name the agent made (even as the
+    server's own uid, when the server is unprivileged) is moved aside instead of used.
+    ``ensure_area`` runs when the server starts, before any command, so from then on the area
+    is masked in every command and the agent cannot replace it.
+    """
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
+        self._identity = ws.root.parent / f"{ws.root.name}{AREA_SUFFIX}"
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ the area itself
 
-    def _area(self, root: int) -> int:
-        """An ``O_PATH`` descriptor of the area, made if missing. An entry of that name the
-        server did not make (the agent's) is moved aside first, so no resource lands in it."""
-        for _ in range(3):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(AREA_DIR, 0o755, dir_fd=root)
-            try:
-                fd = os.open(AREA_DIR, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=root)
-            except NotADirectoryError:  # a file or a symlink the agent put there
-                fd = -1
-            if fd >= 0 and os.fstat(fd).st_uid == os.geteuid():
-                for name, mode in (("mnt", 0o755), ("tmp", 0o700)):
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(name, mode, dir_fd=fd)
-                return fd
-            if fd >= 0:
-                os.close(fd)
-            aside = f"{AREA_DIR}.moved-{secrets.token_hex(4)}"
-            os.rename(AREA_DIR, aside, src_dir_fd=root, dst_dir_fd=root)
-        raise PlacementError("the session area could not be made")
-
-    def placed(self) -> list[str]:
+    def ensure_area(self) -> None:
         root = self.ws.open_root()
         try:
-            fd = beneath.open_beneath(root, f"{AREA_DIR}/{_MANIFEST}", os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            return []
+            os.close(self._area(root))
         finally:
             os.close(root)
+
+    def _recorded(self) -> str | None:
+        try:
+            return self._identity.read_text().strip()
+        except OSError:
+            return None
+
+    def _trusted(self, root: int) -> int | None:
+        """A descriptor of the area if it is the one this server made, else None."""
+        try:
+            fd = os.open(AREA_DIR, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=root)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        info = os.fstat(fd)
+        if str(info.st_ino) == self._recorded() and info.st_uid == os.geteuid():
+            return fd
+        os.close(fd)
+        return None
+
+    def _area(self, root: int) -> int:
+        """An ``O_PATH`` descriptor of the trusted area, made (and recorded) if missing."""
+        fd = self._trusted(root)
+        if fd is None:
+            with contextlib.suppress(FileNotFoundError):  # the agent's, or a stale one: kept, aside
+                os.rename(
+                    AREA_DIR, f"{AREA_DIR}.moved-{secrets.token_hex(4)}", src_dir_fd=root, dst_dir_fd=root
+                )
+            os.mkdir(AREA_DIR, 0o755, dir_fd=root)
+            fd = os.open(AREA_DIR, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=root)
+            info = os.fstat(fd)
+            temp = self._identity.with_name(f".{self._identity.name}.{secrets.token_hex(4)}")
+            temp.write_text(f"{info.st_ino}\n")
+            temp.replace(self._identity)
+        for name, mode in (("mnt", 0o755), ("tmp", 0o700)):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, mode, dir_fd=fd)
+        return fd
+
+    def spool(self) -> int:
+        """A nameless file in the area's private ``tmp`` to receive an archive into (it counts
+        against the workspace's disk, and nothing of it remains if the server dies)."""
+        root = self.ws.open_root()
+        try:
+            os.close(self._area(root))
+            tmp = beneath.open_beneath(root, _TMP, _DIR_FLAGS, symlinks=False)
+        finally:
+            os.close(root)
+        try:
+            try:
+                return os.open(".", os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o600, dir_fd=tmp)
+            except OSError as exc:  # a filesystem without O_TMPFILE: a name, gone at once
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR):
+                    raise
+            name = f"{secrets.token_hex(8)}.tar"
+            fd = os.open(
+                name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=tmp
+            )
+            os.unlink(name, dir_fd=tmp)
+            return fd
+        finally:
+            os.close(tmp)
+
+    def placed(self) -> list[str]:
+        """The keys the trusted area's record lists; nothing when there is no such area or record."""
+        root = self.ws.open_root()
+        try:
+            area = self._trusted(root)
+        finally:
+            os.close(root)
+        if area is None:
+            return []
+        try:
+            fd = os.open(_MANIFEST, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=area)
+        except OSError:
+            return []
+        finally:
+            os.close(area)
         with os.fdopen(fd, "rb") as f:
-            keys = json.loads(f.read() or b"[]")
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return []
+            try:
+                keys = json.loads(f.read(_MAX_MANIFEST) or b"[]")
+            except ValueError:
+                return []
         return [str(k) for k in keys] if isinstance(keys, list) else []
 
     def _record(self, area: int, key: str) -> None:
@@ -122,7 +196,12 @@ class Placement:
     # ------------------------------------------------------------------ placing one resource
 
     def place(self, key: str, mount_path: str, kind: Kind, archive: IO[bytes]) -> str:
-        """Unpack ``archive`` at ``mount_path`` (a model path); returns where it went."""
+        """Unpack ``archive`` at ``mount_path`` (a model path); returns where it went. One at a
+        time per workspace, so the record of placed keys never loses one."""
+        with self._lock:
+            return self._place(key, mount_path, kind, archive)
+
+    def _place(self, key: str, mount_path: str, kind: Kind, archive: IO[bytes]) -> str:
         try:
             relative = self.ws.relative(mount_path)
         except WorkspaceError as exc:
@@ -182,9 +261,9 @@ class Placement:
                     continue
                 parent_name, _, leaf = name.rpartition("/")
                 if member.isdir():
-                    os.close(beneath.makedirs_beneath(top, name, 0o755, owner=owner))
+                    os.close(beneath.makedirs_beneath(top, name, 0o755, owner=owner, symlinks=False))
                     continue
-                parent = beneath.makedirs_beneath(top, parent_name, 0o755, owner=owner)
+                parent = beneath.makedirs_beneath(top, parent_name, 0o755, owner=owner, symlinks=False)
                 try:
                     if member.isreg():
                         self._write(tar, member, parent, leaf, owner)
@@ -217,10 +296,14 @@ class Placement:
         root: int, tmp: int, staged: str, relative: str, shown: str, owner: tuple[int, int] | None
     ) -> None:
         parent_name, _, leaf = relative.rpartition("/")
-        try:
-            parent = beneath.makedirs_beneath(root, parent_name, 0o755, owner=owner)
+        try:  # never through a symlink: a resource lands where its path says, or nowhere
+            parent = beneath.makedirs_beneath(root, parent_name, 0o755, owner=owner, symlinks=False)
         except (FileExistsError, NotADirectoryError):
             raise PlacementError(f"{shown}: a parent of this path is a file, not a directory") from None
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.EXDEV):
+                raise
+            raise PlacementError(f"{shown}: a parent of this path is a symbolic link") from None
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.stat(leaf, dir_fd=parent, follow_symlinks=False)
@@ -257,7 +340,8 @@ class PlacementRoutes:
     def __init__(self, app: ASGIApp, placement: Placement) -> None:
         self.app = app
         self.placement = placement
-        self._busy: dict[str, anyio.Lock] = {}
+        self._busy = anyio.Lock()
+        """One placement at a time: a workspace has one record of what it holds."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
@@ -273,14 +357,13 @@ class PlacementRoutes:
             return JSONResponse({"placed": await anyio.to_thread.run_sync(self.placement.placed)})
         if request.method != "PUT" or not _KEY.match(key):
             return JSONResponse({"error": "PUT /tether/resources/{key} or GET /tether/resources"}, 405)
-        mount_path = request.headers.get(MOUNT_PATH_HEADER, "")
+        mount_path = unquote(request.headers.get(MOUNT_PATH_HEADER, ""), errors="strict")
         kind = request.headers.get(KIND_HEADER, "")
         if kind not in ("file", "tree") or not mount_path:
             return JSONResponse(
                 {"error": f"{KIND_HEADER} (file|tree) and {MOUNT_PATH_HEADER} are required"}, 400
             )
-        lock = self._busy.setdefault(key, anyio.Lock())
-        async with lock:
+        async with self._busy:
             if key in await anyio.to_thread.run_sync(self.placement.placed):
                 return JSONResponse({"placed": key, "already": True})
             try:
@@ -291,21 +374,7 @@ class PlacementRoutes:
 
     async def _receive_and_place(self, request: Request, key: str, mount_path: str, kind: Kind) -> str:
         """Spool the body into the area's ``tmp`` (on the workspace's own disk), then unpack it."""
-        ws = self.placement.ws
-        root = ws.open_root()
-        try:
-            os.close(self.placement._area(root))
-            tmp = beneath.open_beneath(root, _TMP, _DIR_FLAGS, symlinks=False)
-        finally:
-            os.close(root)
-        name = f"{secrets.token_hex(8)}.tar"
-        try:
-            fd = os.open(
-                name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=tmp
-            )
-            os.unlink(name, dir_fd=tmp)  # the open descriptor is all that is needed
-        finally:
-            os.close(tmp)
+        fd = await anyio.to_thread.run_sync(self.placement.spool)
         with os.fdopen(fd, "w+b") as spool:
             try:
                 async for chunk in request.stream():

@@ -344,7 +344,10 @@ def run(
             cleanup.callback(close)
         owner = None if identity.is_current else (identity.uid, identity.gid)
         server = build_server(ws.root, bash_backend=bash, limits=limits, network=network, owner=owner)
-        placement = Placement(Workspace.open(ws.root, create=False, owner=owner))
+        placement = None
+        if concrete == "bwrap":  # the area is masked in bubblewrap's commands only
+            placement = Placement(Workspace.open(ws.root, create=False, owner=owner))
+            placement.ensure_area()  # before any command, so the agent never sees it unmasked
         serve_toolset(server, host, port, stdio, sandbox_token, placement)
 
 

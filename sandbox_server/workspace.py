@@ -100,11 +100,33 @@ class Workspace:
             raise WorkspaceError(f"{path} is reserved; the session's resources are under {SESSION_MOUNT}.")
         return relative
 
-    @staticmethod
-    def require_writable(relative: str, shown: str) -> None:
-        """The session's resources are read-only to the tools, as to the sandbox."""
+    def require_writable(self, relative: str, shown: str) -> None:
+        """The session's resources are read-only to the tools, as to the sandbox: refused when
+        spelled so, and when the path leads there through a symlink (the open is checked
+        again, race-free, by ``require_outside_area``)."""
         if relative == AREA_DIR or relative.startswith(AREA_DIR + "/"):
-            raise WorkspaceError(f"{shown} is read-only: {SESSION_MOUNT} holds the session's resources.")
+            raise self.read_only(shown)
+        try:
+            leads_in = self._in_area(self.resolve(shown))
+        except OSError:  # a path changing under the lookup: the open's own check decides
+            leads_in = False
+        if leads_in:
+            raise self.read_only(shown)
+
+    def require_outside_area(self, fd: int, shown: str) -> None:
+        """Refuse a descriptor opened for writing that lies in the session area. What it names
+        cannot move: only this server changes the area, and the sandbox never sees it unmasked."""
+        if self._in_area(os.readlink(f"/proc/self/fd/{fd}")):
+            raise self.read_only(shown)
+
+    def _in_area(self, host_path: str | os.PathLike[str]) -> bool:
+        area = os.path.join(self.root, AREA_DIR)
+        path = os.fspath(host_path)
+        return path == area or path.startswith(area + os.sep)
+
+    @staticmethod
+    def read_only(shown: str) -> WorkspaceError:
+        return WorkspaceError(f"{shown} is read-only: {SESSION_MOUNT} holds the session's resources.")
 
     @staticmethod
     def escape(path: str) -> WorkspaceError:

@@ -41,6 +41,8 @@ log = logging.getLogger("tether.sandbox")
 PRIVATE_MOUNTS_ENV = "TETHER_PRIVATE_MOUNTS"
 """Set to ``1`` by a process that entered its own mount namespace for its sandboxes' workspaces."""
 IMAGE_SUFFIX = ".img"
+AREA_SUFFIX = ".area"
+"""Beside the workspace: which directory in it is the session area (``sandbox_server.placement``)."""
 MOUNT_OPTIONS = "loop,nosuid,nodev,noatime"
 _CLONE_NEWNS = 0x00020000
 _MS_REC = 16384
@@ -218,6 +220,7 @@ def remove(root: Path) -> None:
         detach(root)
         shutil.rmtree(root, ignore_errors=True)
         image_path(root).unlink(missing_ok=True)
+        root.with_name(root.name + AREA_SUFFIX).unlink(missing_ok=True)
     finally:
         if fd is not None:
             os.close(fd)

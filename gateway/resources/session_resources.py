@@ -9,6 +9,7 @@ map, which no rendering path shows; placing the resources in the sandbox is the 
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from gateway.schemas.session_resources import (
     GitHubRepositoryResourceParams,
     MemoryStoreResourceParams,
     ResourceAdd,
+    check_mount_path,
 )
 from gateway.store.base import Body, Store
 from gateway.tools.git_fetch import parse_repository_url
@@ -76,11 +78,17 @@ async def build(store: Store, sealer: Sealer | None, params: Params) -> tuple[Bo
         repository = parse_repository_url(params.url)
     except ValueError as exc:
         raise InvalidRequest(f"resources: url: {exc}") from None
+    mount_path = params.mount_path
+    if mount_path is None:
+        try:
+            mount_path = check_mount_path(f"{WORKSPACE}/{repository.name}")
+        except ValueError as exc:
+            raise InvalidRequest(f"resources: give a mount_path for {params.url!r}: {exc}") from None
     body = {
         "type": "github_repository",
         "id": resource_id,
         "url": params.url,
-        "mount_path": params.mount_path or f"{WORKSPACE}/{repository.name}",
+        "mount_path": mount_path,
         "checkout": params.checkout.model_dump() if params.checkout else None,
         "created_at": moment,
         "updated_at": moment,
@@ -140,20 +148,32 @@ async def get(store: Store, session_id: str, resource_id: str) -> Body:
     return find(await common.fetch(store, SESSION_KIND, session_id), resource_id)
 
 
+def _cursor(resource: Body) -> str:
+    raw = f"{resource['created_at']}|{resource['id']}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _position(cursor: str) -> tuple[str, str]:
+    try:
+        created_at, resource_id = (
+            base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|")
+        )
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("page: not a cursor of this session's resources") from None
+    return created_at, resource_id
+
+
 def page(session: Body, limit: int | None, after: str | None) -> tuple[list[Body], str | None]:
-    """Resources in the order they were attached, from after the one named by ``after``."""
-    resources: list[Body] = list(session.get("resources") or [])
-    start = 0
+    """Resources oldest first; a cursor names a position, not a resource, so it stays good
+    when the resource it was made from is deleted meanwhile."""
+    resources = sorted(session.get("resources") or [], key=lambda r: (r["created_at"], r["id"]))
     if after is not None:
-        position = next((i for i, r in enumerate(resources) if r["id"] == after), None)
-        if position is None:
-            raise InvalidRequest("page: not a cursor of this session's resources")
-        start = position + 1
-    if limit is None:
-        return resources[start:], None
-    chosen = resources[start : start + limit]
-    more = start + limit < len(resources)
-    return chosen, chosen[-1]["id"] if more and chosen else None
+        position = _position(after)
+        resources = [r for r in resources if (r["created_at"], r["id"]) > position]
+    if limit is None or len(resources) <= limit:
+        return resources, None
+    chosen = resources[:limit]
+    return chosen, _cursor(chosen[-1])
 
 
 async def update_token(store: Store, sealer: Sealer, session_id: str, resource_id: str, token: str) -> Body:

@@ -27,7 +27,7 @@ SKILLS_AREA = f"{SESSION_AREA}/skills"
 RESERVED = (f"{WORKSPACE}/.tether-session", SKILLS_AREA)
 MAX_MOUNT_PATH_CHARS = 1024
 MAX_RESOURCES = 100
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _under(path: str, top: str) -> bool:

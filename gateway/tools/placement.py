@@ -21,10 +21,10 @@ import tarfile
 import tempfile
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import anyio
 import anyio.to_thread
@@ -47,6 +47,9 @@ MOUNT_PATH_HEADER = "x-tether-mount-path"
 KIND_HEADER = "x-tether-kind"
 SEND_TIMEOUT = 600.0
 REMEMBERED_SANDBOXES = 4096
+RETRY_AFTER = 60.0
+"""Seconds before a resource that failed is tried again in the same sandbox."""
+LISTING = "listing"
 _CHUNK = 1 << 20
 _BLOCK = tarfile.BLOCKSIZE
 
@@ -84,6 +87,35 @@ def placement_url(mcp_url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, PLACEMENT_PATH, "", ""))
 
 
+@dataclass
+class _SlotState:
+    """One sandbox's placements, as this process knows them."""
+
+    held: set[str] = field(default_factory=set)
+    retry_at: dict[str, float] = field(default_factory=dict)
+    """Keys that failed: not tried again before then (a failing clone is not repeated per call)."""
+    reported: set[str] = field(default_factory=set)
+
+    def wants(self, key: str, now: float) -> bool:
+        return key not in self.held and self.retry_at.get(key, 0.0) <= now
+
+    def due(self, wants: list[Wanted], now: float) -> bool:
+        return self.retry_at.get(LISTING, 0.0) <= now and any(self.wants(w.key, now) for w in wants)
+
+    def placed(self, key: str) -> None:
+        self.held.add(key)
+        self.retry_at.pop(key, None)
+
+    def fail(self, key: str, retry_at: float) -> None:
+        self.retry_at[key] = retry_at
+
+    def report(self, key: str) -> bool:
+        """True the first time a failure of ``key`` is seen here: each is logged once per sandbox."""
+        first = key not in self.reported
+        self.reported.add(key)
+        return first
+
+
 class Placer:
     def __init__(
         self,
@@ -102,54 +134,70 @@ class Placer:
         self.scratch = data_dir / "tmp"
         self.git_base_url = git_base_url
         self.transport_for = transport_for
-        self._held: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
-        """(session, sandbox URL) -> keys placed there or reported as failing there."""
+        self._slots: OrderedDict[tuple[str, str], _SlotState] = OrderedDict()
+        """(session, sandbox URL) -> what was placed there, and what failed and when to retry."""
         self._locks: dict[str, anyio.Lock] = {}
 
     async def ensure(self, session_id: str, endpoint: SandboxEndpoint) -> list[Body]:
         """Place what the sandbox lacks; the ``session.error`` events for what could not be."""
         session = await self.store.get(session_resources.SESSION_KIND, session_id) or {}
         wants = wanted(session, await self.skill_index.refs(self.store, session.get("agent") or {}))
+        if not wants:
+            return []
         slot = (session_id, endpoint.url)
-        if all(w.key in self._held.get(slot, ()) for w in wants):
+        known = self._slots.get(slot)
+        if known is not None and not known.due(wants, anyio.current_time()):
             return []
         lock = self._locks.setdefault(session_id, anyio.Lock())
-        errors: list[Body] = []
         async with lock:
-            held = self._remember(slot)
-            url = placement_url(endpoint.url)
-            async with httpx2.AsyncClient(
-                headers=dict(endpoint.headers),
-                timeout=httpx2.Timeout(SEND_TIMEOUT, connect=10.0),
-                transport=self.transport_for(url) if self.transport_for else None,
-            ) as client:
-                try:
-                    answer = await client.get(url)
-                    answer.raise_for_status()
-                    held.update(answer.json().get("placed") or [])
-                except (httpx2.HTTPError, ValueError) as exc:
-                    log.warning(
-                        "session %s: the sandbox's resources could not be listed: %s", session_id, exc
-                    )
-                    return []  # the tool call itself will say what is wrong with the sandbox
-                for want in wants:
-                    if want.key in held:
-                        continue
-                    try:
-                        await self._send(client, url, want, session)
-                    except PlacementFailed as exc:
-                        errors.append(_error_event(want, exc))
-                    held.add(want.key)
+            errors = await self._place(session, wants, self._remember(slot), endpoint)
         if not lock.statistics().tasks_waiting:
             self._locks.pop(session_id, None)
         return errors
 
-    def _remember(self, slot: tuple[str, str]) -> set[str]:
-        held = self._held.pop(slot, set())
-        self._held[slot] = held
-        while len(self._held) > REMEMBERED_SANDBOXES:
-            self._held.popitem(last=False)
-        return held
+    async def _place(
+        self, session: Body, wants: list[Wanted], state: _SlotState, endpoint: SandboxEndpoint
+    ) -> list[Body]:
+        errors: list[Body] = []
+        url = placement_url(endpoint.url)
+        async with httpx2.AsyncClient(
+            headers=dict(endpoint.headers),
+            timeout=httpx2.Timeout(SEND_TIMEOUT, connect=10.0),
+            transport=self.transport_for(url) if self.transport_for else None,
+        ) as client:
+            try:
+                answer = await client.get(url)
+                answer.raise_for_status()
+                state.held.update(answer.json().get("placed") or [])
+            except (httpx2.HTTPError, ValueError, AttributeError) as exc:
+                missing = [w for w in wants if w.key not in state.held]
+                if missing and state.report(LISTING):
+                    names = ", ".join(w.mount_path for w in missing)
+                    message = (
+                        f"the sandbox could not say which resources it holds ({exc}); not placed: {names}"
+                    )
+                    errors.append(ev.session_error("unknown_error", message, "retrying"))
+                state.fail(LISTING, anyio.current_time() + RETRY_AFTER)
+                return errors
+            for want in wants:
+                if not state.wants(want.key, anyio.current_time()):
+                    continue
+                try:
+                    await self._send(client, url, want, session)
+                except PlacementFailed as exc:
+                    if state.report(want.key):
+                        errors.append(_error_event(want, exc))
+                    state.fail(want.key, anyio.current_time() + RETRY_AFTER)
+                else:
+                    state.placed(want.key)
+        return errors
+
+    def _remember(self, slot: tuple[str, str]) -> _SlotState:
+        state = self._slots.pop(slot, None) or _SlotState()
+        self._slots[slot] = state
+        while len(self._slots) > REMEMBERED_SANDBOXES:
+            self._slots.popitem(last=False)
+        return state
 
     async def _send(self, client: httpx2.AsyncClient, url: str, want: Wanted, session: Body) -> None:
         if want.kind == "file":
@@ -172,7 +220,7 @@ class Placer:
     async def _put(
         self, client: httpx2.AsyncClient, url: str, want: Wanted, body: AsyncIterator[bytes]
     ) -> None:
-        headers = {MOUNT_PATH_HEADER: want.mount_path, KIND_HEADER: want.kind}
+        headers = {MOUNT_PATH_HEADER: quote(want.mount_path, safe="/"), KIND_HEADER: want.kind}
         try:
             answer = await client.put(f"{url}/{want.key}", content=body, headers=headers)
         except (httpx2.HTTPError, OSError) as exc:

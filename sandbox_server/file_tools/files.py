@@ -42,6 +42,12 @@ def open_regular(ws: Workspace, relative: str, shown: str, flags: int) -> int:
         if exc.errno == errno.ENXIO:
             raise ToolError(f"{shown} is not a regular file.") from None
         raise ToolError(f"Cannot open {shown}: {exc.strerror}") from None
+    if flags & (os.O_WRONLY | os.O_RDWR):
+        try:  # a symlink in the workspace may lead into the read-only session area
+            ws.require_outside_area(fd, shown)
+        except WorkspaceError:
+            os.close(fd)
+            raise
     return _checked(ws, fd, shown, created=bool(flags & os.O_CREAT))
 
 

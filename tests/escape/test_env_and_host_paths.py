@@ -38,11 +38,16 @@ async def test_host_files_are_not_visible(client: Client, sandbox: Sandbox) -> N
     assert "No such file or directory" in text(shadow)
     assert text(shadow).endswith("[exit code 1]")
 
-    for path in ("/root", "/work", "/home", "/var", "/opt", "/srv", "/mnt", "/sys", str(sandbox.secret_file)):
+    for path in ("/root", "/work", "/home", "/var", "/opt", "/srv", "/sys", str(sandbox.secret_file)):
         listed = await bash(client, f"ls -a {path}")
         assert "No such file or directory" in text(listed), path
+    # /mnt holds only the session's own read-only area, empty until the gateway places something.
+    assert text(await bash(client, "ls -A /mnt; ls -A /mnt/session; touch /mnt/session/x")) == (
+        "session\ntouch: cannot touch '/mnt/session/x': Read-only file system\n[exit code 1]"
+    )
 
-    assert text(await bash(client, "ls /")) == "bin\ndev\netc\nlib\nlib64\nproc\nsbin\ntmp\nusr\nworkspace\n"
+    listing = "bin\ndev\netc\nlib\nlib64\nmnt\nproc\nsbin\ntmp\nusr\nworkspace\n"
+    assert text(await bash(client, "ls /")) == listing
     passwd = text(await bash(client, "cat /etc/passwd"))
     assert "sandbox:x:1000:1000" in passwd
     assert len(passwd.splitlines()) == 3, "host accounts must not be listed"
