@@ -38,8 +38,9 @@ from tunnel_agent.config import AgentConfig, ConfigError, load_config
 from tunnel_agent.connector import Connector, ConnectorSettings, connect_url
 from tunnel_agent.metrics import AgentMetrics
 from tunnel_agent.mux import MuxSettings
-from tunnel_agent.relay import Relay, upstream_client
+from tunnel_agent.relay import Relay, pinned_client, upstream_client
 from tunnel_agent.routes import DynamicRoutes
+from tunnel_agent.trust import PinnedClients
 
 READY_PREFIX = "listening on "
 _AGENT_ID = re.compile(r"[^A-Za-z0-9._-]")
@@ -115,8 +116,13 @@ async def serve(
     sock = bind(args.admin_host, args.admin_port)
     server = admin_server(metrics)
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with upstream_client() as http, anyio.create_task_group() as tasks:
-            connector = Connector(connection, Relay(config, http, metrics, dynamic=routes), metrics)
+        async with (
+            upstream_client() as http,
+            PinnedClients(pinned_client) as pinned,
+            anyio.create_task_group() as tasks,
+        ):
+            relay = Relay(config, http, metrics, dynamic=routes, pinned=pinned)
+            connector = Connector(connection, relay, metrics)
             tasks.start_soon(connector.run, name="tunnel connector")
             tasks.start_soon(functools.partial(server.serve, sockets=[sock]), name="admin server")
             if worker is not None:

@@ -7,8 +7,12 @@ hop: it chooses the address it connects to and adds on-prem credentials itself, 
 byte of HTTP parsing is done on untrusted framing. Heads are small JSON objects::
 
     request:  {"method": "POST", "target": "/mcp?x=1", "headers": [["content-type", "..."]],
-               "has_body": true}
+               "has_body": true, "trust": ["-----BEGIN CERTIFICATE-----\n..."]}
     response: {"status": 200, "headers": [["content-type", "text/event-stream"]]}
+
+``trust`` (optional, absent when empty) holds the tunnel's CA certificates: when the route's
+target is ``https://``, the agent verifies the server against them instead of its default
+roots (``tunnel_agent.trust``).
 
 Hop-by-hop headers never cross: each side's HTTP client sets its own framing.
 """
@@ -30,6 +34,8 @@ _LENGTH = struct.Struct("!I")
 _METHOD = re.compile(r"^[A-Z]{1,16}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
+MAX_TRUST = 8
+MAX_TRUST_PEM = 16 * 1024
 
 HOP_BY_HOP = frozenset(
     {
@@ -60,6 +66,8 @@ class RequestHead:
     """Origin-form: the path and query, always starting with ``/``."""
     headers: Headers
     has_body: bool
+    trust: tuple[str, ...] = ()
+    """PEM CA certificates a TLS last hop must chain to; empty: the agent's default trust."""
 
 
 @dataclass(frozen=True)
@@ -78,9 +86,15 @@ def end_to_end(headers: Iterable[tuple[str, str]]) -> Headers:
 
 
 def encode_request(head: RequestHead) -> bytes:
-    return _frame(
-        {"method": head.method, "target": head.target, "headers": head.headers, "has_body": head.has_body}
-    )
+    document: dict[str, Any] = {
+        "method": head.method,
+        "target": head.target,
+        "headers": head.headers,
+        "has_body": head.has_body,
+    }
+    if head.trust:
+        document["trust"] = list(head.trust)
+    return _frame(document)
 
 
 def encode_response(head: ResponseHead) -> bytes:
@@ -110,7 +124,7 @@ async def read_request(reader: BufferedByteReceiveStream) -> RequestHead:
         raise HeadError("request head: target must be an origin-form path")
     if not isinstance(has_body, bool):
         raise HeadError("request head: has_body must be a boolean")
-    return RequestHead(method, target, _headers(document), has_body)
+    return RequestHead(method, target, _headers(document), has_body, _trust(document))
 
 
 async def read_response(reader: BufferedByteReceiveStream) -> ResponseHead:
@@ -152,6 +166,17 @@ def _headers(document: dict[str, Any]) -> Headers:
             raise HeadError("head: malformed header")
         headers.append((pair[0].lower(), pair[1]))
     return headers
+
+
+def _trust(document: dict[str, Any]) -> tuple[str, ...]:
+    raw = document.get("trust", [])
+    if (
+        not isinstance(raw, list)
+        or len(raw) > MAX_TRUST
+        or not all(isinstance(pem, str) and 0 < len(pem) <= MAX_TRUST_PEM for pem in raw)
+    ):
+        raise HeadError(f"request head: trust must be a list of at most {MAX_TRUST} PEM certificates")
+    return tuple(raw)
 
 
 async def body_chunks(reader: BufferedByteReceiveStream) -> AsyncIterator[bytes]:

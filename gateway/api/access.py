@@ -34,6 +34,7 @@ _BUILDING = (
     "/v1/deployments",
     "/v1/deployment_runs",
     "/v1/skills",
+    "/v1/memory_stores",
 )
 """The surfaces a ``developer`` builds with and a ``reader`` reads."""
 OPERATOR_EVENTS = frozenset({"user.tool_confirmation", "user.interrupt"})

@@ -42,8 +42,9 @@ async def read_json(request: Request, max_bytes: int = DEFAULT_MAX_BODY) -> Any:
         # Lone surrogates parse but cannot be stored or returned as UTF-8, and U+0000 cannot be
         # stored by PostgreSQL: refuse both here, before anything is written.
         json.dumps(data, ensure_ascii=False).encode()
-        if _contains_nul(data):
-            raise ValueError("strings may not contain U+0000")
+        nul = _nul_at(data)
+        if nul is not None:
+            raise InvalidRequest(f"{nul} may not contain U+0000")
     except (UnicodeError, json.JSONDecodeError, ValueError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -51,14 +52,23 @@ async def read_json(request: Request, max_bytes: int = DEFAULT_MAX_BODY) -> Any:
     return data
 
 
-def _contains_nul(value: Any) -> bool:
+def _nul_at(value: Any, location: str = "") -> str | None:
+    """``field: 'string'`` for the first string in the body holding U+0000, if any."""
     if isinstance(value, str):
-        return "\x00" in value
+        return f"{location or 'body'}: {value[:80]!r}" if "\x00" in value else None
     if isinstance(value, dict):
-        return any(_contains_nul(key) or _contains_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_contains_nul(item) for item in value)
-    return False
+        pairs: list[tuple[Any, Any]] = list(value.items())
+    elif isinstance(value, list):
+        pairs = list(enumerate(value))
+    else:
+        return None
+    for key, item in pairs:
+        inner = f"{location}.{key}" if location else str(key)
+        found = _nul_at(key, f"{location or 'body'} (a key)") if isinstance(key, str) else None
+        found = found or _nul_at(item, inner)
+        if found is not None:
+            return found
+    return None
 
 
 def _reject_constant(name: str) -> Any:

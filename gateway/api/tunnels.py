@@ -1,4 +1,5 @@
-"""HTTP routes for ``/v1/tunnels`` and the agents' WebSocket endpoint ``/v1/tunnels/connect``.
+"""HTTP routes for ``/v1/tunnels``, ``/v1/tunnels/{id}/certificates`` and the agents' WebSocket
+endpoint ``/v1/tunnels/connect``.
 
 The hub comes from ``request.app.state.tunnel_hub`` (set by ``gateway.tunnels.wiring``).
 ``/v1/tunnels/connect`` authenticates with the tunnel token, not an API key, so it must be
@@ -16,8 +17,8 @@ from gateway.api.bodies import parse
 from gateway.api.pagination import bool_param, decode_cursor, limit_param, page_body
 from gateway.api.routing import endpoint
 from gateway.api.state import state
-from gateway.resources import tunnels
-from gateway.schemas.tunnels import TunnelCreate, TunnelRotateToken
+from gateway.resources import tunnel_certificates, tunnels
+from gateway.schemas.tunnels import TunnelCertificateCreate, TunnelCreate, TunnelRotateToken
 from gateway.tunnels.hub import CLOSE_ARCHIVED, CLOSE_TOKEN_REFUSED, Handshake, TunnelHub
 from tunnel_agent.link import LinkClosed
 from tunnel_agent.protocol import CONNECT_PATH, ProtocolError
@@ -72,6 +73,40 @@ async def rotate_token(request: Request) -> JSONResponse:
     token = await tunnels.rotate_token(gateway.store, tunnel_hub.sealer, tunnel_id, body.reason)
     await tunnel_hub.drop_stale(tunnel_id, token["id"], CLOSE_TOKEN_REFUSED, "tunnel token rotated")
     return JSONResponse(token)
+
+
+async def create_certificate(request: Request) -> JSONResponse:
+    gateway = state(request)
+    body = await parse(request, TunnelCertificateCreate, gateway.settings.max_body_bytes)
+    return JSONResponse(
+        await tunnel_certificates.create(gateway.store, request.path_params["tunnel_id"], body)
+    )
+
+
+async def list_certificates(request: Request) -> JSONResponse:
+    token = request.query_params.get("page")
+    page = await tunnel_certificates.list_page(
+        state(request).store,
+        request.path_params["tunnel_id"],
+        cursor=decode_cursor(token) if token else None,
+        limit=limit_param(request, maximum=MAX_LIST_LIMIT),
+        include_archived=bool_param(request, "include_archived"),
+    )
+    return JSONResponse(page_body(page))
+
+
+async def retrieve_certificate(request: Request) -> JSONResponse:
+    params = request.path_params
+    return JSONResponse(
+        await tunnel_certificates.get(state(request).store, params["tunnel_id"], params["certificate_id"])
+    )
+
+
+async def archive_certificate(request: Request) -> JSONResponse:
+    params = request.path_params
+    return JSONResponse(
+        await tunnel_certificates.archive(state(request).store, params["tunnel_id"], params["certificate_id"])
+    )
 
 
 class StarletteLink:
@@ -131,4 +166,7 @@ routes: list[BaseRoute] = [
     endpoint("/v1/tunnels/{tunnel_id}/archive", post=archive),
     endpoint("/v1/tunnels/{tunnel_id}/reveal_token", post=reveal_token),
     endpoint("/v1/tunnels/{tunnel_id}/rotate_token", post=rotate_token),
+    endpoint("/v1/tunnels/{tunnel_id}/certificates", post=create_certificate, get=list_certificates),
+    endpoint("/v1/tunnels/{tunnel_id}/certificates/{certificate_id}", get=retrieve_certificate),
+    endpoint("/v1/tunnels/{tunnel_id}/certificates/{certificate_id}/archive", post=archive_certificate),
 ]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from gateway import ids
 from gateway.errors import InvalidRequest, NotFound
-from gateway.resources import common
+from gateway.resources import common, tunnel_certificates
 from gateway.schemas.tunnels import TunnelCreate, token_body, tunnel_body
 from gateway.store.base import Body, Store
 from gateway.tunnels import addressing, tokens
@@ -99,8 +99,9 @@ async def find_by_domain(store: Store, domain: str) -> Body | None:
 
 async def archive(store: Store, tunnel_id: str) -> Body:
     """Irreversible and idempotent (a repeat returns the record unchanged); the token is
-    invalidated and its sealed copy destroyed. The digest stays, so an agent still using the
-    token learns the tunnel was archived rather than that its token is unknown."""
+    invalidated and its sealed copy destroyed, and its certificates are archived with the same
+    ``archived_at``. The digest stays, so an agent still using the token learns the tunnel was
+    archived rather than that its token is unknown."""
     moment = ids.timestamp()
 
     def mark(current: Body) -> Body:
@@ -114,6 +115,7 @@ async def archive(store: Store, tunnel_id: str) -> Body:
         return {**current, "archived_at": current["archived_at"] or body["archived_at"], "sealed": None}
 
     await store.update(TOKEN_KIND, _token_key(tunnel_id), retire)
+    await tunnel_certificates.archive_all(store, tunnel_id, body["archived_at"])
     log.info("tunnel %s archived", tunnel_id)
     return body
 

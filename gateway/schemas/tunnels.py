@@ -1,4 +1,5 @@
-"""Tunnel request bodies and the wire shapes ``BetaTunnel`` and ``BetaTunnelToken``."""
+"""Tunnel request bodies and the wire shapes ``BetaTunnel``, ``BetaTunnelToken`` and
+``BetaTunnelCertificate``."""
 
 from __future__ import annotations
 
@@ -34,3 +35,24 @@ def tunnel_body(tunnel_id: str, domain: str, display_name: str | None, created_a
 
 def token_body(token_id: str, token: str) -> dict[str, Any]:
     return {"type": "tunnel_token", "id": token_id, "tunnel_token": token}
+
+
+class TunnelCertificateCreate(Strict):
+    ca_certificate_pem: str
+    """One PEM X.509 CA certificate; its checks (size, no key, CA, expiry) are in
+    ``gateway.resources.tunnel_certificates`` so each refusal can name its reason."""
+
+
+def certificate_body(
+    certificate_id: str, tunnel_id: str, fingerprint: str, created_at: str, expires_at: str | None
+) -> dict[str, Any]:
+    """Exactly ``BetaTunnelCertificate``; the stored document adds the private ``_pem``."""
+    return {
+        "type": "tunnel_certificate",
+        "id": certificate_id,
+        "tunnel_id": tunnel_id,
+        "fingerprint": fingerprint,
+        "created_at": created_at,
+        "expires_at": expires_at,
+        "archived_at": None,
+    }

@@ -23,7 +23,7 @@ import anyio
 import httpx2
 
 from gateway.observability import metrics
-from gateway.resources import tunnels
+from gateway.resources import tunnel_certificates, tunnels
 from gateway.store.base import Store
 from gateway.tunnels import addressing
 from gateway.tunnels.errors import TunnelUnavailable
@@ -266,7 +266,12 @@ class TunnelHub:
         base domain (even if no agent is connected yet: such a host must never be resolved
         by public DNS), None for every other URL (use the default transport)."""
         host = httpx2.URL(str(url)).host
-        return TunnelTransport(self) if self.handles(host) else None
+        return TunnelTransport(self, self.trusted_certificates) if self.handles(host) else None
+
+    async def trusted_certificates(self, tunnel_id: str) -> list[str]:
+        """The tunnel's CA certificates (PEM) that TLS through it must chain to, read per stream
+        so that an archive takes effect for the next connection, on every gateway replica."""
+        return await tunnel_certificates.trusted_pems(self.store, tunnel_id)
 
     async def open_stream(self, host: str, wait: bool = True) -> tuple[MuxStream, AgentConnection]:
         """A stream to ``host``'s subdomain through a live connection of its tunnel.

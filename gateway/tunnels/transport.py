@@ -16,17 +16,24 @@ streamable HTTP client among them) give the call up instead of retrying with
 ``Last-Event-ID``; and a ``Last-Event-ID`` request for a session whose stream was lost with
 its connection (and the DELETE ending that session) never waits for an agent to
 reconnect. Only new requests (POSTs) wait.
+
+Each request carries its tunnel's CA certificates as read at the moment the stream opens
+(``trust``, from ``gateway.resources.tunnel_certificates``): the agent makes the TLS
+connection on-prem and verifies it against them, so an archived certificate is trusted by no
+connection made after the archive. The URL's own scheme plays no part: the agent's route
+decides whether the last hop is TLS.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
 import httpx2
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from gateway.store.base import StoreUnavailable
 from gateway.tunnels.errors import TunnelUnavailable
 from tunnel_agent.httpwire import HeadError, RequestHead, encode_request, end_to_end, read_response
 from tunnel_agent.mux import MuxStream, StreamReset
@@ -38,6 +45,9 @@ if TYPE_CHECKING:
 _NOT_SENT = frozenset({ErrorCode.REFUSED, ErrorCode.UNREACHABLE, ErrorCode.OVERLOADED})
 _LOST_SESSIONS_KEPT = 256
 
+TrustLookup = Callable[[str], Awaitable[Sequence[str]]]
+"""A tunnel id to the PEM CA certificates its TLS last hops must chain to (empty: default trust)."""
+
 
 class TunnelLinkLost(httpx2.ReadError, httpx2.SSEError):
     """The agent connection carrying this response is gone and no other agent could resume
@@ -45,8 +55,9 @@ class TunnelLinkLost(httpx2.ReadError, httpx2.SSEError):
 
 
 class TunnelTransport(httpx2.AsyncBaseTransport):
-    def __init__(self, hub: TunnelHub) -> None:
+    def __init__(self, hub: TunnelHub, trust: TrustLookup | None = None) -> None:
         self._hub = hub
+        self._trust = trust
         self._lost_sessions: dict[str, None] = {}
         """MCP session ids (``""``: none) with a response lost with its connection; the
         newest few, in order."""
@@ -71,7 +82,8 @@ class TunnelTransport(httpx2.AsyncBaseTransport):
                 raise httpx2.ConnectError(message, request=request) from None
             raise httpx2.ConnectError(str(exc), request=request) from None
         try:
-            await self._send_request(stream, request, timeouts.get("write"))
+            trust = await self._trust_of(connection, request)
+            await self._send_request(stream, request, timeouts.get("write"), trust)
             reader = BufferedByteReceiveStream(stream)
             with anyio.fail_after(timeouts.get("read")):
                 head = await read_response(reader)
@@ -92,14 +104,26 @@ class TunnelTransport(httpx2.AsyncBaseTransport):
             head.status, headers=head.headers, stream=body, extensions={"http_version": b"HTTP/1.1"}
         )
 
-    async def _send_request(self, stream: MuxStream, request: httpx2.Request, timeout: float | None) -> None:
+    async def _trust_of(self, connection: AgentConnection, request: httpx2.Request) -> tuple[str, ...]:
+        """Fails closed: without the tunnel's certificates nothing is sent."""
+        if self._trust is None:
+            return ()
+        try:
+            return tuple(await self._trust(connection.tunnel_id))
+        except StoreUnavailable:
+            message = "tunnel: its CA certificates cannot be read right now"
+            raise httpx2.ConnectError(message, request=request) from None
+
+    async def _send_request(
+        self, stream: MuxStream, request: httpx2.Request, timeout: float | None, trust: tuple[str, ...]
+    ) -> None:
         headers = end_to_end(request.headers.multi_items())
         has_body = any(name == "content-length" and value != "0" for name, value in headers) or (
             "transfer-encoding" in request.headers
         )
         target = request.url.raw_path.decode("ascii")
         with anyio.fail_after(timeout):
-            await stream.send(encode_request(RequestHead(request.method, target, headers, has_body)))
+            await stream.send(encode_request(RequestHead(request.method, target, headers, has_body, trust)))
             if has_body:
                 async for chunk in _chunks(request):
                     await stream.send(chunk)

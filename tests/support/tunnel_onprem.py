@@ -2,7 +2,8 @@
 
 ``whoami`` reports a SHA-256 digest of the ``Authorization`` header it received, so a test
 can check that the agent's credential arrived without the secret itself travelling back
-through the tunnel. Run: ``python -m tests.support.tunnel_onprem --port 0``.
+through the tunnel. Run: ``python -m tests.support.tunnel_onprem --port 0`` (with ``--certfile``
+and ``--keyfile`` it serves HTTPS only, for tests of TLS on the agent's last hop).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.transport_security import TransportSecuritySettings
 
-from gateway.serving import serve
+from gateway.serving import TLSFiles, bind_socket, serve_socket
 
 
 def fingerprint(authorization: str) -> str:
@@ -45,13 +46,16 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--name", default="onprem")
+    parser.add_argument("--certfile")
+    parser.add_argument("--keyfile")
     args = parser.parse_args()
     app = build(args.name).streamable_http_app(
         streamable_http_path="/mcp",
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         host=args.host,
     )
-    serve(app, args.host, args.port)
+    tls = TLSFiles(args.certfile, args.keyfile) if args.certfile else None
+    serve_socket(app, bind_socket(args.host, args.port), tls=tls)
 
 
 if __name__ == "__main__":
