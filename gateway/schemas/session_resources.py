@@ -16,7 +16,7 @@ import posixpath
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from gateway.schemas.common import Strict
 
@@ -52,7 +52,7 @@ def check_mount_path(path: str) -> str:
     return path
 
 
-MountPath = Annotated[str, Field(min_length=1)]
+MountPath = Annotated[str, Field(min_length=1), AfterValidator(check_mount_path)]
 
 
 class BranchCheckout(Strict):
@@ -80,11 +80,6 @@ class FileResourceParams(Strict):
     file_id: Annotated[str, Field(min_length=1, max_length=128)]
     mount_path: MountPath | None = None
 
-    @field_validator("mount_path")
-    @classmethod
-    def _mount_path(cls, path: str | None) -> str | None:
-        return None if path is None else check_mount_path(path)
-
 
 class GitHubRepositoryResourceParams(Strict):
     type: Literal["github_repository"]
@@ -92,11 +87,6 @@ class GitHubRepositoryResourceParams(Strict):
     authorization_token: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
     checkout: Checkout | None = None
     mount_path: MountPath | None = None
-
-    @field_validator("mount_path")
-    @classmethod
-    def _mount_path(cls, path: str | None) -> str | None:
-        return None if path is None else check_mount_path(path)
 
 
 class MemoryStoreResourceParams(Strict):
@@ -118,11 +108,6 @@ class ResourceAdd(Strict):
     type: Literal["file"]
     file_id: Annotated[str, Field(min_length=1, max_length=128)]
     mount_path: MountPath | None = None
-
-    @field_validator("mount_path")
-    @classmethod
-    def _mount_path(cls, path: str | None) -> str | None:
-        return None if path is None else check_mount_path(path)
 
 
 class ResourceUpdate(Strict):
