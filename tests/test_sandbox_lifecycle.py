@@ -32,6 +32,7 @@ from gateway.tools.pidfiles import process_start
 from gateway.tools.sandbox import Launch, SandboxPool
 from sandbox_server import workspace_fs
 from sandbox_server.egress import TOKEN_ENV as EGRESS_TOKEN_ENV
+from sandbox_server.workspace import AREA_DIR
 from tests.conftest import Scripts, gateway_data_dir, gateway_workspaces
 from tests.support.processes import (
     ServerProcess,
@@ -409,7 +410,8 @@ async def test_the_token_is_needed_on_every_request_not_just_the_first(tmp_path:
                 assert ran.status_code == 200 and '"isError":false' in ran.text
 
         await anyio.to_thread.run_sync(attempts)
-        assert sorted(os.listdir(tmp_path / "ws" / "sesn_token")) == ["allowed"]
+        made = sorted(os.listdir(tmp_path / "ws" / "sesn_token"))
+        assert made == [AREA_DIR, "allowed"]  # the session area is the server's own, made at start
         async with sandbox_client(endpoint.url, endpoint.headers) as client:
             assert not (await client.call_tool("bash", {"command": "true"})).is_error
     finally:
