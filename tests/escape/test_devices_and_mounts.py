@@ -11,6 +11,7 @@ import os
 import pytest
 from mcp import Client
 
+from sandbox_server.workspace import AREA_MOUNTED, SESSION_MOUNT
 from tests.escape.support import Sandbox, bash, requires_bwrap, still_answers, text
 
 pytestmark = requires_bwrap
@@ -76,9 +77,12 @@ async def test_no_host_path_in_cmdline_or_mountinfo(client: Client, sandbox: San
         for part in host_parts:
             assert part not in mountinfo, part
     else:
-        # An unprivileged server cannot mount; bwrap's bind shows the directory's path within its
-        # filesystem (README, "Sandbox": what is not isolated). Nothing else does.
-        others = [line for line in mountinfo.splitlines() if " /workspace " not in line]
+        # An unprivileged server cannot mount; bwrap's binds show the directory's path within its
+        # filesystem (README, "Sandbox": what is not isolated): the workspace, and the session
+        # area inside it, which says nothing more. Nothing else does.
+        area = next(line for line in mountinfo.splitlines() if f" {SESSION_MOUNT} " in line)
+        assert area.split()[3].endswith(f"/{AREA_MOUNTED}")
+        others = [line for line in mountinfo.splitlines() if line not in (workspace_line, area)]
         assert not any(str(sandbox.workspace) in line for line in others)
     await still_answers(client)
 
