@@ -18,18 +18,15 @@ from typing import BinaryIO
 
 import anyio
 import anyio.to_thread
-from python_multipart import MultipartParser
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 from gateway.api.bodies import validate
+from gateway.api.multipart import PartForm, receive, refuse_declared_over
 from gateway.api.pagination import decode_cursor, limit_param, page_body
 from gateway.api.routing import endpoint
 from gateway.api.state import state
-from gateway.api.uploads import boundary, drain
-from gateway.errors import InvalidRequest, RequestTooLarge
+from gateway.errors import InvalidRequest
 from gateway.resources import skills
 from gateway.resources.skill_uploads import MAX_FILES, MAX_TOTAL_BYTES, SkillFolder
 from gateway.schemas.skills import (
@@ -48,65 +45,35 @@ PART_OVERHEAD_BYTES = 2048
 BODY_LIMIT = MAX_TOTAL_BYTES + MAX_FILES * PART_OVERHEAD_BYTES + 64 * 1024
 """The file bytes plus room for each part's headers and boundary, and the text fields."""
 CHUNK = 64 * 1024
+TOO_LARGE = f"files: a skill's files may total at most {MAX_TOTAL_BYTES} bytes"
 
 
-class _FolderForm:
-    """python-multipart callbacks: a file part is admitted by the folder when its headers end,
-    its bytes counted and queued (written from a worker thread between parser calls); the
-    allowed text fields are kept."""
+class _FolderForm(PartForm):
+    """A file part is admitted by the folder when its headers end, its bytes counted and queued;
+    the allowed text fields are kept."""
+
+    max_header_bytes = MAX_HEADER_BYTES
 
     def __init__(self, folder: SkillFolder, text_fields: tuple[str, ...]) -> None:
+        super().__init__()
         self.folder = folder
         self.text_fields = text_fields
-        self.pending: list[tuple[str, ...] | bytes] = []
         self.fields: dict[str, bytearray] = {}
-        self._headers: dict[bytes, bytes] = {}
-        self._name = b""
-        self._value = b""
         self._file = False
         self._text: bytearray | None = None
 
-    def callbacks(self) -> dict[str, object]:
-        return {
-            "on_part_begin": self._part_begin,
-            "on_header_field": self._header_field,
-            "on_header_value": self._header_value,
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._part_data,
-            "on_part_end": self._part_end,
-        }
+    def part_begin(self) -> None:
+        self._file, self._text = False, None
 
-    def _part_begin(self) -> None:
-        self._headers, self._file, self._text = {}, False, None
-
-    def _header_field(self, data: bytes, start: int, end: int) -> None:
-        self._name += data[start:end]
-        self._check_header()
-
-    def _header_value(self, data: bytes, start: int, end: int) -> None:
-        self._value += data[start:end]
-        self._check_header()
-
-    def _check_header(self) -> None:
-        if len(self._name) + len(self._value) > MAX_HEADER_BYTES:
-            raise InvalidRequest(f"multipart: a part header is longer than {MAX_HEADER_BYTES} bytes")
-
-    def _header_end(self) -> None:
-        self._headers[self._name.strip().lower()] = self._value.strip()
-        self._name, self._value = b"", b""
-
-    def _headers_finished(self) -> None:
-        raw = self._headers.get(b"content-disposition", b"")
-        disposition, options = parse_options_header(raw)
-        if disposition != b"form-data" or b"name" not in options:
-            raise InvalidRequest("multipart: each part needs Content-Disposition: form-data; name=...")
+    def headers_finished(self) -> None:
+        _, options = self.disposition()
         name = _text(options[b"name"], "a field name")
         if name in FILE_FIELDS:
-            if b"\\" in raw:  # checked raw: the parser would keep only the end of 'C:\...' names
+            if b"\\" in self.headers.get(b"content-disposition", b""):
+                # checked raw: the parser would keep only the end of 'C:\...' names
                 raise InvalidRequest("files: file names may not contain backslashes; separate with '/'")
             filename = _text(options.get(b"filename", b""), "a file name")
-            content_type = self._headers.get(b"content-type", b"").decode("latin-1")
+            content_type = self.headers.get(b"content-type", b"").decode("latin-1")
             self.pending.append(self.folder.add(filename, content_type))
             self._file = True
         elif name in self.text_fields:
@@ -116,7 +83,7 @@ class _FolderForm:
         else:
             raise InvalidRequest(f"{name}: unknown field")
 
-    def _part_data(self, data: bytes, start: int, end: int) -> None:
+    def part_data(self, data: bytes, start: int, end: int) -> None:
         if self._file:
             self.folder.reserve(end - start)
             self.pending.append(bytes(data[start:end]))
@@ -125,7 +92,7 @@ class _FolderForm:
             if len(self._text) > MAX_FIELD_BYTES:
                 raise InvalidRequest("form field too long")
 
-    def _part_end(self) -> None:
+    def part_end(self) -> None:
         self._file, self._text = False, None
 
     def text(self) -> dict[str, str]:
@@ -139,41 +106,17 @@ def _text(raw: bytes, what: str) -> str:
         raise InvalidRequest(f"multipart: {what} is not valid UTF-8") from None
 
 
-async def _receive(request: Request, form: _FolderForm) -> None:
-    """Feed the body through the parser, writing each file's bytes as they are parsed."""
-    parser = MultipartParser(boundary(request, "'files[]' parts"), form.callbacks())  # type: ignore[arg-type]
-    chunks = request.stream().__aiter__()
-    received = 0
-    try:
-        async for chunk in chunks:
-            received += len(chunk)
-            if received > BODY_LIMIT:
-                raise RequestTooLarge(f"files: a skill's files may total at most {MAX_TOTAL_BYTES} bytes")
-            try:
-                parser.write(chunk)
-            except MultipartParseError as exc:
-                raise InvalidRequest(f"multipart: {exc}") from None
-            if form.pending:
-                batch, form.pending = form.pending, []
-                await anyio.to_thread.run_sync(form.folder.write, batch)
-    except RequestTooLarge:
-        await drain(chunks)
-        raise
-    parser.finalize()
-
-
 @contextlib.asynccontextmanager
 async def _uploaded(request: Request, text_fields: tuple[str, ...] = ()) -> AsyncIterator[_FolderForm]:
     """The received folder, staged; removed afterwards unless kept as a version."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > BODY_LIMIT:
-        await drain(request.stream().__aiter__())
-        raise RequestTooLarge(f"files: a skill's files may total at most {MAX_TOTAL_BYTES} bytes")
+    await refuse_declared_over(request, BODY_LIMIT, TOO_LARGE)
     root = skills.skills_dir(state(request).settings.data_dir)
     folder = await anyio.to_thread.run_sync(SkillFolder, root)
     try:
         form = _FolderForm(folder, text_fields)
-        await _receive(request, form)
+        await receive(
+            request, form, "'files[]' parts", limit=BODY_LIMIT, too_large=TOO_LARGE, write=folder.write
+        )
         yield form
     finally:
         with anyio.CancelScope(shield=True):  # a cancelled request must clean up too
