@@ -64,6 +64,7 @@ from gateway.serving import TLSFiles, bind_or_exit, serve_socket, socket_url
 from gateway.store import open_store
 from gateway.store.base import StoreUnavailable
 from gateway.store.patient import patient
+from gateway.tools.memory_sync import MemorySync
 from gateway.tools.placement import Placer
 from gateway.tools.sandbox import SandboxPool
 from gateway.tools.sandbox_plan import SandboxPlanner, SelfHostedSandboxes
@@ -213,6 +214,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
                         hub.transport_for,
                         skill_index,
                     ),
+                    memory=MemorySync(work_store, hub.transport_for),
                     retry=RetryPolicy(
                         settings.model_max_attempts,
                         settings.model_retry_base_seconds,

@@ -38,6 +38,7 @@ from sandbox_server.bwrap_args import (
     bwrap_argv,
     etc_pipes,
     find_bwrap,
+    memory_args,
     not_installed,
     open_workspace_fd,
     session_area_args,
@@ -48,6 +49,7 @@ from sandbox_server.egress.mount import EgressMount
 from sandbox_server.execution import Finished
 from sandbox_server.identity import SandboxIdentity, drop_privileges
 from sandbox_server.limits import SandboxLimits
+from sandbox_server.memory_mounts import mount_fds as memory_mount_fds
 from sandbox_server.shell import LaunchError, ShellSession, parse_reported_cwd, shell_argv
 from sandbox_server.workspace import Workspace
 
@@ -211,8 +213,11 @@ class BubblewrapBash(ShellSession):
         fds = etc_pipes(self._uid)
         egress = self.egress
         area = session_area_fd(held["workspace"])
+        memory = memory_mount_fds(held["workspace"]) if area is not None else []
+        mounted = [*([area] if area is not None else []), *(fd for _, _, fd in memory)]
         try:
             extra = egress.bwrap_args(held["egress"], held.get("bundle")) if egress else []
+            areas = [*session_area_args(area), *memory_args(memory)] if area is not None else []
             argv = bwrap_argv(
                 bwrap,
                 workspace_fd=held["workspace"],
@@ -220,16 +225,16 @@ class BubblewrapBash(ShellSession):
                 limits=self.limits,
                 inner=inner,
                 uid=self._uid,
-                extra_args=[*extra, *(session_area_args(area) if area is not None else ())],
+                extra_args=[*extra, *areas],
                 extra_env=egress.env if egress is not None else None,
             )
             split = argv.index("--")
             args_fd = args_memfd(argv[1:split])
         except BaseException:
-            for fd in (*fds.values(), *([area] if area is not None else [])):
+            for fd in (*fds.values(), *mounted):
                 os.close(fd)
             raise
-        owned = [*fds.values(), args_fd, *([area] if area is not None else [])]
+        owned = [*fds.values(), args_fd, *mounted]
         return PreparedCommand(
             [bwrap, "--args", str(args_fd), *argv[split:]], (*owned, *held.values(), *extra_fds), owned
         )

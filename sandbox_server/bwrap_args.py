@@ -30,7 +30,7 @@ from pathlib import Path
 
 from sandbox_server import beneath
 from sandbox_server.limits import SandboxLimits
-from sandbox_server.workspace import AREA_DIR, AREA_MOUNTED, SESSION_MOUNT, WORKSPACE_MOUNT
+from sandbox_server.workspace import AREA_DIR, AREA_MOUNTED, MEMORY_MOUNT, SESSION_MOUNT, WORKSPACE_MOUNT
 
 SANDBOX_UID = 1000
 SANDBOX_HOSTNAME = "sandbox"
@@ -259,6 +259,14 @@ def session_area_args(area_fd: int) -> list[str]:
         "--ro-bind-fd", str(area_fd), SESSION_MOUNT,
         "--perms", "0555", "--tmpfs", masked, "--remount-ro", masked,
     ]  # fmt: skip
+
+
+def memory_args(mounts: Sequence[tuple[str, str, int]]) -> list[str]:
+    """Each mounted memory store at ``MEMORY_MOUNT/<slug>``, writable only if ``read_write``."""
+    args: list[str] = []
+    for slug, access, fd in mounts:
+        args += ["--bind-fd" if access == "read_write" else "--ro-bind-fd", str(fd), f"{MEMORY_MOUNT}/{slug}"]
+    return args
 
 
 def open_workspace_fd(root: Path) -> int:

@@ -98,6 +98,14 @@ class Placement:
         finally:
             os.close(root)
 
+    def area(self) -> int:
+        """An ``O_PATH`` descriptor of the trusted area (made if missing), for its other users."""
+        root = self.ws.open_root()
+        try:
+            return self._area(root)
+        finally:
+            os.close(root)
+
     def _recorded(self) -> str | None:
         try:
             return self._identity.read_text().strip()

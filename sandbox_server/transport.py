@@ -16,6 +16,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp
 
 from sandbox_server import auth
+from sandbox_server.memory_mounts import MemoryMounts, MemoryRoutes
 from sandbox_server.placement import Placement, PlacementRoutes
 from sandbox_server.serving import serve
 
@@ -73,5 +74,7 @@ def serve_toolset(
     app = server.streamable_http_app(
         streamable_http_path=MCP_PATH, transport_security=transport_security(host), host=host
     )
-    served: ASGIApp = PlacementRoutes(app, placement) if placement is not None else app
+    served: ASGIApp = app
+    if placement is not None:
+        served = MemoryRoutes(PlacementRoutes(app, placement), MemoryMounts(placement))
     serve(auth.BearerAuth(served, token), host, port)

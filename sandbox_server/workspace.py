@@ -20,6 +20,7 @@ every file and directory the tools create, so the sandbox can change them afterw
 from __future__ import annotations
 
 import errno
+import json
 import os
 import posixpath
 from dataclasses import dataclass
@@ -34,6 +35,13 @@ AREA_DIR = ".tether-session"
 """The workspace entry holding them, out of the agent's reach: ``AREA_DIR/mnt`` is bound read-only
 at ``SESSION_MOUNT``, the entry itself is masked in the sandbox and refused by the file tools."""
 AREA_MOUNTED = f"{AREA_DIR}/mnt"
+MEMORY_MOUNT = "/mnt/memory"
+"""Where the session's memory stores show, one directory each (``sandbox_server.memory_mounts``)."""
+AREA_MEMORY = f"{AREA_DIR}/memory"
+MEMORY_RECORD = f"{AREA_DIR}/memory.json"
+"""Which stores are mounted and how (``{slug: {"access": ..., "base": ...}}``); only the server writes it."""
+MAX_RECORD_BYTES = 16 << 20
+_MOUNTS = ((SESSION_MOUNT, AREA_MOUNTED), (MEMORY_MOUNT, AREA_MEMORY))
 
 
 class WorkspaceError(Exception):
@@ -93,18 +101,22 @@ class Workspace:
             raise WorkspaceError("Path contains a NUL byte.")
         if path.startswith("/"):
             normal = posixpath.normpath(path)
-            if normal == SESSION_MOUNT or normal.startswith(SESSION_MOUNT + "/"):
-                return AREA_MOUNTED + normal[len(SESSION_MOUNT) :]
+            for mount, held in _MOUNTS:
+                if normal == mount or normal.startswith(mount + "/"):
+                    return held + normal[len(mount) :]
         relative = self._relative_part(path)
         if relative == AREA_DIR or relative.startswith(AREA_DIR + "/"):
             raise WorkspaceError(f"{path} is reserved; the session's resources are under {SESSION_MOUNT}.")
         return relative
 
     def require_writable(self, relative: str, shown: str) -> None:
-        """The session's resources are read-only to the tools, as to the sandbox: refused when
-        spelled so, and when the path leads there through a symlink (the open is checked
-        again, race-free, by ``require_outside_area``)."""
-        if relative == AREA_DIR or relative.startswith(AREA_DIR + "/"):
+        """The session's resources are read-only to the tools, as to the sandbox, and so is a
+        memory store mounted ``read_only``: refused when spelled so, and when the path leads
+        there through a symlink (the open is checked again, race-free, by
+        ``require_outside_area``)."""
+        if (relative == AREA_DIR or relative.startswith(AREA_DIR + "/")) and not self._writable_memory(
+            relative
+        ):
             raise self.read_only(shown)
         try:
             leads_in = self._in_area(self.resolve(shown))
@@ -114,18 +126,30 @@ class Workspace:
             raise self.read_only(shown)
 
     def require_outside_area(self, fd: int, shown: str) -> None:
-        """Refuse a descriptor opened for writing that lies in the session area. What it names
-        cannot move: only this server changes the area, and the sandbox never sees it unmasked."""
+        """Refuse a descriptor opened for writing that lies in the session area (other than a
+        writable memory store). What it names cannot move: only this server changes the area's
+        layout, and the sandbox never sees it unmasked."""
         if self._in_area(os.readlink(f"/proc/self/fd/{fd}")):
             raise self.read_only(shown)
 
     def _in_area(self, host_path: str | os.PathLike[str]) -> bool:
         area = os.path.join(self.root, AREA_DIR)
         path = os.fspath(host_path)
-        return path == area or path.startswith(area + os.sep)
+        if path != area and not path.startswith(area + os.sep):
+            return False
+        return not self._writable_memory(Path(path).relative_to(self.root).as_posix())
+
+    def _writable_memory(self, relative: str) -> bool:
+        """Whether ``relative`` lies inside (not at) a memory store mounted ``read_write``."""
+        parts = relative.split("/")
+        if len(parts) < 4 or "/".join(parts[:2]) != AREA_MEMORY:
+            return False
+        return memory_access(self, parts[2]) == "read_write"
 
     @staticmethod
     def read_only(shown: str) -> WorkspaceError:
+        if shown.startswith(MEMORY_MOUNT + "/"):
+            return WorkspaceError(f"{shown} is read-only: that memory store is mounted read-only.")
         return WorkspaceError(f"{shown} is read-only: {SESSION_MOUNT} holds the session's resources.")
 
     @staticmethod
@@ -137,8 +161,9 @@ class Workspace:
 
     def mount_path(self, relative: str) -> str:
         """The ``/workspace/...`` spelling of a path relative to the root."""
-        if relative == AREA_MOUNTED or relative.startswith(AREA_MOUNTED + "/"):
-            return SESSION_MOUNT + relative[len(AREA_MOUNTED) :]
+        for mount, held in _MOUNTS:
+            if relative == held or relative.startswith(held + "/"):
+                return mount + relative[len(held) :]
         return f"{WORKSPACE_MOUNT}/{relative}" if relative else WORKSPACE_MOUNT
 
     def _relative_part(self, path: str) -> str:
@@ -211,3 +236,21 @@ class Workspace:
     def _escape_or(self, exc: OSError, shown: str) -> Exception:
         """``WorkspaceError`` for a lookup the kernel stopped at the root; the error itself otherwise."""
         return self.escape(shown) if exc.errno == errno.EXDEV else exc
+
+
+def memory_access(ws: Workspace, slug: str) -> str | None:
+    """How the memory store mounted as ``slug`` is mounted (``read_write``/``read_only``), from
+    the server's record in the area; None when it is not mounted (or the record is unreadable)."""
+    try:
+        fd = ws.open_path(
+            MEMORY_RECORD, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, shown=MEMORY_RECORD, symlinks=False
+        )
+    except (OSError, WorkspaceError):
+        return None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            record = json.loads(f.read(MAX_RECORD_BYTES))
+            access = record[slug]["access"]
+        except (ValueError, KeyError, TypeError):
+            return None
+    return access if access in ("read_write", "read_only") else None

@@ -117,10 +117,8 @@ def test_file_resources_are_listed_retrieved_and_deleted_as_the_sdk_types(
         ({"mount_path": "/mnt/session/skills/x"}, "keeps for itself"),
         ({"mount_path": "/workspace/a\nb"}, "printable"),
         ({"file_id": "file_doesnotexist"}, "not found"),
-        (
-            {"type": "memory_store", "memory_store_id": "memstore_x"},
-            "memory_store resources are not supported",
-        ),
+        ({"type": "memory_store", "memory_store_id": "memstore_x"}, "memory store 'memstore_x' not found"),
+        ({"mount_path": "/mnt/memory/x"}, "must be below /workspace or /mnt/session"),
         ({"type": "github_repository", "url": "https://gitlab.com/a/b"}, "url"),
         (
             {

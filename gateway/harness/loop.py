@@ -12,7 +12,7 @@ from typing import Any
 
 import mcp.types as mcp_types
 
-from gateway.harness import file_blocks, model_turn, outcomes, skill_prompt
+from gateway.harness import file_blocks, memory_prompt, model_turn, outcomes, skill_prompt
 from gateway.harness.model import ModelClient
 from gateway.harness.previews import PreviewHub
 from gateway.harness.responses import POLICY_FIELD, request_end
@@ -22,13 +22,14 @@ from gateway.harness.tool_progress import tool_progress
 from gateway.harness.transcripts import TranscriptCache
 from gateway.observability import tracing
 from gateway.pricing import DEFAULT_TABLE, PriceTable
-from gateway.resources import budgets, files
+from gateway.resources import budgets, files, session_resources
 from gateway.resources import sessions as session_state
 from gateway.resources.skill_index import SkillIndex
 from gateway.sessionlog import events as ev
 from gateway.sessionlog.transcript import RESULT_TYPES, ToolCall, Transcript
 from gateway.store.base import Body, Store, StoredEvent
 from gateway.tools import mcp_client
+from gateway.tools.memory_sync import MemorySync
 from gateway.tools.placement import Placer
 from gateway.tools.sandbox import SandboxPool, SandboxStartFailed
 from gateway.tools.start_queue import StillQueued
@@ -75,6 +76,8 @@ class Harness:
     """The agent's skill versions, resolved once (for the prompt; the placer shares it)."""
     placer: Placer | None = None
     """Puts the session's resources in its sandbox before its tools run."""
+    memory: MemorySync | None = None
+    """Keeps the session's mounted memory stores and the stores in step around each tool call."""
 
     async def transcript(self, run: Run) -> Transcript:
         transcript = await self.transcripts.current(self.store, run.session_id)
@@ -89,6 +92,7 @@ class Harness:
         agent = skill_prompt.with_skills(
             session["agent"], await self.skill_index.refs(self.store, session["agent"])
         )
+        agent = memory_prompt.with_memory(agent, session_resources.memory_attachments(session))
         run.vault_ids = list(session.get("vault_ids") or [])
         with tracing.turn_span(
             run.session_id,
@@ -300,6 +304,7 @@ class Harness:
                 return _text(f"MCP server {server!r} is unavailable: {toolbox.unavailable[server]}"), True
             return _text(f"Tool {call.use['name']!r} is not available to this agent."), True
         arguments = call.use.get("input") or {}
+        notes: list[str] = []
         if spec.kind == "agent":
             try:
                 # A queued start waits, as long as the call itself may take.
@@ -311,6 +316,8 @@ class Harness:
             if self.placer is not None:
                 for error in await self.placer.ensure(session_id, endpoint):
                     await self.append(run, error)
+            if self.memory is not None:
+                notes += await self.memory.sync(session_id, endpoint)
             url, where = endpoint.url, "the sandbox"
             headers: dict[str, str] = dict(endpoint.headers)
         else:
@@ -339,7 +346,10 @@ class Harness:
                     )
                 except mcp_client.MCPUnavailable as again:
                     return _text(f"{where} is unavailable: {again}"), True
-            return outcome.content, outcome.is_error
+                endpoint = fresh
+        if spec.kind == "agent" and self.memory is not None:  # written back before the result is logged
+            notes += await self.memory.sync(session_id, endpoint)
+        return outcome.content + _text("\n".join(notes)) if notes else outcome.content, outcome.is_error
 
     async def _call(
         self,

@@ -15,9 +15,11 @@ from typing import Any
 
 from gateway import ids
 from gateway.errors import InvalidRequest, NotFound
-from gateway.resources import common, uploads
+from gateway.resources import common, memory_stores, uploads
 from gateway.schemas.session_resources import (
+    MAX_MEMORY_STORES,
     MAX_RESOURCES,
+    MEMORY_AREA,
     SESSION_AREA,
     WORKSPACE,
     FileResourceParams,
@@ -25,6 +27,7 @@ from gateway.schemas.session_resources import (
     MemoryStoreResourceParams,
     ResourceAdd,
     check_mount_path,
+    memory_slug,
 )
 from gateway.store.base import Body, Store
 from gateway.tools.git_fetch import parse_repository_url
@@ -68,7 +71,7 @@ async def build(store: Store, sealer: Sealer | None, params: Params) -> tuple[Bo
     moment = ids.timestamp()
     resource_id = ids.new_id(ID_PREFIX)
     if isinstance(params, MemoryStoreResourceParams):
-        raise InvalidRequest("resources: memory_store resources are not supported by Tether yet")
+        return await _memory_store(store, params), None
     if isinstance(params, FileResourceParams | ResourceAdd):
         await _require_upload(store, params.file_id)
         path = params.mount_path or f"{SESSION_AREA}/uploads/{params.file_id}"
@@ -101,6 +104,35 @@ async def build(store: Store, sealer: Sealer | None, params: Params) -> tuple[Bo
     return body, sealer.encrypt(token.encode(), resource_id)
 
 
+async def _memory_store(store: Store, params: MemoryStoreResourceParams) -> Body:
+    """The attachment, with the store's name and description as they are now (the wire says
+    they are snapshotted); its ``mount_path`` is settled by ``build_all``."""
+    found = await store.get(memory_stores.KIND, params.memory_store_id)
+    if found is None:
+        raise InvalidRequest(f"resources: memory store {params.memory_store_id!r} not found")
+    if found.get("archived_at"):
+        raise InvalidRequest(f"resources: memory store {params.memory_store_id} is archived")
+    return {
+        "type": "memory_store",
+        "memory_store_id": found["id"],
+        "access": params.access or "read_write",
+        "name": found["name"],
+        "description": found.get("description") or "",
+        "instructions": params.instructions,
+        "mount_path": None,
+    }
+
+
+def memory_attachments(session: Body) -> list[Body]:
+    """The session's memory-store resources, in the order they were given."""
+    return [r for r in session.get("resources") or [] if r["type"] == "memory_store"]
+
+
+def _sort_key(resource: Body) -> tuple[str, str]:
+    """Memory stores (attached at creation, with no id or time of their own) come first."""
+    return resource.get("created_at") or "", resource.get("id") or resource.get("memory_store_id") or ""
+
+
 async def build_all(
     store: Store, sealer: Sealer | None, params: Sequence[Params]
 ) -> tuple[list[Body], dict[str, str]]:
@@ -109,8 +141,17 @@ async def build_all(
         raise InvalidRequest(f"resources: at most {MAX_RESOURCES} resources per session")
     built: list[Body] = []
     tokens: dict[str, str] = {}
+    stores: list[str] = []
     for item in params:
         body, sealed = await build(store, sealer, item)
+        if body["type"] == "memory_store":
+            if body["memory_store_id"] in stores:
+                raise InvalidRequest(f"resources: memory store {body['memory_store_id']} is given twice")
+            if len(stores) >= MAX_MEMORY_STORES:
+                raise InvalidRequest(f"resources: at most {MAX_MEMORY_STORES} memory stores per session")
+            stores.append(body["memory_store_id"])
+            taken = [r["mount_path"].rpartition("/")[2] for r in built if r["type"] == "memory_store"]
+            body["mount_path"] = f"{MEMORY_AREA}/{memory_slug(body['name'], taken)}"
         _check_free(body["mount_path"], built)
         built.append(body)
         if sealed is not None:
@@ -139,7 +180,7 @@ async def add(store: Store, sealer: Sealer, session_id: str, params: ResourceAdd
 
 def find(session: Body, resource_id: str) -> Body:
     for resource in session.get("resources") or []:
-        if resource["id"] == resource_id:
+        if resource.get("id") == resource_id:
             return dict(resource)
     raise NotFound("session resource", resource_id)
 
@@ -149,7 +190,7 @@ async def get(store: Store, session_id: str, resource_id: str) -> Body:
 
 
 def _cursor(resource: Body) -> str:
-    raw = f"{resource['created_at']}|{resource['id']}".encode()
+    raw = "|".join(_sort_key(resource)).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -166,10 +207,10 @@ def _position(cursor: str) -> tuple[str, str]:
 def page(session: Body, limit: int | None, after: str | None) -> tuple[list[Body], str | None]:
     """Resources oldest first; a cursor names a position, not a resource, so it stays good
     when the resource it was made from is deleted meanwhile."""
-    resources = sorted(session.get("resources") or [], key=lambda r: (r["created_at"], r["id"]))
+    resources = sorted(session.get("resources") or [], key=_sort_key)
     if after is not None:
         position = _position(after)
-        resources = [r for r in resources if (r["created_at"], r["id"]) > position]
+        resources = [r for r in resources if _sort_key(r) > position]
     if limit is None or len(resources) <= limit:
         return resources, None
     chosen = resources[:limit]
@@ -186,7 +227,7 @@ async def update_token(store: Store, sealer: Sealer, session_id: str, resource_i
             raise InvalidRequest("authorization_token: only github_repository resources take a token")
         resource["updated_at"] = ids.timestamp()
         found[:] = [resource]
-        resources = [resource if r["id"] == resource_id else r for r in current["resources"]]
+        resources = [resource if r.get("id") == resource_id else r for r in current["resources"]]
         sealed = sealer.encrypt(token.encode(), resource_id)
         return {
             **current,
@@ -205,7 +246,7 @@ async def delete(store: Store, session_id: str, resource_id: str) -> Body:
     def detach(current: Body) -> Body:
         find(current, resource_id)
         tokens = {k: v for k, v in (current.get(TOKENS) or {}).items() if k != resource_id}
-        resources = [r for r in current["resources"] if r["id"] != resource_id]
+        resources = [r for r in current["resources"] if r.get("id") != resource_id]
         return {**current, "resources": resources, TOKENS: tokens}
 
     if await store.update(SESSION_KIND, session_id, detach) is None:

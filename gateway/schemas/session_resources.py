@@ -3,7 +3,8 @@
 ``sessions.create(resources=…)`` and ``sessions.resources.add`` take the SDK's params; the
 wire shape answered is ``BetaManagedAgentsFileResource`` / ``…GitHubRepositoryResource``. A
 repository's ``authorization_token`` is write-only: it is sealed apart from the resource and
-never rendered. Memory-store resources parse, then answer a 400 naming them.
+never rendered. A memory store is attached at ``sessions.create`` only (``…MemoryStoreResource``,
+no id of its own): mounted at ``/mnt/memory/<slug of its name>`` (``memory_mount_path``).
 
 Where a resource may go (``check_mount_path``): strictly below ``/workspace`` (placed in the
 workspace, the agent may change it) or below ``/mnt/session`` (read-only to the agent), in
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator
@@ -24,9 +26,13 @@ WORKSPACE = "/workspace"
 SESSION_AREA = "/mnt/session"
 SKILLS_AREA = f"{SESSION_AREA}/skills"
 """Where the agent's skills are placed (``/mnt/session/skills/<name>``); no resource goes there."""
+MEMORY_AREA = "/mnt/memory"
+"""Where attached memory stores are mounted, one directory each (``gateway.tools.memory_sync``)."""
 RESERVED = (f"{WORKSPACE}/.tether-session", SKILLS_AREA)
 MAX_MOUNT_PATH_CHARS = 1024
 MAX_RESOURCES = 100
+MAX_MEMORY_STORES = 8
+MAX_SLUG_CHARS = 64
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -50,6 +56,17 @@ def check_mount_path(path: str) -> str:
         if _under(path, reserved):
             raise ValueError(f"mount_path {path!r} is inside {reserved}, which Tether keeps for itself")
     return path
+
+
+def memory_slug(name: str, taken: Sequence[str] = ()) -> str:
+    """The directory a store named ``name`` is mounted as: lower-case letters, digits, ``.``,
+    ``_`` and ``-`` (anything else becomes ``-``), unique among ``taken`` (``-2``, ``-3``…)."""
+    slug = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.")[:MAX_SLUG_CHARS].strip("-.")
+    slug = slug or "memory"
+    unique, number = slug, 2
+    while unique in taken:
+        unique, number = f"{slug}-{number}", number + 1
+    return unique
 
 
 MountPath = Annotated[str, Field(min_length=1), AfterValidator(check_mount_path)]
@@ -91,7 +108,7 @@ class GitHubRepositoryResourceParams(Strict):
 
 class MemoryStoreResourceParams(Strict):
     type: Literal["memory_store"]
-    memory_store_id: str
+    memory_store_id: Annotated[str, Field(min_length=1, max_length=128)]
     access: Literal["read_write", "read_only"] | None = None
     instructions: Annotated[str, Field(max_length=4096)] | None = None
 

@@ -74,6 +74,7 @@ def wanted(session: Body, skills: list[SkillVersionRef]) -> list[Wanted]:
     placed = [
         Wanted(r["id"], r["mount_path"], "file" if r["type"] == "file" else "tree", r)
         for r in session.get("resources") or []
+        if r["type"] != "memory_store"  # mounted and kept in step by ``memory_sync`` instead
     ]
     for ref in skills:
         resource = {"type": "skill", "id": f"{ref.skill_id} version {ref.version}", "skill": ref}
