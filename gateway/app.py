@@ -26,6 +26,7 @@ from gateway.api import (
     agents,
     api_keys,
     deployments,
+    dreams,
     egress,
     environments,
     files,
@@ -57,6 +58,7 @@ from gateway.observability.observed_store import observe_store
 from gateway.resources import skill_uploads, uploads
 from gateway.resources.skill_index import SkillIndex
 from gateway.resources.skills import skills_dir
+from gateway.scheduling.dreams import Dreamer
 from gateway.scheduling.scheduler import Scheduler
 from gateway.scripted_model.script import ScriptBook
 from gateway.scripted_model.server import create_app as create_scripted_model
@@ -222,18 +224,22 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
                     ),
                 )
                 runner = SessionRunner(harness, tasks, lease_ttl=settings.lease_ttl_seconds)
+                dreamer = Dreamer(work_store, runner)
                 for name, loop in (
                     ("sandbox reaper", sandboxes.reap_forever),
                     ("session pickup", runner.pickup_forever),
                     ("webhook deliveries", dispatcher.run),
                     ("deployment schedules", Scheduler(work_store, runner.wake, settings.prices).run_forever),
+                    ("dreams", dreamer.sweep_forever),
                     (
                         "upload expiry",
                         partial(uploads.expire_forever, work_store, uploads.files_dir(settings.data_dir)),
                     ),
                 ):
                     tasks.start_soon(supervised, name, loop, name=name)
-                app.state.gateway = GatewayState(settings, store, runner, sandboxes, keyring, previews)
+                app.state.gateway = GatewayState(
+                    settings, store, runner, sandboxes, keyring, previews, dreamer
+                )
                 async with mcp_gateway.lifespan(
                     app, store, keyring, policies or PolicySet(), settings, transport_for=hub.transport_for
                 ):
@@ -259,6 +265,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> Starlet
         *files.routes,
         *skills.routes,
         *memory_stores.routes,
+        *dreams.routes,
         *vaults.routes,
         *egress.routes,
         *work.routes,

@@ -35,6 +35,7 @@ _BUILDING = (
     "/v1/deployment_runs",
     "/v1/skills",
     "/v1/memory_stores",
+    "/v1/dreams",
 )
 """The surfaces a ``developer`` builds with and a ``reader`` reads."""
 OPERATOR_EVENTS = frozenset({"user.tool_confirmation", "user.interrupt"})

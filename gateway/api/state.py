@@ -9,6 +9,7 @@ from starlette.requests import Request
 from gateway.config import Settings
 from gateway.harness.previews import PreviewHub
 from gateway.harness.runner import SessionRunner
+from gateway.resources.dreams import DreamRunner
 from gateway.store.base import Store
 from gateway.tools.sandbox import SandboxPool
 from gateway.vault.keyring import KeyRing
@@ -22,6 +23,7 @@ class GatewayState:
     sandboxes: SandboxPool
     keyring: KeyRing
     previews: PreviewHub
+    dream_runner: DreamRunner | None = None
 
 
 def state(request: Request) -> GatewayState:

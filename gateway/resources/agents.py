@@ -57,11 +57,18 @@ async def resolve_skills(store: Store, requested: list[SkillParam]) -> list[Body
 
 async def create(store: Store, request: AgentCreate) -> Body:
     agent_settings.parse(request.metadata)
-    pinned = await resolve_skills(store, request.skills or [])
+    body = agent_body(request, ids.new_id(ids.AGENT), await resolve_skills(store, request.skills or []))
+    await store.insert_agent(body)
+    return body
+
+
+def agent_body(request: AgentCreate, agent_id: str, pinned: list[Body]) -> Body:
+    """Version 1 of an agent, not stored: ``create``'s, and the gateway's own agents' (a dream's
+    session runs one that is never an API object)."""
     moment = ids.timestamp()
-    body: Body = {
+    return {
         "type": "agent",
-        "id": ids.new_id(ids.AGENT),
+        "id": agent_id,
         "name": request.name,
         "description": request.description,
         "system": request.system,
@@ -79,8 +86,6 @@ async def create(store: Store, request: AgentCreate) -> Body:
         "updated_at": moment,
         "archived_at": None,
     }
-    await store.insert_agent(body)
-    return body
 
 
 async def get(store: Store, agent_id: str, version: int | None = None) -> Body:

@@ -12,11 +12,12 @@ from gateway.store.base import Body, Store
 KIND = "environment"
 
 
-async def create(store: Store, request: EnvironmentCreate) -> Body:
+async def create(store: Store, request: EnvironmentCreate, environment_id: str | None = None) -> Body:
+    """``environment_id`` is given by the gateway for an environment of its own (dreams')."""
     moment = ids.timestamp()
     body: Body = {
         "type": "environment",
-        "id": ids.new_id(ids.ENVIRONMENT),
+        "id": environment_id or ids.new_id(ids.ENVIRONMENT),
         "name": request.name,
         "description": request.description,
         "config": resolve_config(request.config),

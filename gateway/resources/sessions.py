@@ -65,7 +65,6 @@ async def create(
     (a scheduled fire completed again after a crash); ``prices`` cost its usage (the gateway's
     table; the built-in one when not given); ``sealer`` seals repository tokens among the
     ``resources`` (callers that take none need none)."""
-    prices = prices or DEFAULT_TABLE
     if isinstance(request.agent, str):
         agent = await agents.get(store, request.agent)
     else:
@@ -76,6 +75,24 @@ async def create(
     if environment.get("archived_at"):
         raise InvalidRequest(f"environment_id: {environment['id']} is archived")
     await vaults.require_usable(store, request.vault_ids)
+    snapshot = {name: agent.get(name) for name in AGENT_SNAPSHOT_FIELDS}
+    return await insert(store, request, snapshot, environment, session_id, prices, sealer)
+
+
+async def insert(
+    store: Store,
+    request: SessionCreate,
+    agent: Body,
+    environment: Body,
+    session_id: str | None = None,
+    prices: PriceTable | None = None,
+    sealer: Sealer | None = None,
+    internal: Body | None = None,
+) -> tuple[Body, list[StoredEvent]]:
+    """A session running ``agent`` (a snapshot: ``request.agent`` is not looked up) in
+    ``environment``; for callers that make their own agent, such as a dream. ``internal``
+    fields (names starting with ``_``) are kept on the session and never shown."""
+    prices = prices or DEFAULT_TABLE
     model = str(agent["model"]["id"])
     if request.budget is not None:
         budgets.require_budgetable(prices, model)
@@ -84,7 +101,7 @@ async def create(
     body: Body = {
         "type": "session",
         "id": session_id or ids.new_id(ids.SESSION),
-        "agent": {name: agent.get(name) for name in AGENT_SNAPSHOT_FIELDS},
+        "agent": agent,
         "environment_id": environment["id"],
         "title": request.title,
         "metadata": request.metadata,
@@ -98,6 +115,7 @@ async def create(
         "created_at": moment,
         "updated_at": moment,
         "archived_at": None,
+        **(internal or {}),
     }
     await store.insert(KIND, body)
     if environment["config"]["type"] == "self_hosted":

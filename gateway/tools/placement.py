@@ -33,8 +33,10 @@ import httpx2
 from gateway.resources import session_resources, skills, uploads
 from gateway.resources.skill_index import SkillIndex, skill_path
 from gateway.resources.skills import SkillVersionRef
+from gateway.schemas.session_resources import SESSION_AREA
 from gateway.sessionlog import events as ev
-from gateway.store.base import Body, Store
+from gateway.sessionlog import readable
+from gateway.store.base import Body, EventQuery, Store
 from gateway.tools import git_fetch
 from gateway.tools.mcp_client import TransportFor
 from gateway.tools.sandbox import SandboxEndpoint
@@ -50,6 +52,9 @@ REMEMBERED_SANDBOXES = 4096
 RETRY_AFTER = 60.0
 """Seconds before a resource that failed is tried again in the same sandbox."""
 LISTING = "listing"
+TRANSCRIPT_SOURCES = "_transcript_sources"
+"""Internal field of a session (a dream's): sessions whose logs it gets as text files."""
+TRANSCRIPTS_AREA = f"{SESSION_AREA}/transcripts"
 _CHUNK = 1 << 20
 _BLOCK = tarfile.BLOCKSIZE
 
@@ -79,6 +84,9 @@ def wanted(session: Body, skills: list[SkillVersionRef]) -> list[Wanted]:
     for ref in skills:
         resource = {"type": "skill", "id": f"{ref.skill_id} version {ref.version}", "skill": ref}
         placed.append(Wanted(f"skill.{ref.skill_id}.{ref.version}", skill_path(ref), "tree", resource))
+    for source in session.get(TRANSCRIPT_SOURCES) or []:
+        resource = {"type": "transcript", "id": f"the transcript of session {source}", "session_id": source}
+        placed.append(Wanted(f"transcript.{source}", f"{TRANSCRIPTS_AREA}/{source}.md", "file", resource))
     return placed
 
 
@@ -201,10 +209,17 @@ class Placer:
         return state
 
     async def _send(self, client: httpx2.AsyncClient, url: str, want: Wanted, session: Body) -> None:
-        if want.kind == "file":
+        if want.kind == "file" and want.resource["type"] == "file":
             await self._put(client, url, want, await self._file_archive(want.resource["file_id"]))
             return
         with tempfile.TemporaryDirectory(prefix="place-", dir=self._scratch()) as scratch:
+            if want.resource["type"] == "transcript":
+                text = Path(scratch) / "transcript.md"
+                await self._transcript(want.resource["session_id"], text)
+                await self._put(
+                    client, url, want, _one_file_archive(text, (await anyio.Path(text).stat()).st_size)
+                )
+                return
             archive = Path(scratch) / "tree.tar"
             if want.resource["type"] == "skill":
                 ref: SkillVersionRef = want.resource["skill"]
@@ -240,22 +255,20 @@ class Placer:
         body = await self.store.get(uploads.KIND, file_id)
         if body is None or not uploads.is_upload(body):
             raise PlacementFailed("unknown_error", f"file {file_id!r} no longer exists")
-        path = anyio.Path(self.files_dir / file_id)
+        path = self.files_dir / file_id
         try:
-            size = (await path.stat()).st_size
+            size = (await anyio.Path(path).stat()).st_size
         except OSError:
             raise PlacementFailed("unknown_error", f"file {file_id!r}: its content is missing") from None
+        return _one_file_archive(path, size)
 
-        async def archive() -> AsyncIterator[bytes]:
-            async with await path.open("rb") as source:
-                info = tarfile.TarInfo("file")
-                info.size, info.mode = size, 0o644
-                yield info.tobuf(format=tarfile.PAX_FORMAT)
-                while chunk := await source.read(_CHUNK):
-                    yield chunk
-            yield b"\0" * ((_BLOCK - size % _BLOCK) % _BLOCK + 2 * _BLOCK)
-
-        return archive()
+    async def _transcript(self, session_id: str, destination: Path) -> None:
+        """The session's log as text (``sessionlog.readable``), written to ``destination``."""
+        session = await self.store.get(session_resources.SESSION_KIND, session_id)
+        if session is None:
+            raise PlacementFailed("unknown_error", f"session {session_id} no longer exists")
+        events = [e.body for e in await self.store.read_events(session_id, EventQuery())]
+        await anyio.Path(destination).write_text(readable.render(session, events), encoding="utf-8")
 
     async def _clone(self, resource: Body, session: Body, tree: Path, archive: Path) -> None:
         """Clone the repository into ``tree`` and pack it into ``archive`` (worker threads)."""
@@ -283,6 +296,22 @@ class Placer:
         return self.scratch
 
 
+def _one_file_archive(path: Path, size: int) -> AsyncIterator[bytes]:
+    """A one-member tar of the file at ``path`` (``size`` bytes), made as it is sent: a header,
+    the bytes, the padding."""
+
+    async def archive() -> AsyncIterator[bytes]:
+        async with await anyio.open_file(path, "rb") as source:
+            info = tarfile.TarInfo("file")
+            info.size, info.mode = size, 0o644
+            yield info.tobuf(format=tarfile.PAX_FORMAT)
+            while chunk := await source.read(_CHUNK):
+                yield chunk
+        yield b"\0" * ((_BLOCK - size % _BLOCK) % _BLOCK + 2 * _BLOCK)
+
+    return archive()
+
+
 def _pack(tree: Path, archive: Path) -> None:
     if not tree.is_dir():
         raise FileNotFoundError(2, "No such directory")
@@ -302,9 +331,9 @@ def _failure_type(want: Wanted) -> str:
 
 def _error_event(want: Wanted, exc: PlacementFailed) -> Body:
     resource = want.resource
-    if resource["type"] == "skill":
+    if resource["type"] in ("skill", "transcript"):
         return ev.session_error(
-            exc.error_type, f"skill {resource['id']} ({want.mount_path}): {exc}", "retrying"
+            exc.error_type, f"{resource['type']} {resource['id']} ({want.mount_path}): {exc}", "retrying"
         )
     extra = {"repository_url": resource["url"]} if resource["type"] == "github_repository" else {}
     message = f"resource {resource['id']} ({want.mount_path}): {exc}"
