@@ -154,6 +154,28 @@ def test_skills_and_files_place_the_upload_and_the_skill_read_only_and_the_model
     assert "3 rows, total score 17" in _text([e for e in log if e.type == "agent.message"][-1])
 
 
+def test_memory_and_dreams_save_a_lesson_read_it_back_and_dream_it_into_a_new_store(
+    sdk: anthropic.Anthropic, env: dict[str, str]
+) -> None:
+    output = run_example("memory_and_dreams.py", [], env)
+
+    store_id = re.search(r"^memory store (memstore_\w+)$", output, re.M)
+    assert store_id, output
+    memories = list(sdk.beta.memory_stores.memories.list(store_id[1], view="full"))
+    assert [(m.path, m.content) for m in memories] == [
+        ("/builds.md", "Builds are slow on one core: run make -j2.\n")
+    ]
+    [version] = sdk.beta.memory_stores.memory_versions.list(store_id[1])
+    assert version.created_by.type == "session_actor"
+    dream_id = re.search(r"^dream (drm_\w+) completed ", output, re.M)
+    assert dream_id, output
+    dream = sdk.beta.dreams.retrieve(dream_id[1])
+    [dreamed] = sdk.beta.memory_stores.memories.list(dream.outputs[0].memory_store_id, view="full")
+    assert dreamed.content is not None and "learned in two sessions" in dreamed.content
+    log = _log(sdk, dream.session_id or "")
+    assert "make -j2" in _text(next(e for e in log if e.type == "agent.tool_result"))
+
+
 def test_scheduled_report_deploys_on_a_schedule_and_runs_once_now(
     sdk: anthropic.Anthropic, env: dict[str, str]
 ) -> None:
