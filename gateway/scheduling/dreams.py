@@ -76,6 +76,11 @@ def _inputs(dream: Body) -> tuple[str, list[str]]:
     return store_id, session_ids
 
 
+def _opening(session_ids: list[str]) -> Body:
+    text = f"Dream over sessions {', '.join(session_ids)} now."
+    return new_event("user.message", content=[{"type": "text", "text": text}])
+
+
 def dream_usage(session: Body) -> Body:
     usage = session.get("usage") or {}
     creation = usage.get("cache_creation") or {}
@@ -135,9 +140,15 @@ class Dreamer:
         output_id = dream["outputs"][0]["memory_store_id"]
         if output_id != input_id:
             await self._copy(input_id, output_id, dream["session_id"])
-        if await self.store.get(session_state.KIND, dream["session_id"]) is None:
-            await self._session(dream, output_id, session_ids)
-        self.runner.wake(dream["session_id"])
+        session_id = dream["session_id"]
+        if await self.store.get(session_state.KIND, session_id) is None:
+            await self._session(dream, output_id)
+        if await self.store.last_seq(session_id) == 0:  # a crash came between the two
+            await session_state.append_input(self.store, session_id, [_opening(session_ids)])
+        if (await dreams.get(self.store, dream["id"]))["status"] == "canceled":
+            await self.cancel(dream)  # canceled while this was starting it: it never runs
+            return
+        self.runner.wake(session_id)
 
     async def _copy(self, source: str, target: str, session_id: str) -> None:
         """The input's memories into the new store (those copied before a crash are kept)."""
@@ -154,9 +165,9 @@ class Dreamer:
             except memories.PathConflict:
                 continue
 
-    async def _session(self, dream: Body, output_id: str, session_ids: list[str]) -> None:
+    async def _session(self, dream: Body, output_id: str) -> None:
+        """The dream's session, without its opening message (``_start`` appends it)."""
         environment = await self._environment()
-        names = ", ".join(session_ids)
         request = SessionCreate.model_validate(
             {
                 "agent": DREAM_AGENT,
@@ -164,15 +175,9 @@ class Dreamer:
                 "title": f"Dream {dream['id']}",
                 "metadata": {"tether_dream_id": dream["id"]},
                 "resources": [{"type": "memory_store", "memory_store_id": output_id, "access": "read_write"}],
-                "initial_events": [
-                    {
-                        "type": "user.message",
-                        "content": [{"type": "text", "text": f"Dream over sessions {names} now."}],
-                    }
-                ],
             }
         )
-        internal = {TRANSCRIPT_SOURCES: session_ids, DREAM_FIELD: dream["id"]}
+        internal = {TRANSCRIPT_SOURCES: _inputs(dream)[1], DREAM_FIELD: dream["id"]}
         await session_state.insert(
             self.store, request, dream_agent(dream), environment, dream["session_id"], internal=internal
         )
@@ -198,6 +203,9 @@ class Dreamer:
         session_id = dream.get("session_id")
         if not session_id or await self.store.get(session_state.KIND, session_id) is None:
             return
+        last = await self.store.read_events(session_id, EventQuery(order="desc", limit=1))
+        if last and last[0].type in ("user.interrupt", "session.status_idle"):
+            return  # stopped already: a repeated cancel adds nothing to the log
         try:
             await session_state.append_input(self.store, session_id, [new_event("user.interrupt")])
         except InvalidRequest:
