@@ -390,8 +390,13 @@ def test_archiving_the_ca_stops_trusting_it_for_the_next_connection(
     client.beta.tunnels.certificates.archive(other.id, tunnel_id=tls_tunnel.id)
     assert text_of(tls_tunnel.call("server_name")) == "crm", "the issuing CA is still trusted"
     client.beta.tunnels.certificates.archive(corp.id, tunnel_id=tls_tunnel.id)
-    with pytest.raises(httpx2.ConnectError, match=r"not trusted"):
-        tls_tunnel.call("server_name")
+    # The last one archived: the tunnel carries no MCP traffic at all (the SDK's rule), not
+    # even to a plain-HTTP URL, until a certificate is added again.
+    for scheme in ("https", "http"):
+        with pytest.raises(httpx2.ConnectError, match=r"rejects MCP traffic until a new certificate"):
+            tls_tunnel.call("server_name", scheme)
+    register(client, tls_tunnel.id, corp_ca.pem)
+    assert text_of(tls_tunnel.call("server_name")) == "crm"
 
 
 # The agent's side of the trust set ----------------------------------------------------------

@@ -4,7 +4,9 @@ A tunnel's non-archived certificates are its trusted set (the SDK: ``archived_at
 if it is still in the trusted set"). The gateway sends that set with every stream it opens
 (``trusted_pems``), and the tunnel agent, which makes the TLS connection to the on-prem
 target itself, verifies the server's certificate against it instead of its default roots.
-A tunnel without certificates keeps the agent's default (system) trust.
+A tunnel that never had certificates keeps the agent's default (system) trust; one whose
+certificates are all archived rejects MCP traffic until a new one is added (the SDK's rule for
+archiving the last one: ``TrustWithdrawn``).
 
 At most ``MAX_ACTIVE`` certificates are in a tunnel's trusted set, each fingerprint at most
 once. Creation is checked after the insert, against the certificates inserted before it, so
@@ -29,6 +31,7 @@ from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.resources import common
 from gateway.schemas.tunnels import TunnelCertificateCreate, certificate_body
 from gateway.store.base import Body, Page, Store
+from gateway.tunnels.errors import TrustWithdrawn
 
 log = logging.getLogger("tether.tunnels")
 
@@ -212,5 +215,13 @@ async def archive_all(store: Store, tunnel_id: str, moment: str) -> int:
 
 
 async def trusted_pems(store: Store, tunnel_id: str) -> list[str]:
-    """The tunnel's trusted set as PEM text, oldest first (empty: the agent's default trust)."""
-    return [item["_pem"] for item in await _active(store, tunnel_id, limit=MAX_SENT)]
+    """The tunnel's trusted set as PEM text, oldest first (empty: it never had certificates,
+    so the agent's default trust); ``TrustWithdrawn`` when all it had are archived."""
+    active = [item["_pem"] for item in await _active(store, tunnel_id, limit=MAX_SENT)]
+    if not active:
+        ever = await store.list_resources(
+            KIND, cursor=None, limit=1, include_archived=True, equals={"tunnel_id": tunnel_id}
+        )
+        if ever.items:
+            raise TrustWithdrawn(tunnel_id)
+    return active

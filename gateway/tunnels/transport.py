@@ -34,7 +34,7 @@ import httpx2
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from gateway.store.base import StoreUnavailable
-from gateway.tunnels.errors import TunnelUnavailable
+from gateway.tunnels.errors import TrustWithdrawn, TunnelUnavailable
 from tunnel_agent.httpwire import HeadError, RequestHead, encode_request, end_to_end, read_response
 from tunnel_agent.mux import MuxStream, StreamReset
 from tunnel_agent.protocol import ErrorCode
@@ -112,6 +112,12 @@ class TunnelTransport(httpx2.AsyncBaseTransport):
             return tuple(await self._trust(connection.tunnel_id))
         except StoreUnavailable:
             message = "tunnel: its CA certificates cannot be read right now"
+            raise httpx2.ConnectError(message, request=request) from None
+        except TrustWithdrawn:
+            message = (
+                "tunnel: all of its CA certificates are archived; it rejects MCP traffic until a "
+                "new certificate is added"
+            )
             raise httpx2.ConnectError(message, request=request) from None
 
     async def _send_request(
