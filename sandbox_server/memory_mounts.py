@@ -9,10 +9,11 @@ area (``AREA_DIR/memory/<slug>``), which only this server lays out. The gateway
 - ``GET /tether/memory/{slug}``: every entry of the mount with a token (the SHA-256 of a valid
   memory's text; ``!reason`` for what cannot be one: a symbolic link, a special file, more than
   ``MAX_FILE_BYTES``, not UTF-8), the ``base`` (what the mount and the store last agreed on),
-  and the text of each memory that differs from it;
+  and the text of each memory that differs from it, within bounds (the gateway leaves a text not
+  sent for the next sync); every path of the base is listed, so nothing skipped looks removed;
 - ``PUT /tether/memory/{slug}``: files to write or remove, each only if the entry still has the
   token the gateway saw (a background process may have changed it since: then it is left for the
-  next sync), and the new base.
+  next sync), and the new base (a path left keeps its old one: it is not the model's change).
 
 The model writes here, so nothing is followed: every lookup is beneath the mount without
 symlinks, files are read through descriptors and checked to be regular, and a write goes to a
@@ -49,9 +50,15 @@ MAX_FILE_BYTES = 102_400
 """A memory's limit in the store; a bigger file is reported, not read."""
 MAX_ENTRIES = 4000
 MAX_DEPTH = 20
-MAX_BODY_BYTES = 32 << 20
+MAX_LISTING_BYTES = 8 << 20
+"""The listing's paths and tokens, as JSON (a control character in a name takes six bytes)."""
+MAX_TEXT_BYTES = 16 << 20
+"""The texts one answer carries, as JSON; the rest are sent by later syncs."""
+MAX_BODY_BYTES = 96 << 20
+"""A full store (8 MiB) is up to 48 MiB as JSON, and the gateway echoes the listing's paths."""
 ACCESS = ("read_write", "read_only")
-_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_SLUG = re.compile(r"^[a-z0-9_][a-z0-9._-]{0,71}$")
+"""What the gateway's ``memory_slug`` makes: up to 64 characters, then ``-2``, ``-3``…"""
 _RECORD_NAME = MEMORY_RECORD.removeprefix(AREA_DIR + "/")
 _MOUNTS_NAME = AREA_MEMORY.removeprefix(AREA_DIR + "/")
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
@@ -183,6 +190,9 @@ class MemoryMounts:
             area = self.placement.area()
             try:
                 record = self.record()
+                before = (record.get(slug) or {}).get("base") or {}
+                kept = {path: before[path] for path in skipped if path in before}
+                base = {path: t for path, t in base.items() if path not in skipped} | kept
                 record[slug] = {"access": access, "base": base}
                 self._save(area, record)
             finally:
@@ -190,23 +200,54 @@ class MemoryMounts:
             return skipped
 
 
+def _utf8(name: str) -> bool:
+    """Not UTF-8 (escaped by ``os.scandir``): neither a memory's path nor JSON, so left out."""
+    return not any("\udc80" <= c <= "\udcff" for c in name)
+
+
+def _json_size(text: str) -> int:
+    return len(json.dumps(text, ensure_ascii=False).encode("utf-8"))
+
+
 def _scan(top: int, base: dict[str, str]) -> Scan:
-    """Every entry under the mount (not directories) with its token, and the text of valid
-    memories whose token differs from ``base``."""
+    """Every entry under the mount (not directories) with its token, within bounds, then each path
+    of ``base`` the walk did not reach; and the texts of valid memories that differ from ``base``."""
     scan = Scan({}, {})
-    walked = beneath.walk(top, lambda e: e.path.count("/") < MAX_DEPTH - 1)
+    listed = sent = 0
+    walked = beneath.walk(top, lambda e: e.path.count("/") < MAX_DEPTH - 1 and _utf8(e.name))
     for entry in walked:
-        if len(scan.tokens) >= MAX_ENTRIES:
-            break
         mode = entry.stat.st_mode
-        if stat.S_ISDIR(mode):
+        if stat.S_ISDIR(mode) or not _utf8(entry.name):
             continue
-        path = os.fsdecode(entry.path)
+        path = entry.path
+        listed += 2 * _json_size(path) + 72  # the key in ``files`` (and ``changed``) and a token
+        if len(scan.tokens) >= MAX_ENTRIES or listed > MAX_LISTING_BYTES:
+            break
         token, data = _read(entry.dir_fd, entry.name, mode)
         scan.tokens[path] = token
         if data is not None and token != base.get(path) and not token.startswith("!"):
-            scan.texts[path] = data.decode("utf-8")
+            text = data.decode("utf-8")
+            if sent + (size := _json_size(text)) <= MAX_TEXT_BYTES:
+                scan.texts[path], sent = text, sent + size
+    for path in base:
+        if path not in scan.tokens and (found := _lookup(top, path)) is not None:
+            scan.tokens[path] = found
     return scan
+
+
+def _lookup(top: int, path: str) -> str | None:
+    """The token of ``path``; None where the walk lists nothing (absent, a directory, a symlink on the way)."""
+    try:
+        parent = beneath.open_beneath(top, path.rpartition("/")[0] or ".", _DIR, symlinks=False)
+        try:
+            token = _current(parent, path.rpartition("/")[2])
+        finally:
+            os.close(parent)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EXDEV):
+            return None
+        token = f"!unreadable ({exc.strerror})"
+    return None if token == "!a directory" else token
 
 
 def _read(dir_fd: int, name: str, mode: int) -> tuple[str, bytes | None]:
@@ -353,7 +394,7 @@ async def handle(mounts: MemoryMounts, request: Request, slug: str) -> JSONRespo
         return JSONResponse(await anyio.to_thread.run_sync(mounts.state, slug))
     if request.method != "PUT":
         return JSONResponse({"error": "GET or PUT /tether/memory/{slug}"}, 405)
-    body = b""
+    body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY_BYTES:

@@ -176,9 +176,20 @@ class Harness:
             if spec is not None and spec.safe_to_retry:
                 continue
             result_type, link = RESULT_TYPES[call.kind]
-            closing.append(ev.text_result(result_type, link, call.id, INTERRUPTED_BY_RESTART, True))
+            # What the call changed in a mounted memory store is saved now, not at some later call.
+            said = "\n".join([INTERRUPTED_BY_RESTART, *await self._memory_after_restart(run, spec)])
+            closing.append(ev.text_result(result_type, link, call.id, said, True))
         if closing:
             await self.append(run, *closing)
+
+    async def _memory_after_restart(self, run: Run, spec: Any) -> list[str]:
+        if self.memory is None or spec is None or spec.kind != "agent":
+            return []
+        try:
+            endpoint = await self.sandboxes.endpoint(run.session_id, patience=self.tool_timeout)
+        except (StillQueued, SandboxStartFailed):
+            return []  # the next sandbox call saves it
+        return await self.memory.sync(run.session_id, endpoint)
 
     # Status ------------------------------------------------------------------------------
 

@@ -9,8 +9,10 @@ two sessions changing one memory, the first to finish its tool call wins and the
 Then the mount is made to equal the store (the store is the truth): what another session wrote
 appears, and a change that could not be saved (a conflict, a file that cannot be a memory) is
 replaced by the store's version or removed, with a note appended to the tool's result so the
-model knows. The versions are written before the tool result is logged, so a crash after a
-tool call loses nothing; one during the call leaves the change in the mount, and the next sync
+model knows. Removals are saved before writes, so a directory of memories may become a file; a
+memory whose text the sandbox did not send (its answer is bounded) is left as it is, base and
+all, for the next sync. The versions are written before the tool result is logged, so a crash
+after a tool call loses nothing; one during the call leaves the change in the mount, and the next sync
 (by whichever gateway resumes the session) saves it, since the sandbox keeps the base.
 """
 
@@ -91,18 +93,25 @@ class MemorySync:
         except NotFound:
             return self._unreachable(session_id, mcp_url, mount, "the memory store was deleted")
         unsaved: dict[str, str] = {}
-        for path in sorted(set(files) | set(base)):
-            if files.get(path) == base.get(path):
+        texts, writable = mounted.get("changed") or {}, attachment["access"] == "read_write"
+        later = {
+            p for p, t in files.items() if writable and t != base.get(p) and t[:1] != "!" and p not in texts
+        }
+        for path in sorted(set(files) | set(base), key=lambda p: (p in files, p)):  # removals first
+            if files.get(path) == base.get(path) or path in later:
                 continue
-            if attachment["access"] != "read_write":
+            if not writable:
                 unsaved[path] = "the store is mounted read-only"
                 continue
             reason = await self._save(session_id, store_id, path, files.get(path), base.get(path), mounted)
             if reason is not None:
                 unsaved[path] = reason
         desired = {path[1:]: (text, sha) for path, text, sha in await memories.snapshot(self.store, store_id)}
-        changes = {p: desired[p][0] if p in desired else None for p in _differing(files, desired)}
-        wanted = {path: sha for path, (_, sha) in desired.items()}
+        changes = {
+            p: desired[p][0] if p in desired else None for p in _differing(files, desired) if p not in later
+        }
+        wanted = {path: sha for path, (_, sha) in desired.items() if path not in later}
+        wanted |= {path: base[path] for path in later if path in base}
         if changes or wanted != base or not mounted.get("mounted"):
             expect = {path: files.get(path) for path in changes}
             body = {"access": attachment["access"], "apply": changes, "expect": expect, "base": wanted}
