@@ -350,15 +350,75 @@ async def _put(
     _check_content(content)
     _check_expected(expected, allow_absent=True)
     check_actor(actor)
-    memory_id, version_id = ids.new_id(MEMORY_PREFIX), ids.new_id(VERSION_PREFIX)
+    written, entry = await _commit(store, store_id, _editing(path, content, expected, actor))
+    assert entry is not None
+    return written, entry
+
+
+Edit = tuple[str, str | None, str | None]
+"""``(path, content or None to remove, expected_sha256 as for write/remove)``."""
+
+
+async def apply_many(
+    store: Store, memory_store_id: str, edits: list[Edit], actor: Body | None
+) -> dict[str, Exception]:
+    """``write``/``remove`` each edit in order, all in one atomic update of the index (one
+    rewrite of it, not one per edit: a sandbox may change thousands of files in one call). An
+    edit that fails its precondition (``PreconditionFailed``, ``PathConflict``), a limit, or finds
+    nothing to remove (``NotFound``) is left out; the answer maps each such path to its error."""
+    check_actor(actor)
+    refused: dict[str, Exception] = {}
+    changes: list[tuple[str, Change]] = []
+    for path, content, expected in edits:
+        try:
+            _check_path(path)
+            _check_expected(expected, allow_absent=True)
+            if content is not None:
+                _check_content(content)
+        except (InvalidRequest, RequestTooLarge) as exc:
+            refused[path] = exc
+            continue
+        changes.append((path, _editing(path, content, expected, actor)))
+    applied: dict[str, Exception] = {}
+
+    def mutate(index: Body) -> Body:
+        applied.clear()
+        moment = ids.timestamp()
+        for path, change in changes:
+            try:
+                index = change(index, moment)[0]
+            except (Conflict, NotFound, InvalidRequest, RequestTooLarge) as exc:
+                applied[path] = exc
+        return index
+
+    if changes:
+        if await store.update(INDEX_KIND, index_key(memory_store_id), mutate) is None:
+            raise NotFound(KIND, memory_store_id)
+        await settle(store, memory_store_id)
+    return refused | applied
+
+
+def _editing(path: str, content: str | None, expected: str | None, actor: Body | None) -> Change:
+    if content is None:
+        return _removing(path, expected, actor)
+    version_id = ids.new_id(VERSION_PREFIX)
 
     def replace(existing: str) -> Change:
         return _modifying(existing, content, None, expected, actor, version_id)
 
-    creating = _creating(path, content, actor, memory_id, version_id)
-    written, entry = await _commit(store, store_id, _by_path(path, expected, replace, creating))
-    assert entry is not None
-    return written, entry
+    return _by_path(
+        path, expected, replace, _creating(path, content, actor, ids.new_id(MEMORY_PREFIX), version_id)
+    )
+
+
+def _removing(path: str, expected: str | None, actor: Body | None) -> Change:
+    def change(index: Body, moment: str) -> tuple[Body, str, Body | None]:
+        memory_id = _find(index, path)
+        if memory_id is None:
+            raise NotFound("memory at path", path)
+        return _deleting(memory_id, expected, actor)(index, moment)
+
+    return change
 
 
 async def remove(
@@ -369,11 +429,4 @@ async def remove(
     _check_path(path)
     _check_expected(expected_sha256, allow_absent=True)
     check_actor(actor)
-
-    def change(index: Body, moment: str) -> tuple[Body, str, Body | None]:
-        memory_id = _find(index, path)
-        if memory_id is None:
-            raise NotFound("memory at path", path)
-        return _deleting(memory_id, expected_sha256, actor)(index, moment)
-
-    await _commit(store, memory_store_id, change)
+    await _commit(store, memory_store_id, _removing(path, expected_sha256, actor))

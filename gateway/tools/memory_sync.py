@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import httpx2
 
-from gateway.errors import InvalidRequest, NotFound, RequestTooLarge
+from gateway.errors import NotFound
 from gateway.resources import memories, memory_stores, session_resources
 from gateway.schemas.memory_stores import session_actor
 from gateway.store.base import Body, Store
@@ -97,15 +97,21 @@ class MemorySync:
         later = {
             p for p, t in files.items() if writable and t != base.get(p) and t[:1] != "!" and p not in texts
         }
+        edits: list[memories.Edit] = []
         for path in sorted(set(files) | set(base), key=lambda p: (p in files, p)):  # removals first
-            if files.get(path) == base.get(path) or path in later:
+            now, was = files.get(path), base.get(path)
+            if now == was or path in later:
                 continue
             if not writable:
                 unsaved[path] = "the store is mounted read-only"
-                continue
-            reason = await self._save(session_id, store_id, path, files.get(path), base.get(path), mounted)
-            if reason is not None:
-                unsaved[path] = reason
+            elif now is not None and now.startswith("!"):
+                unsaved[path] = now[1:]
+            elif now is not None and not isinstance(texts.get(path), str):
+                unsaved[path] = "the sandbox did not send its text"
+            else:
+                edits.append((f"/{path}", texts[path] if now is not None else None, was or memories.ABSENT))
+        refused = await memories.apply_many(self.store, store_id, edits, session_actor(session_id))
+        unsaved |= {path[1:]: why for path, exc in refused.items() if (why := _why(exc)) is not None}
         desired = {path[1:]: (text, sha) for path, text, sha in await memories.snapshot(self.store, store_id)}
         changes = {
             p: desired[p][0] if p in desired else None for p in _differing(files, desired) if p not in later
@@ -126,32 +132,6 @@ class MemorySync:
                 )
         return [_note(mount, path, why, path in desired) for path, why in unsaved.items()]
 
-    async def _save(
-        self, session_id: str, store_id: str, path: str, now: str | None, was: str | None, mounted: Body
-    ) -> str | None:
-        """Write one change of the mount to the store; why it was not saved, or None."""
-        if now is not None and now.startswith("!"):
-            return now[1:]
-        actor = session_actor(session_id)
-        try:
-            if now is None:
-                await memories.remove(self.store, store_id, f"/{path}", expected_sha256=was, actor=actor)
-            else:
-                text = (mounted.get("changed") or {}).get(path)
-                if not isinstance(text, str):
-                    return "the sandbox did not send its text"
-                expected = was or memories.ABSENT
-                await memories.write(
-                    self.store, store_id, f"/{path}", text, expected_sha256=expected, actor=actor
-                )
-        except (memories.PreconditionFailed, memories.PathConflict):
-            return "another session changed this memory first"
-        except NotFound:
-            return None  # removed: someone removed it first, which is what was wanted
-        except (InvalidRequest, RequestTooLarge) as exc:
-            return str(exc)
-        return None
-
     def _unreachable(self, session_id: str, mcp_url: str, mount: str, why: Any) -> list[str]:
         key = (session_id, mcp_url, mount)
         if key in self._reported:
@@ -159,6 +139,15 @@ class MemorySync:
         self._reported.add(key)
         log.warning("memory %s of session %s could not be synced: %s", mount, session_id, why)
         return [f"[memory] {mount} could not be synced with its store ({why}); changes there are not saved."]
+
+
+def _why(exc: Exception) -> str | None:
+    """What the model is told of an edit the store refused (None: nothing to tell)."""
+    if isinstance(exc, memories.PreconditionFailed | memories.PathConflict):
+        return "another session changed this memory first"
+    if isinstance(exc, NotFound):
+        return None  # removed: someone removed it first, which is what was wanted
+    return str(exc)
 
 
 def _differing(files: dict[str, str], desired: dict[str, tuple[str, str]]) -> Iterable[str]:
