@@ -35,12 +35,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
-import anyio.to_thread
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
-
 from sandbox_server import beneath
 from sandbox_server.placement import Placement
 from sandbox_server.workspace import AREA_DIR, AREA_MEMORY, MAX_RECORD_BYTES, MEMORY_RECORD
@@ -57,7 +51,7 @@ MAX_TEXT_BYTES = 16 << 20
 MAX_BODY_BYTES = 96 << 20
 """A full store (8 MiB) is up to 48 MiB as JSON, and the gateway echoes the listing's paths."""
 ACCESS = ("read_write", "read_only")
-_SLUG = re.compile(r"^[a-z0-9_][a-z0-9._-]{0,71}$")
+SLUG = re.compile(r"^[a-z0-9_][a-z0-9._-]{0,71}$")
 """What the gateway's ``memory_slug`` makes: up to 64 characters, then ``-2``, ``-3``…"""
 _RECORD_NAME = MEMORY_RECORD.removeprefix(AREA_DIR + "/")
 _MOUNTS_NAME = AREA_MEMORY.removeprefix(AREA_DIR + "/")
@@ -173,7 +167,7 @@ class MemoryMounts:
     ) -> dict[str, str]:
         """Write (text) or remove (None) each path of ``changes`` whose entry still has the
         ``expect``ed token (None: absent), then record ``base``; the paths left, and why."""
-        if not _SLUG.match(slug) or access not in ACCESS:
+        if not SLUG.match(slug) or access not in ACCESS:
             raise MountError(f"not a memory mount: {slug!r} ({access!r})")
         with self._lock:
             top = self._mount_dir(slug, access)
@@ -345,7 +339,7 @@ def mount_fds(workspace_fd: int) -> list[tuple[str, str, int]]:
     mounts: list[tuple[str, str, int]] = []
     for slug, entry in sorted(record.items()) if isinstance(record, dict) else []:
         access = entry.get("access") if isinstance(entry, dict) else None
-        if not _SLUG.match(slug) or access not in ACCESS:
+        if not SLUG.match(slug) or access not in ACCESS:
             continue
         try:
             mounts.append(
@@ -358,56 +352,3 @@ def mount_fds(workspace_fd: int) -> list[tuple[str, str, int]]:
         except OSError:
             continue
     return mounts
-
-
-# ---------------------------------------------------------------------- the HTTP side
-
-
-class MemoryRoutes:
-    """ASGI: ``PATH/{slug}`` requests are the mounts', everything else goes to ``app``."""
-
-    def __init__(self, app: ASGIApp, mounts: MemoryMounts) -> None:
-        self.app = app
-        self.mounts = mounts
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if not path.startswith(PATH + "/"):
-            await self.app(scope, receive, send)
-            return
-        response = await handle(self.mounts, Request(scope, receive), path[len(PATH) + 1 :])
-        await response(scope, receive, send)
-
-
-def _strings(value: Any, nullable: bool) -> dict[str, str | None]:
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and (isinstance(v, str) or (nullable and v is None)) for k, v in value.items()
-    ):
-        raise ValueError("expected an object of strings")
-    return value
-
-
-async def handle(mounts: MemoryMounts, request: Request, slug: str) -> JSONResponse:
-    if not _SLUG.match(slug):
-        return JSONResponse({"error": "GET or PUT /tether/memory/{slug}"}, 404)
-    if request.method == "GET":
-        return JSONResponse(await anyio.to_thread.run_sync(mounts.state, slug))
-    if request.method != "PUT":
-        return JSONResponse({"error": "GET or PUT /tether/memory/{slug}"}, 405)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            return JSONResponse({"error": f"the body is over {MAX_BODY_BYTES} bytes"}, 413)
-    try:
-        sent = json.loads(body)
-        changes, expect = _strings(sent["apply"], True), _strings(sent.get("expect") or {}, True)
-        base = {k: v for k, v in _strings(sent["base"], False).items() if v is not None}
-        skipped = await anyio.to_thread.run_sync(mounts.apply, slug, sent["access"], changes, expect, base)
-    except (ValueError, KeyError, TypeError, AttributeError, MountError) as exc:
-        return JSONResponse({"error": f"not a memory update: {exc}"}, 400)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            return JSONResponse({"error": "the workspace's disk quota is full"}, 507)
-        raise
-    return JSONResponse({"skipped": skipped})

@@ -16,7 +16,8 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp
 
 from sandbox_server import auth
-from sandbox_server.memory_mounts import MemoryMounts, MemoryRoutes
+from sandbox_server.memory_mounts import MemoryMounts
+from sandbox_server.memory_routes import MemoryRoutes
 from sandbox_server.placement import Placement, PlacementRoutes
 from sandbox_server.serving import serve
 
