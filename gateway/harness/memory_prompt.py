@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from gateway.harness.skill_prompt import with_section
 from gateway.schemas.memory_stores import MAX_MEMORY_BYTES
 from gateway.store.base import Body
 
@@ -34,7 +35,4 @@ def section(attached: Sequence[Body]) -> str:
 
 def with_memory(agent: Body, attached: Sequence[Body]) -> Body:
     """The agent with the session's memory stores listed after its system prompt (unchanged without)."""
-    if not attached:
-        return agent
-    own = agent.get("system") or ""
-    return {**agent, "system": f"{own}\n\n{section(attached)}" if own else section(attached)}
+    return with_section(agent, section(attached)) if attached else agent

@@ -27,9 +27,12 @@ def section(refs: Sequence[SkillVersionRef]) -> str:
     return "\n".join(["<skills>", INTRODUCTION, *lines, "</skills>"])
 
 
+def with_section(agent: Body, text: str) -> Body:
+    """The agent with ``text`` after its own system prompt, a blank line between."""
+    own = agent.get("system") or ""
+    return {**agent, "system": f"{own}\n\n{text}" if own else text}
+
+
 def with_skills(agent: Body, refs: Sequence[SkillVersionRef]) -> Body:
     """The agent with its skills listed after its own system prompt (unchanged without skills)."""
-    if not refs:
-        return agent
-    own = agent.get("system") or ""
-    return {**agent, "system": f"{own}\n\n{section(refs)}" if own else section(refs)}
+    return with_section(agent, section(refs)) if refs else agent
