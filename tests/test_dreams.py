@@ -9,6 +9,10 @@ the output store holds what was written (authored by the dream's session) and, w
 
 from __future__ import annotations
 
+import os
+import secrets
+import signal
+from collections.abc import Callable
 from typing import Any
 
 import anthropic
@@ -16,10 +20,15 @@ import httpx2
 from anthropic.types.beta import BetaDream
 
 from tests.conftest import Scripts
+from tests.support import restarts
+from tests.support.processes import ServerProcess
+from tests.support.restarts import sdk_client
 from tests.support.self_hosted import eventually
 from tests.support.sessions import send_and_stream, user_message
 
 MODEL = "claude-sonnet-4-6"
+database_url = restarts.database_url
+launch = restarts.launch
 
 
 def _tool(name: str, **arguments: Any) -> dict[str, Any]:
@@ -167,3 +176,45 @@ def test_a_canceled_dream_stops_its_session_and_keeps_what_it_wrote(
     )
     assert _memories(client, canceled.outputs[0].memory_store_id) == {"/first.md": "kept\n"}
     assert client.beta.dreams.retrieve(dream.id).status == "canceled"
+
+
+def test_a_dream_survives_a_kill_of_its_gateway_and_completes_after_the_restart(
+    launch: Callable[[], ServerProcess], api_key: str, model_server: ServerProcess, scripts: Scripts
+) -> None:
+    """Killed while the dream's model call is held: the restarted gateway resumes its session
+    (the lease runs out) and the dream ends ``completed`` with what it wrote before and after."""
+    gate = "dream-kill-" + secrets.token_hex(6)
+    first = launch()
+    client = sdk_client(first, api_key)
+    environment = client.beta.environments.create(name="e")
+    sources = [_source_session(client, environment, scripts, "deploy key?", "In vault ops.")]
+    store = client.beta.memory_stores.create(name="Ops crash")
+    mount = "/mnt/memory/ops-crash-dream"
+    marker = scripts.add(
+        [
+            _tool("write", file_path=f"{mount}/before.md", content="before the kill\n"),
+            {"hold": gate, **_tool("write", file_path=f"{mount}/after.md", content="after the restart\n")},
+            {"content": [{"type": "text", "text": "done"}]},
+        ]
+    )
+    dream = client.beta.dreams.create(
+        inputs=[
+            {"type": "memory_store", "memory_store_id": store.id},
+            {"type": "sessions", "session_ids": sources},
+        ],
+        model=MODEL,
+        instructions=marker,
+    )
+    arrived = httpx2.get(f"{model_server.url}/_gates/{gate}/arrived", timeout=40)
+    assert arrived.status_code == 204, "the dream's second model call never arrived"
+    os.kill(first.process.pid, signal.SIGKILL)
+    first.process.wait()
+    httpx2.post(f"{model_server.url}/_gates/{gate}/open").raise_for_status()  # the held call is lost
+
+    client = sdk_client(launch(), api_key)
+    ended = _final(client, dream.id)
+    assert ended.status == "completed", ended.error
+    assert _memories(client, ended.outputs[0].memory_store_id) == {
+        "/before.md": "before the kill\n",
+        "/after.md": "after the restart\n",
+    }
