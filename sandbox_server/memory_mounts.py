@@ -37,7 +37,14 @@ from typing import Any
 
 from sandbox_server import beneath
 from sandbox_server.placement import Placement
-from sandbox_server.workspace import AREA_DIR, AREA_MEMORY, MAX_RECORD_BYTES, MEMORY_RECORD
+from sandbox_server.workspace import (
+    AREA_DIR,
+    AREA_MEMORY,
+    MEMORY_ACCESS,
+    MEMORY_RECORD,
+    read_memory_record,
+    recorded_access,
+)
 
 PATH = "/tether/memory"
 MAX_FILE_BYTES = 102_400
@@ -50,7 +57,6 @@ MAX_TEXT_BYTES = 16 << 20
 """The texts one answer carries, as JSON; the rest are sent by later syncs."""
 MAX_BODY_BYTES = 96 << 20
 """A full store (8 MiB) is up to 48 MiB as JSON, and the gateway echoes the listing's paths."""
-ACCESS = ("read_write", "read_only")
 SLUG = re.compile(r"^[a-z0-9_][a-z0-9._-]{0,71}$")
 """What the gateway's ``memory_slug`` makes: up to 64 characters, then ``-2``, ``-3``…"""
 _RECORD_NAME = MEMORY_RECORD.removeprefix(AREA_DIR + "/")
@@ -91,19 +97,9 @@ class MemoryMounts:
         """``{slug: {"access": ..., "base": {path: token}}}``; empty when missing or unreadable."""
         area = self.placement.area()
         try:
-            fd = os.open(_RECORD_NAME, _READ, dir_fd=area)
-        except OSError:
-            return {}
+            return read_memory_record(area, _RECORD_NAME)
         finally:
             os.close(area)
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return {}
-            try:
-                record = json.loads(f.read(MAX_RECORD_BYTES) or b"{}")
-            except ValueError:
-                return {}
-        return record if isinstance(record, dict) else {}
 
     def _save(self, area: int, record: dict[str, Any]) -> None:
         temp = f".{_RECORD_NAME}.{secrets.token_hex(4)}"
@@ -167,7 +163,7 @@ class MemoryMounts:
     ) -> dict[str, str]:
         """Write (text) or remove (None) each path of ``changes`` whose entry still has the
         ``expect``ed token (None: absent), then record ``base``; the paths left, and why."""
-        if not SLUG.match(slug) or access not in ACCESS:
+        if not SLUG.match(slug) or access not in MEMORY_ACCESS:
             raise MountError(f"not a memory mount: {slug!r} ({access!r})")
         with self._lock:
             top = self._mount_dir(slug, access)
@@ -327,28 +323,15 @@ def _replace(parent: int, leaf: str, data: bytes, owner: tuple[int, int] | None)
 def mount_fds(workspace_fd: int) -> list[tuple[str, str, int]]:
     """``(slug, access, O_PATH descriptor)`` of each mounted store, for the command's binds;
     looked up per command beneath the workspace, never through a symlink."""
-    try:
-        fd = beneath.open_beneath(workspace_fd, MEMORY_RECORD, _READ, symlinks=False)
-    except OSError:
-        return []
-    with os.fdopen(fd, "rb") as f:
-        try:
-            record = json.loads(f.read(MAX_RECORD_BYTES) or b"{}")
-        except ValueError:
-            return []
+    record = read_memory_record(workspace_fd)
     mounts: list[tuple[str, str, int]] = []
-    for slug, entry in sorted(record.items()) if isinstance(record, dict) else []:
-        access = entry.get("access") if isinstance(entry, dict) else None
-        if not SLUG.match(slug) or access not in ACCESS:
+    for slug in sorted(record):
+        access = recorded_access(record, slug)
+        if not SLUG.match(slug) or access is None:
             continue
         try:
-            mounts.append(
-                (
-                    slug,
-                    access,
-                    beneath.open_beneath(workspace_fd, f"{AREA_MEMORY}/{slug}", _DIR, symlinks=False),
-                )
-            )
+            fd = beneath.open_beneath(workspace_fd, f"{AREA_MEMORY}/{slug}", _DIR, symlinks=False)
         except OSError:
             continue
+        mounts.append((slug, access, fd))
     return mounts

@@ -23,8 +23,10 @@ import errno
 import json
 import os
 import posixpath
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sandbox_server import beneath
 
@@ -41,6 +43,7 @@ AREA_MEMORY = f"{AREA_DIR}/memory"
 MEMORY_RECORD = f"{AREA_DIR}/memory.json"
 """Which stores are mounted and how (``{slug: {"access": ..., "base": ...}}``); only the server writes it."""
 MAX_RECORD_BYTES = 16 << 20
+MEMORY_ACCESS = ("read_write", "read_only")
 _MOUNTS = ((SESSION_MOUNT, AREA_MOUNTED), (MEMORY_MOUNT, AREA_MEMORY))
 
 
@@ -238,19 +241,36 @@ class Workspace:
         return self.escape(shown) if exc.errno == errno.EXDEV else exc
 
 
+def read_memory_record(dir_fd: int, name: str = MEMORY_RECORD) -> dict[str, Any]:
+    """The server's record of the mounted memory stores (``{slug: {"access": ..., "base": ...}}``),
+    read beneath ``dir_fd`` never through a symlink and only from a regular file; empty when it
+    is missing or unreadable. One reader for the file tools, the binds and the mounts."""
+    try:
+        fd = beneath.open_beneath(dir_fd, name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, symlinks=False)
+    except OSError:
+        return {}
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return {}
+        try:
+            record = json.loads(f.read(MAX_RECORD_BYTES) or b"{}")
+        except ValueError:
+            return {}
+    return record if isinstance(record, dict) else {}
+
+
+def recorded_access(record: dict[str, Any], slug: str) -> str | None:
+    """How ``record`` says ``slug`` is mounted (one of ``MEMORY_ACCESS``), or None."""
+    entry = record.get(slug)
+    access = entry.get("access") if isinstance(entry, dict) else None
+    return access if access in MEMORY_ACCESS else None
+
+
 def memory_access(ws: Workspace, slug: str) -> str | None:
     """How the memory store mounted as ``slug`` is mounted (``read_write``/``read_only``), from
     the server's record in the area; None when it is not mounted (or the record is unreadable)."""
+    root = ws.open_root()
     try:
-        fd = ws.open_path(
-            MEMORY_RECORD, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, shown=MEMORY_RECORD, symlinks=False
-        )
-    except (OSError, WorkspaceError):
-        return None
-    with os.fdopen(fd, "rb") as f:
-        try:
-            record = json.loads(f.read(MAX_RECORD_BYTES))
-            access = record[slug]["access"]
-        except (ValueError, KeyError, TypeError):
-            return None
-    return access if access in ("read_write", "read_only") else None
+        return recorded_access(read_memory_record(root), slug)
+    finally:
+        os.close(root)
