@@ -14,7 +14,7 @@ the session recorded as the author of each version.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gateway import ids
 from gateway.errors import Conflict, InvalidRequest, NotFound, RequestTooLarge
@@ -360,7 +360,7 @@ Edit = tuple[str, str | None, str | None]
 
 
 async def apply_many(
-    store: Store, memory_store_id: str, edits: list[Edit], actor: Body | None
+    store: Store, memory_store_id: str, edits: Sequence[Edit], actor: Body | None
 ) -> dict[str, Exception]:
     """``write``/``remove`` each edit in order, all in one atomic update of the index (one
     rewrite of it, not one per edit: a sandbox may change thousands of files in one call). An

@@ -33,7 +33,7 @@ from gateway.schemas.environments import EnvironmentCreate
 from gateway.schemas.memory_stores import MemoryStoreCreate, session_actor
 from gateway.schemas.sessions import SessionCreate
 from gateway.sessionlog.events import new_event
-from gateway.store.base import Body, EventQuery, Store
+from gateway.store.base import Body, EventQuery, Store, StoredEvent
 from gateway.tools.placement import TRANSCRIPT_SOURCES, TRANSCRIPTS_AREA
 
 log = logging.getLogger("tether.dreams")
@@ -151,19 +151,16 @@ class Dreamer:
         self.runner.wake(session_id)
 
     async def _copy(self, source: str, target: str, session_id: str) -> None:
-        """The input's memories into the new store (those copied before a crash are kept)."""
-        for path, content, _ in await memories.snapshot(self.store, source):
-            try:
-                await memories.write(
-                    self.store,
-                    target,
-                    path,
-                    content,
-                    expected_sha256=memories.ABSENT,
-                    actor=session_actor(session_id),
-                )
-            except memories.PathConflict:
-                continue
+        """The input's memories into the new store in one update (those copied before a crash
+        are kept: a path already there is left as it is)."""
+        edits = [
+            (path, content, memories.ABSENT)
+            for path, content, _ in await memories.snapshot(self.store, source)
+        ]
+        refused = await memories.apply_many(self.store, target, edits, session_actor(session_id))
+        for failure in refused.values():
+            if not isinstance(failure, memories.PathConflict):
+                raise failure
 
     async def _session(self, dream: Body, output_id: str) -> None:
         """The dream's session, without its opening message (``_start`` appends it)."""
@@ -203,8 +200,8 @@ class Dreamer:
         session_id = dream.get("session_id")
         if not session_id or await self.store.get(session_state.KIND, session_id) is None:
             return
-        last = await self.store.read_events(session_id, EventQuery(order="desc", limit=1))
-        if last and last[0].type in ("user.interrupt", "session.status_idle"):
+        last = await self._last_event(session_id)
+        if last is not None and last.type in ("user.interrupt", "session.status_idle"):
             return  # stopped already: a repeated cancel adds nothing to the log
         try:
             await session_state.append_input(self.store, session_id, [new_event("user.interrupt")])
@@ -243,14 +240,18 @@ class Dreamer:
             }
         if session["status"] != "idle":
             return {}
-        last = await self.store.read_events(session["id"], EventQuery(order="desc", limit=1))
-        if not last or last[0].type != "session.status_idle":
+        last = await self._last_event(session["id"])
+        if last is None or last.type != "session.status_idle":
             return {}  # not started yet, or answering
-        reason = (last[0].body.get("stop_reason") or {}).get("type")
+        reason = (last.body.get("stop_reason") or {}).get("type")
         if reason == "end_turn":
             return {"status": "completed"}
         message = f"the dream's session stopped: {reason}"
         return {"status": "failed", "error": {"type": str(reason), "message": message}}
+
+    async def _last_event(self, session_id: str) -> StoredEvent | None:
+        newest = await self.store.read_events(session_id, EventQuery(order="desc", limit=1))
+        return newest[0] if newest else None
 
     async def sweep_forever(self, interval: float = SWEEP_SECONDS) -> None:
         """Move unfinished dreams along (after a restart too); one bad dream never stops the rest."""

@@ -27,7 +27,7 @@ import anyio
 import httpx2
 
 from gateway.errors import NotFound
-from gateway.resources import memories, memory_stores, session_resources
+from gateway.resources import memories, session_resources
 from gateway.schemas.memory_stores import session_actor
 from gateway.store.base import Body, Store
 from gateway.tools.mcp_client import TransportFor
@@ -88,10 +88,6 @@ class MemorySync:
             return self._unreachable(session_id, mcp_url, mount, exc)
         files: dict[str, str] = mounted.get("files") or {} if mounted.get("mounted") else {}
         base: dict[str, str] = mounted.get("base") or {} if mounted.get("mounted") else {}
-        try:
-            await memory_stores.load_index(self.store, store_id)
-        except NotFound:
-            return self._unreachable(session_id, mcp_url, mount, "the memory store was deleted")
         unsaved: dict[str, str] = {}
         texts, writable = mounted.get("changed") or {}, attachment["access"] == "read_write"
         later = {
@@ -110,9 +106,13 @@ class MemorySync:
                 unsaved[path] = "the sandbox did not send its text"
             else:
                 edits.append((f"/{path}", texts[path] if now is not None else None, was or memories.ABSENT))
-        refused = await memories.apply_many(self.store, store_id, edits, session_actor(session_id))
+        try:  # each reads the store's index, so each finds a store deleted meanwhile
+            refused = await memories.apply_many(self.store, store_id, edits, session_actor(session_id))
+            snapshot = await memories.snapshot(self.store, store_id)
+        except NotFound:
+            return self._unreachable(session_id, mcp_url, mount, "the memory store was deleted")
         unsaved |= {path[1:]: why for path, exc in refused.items() if (why := _why(exc)) is not None}
-        desired = {path[1:]: (text, sha) for path, text, sha in await memories.snapshot(self.store, store_id)}
+        desired = {path[1:]: (text, sha) for path, text, sha in snapshot}
         changes = {
             p: desired[p][0] if p in desired else None for p in _differing(files, desired) if p not in later
         }
