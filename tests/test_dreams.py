@@ -45,6 +45,13 @@ def _source_session(
     return session.id
 
 
+def _inputs(store_id: str, sources: list[str]) -> Any:
+    return [
+        {"type": "memory_store", "memory_store_id": store_id},
+        {"type": "sessions", "session_ids": sources},
+    ]
+
+
 def _memories(client: anthropic.Anthropic, store_id: str) -> dict[str, str]:
     listed = client.beta.memory_stores.memories.list(store_id, view="full")
     return {m.path: m.content for m in listed if m.type == "memory"}
@@ -82,10 +89,7 @@ def test_a_dream_reads_the_sessions_and_writes_a_new_store_leaving_the_input_alo
     marker = scripts.add(_dream_script("/mnt/memory/ops-dream", sources))
 
     dream = client.beta.dreams.create(
-        inputs=[
-            {"type": "memory_store", "memory_store_id": store.id},
-            {"type": "sessions", "session_ids": sources},
-        ],
+        inputs=_inputs(store.id, sources),
         model=MODEL,
         instructions=f"Focus on deployment. {marker}",
     )
@@ -131,10 +135,7 @@ def test_update_existing_rewrites_the_input_store_in_place(
     client.beta.memory_stores.memories.create(store.id, path="/old.md", content="deploy by ssh\n")
     marker = scripts.add(_dream_script("/mnt/memory/ops-live", sources))
     dream = client.beta.dreams.create(
-        inputs=[
-            {"type": "memory_store", "memory_store_id": store.id},
-            {"type": "sessions", "session_ids": sources},
-        ],
+        inputs=_inputs(store.id, sources),
         model={"id": MODEL},
         instructions=marker,
         output_behavior={"type": "update_existing", "memory_store_id": store.id},
@@ -157,10 +158,7 @@ def test_a_canceled_dream_stops_its_session_and_keeps_what_it_wrote(
         ]
     )
     dream = client.beta.dreams.create(
-        inputs=[
-            {"type": "memory_store", "memory_store_id": store.id},
-            {"type": "sessions", "session_ids": sources},
-        ],
+        inputs=_inputs(store.id, sources),
         model=MODEL,
         instructions=marker,
     )
@@ -198,10 +196,7 @@ def test_a_dream_survives_a_kill_of_its_gateway_and_completes_after_the_restart(
         ]
     )
     dream = client.beta.dreams.create(
-        inputs=[
-            {"type": "memory_store", "memory_store_id": store.id},
-            {"type": "sessions", "session_ids": sources},
-        ],
+        inputs=_inputs(store.id, sources),
         model=MODEL,
         instructions=marker,
     )
