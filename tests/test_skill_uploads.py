@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anthropic
@@ -21,35 +20,17 @@ from anthropic._types import FileTypes
 
 from gateway.resources import skills
 from gateway.resources.skill_uploads import MAX_FILES, MAX_TOTAL_BYTES
-from tests.conftest import gateway_data_dir
+from tests.support import skill_fixtures
 from tests.support.processes import ServerProcess, running_server
-from tests.support.skills import StrictAnswers, sdk, skill_md, snapshot, write_folder
+from tests.support.skills import skill_md, write_folder
 
-
-@pytest.fixture
-def answers() -> Iterator[StrictAnswers]:
-    with StrictAnswers.checking() as checker:
-        yield checker
-
-
-@pytest.fixture
-def client(gateway: ServerProcess, api_key: str, answers: StrictAnswers) -> Iterator[anthropic.Anthropic]:
-    """Every answer this client receives goes through ``answers``."""
-    with sdk(gateway.url, api_key, answers) as client:
-        yield client
-
-
-@pytest.fixture
-def data_dir(gateway: ServerProcess) -> Path:
-    return gateway_data_dir(gateway)
-
-
-@pytest.fixture
-def unchanged(data_dir: Path) -> Iterator[None]:
-    """The test's refused uploads leave the skills directory exactly as they found it."""
-    before = snapshot(data_dir)
-    yield
-    assert snapshot(data_dir) == before
+# The shared fixtures, under the names the tests ask for.
+answers, client, data_dir, unchanged = (
+    skill_fixtures.answers,
+    skill_fixtures.client,
+    skill_fixtures.data_dir,
+    skill_fixtures.unchanged,
+)
 
 
 BAD_SKILL_MD = [

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from anthropic._types import FileTypes
 from gateway.errors import InvalidRequest, NotFound
 from gateway.resources import skills
 from gateway.store import open_store
-from tests.conftest import gateway_data_dir
+from tests.support import skill_fixtures
 from tests.support.processes import ServerProcess
 from tests.support.skills import (
     FOLDER,
@@ -33,34 +32,15 @@ from tests.support.skills import (
     on_disk,
     sdk,
     skill_md,
-    snapshot,
 )
 
-
-@pytest.fixture
-def answers() -> Iterator[StrictAnswers]:
-    with StrictAnswers.checking() as checker:
-        yield checker
-
-
-@pytest.fixture
-def client(gateway: ServerProcess, api_key: str, answers: StrictAnswers) -> Iterator[anthropic.Anthropic]:
-    """Every answer this client receives goes through ``answers``."""
-    with sdk(gateway.url, api_key, answers) as client:
-        yield client
-
-
-@pytest.fixture
-def data_dir(gateway: ServerProcess) -> Path:
-    return gateway_data_dir(gateway)
-
-
-@pytest.fixture
-def unchanged(data_dir: Path) -> Iterator[None]:
-    """The test's refused uploads leave the skills directory exactly as they found it."""
-    before = snapshot(data_dir)
-    yield
-    assert snapshot(data_dir) == before
+# The shared fixtures, under the names the tests ask for.
+answers, client, data_dir, unchanged = (
+    skill_fixtures.answers,
+    skill_fixtures.client,
+    skill_fixtures.data_dir,
+    skill_fixtures.unchanged,
+)
 
 
 def test_a_folder_is_created_as_a_skill_and_its_files_stored_byte_for_byte(
