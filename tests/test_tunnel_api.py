@@ -23,7 +23,7 @@ from websockets.sync.client import ClientConnection, connect
 from gateway.tunnels.tokens import PlainSealer
 from tests.support.processes import ServerProcess
 from tests.support.tunnel_agents import start_agent, write_config
-from tests.support.tunnel_gateway import BASE_DOMAIN, TunnelGateway, running_tunnel_gateway
+from tests.support.tunnel_gateway import BASE_DOMAIN, TunnelGateway, running_tunnel_gateway, sdk_for
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -36,7 +36,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TunnelGateway]
 
 @pytest.fixture
 def client(gateway: TunnelGateway) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=gateway.url, api_key=gateway.api_key, max_retries=0, timeout=30) as sdk:
+    with sdk_for(gateway) as sdk:
         yield sdk
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.processes import ServerProcess, start_server
 from tests.support.tunnel_agents import call_tool, start_agent, text_of, write_config
-from tests.support.tunnel_gateway import TunnelGateway, running_tunnel_gateway
+from tests.support.tunnel_gateway import FAST_PINGS, TunnelGateway, running_tunnel_gateway, sdk_for
 from tests.support.tunnel_onprem import fingerprint
 
 CRM_SECRET = "crm-secret-" + os.urandom(8).hex()
@@ -29,15 +29,13 @@ CRM_SECRET = "crm-secret-" + os.urandom(8).hex()
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TunnelGateway]:
-    with running_tunnel_gateway(
-        tmp_path_factory.mktemp("tunnel-e2e"), ping_interval=0.2, ping_timeout=1.0, connect_wait=5.0
-    ) as running:
+    with running_tunnel_gateway(tmp_path_factory.mktemp("tunnel-e2e"), **FAST_PINGS) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def client(gateway: TunnelGateway) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=gateway.url, api_key=gateway.api_key, max_retries=0, timeout=30) as sdk:
+    with sdk_for(gateway) as sdk:
         yield sdk
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anthropic
 import uvicorn
 from starlette.applications import Starlette
 
@@ -153,3 +154,12 @@ def running_tunnel_gateway(
         sock.close()
         root.removeHandler(logs)
         root.setLevel(previous_level)
+
+
+FAST_PINGS: dict[str, Any] = {"ping_interval": 0.2, "ping_timeout": 1.0, "connect_wait": 5.0}
+"""``running_tunnel_gateway`` settings that notice a lost agent within about a second."""
+
+
+def sdk_for(gateway: TunnelGateway) -> anthropic.Anthropic:
+    """The official SDK on the test gateway with its key; retries off, so nothing is sent twice."""
+    return anthropic.Anthropic(base_url=gateway.url, api_key=gateway.api_key, max_retries=0, timeout=30)
