@@ -291,6 +291,7 @@ MCP_SETTINGS: tuple[Setting[object], ...] = (
     _s("TETHER_MCP_BREAKER_RESET_SECONDS", "seconds", 30.0, "cool-down before a half-open probe", float, read_by=_MCP),
     _s("TETHER_MCP_CATALOG_TTL", "seconds", 300.0, "how long an upstream listing is trusted without `list_changed`", float, read_by=_MCP),
     _s("TETHER_MCP_REGISTRY_SYNC_SECONDS", "seconds", 5.0, "how often the registry is re-read (other replicas' changes)", float, read_by=_MCP),
+    _s("TETHER_MCP_EXPRESS", "bool", True, "`0` sends every call through the MCP SDK instead of the express lane (docs/mcp-gateway.md)", _flag, read_by=_MCP),
     _s(
         "TETHER_MCP_JWT_SECRET", "secret", None, "HS256 secret for gateway JWTs", str,
         "derived from the vault master key", secret=True, read_by=_MCP,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -30,10 +31,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.mcp_gateway import rpc_errors
+from gateway.mcp_gateway import express, rpc_errors
 from gateway.mcp_gateway.access import Access, AccessDenied, Caller
 from gateway.mcp_gateway.audit import AuditLog, CallRecord
 from gateway.mcp_gateway.context import SCOPE_KEY, RequestInfo, current_virtual_server
+from gateway.mcp_gateway.express import Express
 from gateway.mcp_gateway.governance import Governance
 from gateway.mcp_gateway.notifications import Broadcaster
 from gateway.mcp_gateway.ratelimit import RateLimiter
@@ -69,6 +71,8 @@ class Endpoint:
         broadcaster: Broadcaster,
         session_manager: StreamableHTTPSessionManager,
         public_url: str | None,
+        view_of: Callable[[RequestInfo], Awaitable[object]],
+        express: Express | None = None,
     ) -> None:
         self.registry = registry
         self.access = access
@@ -78,6 +82,8 @@ class Endpoint:
         self.broadcaster = broadcaster
         self.session_manager = session_manager
         self.public_url = public_url
+        self.view_of = view_of
+        self.express = express
 
     def base_url(self, request: Request) -> str:
         return (self.public_url or str(request.base_url)).rstrip("/")
@@ -85,11 +91,18 @@ class Endpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)
         try:
-            caller, virtual_server, body = await self._admit(request, receive)
+            caller, virtual_server, body, message = await self._admit(request, receive)
         except Rejected as rejected:
             await rejected.response(scope, receive, send)
             return
-        scope[SCOPE_KEY] = RequestInfo(caller, virtual_server)
+        info = RequestInfo(caller, virtual_server)
+        if self.express is not None and (call := express.admit(scope, message)) is not None:
+            if await self.express.serve(call, info, scope, receive, send):
+                return
+        elif message.get("method") == "tools/call":
+            # The SDK checks Mcp-Param-* headers against the current view's schemas: have one.
+            await self.view_of(info)
+        scope[SCOPE_KEY] = info
         # Binds legacy sessions to this caller on this virtual server (the SDK checks it per request).
         name = virtual_server["name"]
         scope["user"] = AuthenticatedUser(AccessToken(token="", client_id=f"{caller.id}@{name}", scopes=[]))
@@ -106,8 +119,10 @@ class Endpoint:
             if scope["method"] == "DELETE" and session_id:
                 self.broadcaster.forget(session_id)
 
-    async def _admit(self, request: Request, receive: Receive) -> tuple[Caller, Body, bytes | None]:
-        """Caller, virtual server and (for a POST) the body already read; or ``Rejected``."""
+    async def _admit(
+        self, request: Request, receive: Receive
+    ) -> tuple[Caller, Body, bytes | None, dict[str, Any]]:
+        """Caller, virtual server, and (for a POST) the body already read and its message; or ``Rejected``."""
         name: str = request.path_params["name"]
         try:
             caller = self.access.authenticate(request.headers)
@@ -118,7 +133,7 @@ class Endpoint:
         if virtual_server is None:
             raise Rejected(rpc_errors.error_response(404, f"no virtual server named {name!r}"))
         if request.method != "POST":
-            return caller, virtual_server, None
+            return caller, virtual_server, None, {}
         limits = self.governance.limits(virtual_server)
         started = time.perf_counter()
         try:
@@ -144,7 +159,7 @@ class Endpoint:
                         headers={"Retry-After": str(max(1, math.ceil(wait)))},
                     )
                 )
-        return caller, virtual_server, body
+        return caller, virtual_server, body, parsed
 
     def _watch(self, session_id: str | None, send: Send) -> Send:
         """Forget a legacy session the SDK no longer knows (it answers 404 for it)."""

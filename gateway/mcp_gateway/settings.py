@@ -12,6 +12,7 @@
 | TETHER_MCP_BREAKER_RESET_SECONDS   | 30 s    | cool-down before a half-open probe |
 | TETHER_MCP_CATALOG_TTL             | 300 s   | how long an upstream listing is trusted without a list_changed |
 | TETHER_MCP_REGISTRY_SYNC_SECONDS   | 5 s     | how often the registry is re-read (changes made by other replicas) |
+| TETHER_MCP_EXPRESS                 | 1       | ``0`` sends every call through the MCP SDK, not the express lane |
 | TETHER_MCP_JWT_SECRET              | derived | HS256 secret for gateway JWTs (default: derived from the vault master key) |
 | TETHER_PUBLIC_URL                  | request | base URL advertised in ``WWW-Authenticate`` resource metadata |
 
@@ -83,6 +84,8 @@ class McpGatewaySettings:
     stdio_restart_max_seconds: float = 30.0
     session_idle_timeout: float = 30 * 60.0
     """Legacy (session-based) MCP sessions idle this long are closed."""
+    express: bool = True
+    """Whether 2026-07-28 ``tools/call`` may take the express lane (``express``)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> McpGatewaySettings:
@@ -105,4 +108,5 @@ class McpGatewaySettings:
             registry_sync_seconds=_float("REGISTRY_SYNC_SECONDS", env),
             jwt_secret=secret.encode() if secret else None,
             public_url=PUBLIC_URL.read(env) or None,
+            express=bool(_read("EXPRESS", env)),
         )

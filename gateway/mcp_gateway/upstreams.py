@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -51,6 +52,7 @@ from gateway.store.base import Body
 log = logging.getLogger("tether.mcp_gateway")
 
 T = TypeVar("T")
+C = TypeVar("C")
 TransportFor = Callable[[str], httpx2.AsyncBaseTransport | None]
 """Given an upstream URL, the transport to reach it (e.g. through a tunnel), or None for direct."""
 Headers = Callable[[], Awaitable[dict[str, str]]]
@@ -77,6 +79,19 @@ class Upstream(Protocol):
     def failed(self) -> None: ...
 
     def snapshot(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Wire:
+    """What the express lane needs to speak to an HTTP upstream itself: a client whose
+    responses are size-limited, the URL, and the era the upstream was discovered to speak."""
+
+    transport: httpx2.AsyncBaseTransport
+    url: str
+    protocol_version: str
+    headers: dict[str, str]
+    """The last hop's credential headers."""
+    timeout: float
 
 
 class _Unclosable(httpx2.AsyncBaseTransport):
@@ -144,6 +159,22 @@ class HttpUpstream:
                     with anyio.CancelScope(shield=True), anyio.move_on_after(ABANDON_TIMEOUT):
                         await abandon(http, self.url, watch)
                     raise
+
+    @property
+    def modern_version(self) -> str | None:
+        return self._modern[0] if self._modern is not None else None
+
+    @asynccontextmanager
+    async def wire(self, headers: dict[str, str], timeout: float, watch: SizeWatch) -> AsyncIterator[Wire]:
+        """A use of the upstream without the SDK's client (the express lane), 2026-07-28 only.
+
+        Cancelling it closes the POST's stream, which is how that era cancels a request.
+        """
+        version = self.modern_version
+        if version is None:
+            raise UpstreamUnavailable("its protocol era is not known yet")
+        # No httpx client per use (building one costs an SSL context): requests go to the transport.
+        yield Wire(LimitedTransport(self._transport, watch), self.url, version, headers, timeout + 5.0)
 
     @asynccontextmanager
     async def _watch_session(self, handler: MessageHandler) -> AsyncIterator[Client]:
@@ -283,16 +314,48 @@ class UpstreamPool:
     async def use(
         self, name: str, headers: dict[str, str], op: Callable[[Client], Awaitable[T]], timeout: float
     ) -> T:
-        """Run ``op`` against the upstream under its breaker and ``timeout``; see the module doc."""
+        """Run ``op`` on an SDK client of the upstream, under its breaker and ``timeout`` (module doc)."""
+        upstream = self._upstream(name)
+        return await self._guarded(
+            upstream, lambda watch: upstream.session(headers, timeout, watch), op, timeout
+        )
+
+    async def use_wire(
+        self, name: str, headers: dict[str, str], op: Callable[[Wire], Awaitable[T]], timeout: float
+    ) -> T:
+        """Like ``use``, but ``op`` speaks the wire itself (``Wire``); HTTP upstreams only."""
+        upstream = self._upstream(name)
+        if not isinstance(upstream, HttpUpstream):
+            raise UpstreamUnavailable("it is not an HTTP server")
+        return await self._guarded(
+            upstream, lambda watch: upstream.wire(headers, timeout, watch), op, timeout
+        )
+
+    def wire_version(self, name: str) -> str | None:
+        """The 2026-07-28 era version an HTTP upstream was discovered to speak, if it was."""
+        upstream = self._upstreams.get(name)
+        return upstream.modern_version if isinstance(upstream, HttpUpstream) else None
+
+    def _upstream(self, name: str) -> Upstream:
         upstream = self._upstreams.get(name)
         if upstream is None:
             raise UpstreamUnavailable("it is not registered (or is still being started)")
+        return upstream
+
+    async def _guarded(
+        self,
+        upstream: Upstream,
+        opened: Callable[[SizeWatch], AbstractAsyncContextManager[C]],
+        op: Callable[[C], Awaitable[T]],
+        timeout: float,
+    ) -> T:
+        """``op`` on what ``opened`` yields, under the breaker and ``timeout``; failures sorted (module doc)."""
         watch = SizeWatch(self.settings.max_message_bytes)
         try:
             with upstream.breaker.guard() as attempt:
                 try:
                     with anyio.fail_after(timeout):
-                        async with upstream.session(headers, timeout, watch) as client:
+                        async with opened(watch) as client:
                             result = await op(client)
                 except TimeoutError:
                     attempt.failed(f"timed out after {timeout:g}s")

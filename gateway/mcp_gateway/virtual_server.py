@@ -20,12 +20,10 @@ their failures are protocol errors, as those methods have no ``is_error``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import metadata
 from typing import Any, TypeVar
 
-import anyio
 import mcp.types as mcp_types
 from mcp import Client, MCPError
 from mcp.server import NotificationOptions, Server
@@ -34,7 +32,7 @@ from mcp.server.models import InitializationOptions
 from mcp.shared.dispatcher import ProgressFnT
 from pydantic import ValidationError
 
-from gateway.mcp_gateway.audit import AuditLog, CallRecord
+from gateway.mcp_gateway.audit import AuditLog
 from gateway.mcp_gateway.catalog import Catalog, Target, View
 from gateway.mcp_gateway.context import RequestInfo, current_virtual_server, request_info
 from gateway.mcp_gateway.credentials import Credentials
@@ -43,13 +41,13 @@ from gateway.mcp_gateway.governance import Governance
 from gateway.mcp_gateway.notifications import Broadcaster, SessionTracker
 from gateway.mcp_gateway.registry import Registry
 from gateway.mcp_gateway.sizing import MessageTooLarge
-from gateway.mcp_gateway.upstreams import UpstreamPool
+from gateway.mcp_gateway.tool_calls import Request, ResultShape, ToolCalls, too_large_error
+from gateway.mcp_gateway.upstreams import UpstreamPool, Wire
 
 T = TypeVar("T")
 Ctx = ServerRequestContext[Any, Any]
 RESOURCE_NOT_FOUND = -32002
 SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
-AUDIT_ON_CANCEL_TIMEOUT = 5.0
 
 
 def _version() -> str:
@@ -57,6 +55,10 @@ def _version() -> str:
         return metadata.version("tether")
     except metadata.PackageNotFoundError:
         return "0"
+
+
+GATEWAY_CLIENT_INFO = {"name": "tether-mcp-gateway", "version": _version()}
+"""Who the express lane says is calling, in each request's ``_meta`` (2026-07-28 has no handshake)."""
 
 
 class GatewayServer(Server[Any]):
@@ -97,18 +99,25 @@ class GatewayServer(Server[Any]):
 
 
 async def forward_call(
-    client: Client, name: str, arguments: dict[str, Any], progress: ProgressFnT | None = None
+    client: Client,
+    tool: mcp_types.Tool,
+    arguments: dict[str, Any],
+    progress: ProgressFnT | None = None,
 ) -> mcp_types.CallToolResult:
-    """``tools/call`` passed through as is.
+    """``tools/call`` of the upstream's ``tool`` passed through as is.
 
     Not ``Client.call_tool``: it validates structured output against the tool's output
     schema, listing the tools first on every fresh connection (an extra round trip per
-    call), and judging the upstream's output is the downstream client's business.
+    call), and judging the upstream's output is the downstream client's business. The
+    fresh client is told the tool instead, so it mirrors the arguments its schema marks
+    ``x-mcp-header`` into ``Mcp-Param-*`` headers, which a 2026-07-28 upstream requires.
     With ``progress``, the upstream gets a progress token of its own and its
     ``notifications/progress`` are handed to ``progress``.
     """
+    # The SDK keeps no public way to seed what a listing teaches (pinned SDK; tested).
+    client.session._absorb_tool_listing(mcp_types.ListToolsResult(tools=[tool]), complete=False)
     request = mcp_types.CallToolRequest(
-        params=mcp_types.CallToolRequestParams(name=name, arguments=arguments)
+        params=mcp_types.CallToolRequestParams(name=tool.name, arguments=arguments)
     )
     try:
         return await client.session.send_request(
@@ -117,12 +126,9 @@ async def forward_call(
     except ValidationError:
         # e.g. an input_required result: the upstream answered, the gateway cannot relay it.
         raise MCPError(
-            mcp_types.INTERNAL_ERROR, f"the upstream's answer to {name!r} is not a result the gateway relays"
+            mcp_types.INTERNAL_ERROR,
+            f"the upstream's answer to {tool.name!r} is not a result the gateway relays",
         ) from None
-
-
-def too_large_error(what: str, exc: MessageTooLarge) -> MCPError:
-    return MCPError(mcp_types.INTERNAL_ERROR, f"{what} failed: {exc}")
 
 
 def progress_relay(ctx: Ctx) -> ProgressFnT | None:
@@ -138,6 +144,9 @@ def progress_relay(ctx: Ctx) -> ProgressFnT | None:
 
 def error_result(text: str) -> mcp_types.CallToolResult:
     return mcp_types.CallToolResult(content=[mcp_types.TextContent(type="text", text=text)], is_error=True)
+
+
+SDK_RESULTS = ResultShape(error_result, lambda result: bool(result.is_error))
 
 
 def _without_upstream_identity(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -163,7 +172,7 @@ class Handlers:
         self.pool = pool
         self.credentials = credentials
         self.governance = governance
-        self.audit = audit
+        self.tool_calls = ToolCalls(governance, audit)
 
     async def view(self, info: RequestInfo) -> View:
         vault_ids = info.virtual_server.get("vault_ids") or []
@@ -181,39 +190,24 @@ class Handlers:
         return entry[1].input_schema if entry is not None else None
 
     async def _upstream(self, info: RequestInfo, target: Target, op: Callable[[Client], Awaitable[T]]) -> T:
+        auth, timeout = await self._last_hop(info, target)
+        return await self.pool.use(target.upstream, auth, op, timeout)
+
+    async def wire_upstream(self, info: RequestInfo, target: Target, op: Callable[[Wire], Awaitable[T]]) -> T:
+        """``_upstream`` for the express lane, which speaks the wire itself."""
+        auth, timeout = await self._last_hop(info, target)
+        return await self.pool.use_wire(target.upstream, auth, op, timeout)
+
+    async def _last_hop(self, info: RequestInfo, target: Target) -> tuple[dict[str, str], float]:
+        """The upstream's credential headers for this virtual server, and the call's timeout."""
         body = self.registry.server(target.upstream)
         if body is None:
             raise UpstreamUnavailable("it is not registered")
         auth = await self.credentials.for_upstream(info.virtual_server.get("vault_ids") or [], body)
-        timeout = self.governance.limits(info.virtual_server, body).call_timeout
-        return await self.pool.use(target.upstream, auth.headers, op, timeout)
+        return auth.headers, self.governance.limits(info.virtual_server, body).call_timeout
 
-    async def _record(
-        self,
-        ctx: Ctx,
-        info: RequestInfo,
-        started: float,
-        outcome: str,
-        name: str | None,
-        target: Target | None,
-        arguments: Any,
-        detail: str | None = None,
-    ) -> None:
-        await self.audit.record(
-            CallRecord(
-                caller=info.caller,
-                virtual_server=info.virtual_server["name"],
-                method=ctx.method,
-                tool=name,
-                upstream=target.upstream if target else None,
-                upstream_tool=target.name if target else None,
-                arguments=arguments,
-                outcome=outcome,
-                latency_ms=(time.perf_counter() - started) * 1000,
-                detail=detail,
-                protocol_version=ctx.protocol_version,
-            )
-        )
+    def _request(self, ctx: Ctx) -> Request:
+        return Request.now(request_info(ctx), ctx.method, ctx.protocol_version)
 
     # Tools ---------------------------------------------------------------------------
 
@@ -224,49 +218,19 @@ class Handlers:
         return mcp_types.ListToolsResult(tools=[tool for _, tool in view.tools.values()])
 
     async def call_tool(self, ctx: Ctx, params: mcp_types.CallToolRequestParams) -> mcp_types.CallToolResult:
-        started = time.perf_counter()
-        info = request_info(ctx)
+        request = self._request(ctx)
         arguments = dict(params.arguments or {})
-        view = await self.view(info)
-        entry = view.tools.get(params.name)
-        if entry is None:
-            down = "; ".join(f"{name}: {why}" for name, why in sorted(view.unavailable.items()))
-            detail = f"Unknown tool: {params.name}" + (f" (unavailable upstreams: {down})" if down else "")
-            await self._record(ctx, info, started, "not_found", params.name, None, arguments, detail)
-            raise MCPError(mcp_types.INVALID_PARAMS, detail)
-        target = entry[0]
-        verdict = self.governance.decide(info.virtual_server, target.upstream, target.name, arguments)
-        if not verdict.allowed:
-            await self._record(ctx, info, started, "denied", params.name, target, arguments, verdict.rule)
-            return error_result(verdict.message or "Permission denied.")
-        try:
-            progress = progress_relay(ctx)
+        view = await self.view(request.info)
+        progress = progress_relay(ctx)
+
+        async def forward(target: Target) -> mcp_types.CallToolResult:
+            tool = view.tools[params.name][1].model_copy(update={"name": target.name})
             result = await self._upstream(
-                info, target, lambda client: forward_call(client, target.name, arguments, progress)
+                request.info, target, lambda client: forward_call(client, tool, arguments, progress)
             )
-        except UpstreamTimeout as exc:
-            await self._record(ctx, info, started, "timeout", params.name, target, arguments, str(exc))
-            return error_result(f"Tool {params.name!r} failed: upstream server {target.upstream!r} {exc}.")
-        except UpstreamUnavailable as exc:
-            await self._record(ctx, info, started, "unavailable", params.name, target, arguments, str(exc))
-            return error_result(
-                f"Tool {params.name!r} is unavailable: upstream server {target.upstream!r} cannot be "
-                f"reached ({exc}). Try again later."
-            )
-        except MessageTooLarge as exc:
-            await self._record(ctx, info, started, "too_large", params.name, target, arguments, str(exc))
-            raise too_large_error(f"Tool {params.name!r}", exc) from None
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True), anyio.move_on_after(AUDIT_ON_CANCEL_TIMEOUT):
-                detail = "the client cancelled the call"
-                await self._record(ctx, info, started, "cancelled", params.name, target, arguments, detail)
-            raise
-        except MCPError as exc:
-            await self._record(ctx, info, started, "error", params.name, target, arguments, str(exc))
-            raise
-        outcome = "tool_error" if result.is_error else "ok"
-        await self._record(ctx, info, started, outcome, params.name, target, arguments)
-        return result.model_copy(update={"meta": _without_upstream_identity(result.meta)})
+            return result.model_copy(update={"meta": _without_upstream_identity(result.meta)})
+
+        return await self.tool_calls.run(request, view, params.name, arguments, forward, SDK_RESULTS)
 
     # Resources -----------------------------------------------------------------------
 
@@ -285,30 +249,30 @@ class Handlers:
     async def read_resource(
         self, ctx: Ctx, params: mcp_types.ReadResourceRequestParams
     ) -> mcp_types.ReadResourceResult:
-        started = time.perf_counter()
-        info = request_info(ctx)
+        request = self._request(ctx)
+        info = request.info
         view = await self.view(info)
         target = view.route_uri(params.uri)
         if target is None:
-            await self._record(ctx, info, started, "not_found", params.uri, None, None, "unknown resource")
+            await self.tool_calls.record(request, "not_found", params.uri, None, None, "unknown resource")
             raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {params.uri}")
         try:
             result = await self._upstream(info, target, lambda client: client.read_resource(target.name))
         except UpstreamUnavailable as exc:
             outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "unavailable"
-            await self._record(ctx, info, started, outcome, params.uri, target, None, str(exc))
+            await self.tool_calls.record(request, outcome, params.uri, target, None, str(exc))
             raise MCPError(
                 mcp_types.INTERNAL_ERROR,
                 f"Resource {params.uri} is unavailable: upstream server {target.upstream!r} cannot be "
                 f"reached ({exc})",
             ) from None
         except MessageTooLarge as exc:
-            await self._record(ctx, info, started, "too_large", params.uri, target, None, str(exc))
+            await self.tool_calls.record(request, "too_large", params.uri, target, None, str(exc))
             raise too_large_error(f"Resource {params.uri}", exc) from None
         except MCPError as exc:
-            await self._record(ctx, info, started, "error", params.uri, target, None, str(exc))
+            await self.tool_calls.record(request, "error", params.uri, target, None, str(exc))
             raise
-        await self._record(ctx, info, started, "ok", params.uri, target, None)
+        await self.tool_calls.record(request, "ok", params.uri, target, None)
         contents = [
             content.model_copy(
                 update={
@@ -334,15 +298,13 @@ class Handlers:
     async def get_prompt(
         self, ctx: Ctx, params: mcp_types.GetPromptRequestParams
     ) -> mcp_types.GetPromptResult:
-        started = time.perf_counter()
-        info = request_info(ctx)
+        request = self._request(ctx)
+        info = request.info
         arguments = dict(params.arguments or {})
         view = await self.view(info)
         entry = view.prompts.get(params.name)
         if entry is None:
-            await self._record(
-                ctx, info, started, "not_found", params.name, None, arguments, "unknown prompt"
-            )
+            await self.tool_calls.record(request, "not_found", params.name, None, arguments, "unknown prompt")
             raise MCPError(mcp_types.INVALID_PARAMS, f"Unknown prompt: {params.name}")
         target = entry[0]
         try:
@@ -351,19 +313,19 @@ class Handlers:
             )
         except UpstreamUnavailable as exc:
             outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "unavailable"
-            await self._record(ctx, info, started, outcome, params.name, target, arguments, str(exc))
+            await self.tool_calls.record(request, outcome, params.name, target, arguments, str(exc))
             raise MCPError(
                 mcp_types.INTERNAL_ERROR,
                 f"Prompt {params.name!r} is unavailable: upstream server {target.upstream!r} cannot be "
                 f"reached ({exc})",
             ) from None
         except MessageTooLarge as exc:
-            await self._record(ctx, info, started, "too_large", params.name, target, arguments, str(exc))
+            await self.tool_calls.record(request, "too_large", params.name, target, arguments, str(exc))
             raise too_large_error(f"Prompt {params.name!r}", exc) from None
         except MCPError as exc:
-            await self._record(ctx, info, started, "error", params.name, target, arguments, str(exc))
+            await self.tool_calls.record(request, "error", params.name, target, arguments, str(exc))
             raise
-        await self._record(ctx, info, started, "ok", params.name, target, arguments)
+        await self.tool_calls.record(request, "ok", params.name, target, arguments)
         return result.model_copy(update={"meta": _without_upstream_identity(result.meta)})
 
 

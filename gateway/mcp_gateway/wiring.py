@@ -35,13 +35,14 @@ from gateway.mcp_gateway.audit import AuditLog
 from gateway.mcp_gateway.catalog import Catalog
 from gateway.mcp_gateway.credentials import Credentials
 from gateway.mcp_gateway.endpoint import METADATA_PATH, Endpoint
+from gateway.mcp_gateway.express import Express
 from gateway.mcp_gateway.governance import Governance
 from gateway.mcp_gateway.notifications import Broadcaster
 from gateway.mcp_gateway.ratelimit import RateLimiter
 from gateway.mcp_gateway.registry import Changes, Registry
 from gateway.mcp_gateway.settings import McpGatewaySettings
 from gateway.mcp_gateway.upstreams import TransportFor, UpstreamPool
-from gateway.mcp_gateway.virtual_server import Handlers, build_server
+from gateway.mcp_gateway.virtual_server import GATEWAY_CLIENT_INFO, Handlers, build_server
 from gateway.mcp_gateway.watcher import ALL_LISTS
 from gateway.store.base import Body, Store
 from gateway.vault.keyring import DecryptionFailed, KeyRing
@@ -101,6 +102,10 @@ class McpGateway:
             self.broadcaster,
             self.server.session_manager,
             settings.public_url,
+            self.handlers.view,
+            Express(self.handlers, lambda: self.server.server_info_stamp, GATEWAY_CLIENT_INFO)
+            if settings.express
+            else None,
         )
         self.registry.subscribe(self._registry_changed)
 

@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import os
 import zlib
+from typing import Annotated
 
 import anyio
 import anyio.to_thread
@@ -29,6 +30,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import Field
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -64,6 +66,20 @@ def build(label: str) -> MCPServer:
     @server.tool(description="The value of request header NAME as received (empty when absent).")
     def seen_header(name: str, ctx: Context) -> str:
         return (ctx.headers or {}).get(name, "")
+
+    @server.tool(description="The calling client's name, from the request's envelope (express-lane tests).")
+    def client_name(ctx: Context) -> str:
+        meta = (ctx.request_context.params or {}).get("_meta") or {}
+        if (info := meta.get("io.modelcontextprotocol/clientInfo")) is not None:
+            return str(info.get("name", ""))
+        handshake = ctx.request_context.session.client_params  # a session's initialize
+        return handshake.client_info.name if handshake is not None else ""
+
+    @server.tool(description="Echo REGION, mirrored in the Mcp-Param-Region header the server checks.")
+    def region(
+        region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})], ctx: Context
+    ) -> str:
+        return f"{label} region {region}, header {(ctx.headers or {}).get('mcp-param-region', '')}"
 
     @server.tool(description="Create MARKER (so a test knows the call arrived), then never answer.")
     async def block(marker: str, ctx: Context) -> str:
