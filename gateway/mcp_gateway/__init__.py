@@ -27,7 +27,10 @@ Modules, one job each:
 - ``audit``: one Store record per call.
 - ``errors`` / ``rpc_errors``: upstream failures in words; the front door's JSON-RPC errors.
 - ``context``: what the front door hands the handlers.
-- ``virtual_server``: the MCP request handlers.
+- ``tool_calls``: the governed ``tools/call`` pipeline both lanes share.
+- ``virtual_server``: the MCP request handlers (the SDK path).
+- ``wire``: one raw JSON-RPC request to an HTTP upstream.
+- ``express``: the express lane, 2026-07-28 ``tools/call`` without the SDK's dispatch.
 - ``endpoint``: the ASGI front door for ``/mcp/{name}``.
 - ``wiring``: assembling it all for ``gateway.app``.
 """

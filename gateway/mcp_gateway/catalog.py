@@ -151,6 +151,8 @@ class Catalog:
         selections = virtual_server["servers"]
         listings: dict[str, Listing] = {}
         view = View()
+        if (unchanged := self._cached_view(virtual_server, bodies)) is not None:
+            return unchanged
 
         async def load(name: str) -> None:
             body = bodies.get(name)
@@ -231,6 +233,32 @@ class Catalog:
         else:
             self._merged[virtual_server["name"]] = (virtual_server, used, view)
         return view
+
+    def _cached_view(self, virtual_server: Body, bodies: dict[str, Body]) -> View | None:
+        """The merged view, without a task group or any await, when nothing it was built from changed.
+
+        Credentials are not looked up here: a listing is cached per credential, so this
+        only answers when every selected upstream has exactly one fresh listing and it is
+        the one the view was built from (any second credential takes the full path).
+        """
+        cached = self._merged.get(virtual_server["name"])
+        if cached is None or cached[0] != virtual_server:
+            return None
+        used = []
+        for selection in virtual_server["servers"]:
+            name = selection["server"]
+            if name not in bodies:
+                return None
+            entries = [entry for (upstream, _), entry in self._entries.items() if upstream == name]
+            if len(entries) != 1 or not self._fresh(name, entries[0]):
+                return None
+            used.append(entries[0].listing)
+        if len(used) != len(cached[1]) or any(
+            old is not new for old, new in zip(cached[1], used, strict=True)
+        ):
+            return None
+        self.last_views[virtual_server["name"]] = cached[2]
+        return cached[2]
 
     def forget_view(self, virtual_server: str) -> None:
         self.last_views.pop(virtual_server, None)

@@ -1,6 +1,7 @@
 """Reaching upstream MCP servers: one ``Upstream`` per registered server, under one pool.
 
-``use()`` is the only way in: it admits the call through the upstream's circuit breaker,
+``use()`` (an SDK client) and ``use_wire()`` (the express lane's raw POST) are the only
+ways in: each admits the call through the upstream's circuit breaker,
 bounds it with the call timeout, and sorts what can go wrong into two kinds:
 
 - the upstream answered with a protocol error (``MCPError``): it is alive; the error goes

@@ -4,15 +4,10 @@ One low-level ``Server`` serves all virtual servers; each handler finds its virt
 and caller in the request (``context.request_info``), builds that server's view from the
 catalog, and routes by exposed name back to (upstream, original name).
 
-A ``tools/call`` goes through, in order: lookup (unknown name: ``INVALID_PARAMS``), the
-policy decision (refusal: an ``is_error`` result carrying the reason, so a model can read
-it), the vault credential for the upstream, then the upstream under its breaker and the
-call timeout. An unreachable upstream or an open circuit is an ``is_error`` result naming
-the upstream and the reason; an upstream's own protocol error is passed through
-unchanged. An answer over the message limit (or an upstream's 413) is a JSON-RPC error
-naming the limit, audited ``too_large``; it never counts against the breaker. A call the
-client cancels (or abandons by disconnecting) is audited ``cancelled`` (the pool has told
-the upstream). Every call, whatever its fate, leaves an audit record.
+A ``tools/call`` runs the pipeline it shares with the express lane (``tool_calls``):
+lookup, policy, the vault credential for the upstream, then the upstream under its breaker
+and the call timeout, and one audit record whatever its fate. Most 2026-07-28 calls never
+reach this handler: the front door gives them to the express lane (``express``).
 
 Resources and prompts route the same way (without the policy step, which governs tools);
 their failures are protocol errors, as those methods have no ``is_error``.
