@@ -33,7 +33,8 @@ FILTERS = ("virtual_server", "outcome", "tool", "upstream", "caller.id")
 
 def digest(arguments: Any) -> str:
     canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    # surrogatepass: whatever a client managed to send is digested, never a reason to lose the record.
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True)

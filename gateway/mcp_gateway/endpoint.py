@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pydantic_core
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -42,6 +44,7 @@ from gateway.mcp_gateway.ratelimit import RateLimiter
 from gateway.mcp_gateway.registry import Registry
 from gateway.store.base import Body
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 CHARGED_METHODS = frozenset({"tools/call", "resources/read", "prompts/get"})
 METADATA_PATH = "/.well-known/oauth-protected-resource/mcp/{name}"
 
@@ -142,6 +145,10 @@ class Endpoint:
             await self._audit_rejection(caller, name, request.headers, None, "too_large", started)
             message = f"request body exceeds this virtual server's limit of {limits.max_request_bytes} bytes"
             raise Rejected(rpc_errors.error_response(413, message)) from None
+        if _unpaired_surrogate(body):
+            await self._audit_rejection(caller, name, request.headers, None, "error", started)
+            unpaired = "Parse error: a string holds an unpaired UTF-16 surrogate, which no UTF-8 upstream can be sent"
+            raise Rejected(rpc_errors.error_response(400, unpaired, code=rpc_errors.PARSE_ERROR))
         parsed = _parse(body)
         if parsed is None:
             batch = "a JSON-RPC batch is not accepted: send one message per request"
@@ -256,6 +263,21 @@ def _parse(body: bytes) -> dict[str, Any] | None:
     if isinstance(message, list):
         return None
     return message if isinstance(message, dict) else {}
+
+
+def _unpaired_surrogate(body: bytes) -> bool:
+    """Whether a ``\\uD800``-``\\uDFFF`` escape in ``body`` is left unpaired.
+
+    ``json.loads`` (and so the SDK) accepts one, but the string can then be neither sent
+    upstream nor digested for the audit, and the call would fail as if the upstream had.
+    """
+    if not _SURROGATE_ESCAPE.search(body):
+        return False
+    try:
+        pydantic_core.from_json(body)
+    except ValueError:
+        return True
+    return False
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

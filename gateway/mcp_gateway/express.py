@@ -48,15 +48,22 @@ from mcp.shared.inbound import (
     x_mcp_header_map,
 )
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOCOL_VERSION_META_KEY
+from mcp_types import methods as _methods
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import ValidationError
 from starlette.requests import Request as HttpRequest
 from starlette.types import Receive, Scope, Send
 
 from gateway.mcp_gateway.catalog import Target
 from gateway.mcp_gateway.context import RequestInfo
-from gateway.mcp_gateway.tool_calls import Request, ResultShape
+from gateway.mcp_gateway.tool_calls import Request
 from gateway.mcp_gateway.upstreams import Wire
-from gateway.mcp_gateway.virtual_server import SERVER_INFO_KEY, Handlers
+from gateway.mcp_gateway.virtual_server import (
+    SDK_RESULTS,
+    SERVER_INFO_KEY,
+    Handlers,
+    without_upstream_identity,
+)
 from gateway.mcp_gateway.wire import exchange, request_headers
 
 SSE_COMMIT_SECONDS = 15.0
@@ -69,15 +76,6 @@ SSE_HEADERS = [
 ]
 PING = b": ping\r\n\r\n"
 NOT_RELAYED = "the upstream's answer to {name!r} is not a result the gateway relays"
-
-
-def _error_result(text: str) -> dict[str, Any]:
-    return {"content": [{"type": "text", "text": text}], "isError": True}
-
-
-WIRE_RESULTS: ResultShape[dict[str, Any]] = ResultShape(
-    _error_result, lambda result: result.get("isError") is True
-)
 
 
 @dataclass(frozen=True)
@@ -151,7 +149,7 @@ class Express:
                 call.name,
                 call.arguments,
                 lambda t: self._forward(info, t, tool, call, emit),
-                WIRE_RESULTS,
+                SDK_RESULTS,
             ),
             self._finished,
         )
@@ -159,33 +157,49 @@ class Express:
 
     async def _forward(
         self, info: RequestInfo, target: Target, tool: mcp_types.Tool, call: ExpressCall, emit: Emit
-    ) -> dict[str, Any]:
+    ) -> mcp_types.CallToolResult:
         request_id = next(self._ids)
+        own_token = f"tether-{request_id}"
         meta: dict[str, Any] = {CLIENT_INFO_META_KEY: self.client_info, CLIENT_CAPABILITIES_META_KEY: {}}
         relay = None
         if call.progress_token is not None:
-            meta["progressToken"] = f"tether-{request_id}"
+            meta["progressToken"] = own_token
 
             async def relay(params: dict[str, Any]) -> None:
-                await emit({**params, "progressToken": call.progress_token})
+                if (progress := _own_progress(params, own_token)) is not None:
+                    await emit({"progressToken": call.progress_token, **progress})
 
-        async def op(wire: Wire) -> dict[str, Any]:
+        async def op(wire: Wire) -> mcp_types.CallToolResult:
             meta[PROTOCOL_VERSION_META_KEY] = wire.protocol_version
             params = {"name": target.name, "arguments": call.arguments, "_meta": meta}
             message = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
-            headers = request_headers(message, wire.protocol_version, None)
+            headers = request_headers(message, wire.protocol_version)
             header_map = self._header_map(tool)
             if header_map:
                 headers.update(mcp_param_headers(header_map, call.arguments))
-            return await exchange(wire, message, headers, relay)
+            return _parsed_result(
+                await exchange(wire, message, headers, relay), wire.protocol_version, target.name
+            )
 
-        result = await self.handlers.wire_upstream(info, target, op)
-        return _relayable(result, target.name)
+        return await self.handlers.wire_upstream(info, target, op)
 
-    def _finished(self, result: dict[str, Any]) -> dict[str, Any]:
-        meta = result.get("_meta")
-        kept = {k: v for k, v in meta.items() if k != SERVER_INFO_KEY} if isinstance(meta, dict) else {}
-        return {**result, "resultType": "complete", "_meta": {**kept, SERVER_INFO_KEY: self.server_info()}}
+    def _finished(self, result: mcp_types.CallToolResult, version: str) -> dict[str, Any]:
+        """The result as the SDK's server would put it on the wire for a client at ``version``."""
+        meta = without_upstream_identity(result.meta)
+        dumped = result.model_copy(update={"meta": meta}).model_dump(
+            by_alias=True, mode="json", exclude_none=True
+        )
+        try:
+            dumped = _methods.serialize_server_result("tools/call", version, dumped)
+        except ValidationError:
+            raise MCPError(mcp_types.INTERNAL_ERROR, "Handler returned an invalid result") from None
+        dumped.setdefault("resultType", "complete")
+        stamped = dumped.get("_meta")
+        if stamped is None:
+            dumped["_meta"] = {SERVER_INFO_KEY: self.server_info()}
+        elif isinstance(stamped, dict) and stamped.get(SERVER_INFO_KEY) is None:
+            dumped["_meta"] = {**stamped, SERVER_INFO_KEY: self.server_info()}
+        return dumped
 
     def _header_map(self, tool: mcp_types.Tool) -> dict[tuple[str, ...], str] | None:
         cached = self._header_maps.get(id(tool))
@@ -206,19 +220,29 @@ def _param_headers_mismatch(tool: mcp_types.Tool, arguments: dict[str, Any], sco
     return validate_mcp_param_headers(tool.input_schema, arguments, HttpRequest(scope).headers) is not None
 
 
-def _relayable(result: dict[str, Any], name: str) -> dict[str, Any]:
-    """The result, if its outline is a complete ``CallToolResult`` (fields are not re-validated)."""
-    content = result.get("content")
-    outline_ok = (
-        isinstance(content, list)
-        and all(isinstance(block, dict) and isinstance(block.get("type"), str) for block in content)
-        and isinstance(result.get("isError", False), bool)
-        and isinstance(result.get("structuredContent", {}), dict)
-        and result.get("resultType", "complete") == "complete"
-    )
-    if not outline_ok:
-        raise MCPError(mcp_types.INTERNAL_ERROR, NOT_RELAYED.format(name=name))
-    return result
+def _parsed_result(raw: dict[str, Any], version: str, name: str) -> mcp_types.CallToolResult:
+    """The upstream's result, validated as the SDK's client validates it (``forward_call``)."""
+    try:
+        _methods.validate_server_result("tools/call", version, raw)
+        return mcp_types.CallToolResult.model_validate(raw, by_name=False)
+    except ValidationError:
+        raise MCPError(mcp_types.INTERNAL_ERROR, NOT_RELAYED.format(name=name)) from None
+
+
+def _own_progress(params: dict[str, Any], token: str) -> dict[str, Any] | None:
+    """The progress fields the SDK relays, if ``params`` are a valid notification for ``token``."""
+    try:
+        progress = mcp_types.ProgressNotificationParams.model_validate(params, by_name=False)
+    except ValidationError:
+        return None
+    if progress.progress_token != token:
+        return None
+    fields: dict[str, Any] = {"progress": progress.progress}
+    if progress.total is not None:
+        fields["total"] = progress.total
+    if progress.message is not None:
+        fields["message"] = progress.message
+    return fields
 
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
@@ -233,8 +257,8 @@ class _Exchange:
 
     async def run(
         self,
-        handler: Callable[[Emit], Awaitable[dict[str, Any]]],
-        finished: Callable[[dict[str, Any]], dict[str, Any]],
+        handler: Callable[[Emit], Awaitable[mcp_types.CallToolResult]],
+        finished: Callable[[mcp_types.CallToolResult, str], dict[str, Any]],
     ) -> None:
         events, pending = anyio.create_memory_object_stream[bytes](0)
         reply: list[dict[str, Any]] = []
@@ -249,7 +273,7 @@ class _Exchange:
 
             async with out:
                 try:
-                    result = finished(await handler(emit))
+                    result = finished(await handler(emit), self.call.protocol_version)
                     reply.append({"jsonrpc": "2.0", "id": self.call.request_id, "result": result})
                 except Exception as exc:
                     error = modern_error_data(exc).model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -282,7 +306,7 @@ class _Exchange:
     async def _json(self, reply: dict[str, Any]) -> None:
         error = reply.get("error")
         status = ERROR_CODE_HTTP_STATUS.get(error["code"], 200) if error else 200
-        body = json.dumps(reply, separators=(",", ":"), ensure_ascii=False).encode()
+        body = json.dumps(reply, separators=(",", ":")).encode()  # ASCII, as the SDK writes it
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
@@ -294,5 +318,5 @@ class _Exchange:
 
 
 def _event(message: dict[str, Any]) -> bytes:
-    data = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    data = json.dumps(message, separators=(",", ":"))  # ASCII, as the SDK writes it
     return f"event: message\r\ndata: {data}\r\n\r\n".encode()

@@ -30,6 +30,9 @@ RATE_LIMITED = -32090
 
 INVALID_REQUEST = -32600
 """HTTP 400: not a single JSON-RPC message (batches were removed from MCP in 2025-06-18)."""
+"""HTTP 400: not a single JSON-RPC message (batches were removed from MCP in 2025-06-18)."""
+PARSE_ERROR = -32700
+"""HTTP 400: a body JSON parsers disagree on (a string holding an unpaired UTF-16 surrogate)."""
 
 CODES = {
     400: INVALID_REQUEST,
@@ -48,9 +51,11 @@ def error_response(
     request_id: Any = None,
     data: Any = None,
     headers: dict[str, str] | None = None,
+    code: int | None = None,
 ) -> Response:
-    """``{"jsonrpc": "2.0", "id": ..., "error": {"code", "message", "data"?}}`` at ``status``."""
-    error: dict[str, Any] = {"code": CODES[status], "message": message}
+    """``{"jsonrpc": "2.0", "id": ..., "error": {"code", "message", "data"?}}`` at ``status``;
+    the code is the status's own unless ``code`` is given."""
+    error: dict[str, Any] = {"code": code if code is not None else CODES[status], "message": message}
     if data is not None:
         error["data"] = data
     body = {"jsonrpc": "2.0", "id": request_id, "error": error}

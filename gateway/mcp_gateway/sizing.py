@@ -34,6 +34,8 @@ from gateway.mcp_gateway.settings import MAX_MESSAGE_ENV
 
 log = logging.getLogger("tether.mcp_gateway")
 ABANDON_TIMEOUT = 2.0
+WATCH_EXTENSION = "tether.size_watch"
+"""A request extension carrying the ``SizeWatch`` of the use it belongs to (``PerRequestLimit``)."""
 
 
 class MessageTooLarge(Exception):
@@ -174,6 +176,23 @@ class LimitedTransport(httpx2.AsyncBaseTransport):
             return
         if isinstance(message, dict) and "method" in message and "id" in message:
             watch.request_id = message["id"]
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class PerRequestLimit(httpx2.AsyncBaseTransport):
+    """``LimitedTransport`` for one long-lived client shared by many uses: each request brings
+    its use's watch as the ``WATCH_EXTENSION`` extension (a request without one is not limited)."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        watch = request.extensions.get(WATCH_EXTENSION)
+        if not isinstance(watch, SizeWatch):
+            return await self.inner.handle_async_request(request)
+        return await LimitedTransport(self.inner, watch).handle_async_request(request)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -45,7 +45,7 @@ from mcp.client.streamable_http import streamable_http_client
 from gateway.mcp_gateway.breaker import CircuitBreaker, CircuitOpen
 from gateway.mcp_gateway.errors import UpstreamTimeout, UpstreamUnavailable, describe, leaf
 from gateway.mcp_gateway.settings import McpGatewaySettings
-from gateway.mcp_gateway.sizing import ABANDON_TIMEOUT, LimitedTransport, SizeWatch, abandon
+from gateway.mcp_gateway.sizing import ABANDON_TIMEOUT, LimitedTransport, PerRequestLimit, SizeWatch, abandon
 from gateway.mcp_gateway.stdio_supervisor import StdioCommand, StdioSupervisor
 from gateway.mcp_gateway.watcher import HttpWatcher, MessageHandler, is_modern
 from gateway.store.base import Body
@@ -87,12 +87,14 @@ class Wire:
     """What the express lane needs to speak to an HTTP upstream itself: a client whose
     responses are size-limited, the URL, and the era the upstream was discovered to speak."""
 
-    transport: httpx2.AsyncBaseTransport
+    http: httpx2.AsyncClient
+    """The upstream's long-lived client for the express lane (requests carry ``watch``)."""
     url: str
     protocol_version: str
     headers: dict[str, str]
     """The last hop's credential headers."""
     timeout: float
+    watch: SizeWatch
 
 
 class _Unclosable(httpx2.AsyncBaseTransport):
@@ -126,6 +128,7 @@ class HttpUpstream:
         self._transport = supplied or httpx2.AsyncHTTPTransport()
         self._watch_headers = watch_headers
         self._modern: tuple[str, mcp_types.DiscoverResult] | None = None
+        self._wire_client: httpx2.AsyncClient | None = None
         self.watcher = HttpWatcher(self.name, self._watch_session, on_change, breaker.record_success)
 
     def _http(
@@ -174,8 +177,12 @@ class HttpUpstream:
         version = self.modern_version
         if version is None:
             raise UpstreamUnavailable("its protocol era is not known yet")
-        # No httpx client per use (building one costs an SSL context): requests go to the transport.
-        yield Wire(LimitedTransport(self._transport, watch), self.url, version, headers, timeout + 5.0)
+        if self._wire_client is None:
+            # One client for every use (building one costs an SSL context); each request
+            # brings its use's size watch.
+            transport = PerRequestLimit(_Unclosable(self._transport))
+            self._wire_client = httpx2.AsyncClient(transport=transport, timeout=None)
+        yield Wire(self._wire_client, self.url, version, headers, timeout + 5.0, watch)
 
     @asynccontextmanager
     async def _watch_session(self, handler: MessageHandler) -> AsyncIterator[Client]:
@@ -193,6 +200,8 @@ class HttpUpstream:
         await self.watcher.run()
 
     async def aclose(self) -> None:
+        if self._wire_client is not None:
+            await self._wire_client.aclose()
         if self._owned:
             await self._transport.aclose()
 

@@ -144,7 +144,7 @@ def error_result(text: str) -> mcp_types.CallToolResult:
 SDK_RESULTS = ResultShape(error_result, lambda result: bool(result.is_error))
 
 
-def _without_upstream_identity(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def without_upstream_identity(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """Results are the gateway's: the upstream's own ``serverInfo`` stamp is not passed on."""
     if not meta:
         return None
@@ -223,7 +223,7 @@ class Handlers:
             result = await self._upstream(
                 request.info, target, lambda client: forward_call(client, tool, arguments, progress)
             )
-            return result.model_copy(update={"meta": _without_upstream_identity(result.meta)})
+            return result.model_copy(update={"meta": without_upstream_identity(result.meta)})
 
         return await self.tool_calls.run(request, view, params.name, arguments, forward, SDK_RESULTS)
 
@@ -279,7 +279,7 @@ class Handlers:
             for content in result.contents
         ]
         return result.model_copy(
-            update={"contents": contents, "meta": _without_upstream_identity(result.meta)}
+            update={"contents": contents, "meta": without_upstream_identity(result.meta)}
         )
 
     # Prompts -------------------------------------------------------------------------
@@ -321,7 +321,7 @@ class Handlers:
             await self.tool_calls.record(request, "error", params.name, target, arguments, str(exc))
             raise
         await self.tool_calls.record(request, "ok", params.name, target, arguments)
-        return result.model_copy(update={"meta": _without_upstream_identity(result.meta)})
+        return result.model_copy(update={"meta": without_upstream_identity(result.meta)})
 
 
 def build_server(handlers: Handlers, broadcaster: Broadcaster) -> Server[Any]:

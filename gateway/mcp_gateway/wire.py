@@ -1,56 +1,70 @@
 """One JSON-RPC request to an HTTP upstream, spoken on the wire without the SDK's client.
 
-The express lane (``express``) relays ``tools/call`` this way: the request is one POST,
-and its answer is either one JSON body or an SSE stream carrying the request's
-``notifications/progress`` and then its response. Nothing is validated beyond the
-envelope (the id, a ``result`` or an ``error``); the result's outline is the express
-lane's to check. The body passes through the upstream's ``LimitedTransport``, so the
-message limit and the 413 rule apply exactly as on the SDK path.
+The express lane (``express``) relays ``tools/call`` this way: one POST, answered by one
+JSON body or by an SSE stream carrying the request's ``notifications/progress`` and then
+its response. The answer is read by the rules of the SDK's streamable HTTP transport
+(``mcp.client.streamable_http``), so both lanes see the same thing in every case:
 
-Failures keep the SDK path's kinds, so ``UpstreamPool`` sorts them the same way: an
-``error`` member is an ``MCPError`` (the upstream is alive), anything else (a refused
-connection, a stream cut before the answer, a body that is not JSON-RPC) is an
-``UpstreamProtocolError`` or an ``httpx2.HTTPError`` (unreachable).
+- redirects are followed within the endpoint's origin only (the SDK's own
+  ``stream_within_origin``); another is ``INVALID_REQUEST`` naming where it pointed;
+- ``202`` for a request is ``INVALID_REQUEST``; any status of 400 or more is the JSON-RPC
+  error in its body if it has one, else ``METHOD_NOT_FOUND`` (404) or ``INTERNAL_ERROR``;
+- bodies and events are parsed with the SDK's ``jsonrpc_message_adapter`` (a body it
+  cannot parse is ``PARSE_ERROR``); only SSE events named ``message`` count, and the
+  first response on the stream is the answer;
+- an SSE stream that ends (or breaks) before answering is ``CONNECTION_CLOSED``, which,
+  like a refused connection, counts against the breaker. So does a JSON body answering
+  some other request (the SDK would wait for the timeout).
+
+Everything goes through the upstream's size-limited transport (``sizing``), so the
+message limit and the 413 rule apply exactly as on the SDK path.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx2
 from mcp import MCPError
+from mcp.shared._httpx_utils import redirect_location, stream_within_origin
 from mcp.shared.inbound import (
     MCP_METHOD_HEADER,
     MCP_NAME_HEADER,
     MCP_PROTOCOL_VERSION_HEADER,
     encode_header_value,
 )
+from mcp_types import (
+    CONNECTION_CLOSED,
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    JSONRPCError,
+    JSONRPCMessage,
+    JSONRPCNotification,
+    JSONRPCResponse,
+)
+from mcp_types.jsonrpc import jsonrpc_message_adapter
+from pydantic import ValidationError
 
+from gateway.mcp_gateway.sizing import WATCH_EXTENSION
 from gateway.mcp_gateway.upstreams import Wire
 
 ProgressSink = Callable[[dict[str, Any]], Awaitable[None]]
-"""Receives the ``params`` of each ``notifications/progress`` the upstream sends for the request."""
+"""Receives the ``params`` of each ``notifications/progress`` on the request's stream."""
 ACCEPT = "application/json, text/event-stream"
 SESSION_HEADER = "mcp-session-id"
 
 
-class UpstreamProtocolError(Exception):
-    """The upstream answered something that is not a JSON-RPC answer to the request."""
-
-
-def request_headers(message: dict[str, Any], protocol_version: str, session_id: str | None) -> dict[str, str]:
-    """The routing headers the 2026-07-28 wire requires (``Mcp-Method``, ``Mcp-Name``), or a session's."""
+def request_headers(message: dict[str, Any], protocol_version: str) -> dict[str, str]:
+    """The routing headers the 2026-07-28 wire requires (``Mcp-Method``, ``Mcp-Name``)."""
     headers = {
         MCP_PROTOCOL_VERSION_HEADER: protocol_version,
         "accept": ACCEPT,
         "content-type": "application/json",
     }
-    if session_id is not None:
-        headers[SESSION_HEADER] = session_id
-        return headers
     headers[MCP_METHOD_HEADER] = message["method"]
     name = (message.get("params") or {}).get("name")
     if isinstance(name, str):
@@ -58,89 +72,84 @@ def request_headers(message: dict[str, Any], protocol_version: str, session_id: 
     return headers
 
 
-@asynccontextmanager
-async def _posted(
-    wire: Wire, message: dict[str, Any], headers: dict[str, str]
-) -> AsyncIterator[httpx2.Response]:
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
-    timeout = {"connect": 10.0, "read": wire.timeout, "write": wire.timeout, "pool": wire.timeout}
-    request = httpx2.Request(
-        "POST", wire.url, content=body, headers={**wire.headers, **headers}, extensions={"timeout": timeout}
-    )
-    response = await wire.transport.handle_async_request(request)
-    try:
-        yield response
-    finally:
-        await response.aclose()
-
-
 async def exchange(
     wire: Wire, message: dict[str, Any], headers: dict[str, str], on_progress: ProgressSink | None = None
 ) -> dict[str, Any]:
-    """POST ``message`` (a request) and return its ``result``; an ``error`` answer raises ``MCPError``."""
-    async with _posted(wire, message, headers) as response:
-        content_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if content_type == "text/event-stream" and response.status_code == 200:
-            reply = await _from_events(response, message["id"], on_progress)
-        elif content_type == "application/json":
-            reply = _parsed(await response.aread())
-        else:
-            response.raise_for_status()
-            raise UpstreamProtocolError(
-                f"it answered HTTP {response.status_code} with {content_type or 'no body'}"
-            )
-    return _result_of(reply, message["id"])
+    """POST ``message`` (a request) and return its raw ``result``; an error answer raises ``MCPError``."""
+    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    async with stream_within_origin(
+        wire.http,
+        "POST",
+        wire.url,
+        content=body,
+        headers={**wire.headers, **headers},
+        timeout=httpx2.Timeout(wire.timeout, connect=10.0),
+        extensions={WATCH_EXTENSION: wire.watch},
+    ) as response:
+        reply = await _answer(response, message["id"], on_progress)
+    if isinstance(reply, JSONRPCError):
+        raise MCPError.from_error_data(reply.error)
+    return reply.result
 
 
-async def notify(
-    http: httpx2.AsyncClient, url: str, message: dict[str, Any], headers: dict[str, str]
-) -> None:
-    """POST a notification (a session's ``notifications/initialized`` or ``/cancelled``)."""
-    body = json.dumps(message, separators=(",", ":")).encode()
-    response = await http.post(url, content=body, headers=headers)
-    if response.status_code >= 400:
-        raise UpstreamProtocolError(f"it refused {message['method']} with HTTP {response.status_code}")
+async def _answer(
+    response: httpx2.Response, request_id: Any, on_progress: ProgressSink | None
+) -> JSONRPCResponse | JSONRPCError:
+    status = response.status_code
+    if status == 202:
+        raise MCPError(INVALID_REQUEST, "server answered a request with 202 Accepted")
+    if (location := redirect_location(response)) is not None:
+        where = (
+            f"Redirect to {location} not followed; use that URL as the endpoint if it is the intended server"
+        )
+        raise MCPError(INVALID_REQUEST, where)
+    content_type = response.headers.get("content-type", "").lower()
+    if status >= 400:
+        if content_type.startswith("application/json"):
+            try:
+                parsed = jsonrpc_message_adapter.validate_json(await response.aread(), by_name=False)
+            except (httpx2.StreamError, ValidationError):
+                parsed = None
+            if isinstance(parsed, JSONRPCError):
+                return parsed
+        if status == 404:
+            raise MCPError(METHOD_NOT_FOUND, "Not Found")
+        raise MCPError(INTERNAL_ERROR, "Server returned an error response")
+    if content_type.startswith("application/json"):
+        try:
+            answer = jsonrpc_message_adapter.validate_json(await response.aread(), by_name=False)
+        except (httpx2.StreamError, ValidationError) as exc:
+            raise MCPError(PARSE_ERROR, f"Failed to parse JSON response: {exc}") from None
+        if isinstance(answer, JSONRPCResponse | JSONRPCError) and answer.id == request_id:
+            return answer
+        raise MCPError(CONNECTION_CLOSED, "the server's JSON answer is not a response to the request")
+    if content_type.startswith("text/event-stream"):
+        return await _from_events(response, request_id, on_progress)
+    raise MCPError(INVALID_REQUEST, f"Unexpected content type: {content_type}")
 
 
 async def _from_events(
     response: httpx2.Response, request_id: Any, on_progress: ProgressSink | None
-) -> dict[str, Any]:
-    async for event in httpx2.EventSource(response, max_event_size=None):
-        if event.event not in ("", "message") or not event.data:
-            continue
-        message = _parsed(event.data.encode())
-        if message.get("id") == request_id and ("result" in message or "error" in message):
-            return message
-        if message.get("method") == "notifications/progress" and on_progress is not None:
-            params = message.get("params")
-            if isinstance(params, dict):
-                await on_progress(params)
-    raise UpstreamProtocolError("it closed the stream without answering the request")
-
-
-def _parsed(data: bytes) -> dict[str, Any]:
+) -> JSONRPCResponse | JSONRPCError:
     try:
-        message = json.loads(data)
-    except (ValueError, RecursionError):
-        raise UpstreamProtocolError("it answered with a body that is not JSON") from None
-    if not isinstance(message, dict):
-        raise UpstreamProtocolError("it answered with JSON that is not one JSON-RPC message")
-    return message
+        async for event in httpx2.EventSource(response, max_event_size=None):
+            if event.event != "message" or not event.data:
+                continue
+            message = _event_message(event.data)
+            if isinstance(message, JSONRPCResponse | JSONRPCError):
+                return message.model_copy(update={"id": request_id})
+            if isinstance(message, JSONRPCNotification) and message.method == "notifications/progress":
+                if on_progress is not None and isinstance(message.params, dict):
+                    await on_progress(message.params)
+    except httpx2.SSEError as exc:
+        raise MCPError(CONNECTION_CLOSED, f"SSE stream failed: {exc}") from None
+    except httpx2.TransportError:
+        pass  # a broken stream: no answer, as below
+    raise MCPError(CONNECTION_CLOSED, "SSE stream ended without a response")
 
 
-def _result_of(reply: dict[str, Any], request_id: Any) -> dict[str, Any]:
-    error = reply.get("error")
-    if isinstance(error, dict):
-        code, text = error.get("code"), error.get("message")
-        if isinstance(code, int) and isinstance(text, str):
-            raise MCPError(code, text, error.get("data"))
-        raise UpstreamProtocolError("it answered with a malformed JSON-RPC error")
-    result = reply.get("result")
-    if reply.get("id") != request_id or not isinstance(result, dict):
-        raise UpstreamProtocolError("its answer is not a JSON-RPC result for the request")
-    return result
-
-
-def cancelled(request_id: Any, reason: str) -> dict[str, Any]:
-    params = {"requestId": request_id, "reason": reason}
-    return {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params}
+def _event_message(data: str) -> JSONRPCMessage:
+    try:
+        return jsonrpc_message_adapter.validate_json(data, by_name=False)
+    except ValidationError as exc:
+        raise MCPError(PARSE_ERROR, f"Failed to parse SSE message: {exc}") from None
