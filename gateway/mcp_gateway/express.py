@@ -34,6 +34,7 @@ import anyio
 import mcp.types as mcp_types
 from anyio.streams.memory import MemoryObjectSendStream
 from mcp import MCPError
+from mcp.client.session import _later_revision_fields  # the SDK client's own rule (pinned SDK)
 from mcp.server.runner import modern_error_data
 from mcp.server.streamable_http import check_accept_headers
 from mcp.shared.inbound import (
@@ -57,14 +58,13 @@ from starlette.types import Receive, Scope, Send
 from gateway.mcp_gateway.catalog import Target
 from gateway.mcp_gateway.context import RequestInfo
 from gateway.mcp_gateway.tool_calls import Request
-from gateway.mcp_gateway.upstreams import Wire
 from gateway.mcp_gateway.virtual_server import (
     SDK_RESULTS,
     SERVER_INFO_KEY,
     Handlers,
     without_upstream_identity,
 )
-from gateway.mcp_gateway.wire import exchange, request_headers
+from gateway.mcp_gateway.wire import ProgressSink, SessionGone, Wire, exchange, request_headers, session_for
 
 SSE_COMMIT_SECONDS = 15.0
 """A silent call commits to SSE after this long, then pings this often (as the SDK does)."""
@@ -170,6 +170,8 @@ class Express:
                     await emit({"progressToken": call.progress_token, **progress})
 
         async def op(wire: Wire) -> mcp_types.CallToolResult:
+            if wire.sessions is not None:
+                return await self._in_session(wire, info, target, call, meta.get("progressToken"), relay)
             meta[PROTOCOL_VERSION_META_KEY] = wire.protocol_version
             params = {"name": target.name, "arguments": call.arguments, "_meta": meta}
             message = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
@@ -182,6 +184,33 @@ class Express:
             )
 
         return await self.handlers.wire_upstream(info, target, op)
+
+    async def _in_session(
+        self,
+        wire: Wire,
+        info: RequestInfo,
+        target: Target,
+        call: ExpressCall,
+        token: str | None,
+        relay: ProgressSink | None,
+    ) -> mcp_types.CallToolResult:
+        """The call in a pooled session of a session-based upstream (``upstream_sessions``).
+
+        A session the upstream forgot (404) is replaced once: the call never ran in it.
+        """
+        params: dict[str, Any] = {"name": target.name, "arguments": call.arguments}
+        if token is not None:
+            params["_meta"] = {"progressToken": token}
+        for _ in range(2):
+            try:
+                async with session_for(wire, info.caller.id, self.client_info) as session:
+                    request_id = next(session.ids)
+                    message = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+                    raw = await exchange(wire, message, {"content-type": "application/json"}, relay, session)
+            except SessionGone:
+                continue  # session_for left it out of the idle ones
+            return _parsed_result(raw, session.protocol_version, target.name)
+        raise MCPError(mcp_types.INVALID_REQUEST, "Session terminated")
 
     def _finished(self, result: mcp_types.CallToolResult, version: str) -> dict[str, Any]:
         """The result as the SDK's server would put it on the wire for a client at ``version``."""
@@ -222,6 +251,8 @@ def _param_headers_mismatch(tool: mcp_types.Tool, arguments: dict[str, Any], sco
 
 def _parsed_result(raw: dict[str, Any], version: str, name: str) -> mcp_types.CallToolResult:
     """The upstream's result, validated as the SDK's client validates it (``forward_call``)."""
+    if not (foreign := _later_revision_fields("tools/call", version)).isdisjoint(raw):
+        raw = {key: value for key, value in raw.items() if key not in foreign}
     try:
         _methods.validate_server_result("tools/call", version, raw)
         return mcp_types.CallToolResult.model_validate(raw, by_name=False)

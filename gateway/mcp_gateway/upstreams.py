@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -41,13 +40,16 @@ import httpx2
 import mcp.types as mcp_types
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from gateway.mcp_gateway.breaker import CircuitBreaker, CircuitOpen
 from gateway.mcp_gateway.errors import UpstreamTimeout, UpstreamUnavailable, describe, leaf
 from gateway.mcp_gateway.settings import McpGatewaySettings
 from gateway.mcp_gateway.sizing import ABANDON_TIMEOUT, LimitedTransport, PerRequestLimit, SizeWatch, abandon
 from gateway.mcp_gateway.stdio_supervisor import StdioCommand, StdioSupervisor
+from gateway.mcp_gateway.upstream_sessions import IDLE_SECONDS, UpstreamSessions
 from gateway.mcp_gateway.watcher import HttpWatcher, MessageHandler, is_modern
+from gateway.mcp_gateway.wire import Wire, close_session
 from gateway.store.base import Body
 
 log = logging.getLogger("tether.mcp_gateway")
@@ -82,21 +84,6 @@ class Upstream(Protocol):
     def snapshot(self) -> dict[str, Any]: ...
 
 
-@dataclass(frozen=True)
-class Wire:
-    """What the express lane needs to speak to an HTTP upstream itself: a client whose
-    responses are size-limited, the URL, and the era the upstream was discovered to speak."""
-
-    http: httpx2.AsyncClient
-    """The upstream's long-lived client for the express lane (requests carry ``watch``)."""
-    url: str
-    protocol_version: str
-    headers: dict[str, str]
-    """The last hop's credential headers."""
-    timeout: float
-    watch: SizeWatch
-
-
 class _Unclosable(httpx2.AsyncBaseTransport):
     """Lets many short-lived HTTP clients share one connection pool without closing it."""
 
@@ -128,6 +115,9 @@ class HttpUpstream:
         self._transport = supplied or httpx2.AsyncHTTPTransport()
         self._watch_headers = watch_headers
         self._modern: tuple[str, mcp_types.DiscoverResult] | None = None
+        self._handshake: str | None = None
+        """The version a session-based upstream negotiated, once a use has seen it."""
+        self.sessions = UpstreamSessions()
         self._wire_client: httpx2.AsyncClient | None = None
         self.watcher = HttpWatcher(self.name, self._watch_session, on_change, breaker.record_success)
 
@@ -157,6 +147,8 @@ class HttpUpstream:
             async with client:
                 if known is None and is_modern(client) and client.session.discover_result is not None:
                     self._modern = (client.protocol_version, client.session.discover_result)
+                elif known is None and client.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS:
+                    self._handshake = client.protocol_version
                 try:
                     yield client
                 except anyio.get_cancelled_exc_class():
@@ -165,16 +157,18 @@ class HttpUpstream:
                     raise
 
     @property
-    def modern_version(self) -> str | None:
-        return self._modern[0] if self._modern is not None else None
+    def wire_version(self) -> str | None:
+        """The version the upstream was discovered to speak, of either era; None until known."""
+        return self._modern[0] if self._modern is not None else self._handshake
 
     @asynccontextmanager
     async def wire(self, headers: dict[str, str], timeout: float, watch: SizeWatch) -> AsyncIterator[Wire]:
-        """A use of the upstream without the SDK's client (the express lane), 2026-07-28 only.
+        """A use of the upstream without the SDK's client (the express lane).
 
-        Cancelling it closes the POST's stream, which is how that era cancels a request.
+        Cancelling it closes the POST's stream, which is how 2026-07-28 cancels a request;
+        a session-based upstream is also sent ``notifications/cancelled`` (``wire``).
         """
-        version = self.modern_version
+        version = self.wire_version
         if version is None:
             raise UpstreamUnavailable("its protocol era is not known yet")
         if self._wire_client is None:
@@ -182,7 +176,8 @@ class HttpUpstream:
             # brings its use's size watch.
             transport = PerRequestLimit(_Unclosable(self._transport))
             self._wire_client = httpx2.AsyncClient(transport=transport, timeout=None)
-        yield Wire(self._wire_client, self.url, version, headers, timeout + 5.0, watch)
+        sessions = None if self._modern is not None else self.sessions
+        yield Wire(self._wire_client, self.url, version, headers, timeout + 5.0, watch, sessions)
 
     @asynccontextmanager
     async def _watch_session(self, handler: MessageHandler) -> AsyncIterator[Client]:
@@ -193,14 +188,29 @@ class HttpUpstream:
                 yield client
 
     def failed(self) -> None:
-        """After a failure the server may have been replaced: discover its protocol again."""
+        """After a failure the server may have been replaced: discover its protocol again,
+        and open new sessions (the old ones are dropped unclosed: they may be dead)."""
         self._modern = None
+        self._handshake = None
+        self.sessions.drain()
 
     async def run(self) -> None:
-        await self.watcher.run()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._close_idle_sessions)
+            await self.watcher.run()
+
+    async def _close_idle_sessions(self) -> None:
+        while True:
+            await anyio.sleep(IDLE_SECONDS / 4)
+            for session in self.sessions.expired():
+                if self._wire_client is not None:
+                    await close_session(self._wire_client, self.url, session)
 
     async def aclose(self) -> None:
         if self._wire_client is not None:
+            with anyio.move_on_after(STOP_TIMEOUT / 3):
+                for session in self.sessions.drain():
+                    await close_session(self._wire_client, self.url, session)
             await self._wire_client.aclose()
         if self._owned:
             await self._transport.aclose()
@@ -342,9 +352,9 @@ class UpstreamPool:
         )
 
     def wire_version(self, name: str) -> str | None:
-        """The 2026-07-28 era version an HTTP upstream was discovered to speak, if it was."""
+        """The version an HTTP upstream was discovered to speak (either era), if it was."""
         upstream = self._upstreams.get(name)
-        return upstream.modern_version if isinstance(upstream, HttpUpstream) else None
+        return upstream.wire_version if isinstance(upstream, HttpUpstream) else None
 
     def _upstream(self, name: str) -> Upstream:
         upstream = self._upstreams.get(name)

@@ -37,7 +37,8 @@ from gateway.mcp_gateway.notifications import Broadcaster, SessionTracker
 from gateway.mcp_gateway.registry import Registry
 from gateway.mcp_gateway.sizing import MessageTooLarge
 from gateway.mcp_gateway.tool_calls import Request, ResultShape, ToolCalls, too_large_error
-from gateway.mcp_gateway.upstreams import UpstreamPool, Wire
+from gateway.mcp_gateway.upstreams import UpstreamPool
+from gateway.mcp_gateway.wire import Wire
 
 T = TypeVar("T")
 Ctx = ServerRequestContext[Any, Any]

@@ -18,16 +18,26 @@ its response. The answer is read by the rules of the SDK's streamable HTTP trans
 
 Everything goes through the upstream's size-limited transport (``sizing``), so the
 message limit and the 413 rule apply exactly as on the SDK path.
+
+A session-based (2025-11-25) upstream is spoken to in a session (``session_for``) taken
+from its idle ones (``upstream_sessions``) or opened (``initialize``, then
+``notifications/initialized``). A cancelled call sends ``notifications/cancelled`` and
+keeps the session; a 404 means the upstream forgot the session (``SessionGone``: the call
+did not run there); a transport failure drops it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx2
 from mcp import MCPError
+from mcp.client.streamable_http import DEFAULT_RECONNECTION_DELAY_MS, LAST_EVENT_ID, MAX_RECONNECTION_ATTEMPTS
 from mcp.shared._httpx_utils import redirect_location, stream_within_origin
 from mcp.shared.inbound import (
     MCP_METHOD_HEADER,
@@ -47,11 +57,39 @@ from mcp_types import (
     JSONRPCResponse,
 )
 from mcp_types.jsonrpc import jsonrpc_message_adapter
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 from pydantic import ValidationError
 
-from gateway.mcp_gateway.sizing import WATCH_EXTENSION
-from gateway.mcp_gateway.upstreams import Wire
+from gateway.mcp_gateway.sizing import ABANDON_TIMEOUT, WATCH_EXTENSION, SizeWatch
+from gateway.mcp_gateway.upstream_sessions import UpstreamSession, UpstreamSessions, owner_of
 
+UNREACHABLE = frozenset({CONNECTION_CLOSED})
+
+
+@dataclass(frozen=True)
+class Wire:
+    """What the express lane needs to speak to an HTTP upstream itself, for one use."""
+
+    http: httpx2.AsyncClient
+    """The upstream's long-lived client for the express lane (requests carry ``watch``)."""
+    url: str
+    protocol_version: str
+    """The version it was discovered to speak (2026-07-28, or a session's era)."""
+    headers: dict[str, str]
+    """The last hop's credential headers."""
+    timeout: float
+    watch: SizeWatch
+    sessions: UpstreamSessions | None
+    """Its idle sessions, for a session-based upstream; None for a 2026-07-28 one."""
+
+
+class SessionGone(Exception):
+    """The upstream answered 404 to a request in a session: it no longer knows the session."""
+
+
+Resume = Callable[[str], AbstractAsyncContextManager[httpx2.Response]]
+"""Opens the GET that resumes a request's SSE stream after the given event id."""
+SSE = "text/event-stream"
 ProgressSink = Callable[[dict[str, Any]], Awaitable[None]]
 """Receives the ``params`` of each ``notifications/progress`` on the request's stream."""
 ACCEPT = "application/json, text/event-stream"
@@ -72,10 +110,10 @@ def request_headers(message: dict[str, Any], protocol_version: str) -> dict[str,
     return headers
 
 
-async def exchange(
-    wire: Wire, message: dict[str, Any], headers: dict[str, str], on_progress: ProgressSink | None = None
-) -> dict[str, Any]:
-    """POST ``message`` (a request) and return its raw ``result``; an error answer raises ``MCPError``."""
+@asynccontextmanager
+async def _post(
+    wire: Wire, message: dict[str, Any], headers: dict[str, str]
+) -> AsyncIterator[httpx2.Response]:
     body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
     async with stream_within_origin(
         wire.http,
@@ -86,14 +124,141 @@ async def exchange(
         timeout=httpx2.Timeout(wire.timeout, connect=10.0),
         extensions={WATCH_EXTENSION: wire.watch},
     ) as response:
-        reply = await _answer(response, message["id"], on_progress)
+        yield response
+
+
+async def exchange(
+    wire: Wire,
+    message: dict[str, Any],
+    headers: dict[str, str],
+    on_progress: ProgressSink | None = None,
+    session: UpstreamSession | None = None,
+) -> dict[str, Any]:
+    """POST ``message`` (a request) and return its raw ``result``; an error answer raises ``MCPError``."""
+    if session is not None:
+        headers = {**headers, **session_headers(session)}
+        session.in_flight = message["id"]
+    async with _post(wire, message, headers) as response:
+        if session is not None and response.status_code == 404:
+            raise SessionGone
+        reply = await _answer(response, message["id"], on_progress, _resume(wire, headers))
+    if session is not None:
+        session.in_flight = None
     if isinstance(reply, JSONRPCError):
         raise MCPError.from_error_data(reply.error)
     return reply.result
 
 
+def _resume(wire: Wire, headers: dict[str, str]) -> Resume:
+    """GETs that resume a request's stream from an event id (``Last-Event-ID``)."""
+    kept = {k: v for k, v in headers.items() if k.lower() in (SESSION_HEADER, MCP_PROTOCOL_VERSION_HEADER)}
+
+    def resume(last_id: str) -> AbstractAsyncContextManager[httpx2.Response]:
+        return stream_within_origin(
+            wire.http,
+            "GET",
+            wire.url,
+            headers={**wire.headers, **kept, "accept": SSE, LAST_EVENT_ID: last_id},
+            timeout=httpx2.Timeout(wire.timeout, connect=10.0),
+            extensions={WATCH_EXTENSION: wire.watch},
+        )
+
+    return resume
+
+
+def session_headers(session: UpstreamSession) -> dict[str, str]:
+    headers = {MCP_PROTOCOL_VERSION_HEADER: session.protocol_version, "accept": ACCEPT}
+    if session.session_id is not None:
+        headers[SESSION_HEADER] = session.session_id
+    return headers
+
+
+@asynccontextmanager
+async def session_for(
+    wire: Wire, caller_id: str, client_info: dict[str, Any]
+) -> AsyncIterator[UpstreamSession]:
+    """A session of this caller and credential with a session-based upstream, for one call.
+
+    It goes back to the idle ones when the call ends, answered or refused or cancelled (the
+    upstream is told of a cancelled request); not when the session is gone or the
+    connection failed.
+    """
+    sessions = wire.sessions
+    assert sessions is not None, "a 2026-07-28 upstream has no sessions"
+    owner = owner_of(caller_id, wire.headers)
+    session = sessions.take(owner) or await _open(wire, client_info, owner)
+    try:
+        yield session
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True), anyio.move_on_after(ABANDON_TIMEOUT):
+            if session.in_flight is not None:
+                await _cancel(wire, session, session.in_flight)
+            await _keep(wire, sessions, session)
+        raise
+    except MCPError as exc:
+        if exc.code not in UNREACHABLE:
+            await _keep(wire, sessions, session)
+        raise
+    else:
+        await _keep(wire, sessions, session)
+
+
+async def _keep(wire: Wire, sessions: UpstreamSessions, session: UpstreamSession) -> None:
+    session.in_flight = None
+    for surplus in sessions.give_back(session):
+        await close_session(wire.http, wire.url, surplus)
+
+
+async def _open(wire: Wire, client_info: dict[str, Any], owner: tuple[str, str]) -> UpstreamSession:
+    params = {"protocolVersion": LATEST_HANDSHAKE_VERSION, "capabilities": {}, "clientInfo": client_info}
+    message = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}
+    async with _post(wire, message, {"accept": ACCEPT, "content-type": "application/json"}) as response:
+        reply = await _answer(response, 0, None)
+        session_id = response.headers.get(SESSION_HEADER)
+    if isinstance(reply, JSONRPCError):
+        raise MCPError.from_error_data(reply.error)
+    version = reply.result.get("protocolVersion")
+    if version not in HANDSHAKE_PROTOCOL_VERSIONS:
+        raise MCPError(
+            INTERNAL_ERROR, f"the server negotiated protocol version {version!r}, which is not served"
+        )
+    session = UpstreamSession(session_id, version, owner, dict(wire.headers))
+    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    await _notify(wire, session, initialized)
+    return session
+
+
+async def _notify(wire: Wire, session: UpstreamSession, message: dict[str, Any]) -> None:
+    headers = {**session_headers(session), "content-type": "application/json"}
+    async with _post(wire, message, headers) as response:
+        await response.aread()
+    if response.status_code >= 400:
+        raise MCPError(INTERNAL_ERROR, f"Server refused {message['method']} with HTTP {response.status_code}")
+
+
+async def _cancel(wire: Wire, session: UpstreamSession, request_id: Any) -> None:
+    params = {"requestId": request_id, "reason": "the caller cancelled"}
+    try:
+        await _notify(
+            wire, session, {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params}
+        )
+    except (MCPError, httpx2.HTTPError):
+        pass  # a courtesy: the session is kept either way
+
+
+async def close_session(http: httpx2.AsyncClient, url: str, session: UpstreamSession) -> None:
+    """End a session the gateway no longer keeps (a best-effort DELETE, bounded)."""
+    if session.session_id is None:
+        return
+    with anyio.CancelScope(shield=True), anyio.move_on_after(ABANDON_TIMEOUT):
+        try:
+            await http.delete(url, headers={**session.headers, **session_headers(session)})
+        except httpx2.HTTPError:
+            pass
+
+
 async def _answer(
-    response: httpx2.Response, request_id: Any, on_progress: ProgressSink | None
+    response: httpx2.Response, request_id: Any, on_progress: ProgressSink | None, resume: Resume | None = None
 ) -> JSONRPCResponse | JSONRPCError:
     status = response.status_code
     if status == 202:
@@ -123,29 +288,71 @@ async def _answer(
         if isinstance(answer, JSONRPCResponse | JSONRPCError) and answer.id == request_id:
             return answer
         raise MCPError(CONNECTION_CLOSED, "the server's JSON answer is not a response to the request")
-    if content_type.startswith("text/event-stream"):
-        return await _from_events(response, request_id, on_progress)
+    if content_type.startswith(SSE):
+        return await _from_events(response, request_id, on_progress, resume)
     raise MCPError(INVALID_REQUEST, f"Unexpected content type: {content_type}")
 
 
+@dataclass
+class _Resumable:
+    """What the events so far say about resuming the stream (the SDK's reconnection rules)."""
+
+    last_id: str | None = None
+    retry_ms: int | None = None
+
+
 async def _from_events(
-    response: httpx2.Response, request_id: Any, on_progress: ProgressSink | None
+    response: httpx2.Response, request_id: Any, on_progress: ProgressSink | None, resume: Resume | None
 ) -> JSONRPCResponse | JSONRPCError:
+    """The answer on an SSE stream; a stream that ends with event ids is resumed over GETs."""
+    stream = _Resumable()
     try:
-        async for event in httpx2.EventSource(response, max_event_size=None):
-            if event.event != "message" or not event.data:
-                continue
-            message = _event_message(event.data)
-            if isinstance(message, JSONRPCResponse | JSONRPCError):
-                return message.model_copy(update={"id": request_id})
-            if isinstance(message, JSONRPCNotification) and message.method == "notifications/progress":
-                if on_progress is not None and isinstance(message.params, dict):
-                    await on_progress(message.params)
+        answer = await _read_events(response, request_id, on_progress, stream)
     except httpx2.SSEError as exc:
         raise MCPError(CONNECTION_CLOSED, f"SSE stream failed: {exc}") from None
     except httpx2.TransportError:
-        pass  # a broken stream: no answer, as below
-    raise MCPError(CONNECTION_CLOSED, "SSE stream ended without a response")
+        answer = None  # a broken stream: resumable as one that ended
+    attempt = 0
+    while answer is None:
+        if stream.last_id is None or resume is None:
+            raise MCPError(CONNECTION_CLOSED, "SSE stream ended without a response")
+        if attempt >= MAX_RECONNECTION_ATTEMPTS:
+            raise MCPError(CONNECTION_CLOSED, "SSE stream ended and reconnection attempts were exhausted")
+        delay = stream.retry_ms if stream.retry_ms is not None else DEFAULT_RECONNECTION_DELAY_MS
+        await anyio.sleep(delay / 1000)
+        is_sse = False
+        try:
+            async with resume(stream.last_id) as resumed:
+                resumed.raise_for_status()
+                is_sse = resumed.headers.get("content-type", "").partition(";")[0].strip().lower() == SSE
+                answer = await _read_events(resumed, request_id, on_progress, stream)
+                attempt = 0  # reconnected: a stream that ends again starts counting afresh
+        except httpx2.SSEError as exc:
+            if is_sse:
+                raise MCPError(CONNECTION_CLOSED, f"SSE stream failed: {exc}") from None
+            attempt += 1
+        except httpx2.HTTPError:
+            attempt += 1
+    return answer
+
+
+async def _read_events(
+    response: httpx2.Response, request_id: Any, on_progress: ProgressSink | None, stream: _Resumable
+) -> JSONRPCResponse | JSONRPCError | None:
+    async for event in httpx2.EventSource(response, max_event_size=None):
+        if event.id:
+            stream.last_id = event.id
+        if event.retry is not None:
+            stream.retry_ms = event.retry
+        if event.event != "message" or not event.data:
+            continue
+        message = _event_message(event.data)
+        if isinstance(message, JSONRPCResponse | JSONRPCError):
+            return message.model_copy(update={"id": request_id})
+        if isinstance(message, JSONRPCNotification) and message.method == "notifications/progress":
+            if on_progress is not None and isinstance(message.params, dict):
+                await on_progress(message.params)
+    return None
 
 
 def _event_message(data: str) -> JSONRPCMessage:

@@ -1,0 +1,132 @@
+"""Pooled sessions with a session-based upstream (the express lane's per-caller mode).
+
+A 2026-07-28 client calling through the gateway a tool of ``old`` (a 2025-11-25-only
+server) gets an upstream session that its later calls reuse, never one another caller
+uses; a session the upstream forgot is replaced without failing the call; sessions end
+when the gateway stops. ``seen_header`` answers with the session id the upstream saw.
+``UpstreamSessions`` keeps the books, tested on its own with a given clock.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from gateway.mcp_gateway import upstream_sessions
+from gateway.mcp_gateway.upstream_sessions import UpstreamSession, UpstreamSessions, owner_of
+from tests.support.mcp_gateway_stack import GatewayStack, start_gateway, start_upstream, text_of
+from tests.support.mcp_gateway_stack import upstream_sessions as held
+from tests.support.processes import ServerProcess
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def old() -> Iterator[ServerProcess]:
+    server = start_upstream("old", legacy_only=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _watching(old: ServerProcess) -> set[str]:
+    """The session the gateway's watcher holds to follow list changes (not a call's)."""
+    deadline = time.monotonic() + 30
+    while not (sessions := held(old)):
+        assert time.monotonic() < deadline, "the gateway's watcher never connected"
+        time.sleep(0.05)
+    return sessions
+
+
+@pytest.fixture
+def stack(tmp_path: Path, old: ServerProcess) -> Iterator[GatewayStack]:
+    api_key = "mcpsessions-" + secrets.token_hex(12)
+    gateway = start_gateway(tmp_path / "gw", api_key)
+    stack = GatewayStack(gateway, api_key, {"old": old})
+    try:
+        stack.register_url("old", old)
+        stack.post("/v1/mcp_virtual_servers", {"name": "old", "servers": [{"server": "old"}]})
+        yield stack
+    finally:
+        gateway.stop()
+
+
+async def _session_seen(stack: GatewayStack, headers: dict[str, str] | None = None) -> str:
+    async with stack.connect("old", "auto", headers=headers) as client:
+        return text_of(await client.call_tool("seen_header", {"name": "mcp-session-id"}))
+
+
+async def test_a_callers_calls_share_one_upstream_session_and_callers_never_share(
+    stack: GatewayStack, old: ServerProcess
+) -> None:
+    watcher = _watching(old)
+    first = await _session_seen(stack)
+    assert first and first in held(old)
+    assert [await _session_seen(stack) for _ in range(5)] == [first] * 5
+    other = {"authorization": f"Bearer {stack.token('someone-else', 'old')}"}
+    theirs = await _session_seen(stack, other)
+    assert theirs and theirs != first
+    assert await _session_seen(stack, other) == theirs
+    assert held(old) - watcher == {first, theirs}  # two callers, two sessions: none per call
+
+
+async def test_a_session_the_upstream_forgot_is_replaced_without_failing_the_call(
+    stack: GatewayStack, old: ServerProcess
+) -> None:
+    watcher = _watching(old)
+    first = await _session_seen(stack)
+    ended = httpx2.delete(
+        old.url + "/mcp", headers={"mcp-session-id": first, "mcp-protocol-version": "2025-11-25"}, timeout=10
+    )
+    assert ended.status_code < 300 and first not in held(old)
+    second = await _session_seen(stack)  # the upstream answers 404 for `first`: a new one, same call
+    assert second and second != first and held(old) - watcher == {second}
+    audit = stack.get("/v1/mcp_audit?virtual_server=old&limit=100")["data"]
+    assert [record["outcome"] for record in audit] == ["ok", "ok"]
+
+
+async def test_stopping_the_gateway_ends_its_upstream_sessions(
+    stack: GatewayStack, old: ServerProcess
+) -> None:
+    watcher = _watching(old)
+    await _session_seen(stack)
+    await _session_seen(stack, {"authorization": f"Bearer {stack.token('another', 'old')}"})
+    assert len(held(old) - watcher) == 2
+    stack.gateway.stop()  # SIGTERM: a graceful stop closes what the pool kept
+    assert held(old) - watcher == set()
+
+
+def _session(owner: tuple[str, str], name: str) -> UpstreamSession:
+    return UpstreamSession(name, "2025-11-25", owner, {})
+
+
+def test_the_books_keep_each_owners_sessions_apart_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    books = UpstreamSessions(clock=lambda: now[0])
+    alice, bob = owner_of("alice", {"authorization": "Bearer a"}), owner_of("bob", {})
+    assert owner_of("alice", {"Authorization": "Bearer b"}) != alice  # another credential, another owner
+    assert books.take(alice) is None
+    sessions = [_session(alice, f"a{i}") for i in range(upstream_sessions.PER_OWNER + 2)]
+    closed = [s for session in sessions for s in books.give_back(session)]
+    assert [s.session_id for s in closed] == ["a0", "a1"]  # beyond PER_OWNER, the longest idle go
+    assert books.take(bob) is None
+    assert books.take(alice) is sessions[-1]  # the most recently used first
+    books.give_back(_session(bob, "b0"))
+    now[0] += upstream_sessions.IDLE_SECONDS
+    assert {s.session_id for s in books.expired()} == {"a2", "a3", "a4", "b0"}
+    assert books.count() == 0 and books.take(alice) is None
+
+
+def test_the_books_bound_every_owner_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(upstream_sessions, "MAX_IDLE", 3)
+    clock = iter(range(100))
+    books = UpstreamSessions(clock=lambda: float(next(clock)))
+    closed = [s for i in range(5) for s in books.give_back(_session((f"caller{i}", ""), f"s{i}"))]
+    assert [s.session_id for s in closed] == ["s0", "s1"] and books.count() == 3
+    assert {s.session_id for s in books.drain()} == {"s2", "s3", "s4"} and books.count() == 0
