@@ -106,27 +106,43 @@ def _session(owner: tuple[str, str], name: str) -> UpstreamSession:
     return UpstreamSession(name, "2025-11-25", owner, {})
 
 
-def test_the_books_keep_each_owners_sessions_apart_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_books_keep_each_owners_sessions_apart_and_bounded() -> None:
     now = [100.0]
     books = UpstreamSessions(clock=lambda: now[0])
     alice, bob = owner_of("alice", {"authorization": "Bearer a"}), owner_of("bob", {})
     assert owner_of("alice", {"Authorization": "Bearer b"}) != alice  # another credential, another owner
     assert books.take(alice) is None
     sessions = [_session(alice, f"a{i}") for i in range(upstream_sessions.PER_OWNER + 2)]
-    closed = [s for session in sessions for s in books.give_back(session)]
-    assert [s.session_id for s in closed] == ["a0", "a1"]  # beyond PER_OWNER, the longest idle go
+    for session in sessions:
+        books.opened(session)
+        books.give_back(session)
+    assert [s.session_id for s in books.to_close()] == ["a0", "a1"]  # beyond PER_OWNER, the longest idle
     assert books.take(bob) is None
     assert books.take(alice) is sessions[-1]  # the most recently used first
-    books.give_back(_session(bob, "b0"))
+    bobs = _session(bob, "b0")
+    books.opened(bobs)
+    books.give_back(bobs)
     now[0] += upstream_sessions.IDLE_SECONDS
-    assert {s.session_id for s in books.expired()} == {"a2", "a3", "a4", "b0"}
+    books.expire()
+    assert {s.session_id for s in books.to_close()} == {"a2", "a3", "a4", "b0"}
     assert books.count() == 0 and books.take(alice) is None
+    # The one still in use (a5) is closed with the books, and its late return ignored.
+    assert [s.session_id for s in books.close_all()] == ["a5"]
+    books.give_back(sessions[-1])
+    assert books.count() == 0 and books.to_close() == []
 
 
 def test_the_books_bound_every_owner_together(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(upstream_sessions, "MAX_IDLE", 3)
     clock = iter(range(100))
     books = UpstreamSessions(clock=lambda: float(next(clock)))
-    closed = [s for i in range(5) for s in books.give_back(_session((f"caller{i}", ""), f"s{i}"))]
-    assert [s.session_id for s in closed] == ["s0", "s1"] and books.count() == 3
-    assert {s.session_id for s in books.drain()} == {"s2", "s3", "s4"} and books.count() == 0
+    for i in range(5):
+        session = _session((f"caller{i}", ""), f"s{i}")
+        books.opened(session)
+        books.give_back(session)
+    assert [s.session_id for s in books.to_close()] == ["s0", "s1"] and books.count() == 3
+    failed = _session(("caller9", ""), "s9")
+    books.opened(failed)
+    books.discard(failed)  # a failure during its call
+    books.drain()  # the upstream failed: every idle one goes too
+    assert {s.session_id for s in books.to_close()} == {"s2", "s3", "s4", "s9"} and books.count() == 0

@@ -140,6 +140,16 @@ async def test_ids_are_unique(store: Store) -> None:
         await store.insert("session", resource("sesn_1"))
 
 
+async def test_insert_many_writes_all_or_none(store: Store) -> None:
+    bodies = [resource(f"rec_{i}", n=i) for i in range(5)]
+    await store.insert_many("mcp_audit", bodies)
+    assert [await store.get("mcp_audit", f"rec_{i}") for i in range(5)] == bodies
+    with pytest.raises(DUPLICATE_KEY):
+        await store.insert_many("mcp_audit", [resource("rec_new"), resource("rec_3")])  # rec_3 exists
+    assert await store.get("mcp_audit", "rec_new") is None  # the batch failed as a whole
+    await store.insert_many("mcp_audit", [])
+
+
 async def test_concurrent_updates_lose_nothing(store: Store) -> None:
     await store.insert("environment", resource("env_1", count=0))
 

@@ -20,6 +20,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
 from gateway import ids
 from gateway.mcp_gateway.access import Caller
 from gateway.store.base import Body, Page, Store
@@ -52,9 +54,24 @@ class CallRecord:
     protocol_version: str | None = None
 
 
+@dataclass
+class _Queued:
+    body: Body
+    committed: bool = False
+    """Written, or given up on (a failed batch is logged, never retried)."""
+
+
 class AuditLog:
+    """Records are written before the call's answer is sent, and calls in flight together
+    share one commit: whoever finds no batch being written writes every record queued so
+    far with ``Store.insert_many`` (one transaction, one fsync) and returns; records queued
+    meanwhile wait for that batch to end, then one of them writes the next."""
+
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._queued: list[_Queued] = []
+        self._writing = False
+        self._batch_done = anyio.Event()
 
     async def record(self, call: CallRecord) -> Body:
         body: Body = {
@@ -73,12 +90,35 @@ class AuditLog:
             "latency_ms": round(call.latency_ms, 3),
             "protocol_version": call.protocol_version,
         }
-        try:
-            await self.store.insert(KIND, body)
-        except Exception:
-            # The call already happened; losing its record must be loud, never silent.
-            log.exception("could not store the MCP audit record %s", body["id"])
+        # Shielded: a caller that goes away still leaves its record (and writes the batch it leads).
+        with anyio.CancelScope(shield=True):
+            await self._write(_Queued(body))
         return body
+
+    async def _write(self, entry: _Queued) -> None:
+        """Wait until ``entry`` is committed, writing a batch if no one else is writing."""
+        self._queued.append(entry)
+        while not entry.committed:
+            if self._writing:
+                await self._batch_done.wait()
+                continue
+            self._writing = True
+            batch, self._queued = self._queued, []
+            try:
+                await self._commit([queued.body for queued in batch])
+            finally:
+                for queued in batch:
+                    queued.committed = True
+                self._writing = False
+                done, self._batch_done = self._batch_done, anyio.Event()
+                done.set()  # the writer of the next batch comes from those still waiting
+
+    async def _commit(self, bodies: list[Body]) -> None:
+        try:
+            await self.store.insert_many(KIND, bodies)
+        except Exception:
+            # The calls already happened; losing their records must be loud, never silent.
+            log.exception("could not store the MCP audit records %s", ", ".join(b["id"] for b in bodies))
 
     async def query(self, filters: dict[str, str], cursor: int | None, limit: int) -> Page:
         return await self.store.list_resources(

@@ -196,14 +196,15 @@ class Express:
     ) -> mcp_types.CallToolResult:
         """The call in a pooled session of a session-based upstream (``upstream_sessions``).
 
-        A session the upstream forgot (404) is replaced once: the call never ran in it.
+        A session the upstream forgot (404) is replaced once, by a new one (the caller's other
+        idle sessions may be forgotten too): the call never ran in the forgotten one.
         """
         params: dict[str, Any] = {"name": target.name, "arguments": call.arguments}
         if token is not None:
             params["_meta"] = {"progressToken": token}
-        for _ in range(2):
+        for fresh in (False, True):
             try:
-                async with session_for(wire, info.caller.id, self.client_info) as session:
+                async with session_for(wire, info.caller.id, self.client_info, fresh) as session:
                     request_id = next(session.ids)
                     message = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
                     raw = await exchange(wire, message, {"content-type": "application/json"}, relay, session)

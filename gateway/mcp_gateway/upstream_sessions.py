@@ -9,9 +9,9 @@ at a time. Whatever per-session state the upstream keeps is thus seen only by ca
 same caller, as if that caller had connected to the upstream itself and kept its session;
 two callers never share one.
 
-This module only keeps the books; ``wire`` opens, uses and closes the sessions. At most
-``PER_OWNER`` idle sessions per owner and ``MAX_IDLE`` per upstream are kept, and one idle
-for ``IDLE_SECONDS`` is handed back for closing.
+This module only keeps the books; ``wire`` opens and uses the sessions and the upstream's
+closer task ends them. At most ``PER_OWNER`` idle sessions per owner and ``MAX_IDLE`` per
+upstream are kept, and one idle for ``IDLE_SECONDS`` is closed.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import anyio
 
 Owner = tuple[str, str]
 """(caller id, digest of the last-hop credential headers)."""
@@ -50,9 +52,20 @@ class UpstreamSession:
 
 
 class UpstreamSessions:
+    """Idle sessions by owner, the ones in use, and the ones waiting to be closed.
+
+    Nothing here does I/O: sessions to end (surplus, expired, dropped after a failure,
+    replaced) are queued for ``to_close``, which the upstream's closer task empties with a
+    DELETE each, so no call waits for another session's DELETE and none is forgotten.
+    """
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._idle: dict[Owner, list[UpstreamSession]] = {}
+        self._in_use: set[UpstreamSession] = set()
+        self._closing: list[UpstreamSession] = []
+        self._wakeup: anyio.Event | None = None
+        self.closed = False
 
     def take(self, owner: Owner) -> UpstreamSession | None:
         """The owner's most recently used idle session, now in use; None if it has none."""
@@ -62,37 +75,84 @@ class UpstreamSessions:
         session = idle.pop()
         if not idle:
             del self._idle[owner]
+        self._in_use.add(session)
         return session
 
-    def give_back(self, session: UpstreamSession) -> list[UpstreamSession]:
-        """Keep ``session`` for its owner's next call; returns the sessions to close instead."""
+    def opened(self, session: UpstreamSession) -> None:
+        """A session just opened for a call, now in use."""
+        self._in_use.add(session)
+
+    def give_back(self, session: UpstreamSession) -> None:
+        """Keep ``session`` for its owner's next call (closing the longest idle beyond the bounds)."""
+        if not self._release(session):
+            return
         session.idle_since = self._clock()
         idle = self._idle.setdefault(session.owner, [])
         idle.append(session)
-        surplus = idle[:-PER_OWNER] if len(idle) > PER_OWNER else []
-        del idle[: len(surplus)]
-        if sum(len(sessions) for sessions in self._idle.values()) > MAX_IDLE:
+        while len(idle) > PER_OWNER:
+            self._close(idle.pop(0))
+        if self.count() > MAX_IDLE:
             oldest = min(self._all(), key=lambda s: s.idle_since)
-            surplus.append(oldest)
             self._forget(oldest)
-        return surplus
+            self._close(oldest)
 
-    def expired(self) -> list[UpstreamSession]:
-        """Sessions idle for ``IDLE_SECONDS`` or more, no longer kept."""
+    def discard(self, session: UpstreamSession) -> None:
+        """A session not to use again (a failure during its call): it will be closed."""
+        if self._release(session):
+            self._close(session)
+
+    def forget(self, session: UpstreamSession) -> None:
+        """A session the upstream no longer knows: nothing to close."""
+        self._release(session)
+
+    def expire(self) -> None:
+        """Queue for closing the sessions idle for ``IDLE_SECONDS`` or more."""
         cutoff = self._clock() - IDLE_SECONDS
-        stale = [session for session in self._all() if session.idle_since <= cutoff]
-        for session in stale:
+        for session in [session for session in self._all() if session.idle_since <= cutoff]:
             self._forget(session)
-        return stale
+            self._close(session)
 
-    def drain(self) -> list[UpstreamSession]:
-        """Every idle session, no longer kept (the upstream was replaced, or the gateway stops)."""
-        every = list(self._all())
+    def drain(self) -> None:
+        """Queue every idle session for closing (the upstream may have been replaced)."""
+        for session in list(self._all()):
+            self._close(session)
         self._idle.clear()
+
+    def to_close(self) -> list[UpstreamSession]:
+        """The sessions queued for closing, now the caller's to close."""
+        closing, self._closing = self._closing, []
+        return closing
+
+    def close_all(self) -> list[UpstreamSession]:
+        """Every session, idle, in use or queued, for a final close; later returns are ignored."""
+        self.closed = True
+        every = [*self._all(), *self._in_use, *self._closing]
+        self._idle.clear()
+        self._in_use.clear()
+        self._closing = []
         return every
 
+    async def wait_for_closing(self, timeout: float) -> None:
+        """Until a session is queued for closing, or ``timeout`` passes."""
+        if not self._closing:
+            self._wakeup = anyio.Event()
+            with anyio.move_on_after(timeout):
+                await self._wakeup.wait()
+            self._wakeup = None
+
     def count(self) -> int:
+        """Idle sessions kept."""
         return sum(len(sessions) for sessions in self._idle.values())
+
+    def _release(self, session: UpstreamSession) -> bool:
+        """Out of use; False once the books are closed (the session was closed with them)."""
+        self._in_use.discard(session)
+        return not self.closed
+
+    def _close(self, session: UpstreamSession) -> None:
+        self._closing.append(session)
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     def _all(self) -> Iterator[UpstreamSession]:
         for sessions in self._idle.values():

@@ -47,7 +47,7 @@ from gateway.mcp_gateway.errors import UpstreamTimeout, UpstreamUnavailable, des
 from gateway.mcp_gateway.settings import McpGatewaySettings
 from gateway.mcp_gateway.sizing import ABANDON_TIMEOUT, LimitedTransport, PerRequestLimit, SizeWatch, abandon
 from gateway.mcp_gateway.stdio_supervisor import StdioCommand, StdioSupervisor
-from gateway.mcp_gateway.upstream_sessions import IDLE_SECONDS, UpstreamSessions
+from gateway.mcp_gateway.upstream_sessions import IDLE_SECONDS, UpstreamSession, UpstreamSessions
 from gateway.mcp_gateway.watcher import HttpWatcher, MessageHandler, is_modern
 from gateway.mcp_gateway.wire import Wire, close_session
 from gateway.store.base import Body
@@ -189,34 +189,42 @@ class HttpUpstream:
 
     def failed(self) -> None:
         """After a failure the server may have been replaced: discover its protocol again,
-        and open new sessions (the old ones are dropped unclosed: they may be dead)."""
+        and open new sessions (the idle ones are queued for closing)."""
         self._modern = None
         self._handshake = None
         self.sessions.drain()
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(self._close_idle_sessions)
+            tasks.start_soon(self._close_sessions)
             await self.watcher.run()
 
-    async def _close_idle_sessions(self) -> None:
+    async def _close_sessions(self) -> None:
+        """Ends the sessions the books queue for closing: expired, surplus, dropped."""
         while True:
-            await anyio.sleep(IDLE_SECONDS / 4)
-            for session in self.sessions.expired():
-                if self._wire_client is not None:
-                    await close_session(self._wire_client, self.url, session)
+            await self.sessions.wait_for_closing(IDLE_SECONDS / 4)
+            self.sessions.expire()
+            closing = self.sessions.to_close()
+            if closing and self._wire_client is not None:
+                await _close_all(self._wire_client, self.url, closing)
 
     async def aclose(self) -> None:
         if self._wire_client is not None:
             with anyio.move_on_after(STOP_TIMEOUT / 3):
-                for session in self.sessions.drain():
-                    await close_session(self._wire_client, self.url, session)
+                await _close_all(self._wire_client, self.url, self.sessions.close_all())
             await self._wire_client.aclose()
         if self._owned:
             await self._transport.aclose()
 
     def snapshot(self) -> dict[str, Any]:
         return {"watch": self.watcher.snapshot()}
+
+
+async def _close_all(http: httpx2.AsyncClient, url: str, sessions: list[UpstreamSession]) -> None:
+    """DELETE the sessions side by side, each bounded."""
+    async with anyio.create_task_group() as tasks:
+        for session in sessions:
+            tasks.start_soon(close_session, http, url, session)
 
 
 class StdioUpstream:

@@ -175,41 +175,48 @@ def session_headers(session: UpstreamSession) -> dict[str, str]:
 
 @asynccontextmanager
 async def session_for(
-    wire: Wire, caller_id: str, client_info: dict[str, Any]
+    wire: Wire, caller_id: str, client_info: dict[str, Any], fresh: bool = False
 ) -> AsyncIterator[UpstreamSession]:
     """A session of this caller and credential with a session-based upstream, for one call.
 
-    It goes back to the idle ones when the call ends, answered or refused or cancelled (the
-    upstream is told of a cancelled request); not when the session is gone or the
-    connection failed.
+    An idle one unless ``fresh``. It goes back to the idle ones when the call ends,
+    answered or refused or cancelled (the upstream is told of a cancelled request); one
+    the upstream forgot is let go; after any other failure it is closed.
     """
     sessions = wire.sessions
     assert sessions is not None, "a 2026-07-28 upstream has no sessions"
     owner = owner_of(caller_id, wire.headers)
-    session = sessions.take(owner) or await _open(wire, client_info, owner)
+    session = None if fresh else sessions.take(owner)
+    if session is None:
+        session = await _open(wire, client_info, owner, sessions)
     try:
         yield session
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True), anyio.move_on_after(ABANDON_TIMEOUT):
             if session.in_flight is not None:
                 await _cancel(wire, session, session.in_flight)
-            await _keep(wire, sessions, session)
+        session.in_flight = None
+        sessions.give_back(session)
+        raise
+    except SessionGone:
+        sessions.forget(session)
         raise
     except MCPError as exc:
-        if exc.code not in UNREACHABLE:
-            await _keep(wire, sessions, session)
+        if exc.code in UNREACHABLE:  # a broken or cut stream: the session may be in any state
+            sessions.discard(session)
+        else:
+            session.in_flight = None
+            sessions.give_back(session)
         raise
-    else:
-        await _keep(wire, sessions, session)
+    except BaseException:
+        sessions.discard(session)
+        raise
+    sessions.give_back(session)
 
 
-async def _keep(wire: Wire, sessions: UpstreamSessions, session: UpstreamSession) -> None:
-    session.in_flight = None
-    for surplus in sessions.give_back(session):
-        await close_session(wire.http, wire.url, surplus)
-
-
-async def _open(wire: Wire, client_info: dict[str, Any], owner: tuple[str, str]) -> UpstreamSession:
+async def _open(
+    wire: Wire, client_info: dict[str, Any], owner: tuple[str, str], sessions: UpstreamSessions
+) -> UpstreamSession:
     params = {"protocolVersion": LATEST_HANDSHAKE_VERSION, "capabilities": {}, "clientInfo": client_info}
     message = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}
     async with _post(wire, message, {"accept": ACCEPT, "content-type": "application/json"}) as response:
@@ -223,8 +230,12 @@ async def _open(wire: Wire, client_info: dict[str, Any], owner: tuple[str, str])
             INTERNAL_ERROR, f"the server negotiated protocol version {version!r}, which is not served"
         )
     session = UpstreamSession(session_id, version, owner, dict(wire.headers))
-    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-    await _notify(wire, session, initialized)
+    sessions.opened(session)
+    try:
+        await _notify(wire, session, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+    except BaseException:
+        sessions.discard(session)  # half open: closed by the upstream's closer
+        raise
     return session
 
 
@@ -247,13 +258,13 @@ async def _cancel(wire: Wire, session: UpstreamSession, request_id: Any) -> None
 
 
 async def close_session(http: httpx2.AsyncClient, url: str, session: UpstreamSession) -> None:
-    """End a session the gateway no longer keeps (a best-effort DELETE, bounded)."""
+    """End a session the gateway no longer keeps: a best-effort DELETE, bounded."""
     if session.session_id is None:
         return
-    with anyio.CancelScope(shield=True), anyio.move_on_after(ABANDON_TIMEOUT):
+    with anyio.move_on_after(ABANDON_TIMEOUT):
         try:
             await http.delete(url, headers={**session.headers, **session_headers(session)})
-        except httpx2.HTTPError:
+        except Exception:
             pass
 
 

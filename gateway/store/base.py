@@ -151,6 +151,10 @@ class Store(Protocol):
     # Resources: agents, environments, sessions. ``kind`` names the collection.
     async def insert(self, kind: str, body: Body) -> None: ...
 
+    async def insert_many(self, kind: str, bodies: Sequence[Body]) -> None:
+        """Insert all of ``bodies`` in one transaction (all or none): one commit for many records."""
+        ...
+
     async def get(self, kind: str, resource_id: str) -> Body | None: ...
 
     async def update(self, kind: str, resource_id: str, mutate: Mutation) -> Body | None:

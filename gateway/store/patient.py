@@ -92,6 +92,19 @@ class PatientStore:
 
         await patiently(f"insert {body['id']}", attempt)
 
+    async def insert_many(self, kind: str, bodies: Sequence[Body]) -> None:
+        tried = False
+
+        async def attempt() -> None:
+            nonlocal tried
+            # All or none: after a lost answer, the first record tells whether the commit went through.
+            if tried and bodies and await self._inner.get(kind, bodies[0]["id"]) is not None:
+                return
+            tried = True
+            await self._inner.insert_many(kind, bodies)
+
+        await patiently(f"insert {len(bodies)} {kind} records", attempt)
+
     def __getattr__(self, name: str) -> Any:
         target = getattr(self._inner, name)
         if name in _IMPATIENT or not callable(target):

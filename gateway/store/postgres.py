@@ -118,6 +118,16 @@ class PostgresStore:
     async def insert(self, kind: str, body: Body) -> None:
         await _insert(self._pool, kind, body)
 
+    async def insert_many(self, kind: str, bodies: Sequence[Body]) -> None:
+        rows = [
+            (kind, body["id"], body["created_at"], bool(body.get("archived_at")), body) for body in bodies
+        ]
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.executemany(
+                "INSERT INTO resources (kind, id, created_at, archived, body) VALUES ($1, $2, $3, $4, $5)",
+                rows,
+            )
+
     async def get(self, kind: str, resource_id: str) -> Body | None:
         body: Body | None = await self._pool.fetchval(
             "SELECT body FROM resources WHERE kind = $1 AND id = $2", kind, resource_id

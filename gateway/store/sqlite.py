@@ -90,6 +90,13 @@ class SQLiteStore:
     async def insert(self, kind: str, body: Body) -> None:
         await self._db.write(lambda conn: self._insert(conn, kind, body))
 
+    async def insert_many(self, kind: str, bodies: Sequence[Body]) -> None:
+        def insert(conn: sqlite3.Connection) -> None:
+            for body in bodies:
+                self._insert(conn, kind, body)
+
+        await self._transaction(insert)
+
     @staticmethod
     def _insert(conn: sqlite3.Connection, kind: str, body: Body) -> None:
         conn.execute(
