@@ -27,8 +27,8 @@ import anyio
 
 Owner = tuple[str, str]
 """(caller id, digest of the last-hop credential headers)."""
-PER_OWNER = 4
-MAX_IDLE = 64
+PER_OWNER = 32
+MAX_IDLE = 256
 IDLE_SECONDS = 60.0
 
 
