@@ -24,6 +24,7 @@ import httpx2
 import pytest
 
 from tests.support.mcp_gateway_stack import GatewayStack, eventually, start_gateway, start_upstream, text_of
+from tests.support.mcp_lanes import answer_of
 
 pytestmark = pytest.mark.anyio
 VERSION = "2026-07-28"
@@ -83,15 +84,6 @@ def _post(stack: GatewayStack, server: str, message: dict[str, Any], **headers: 
     return httpx2.post(stack.mcp_url(server), json=message, headers=sent, timeout=30)
 
 
-def _answer(response: httpx2.Response) -> tuple[int, str, list[Any]]:
-    """Status, media type and the JSON-RPC messages of the answer (one, or each SSE event's)."""
-    media = response.headers.get("content-type", "").partition(";")[0]
-    if media == "text/event-stream":
-        events = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
-        return response.status_code, media, [json.loads(event) for event in events]
-    return response.status_code, media, [response.json()] if response.content else []
-
-
 def _audit(stack: GatewayStack) -> list[dict[str, Any]]:
     """The records without what differs between two gateways (ids, times, each one's policy path)."""
     records = stack.get("/v1/mcp_audit?limit=100")["data"]
@@ -120,7 +112,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_both_lanes_answer_alike(lanes: dict[str, GatewayStack], case: str) -> None:
     message = CASES[case]
-    answers = {lane: _answer(_post(stack, "modern", message)) for lane, stack in lanes.items()}
+    answers = {lane: answer_of(_post(stack, "modern", message)) for lane, stack in lanes.items()}
     assert answers["express"] == answers["sdk"], case
     status, _, messages = answers["express"]
     assert messages[-1]["id"] == message["id"]
@@ -141,7 +133,7 @@ def test_answers_match_their_meaning(lanes: dict[str, GatewayStack]) -> None:
     stack = lanes["express"]
 
     def last(case: str) -> dict[str, Any]:
-        return _answer(_post(stack, "modern", CASES[case]))[2][-1]
+        return answer_of(_post(stack, "modern", CASES[case]))[2][-1]
 
     ok = last("ok")["result"]
     assert ok["content"][0]["text"] == "modern:5" and ok["isError"] is False
@@ -153,7 +145,7 @@ def test_answers_match_their_meaning(lanes: dict[str, GatewayStack]) -> None:
         "modern region eu-west, header eu-west"
     )
     assert "timed out" in last("timeout")["result"]["content"][0]["text"]
-    _, media, events = _answer(_post(stack, "modern", CASES["progress"]))
+    _, media, events = answer_of(_post(stack, "modern", CASES["progress"]))
     assert media == "text/event-stream"
     assert [event["params"]["progressToken"] for event in events[:-1]] == ["tok-1", "tok-1"]
     assert text_of_result(events[-1]) == "modern did 2 steps"
@@ -179,7 +171,7 @@ async def test_which_lane_carries_a_call(lanes: dict[str, GatewayStack]) -> None
     assert set(seen.values()) == {"mcp"}, seen
 
 
-def test_malformed_requests_get_the_sdk_answer(lanes: dict[str, GatewayStack]) -> None:
+def test_malformed_requests_get_the_sdkanswer_of(lanes: dict[str, GatewayStack]) -> None:
     """What the express lane does not admit reaches the SDK, which refuses it as before."""
     cases: list[tuple[dict[str, Any], dict[str, str]]] = [
         (_call("add", {"a": 1, "b": 2}), {"mcp-name": "other"}),  # header mismatch
@@ -189,7 +181,9 @@ def test_malformed_requests_get_the_sdk_answer(lanes: dict[str, GatewayStack]) -
         (_call("region", {"region": "eu"}), {"mcp-param-region": "us"}),  # Mcp-Param mismatch
     ]
     for message, headers in cases:
-        answers = {lane: _answer(_post(stack, "modern", message, **headers)) for lane, stack in lanes.items()}
+        answers = {
+            lane: answer_of(_post(stack, "modern", message, **headers)) for lane, stack in lanes.items()
+        }
         assert answers["express"] == answers["sdk"], (message, headers)
         assert answers["express"][0] >= 400, answers
 

@@ -24,6 +24,7 @@ import httpx2
 import pytest
 
 from tests.support.mcp_gateway_stack import GatewayStack, start_gateway
+from tests.support.mcp_lanes import answer_of
 from tests.support.processes import start_server
 
 VERSION = "2026-07-28"
@@ -79,14 +80,6 @@ def _strict(text: str) -> Any:
         return f"invalid JSON ({exc})"
 
 
-def _answer(response: httpx2.Response) -> tuple[int, str, list[Any]]:
-    media = response.headers.get("content-type", "").partition(";")[0]
-    if media == "text/event-stream":
-        events = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
-        return response.status_code, media, [_strict(event) for event in events]
-    return response.status_code, media, [_strict(response.text)] if response.content else []
-
-
 def _breaker_failures(stack: GatewayStack) -> int:
     failures: int = stack.get(f"/v1/mcp_servers/{UPSTREAM}")["health"]["breaker"]["consecutive_failures"]
     return failures
@@ -104,7 +97,7 @@ def _send(stack: GatewayStack, name: str, body: bytes) -> dict[str, Any]:
     assert _breaker_failures(stack) == 0
     response = httpx2.post(stack.mcp_url(SERVER), content=body, headers=_headers(stack, name), timeout=30)
     return {
-        "answer": _answer(response),
+        "answer": answer_of(response, _strict),
         "audit": _last_outcome(stack),
         "breaker failures": _breaker_failures(stack),
     }

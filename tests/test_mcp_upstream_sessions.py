@@ -10,7 +10,6 @@ when the gateway stops. ``seen_header`` answers with the session id the upstream
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from gateway.mcp_gateway import upstream_sessions
 from gateway.mcp_gateway.upstream_sessions import UpstreamSession, UpstreamSessions, owner_of
 from tests.support.mcp_gateway_stack import GatewayStack, start_gateway, start_upstream, text_of
 from tests.support.mcp_gateway_stack import upstream_sessions as held
+from tests.support.mcp_lanes import watcher_sessions
 from tests.support.processes import ServerProcess
 
 pytestmark = pytest.mark.anyio
@@ -33,15 +33,6 @@ def old() -> Iterator[ServerProcess]:
         yield server
     finally:
         server.stop()
-
-
-def _watching(old: ServerProcess) -> set[str]:
-    """The session the gateway's watcher holds to follow list changes (not a call's)."""
-    deadline = time.monotonic() + 30
-    while not (sessions := held(old)):
-        assert time.monotonic() < deadline, "the gateway's watcher never connected"
-        time.sleep(0.05)
-    return sessions
 
 
 @pytest.fixture
@@ -65,7 +56,7 @@ async def _session_seen(stack: GatewayStack, headers: dict[str, str] | None = No
 async def test_a_callers_calls_share_one_upstream_session_and_callers_never_share(
     stack: GatewayStack, old: ServerProcess
 ) -> None:
-    watcher = _watching(old)
+    watcher = watcher_sessions(old)
     first = await _session_seen(stack)
     assert first and first in held(old)
     assert [await _session_seen(stack) for _ in range(5)] == [first] * 5
@@ -79,7 +70,7 @@ async def test_a_callers_calls_share_one_upstream_session_and_callers_never_shar
 async def test_a_session_the_upstream_forgot_is_replaced_without_failing_the_call(
     stack: GatewayStack, old: ServerProcess
 ) -> None:
-    watcher = _watching(old)
+    watcher = watcher_sessions(old)
     first = await _session_seen(stack)
     ended = httpx2.delete(
         old.url + "/mcp", headers={"mcp-session-id": first, "mcp-protocol-version": "2025-11-25"}, timeout=10
@@ -94,7 +85,7 @@ async def test_a_session_the_upstream_forgot_is_replaced_without_failing_the_cal
 async def test_stopping_the_gateway_ends_its_upstream_sessions(
     stack: GatewayStack, old: ServerProcess
 ) -> None:
-    watcher = _watching(old)
+    watcher = watcher_sessions(old)
     await _session_seen(stack)
     await _session_seen(stack, {"authorization": f"Bearer {stack.token('another', 'old')}"})
     assert len(held(old) - watcher) == 2

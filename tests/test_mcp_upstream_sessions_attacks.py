@@ -36,6 +36,7 @@ from gateway.mcp_gateway.upstream_sessions import UpstreamSession
 from gateway.mcp_gateway.upstreams import HttpUpstream
 from tests.support.mcp_gateway_stack import GatewayStack, eventually, start_gateway, text_of
 from tests.support.mcp_gateway_stack import upstream_sessions as held
+from tests.support.mcp_lanes import answer_of, watcher_sessions
 from tests.support.processes import ServerProcess, start_server
 
 pytestmark = pytest.mark.anyio
@@ -72,15 +73,6 @@ async def _stack(tmp_path: Path, old: ServerProcess, **env: str) -> AsyncIterato
         gateway.stop()
 
 
-def _watching(old: ServerProcess) -> set[str]:
-    """The session of the gateway's watcher (not a call's), once it has connected."""
-    deadline = time.monotonic() + 30
-    while not (sessions := held(old)):
-        assert time.monotonic() < deadline, "the gateway's watcher never connected"
-        time.sleep(0.05)
-    return sessions
-
-
 async def _seen(stack: GatewayStack, headers: dict[str, str] | None = None) -> str:
     """The upstream session id a call of this caller ran in."""
     async with stack.connect("old", "auto", headers=headers) as client:
@@ -91,7 +83,7 @@ async def _seen(stack: GatewayStack, headers: dict[str, str] | None = None) -> s
 
 async def _warm(stack: GatewayStack, old: ServerProcess) -> set[str]:
     """Let the gateway learn the upstream's era (its first call takes the SDK path)."""
-    watcher = _watching(old)
+    watcher = watcher_sessions(old)
     await _seen(stack)
     return watcher
 
@@ -176,7 +168,7 @@ async def test_an_oversize_answer_leaves_no_upstream_session_behind(
     assert left == set(), f"{len(opened)} sessions held after 3 oversize answers; {len(left)} after stop"
 
 
-async def test_a_caller_whose_idle_sessions_the_upstream_forgot_still_gets_its_answer(
+async def test_a_caller_whose_idle_sessions_the_upstream_forgot_still_gets_itsanswer_of(
     tmp_path: Path, old: ServerProcess
 ) -> None:
     """The upstream restarted (or expired them): every idle session of the caller is gone.
@@ -352,14 +344,6 @@ def lanes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Gatewa
         resumable.stop()
 
 
-def _answer(response: httpx2.Response) -> tuple[int, str, list[Any]]:
-    media = response.headers.get("content-type", "").partition(";")[0]
-    if media == "text/event-stream":
-        events = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
-        return response.status_code, media, [json.loads(event) for event in events]
-    return response.status_code, media, [response.json()] if response.content else []
-
-
 def _post(stack: GatewayStack, message: dict[str, Any]) -> httpx2.Response:
     sent = {
         "x-api-key": stack.api_key,
@@ -386,7 +370,7 @@ def _audit(stack: GatewayStack) -> list[str]:
 
 def test_a_session_based_upstream_answers_alike_in_both_lanes(lanes: dict[str, GatewayStack]) -> None:
     answers = {
-        case: {lane: _answer(_post(stack, message)) for lane, stack in lanes.items()}
+        case: {lane: answer_of(_post(stack, message)) for lane, stack in lanes.items()}
         for case, message in CASES.items()
     }
     differ = {case: seen for case, seen in answers.items() if seen["express"] != seen["sdk"]}

@@ -5,21 +5,23 @@ Profiled, a call through the gateway spent most of its time in the MCP SDK: its 
 a dispatcher and an HTTP client per call, models again), several times the upstream's own
 work. The express lane keeps the governed part (``ToolCalls``: lookup, policy, breaker,
 timeout, size limit, audit) and speaks JSON on both sides itself: the client's request is
-checked with the SDK's own functions, the upstream gets one POST (``wire``), and its
-result goes back with only the identity stamp changed.
+checked with the SDK's own functions, the upstream gets one POST (``wire``; in a pooled
+session of the caller's for a session-based upstream), and its result is validated and
+stamped as the SDK's client and server would.
 
 Taken only when the SDK's modern entry would accept the request the same way: a POST with
 a 2026-07-28 ``MCP-Protocol-Version``, an ``Accept`` naming JSON and SSE, no duplicated
 routing header, the envelope ladder passed (``classify_inbound_request``), a well-formed
 ``tools/call`` with matching ``Mcp-Param-*`` headers, a tool in the virtual server's view,
-and an HTTP upstream known to speak 2026-07-28. Anything else (legacy sessions, stdio
+and an HTTP upstream whose era is known. Anything else (legacy client sessions, stdio
 upstreams, malformed requests, unknown tools) takes the SDK path, which answers exactly as
 before. ``TETHER_MCP_EXPRESS=0`` sends everything that way.
 
 The answer is JSON unless the upstream reports progress to a client that asked for it, or
 the call runs past ``SSE_COMMIT_SECONDS``: then it becomes an SSE stream with keepalive
 pings, as the SDK's modern entry does. A client that disconnects cancels the call, which
-closes the upstream's POST (that era's cancellation) and is audited ``cancelled``.
+closes the upstream's POST (a session-based upstream also gets ``notifications/cancelled``)
+and is audited ``cancelled``.
 """
 
 from __future__ import annotations

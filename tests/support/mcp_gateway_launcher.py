@@ -1,9 +1,7 @@
-"""Run a gateway with the MCP gateway wired in, the way ``gateway.app`` will once merged.
+"""Run a gateway for the MCP gateway tests: ``gateway.app.run_gateway`` with policy files.
 
-Mirrors ``gateway.app.run_gateway``, then adds exactly what the wiring asks of the app:
-the routes, the lifespan (inside the app's own, once the store and keyring exist), and
-public ``/mcp/`` prefixes in the API-key middleware (which otherwise only knows exact
-public paths).
+The app wires its MCP gateway itself (routes, lifespan, the tunnel transport, public
+``/mcp/`` prefixes); this only adds ``--policy`` files and the scripted model's address.
 
 Run: ``python -m tests.support.mcp_gateway_launcher --port 0 --data-dir DIR [--policy FILE]``.
 """
@@ -11,64 +9,12 @@ Run: ``python -m tests.support.mcp_gateway_launcher --port 0 --data-dir DIR [--p
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
 
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from gateway.api.auth import APIKeyMiddleware
 from gateway.app import create_app
 from gateway.config import SCRIPTED_MODEL_PATH, Settings
-from gateway.mcp_gateway import wiring
 from gateway.serving import bind_socket, serve_socket, socket_url
 from policies.engine import PolicySet
-
-
-class PrefixAwareAPIKeyMiddleware(APIKeyMiddleware):
-    """``APIKeyMiddleware`` plus public path prefixes (what the lead adds to the real one)."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        keys: list[str],
-        public_paths: tuple[str, ...] = ("/health",),
-        public_prefixes: tuple[str, ...] = (),
-    ) -> None:
-        super().__init__(app, keys, public_paths)
-        self.public_prefixes = public_prefixes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(self.public_prefixes):
-            await self.app(scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
-
-
-def add_mcp_gateway(app: Starlette, settings: Settings, policies: PolicySet) -> None:
-    app.router.routes.extend(wiring.routes())
-    original = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(served: Any) -> AsyncIterator[None]:
-        async with original(served):
-            gateway = served.state.gateway
-            async with wiring.lifespan(served, gateway.store, gateway.keyring, policies, settings):
-                yield
-
-    app.router.lifespan_context = lifespan
-    for index, middleware in enumerate(app.user_middleware):
-        if middleware.cls is APIKeyMiddleware:
-            options: dict[str, Any] = dict(middleware.kwargs)
-            app.user_middleware[index] = Middleware(
-                PrefixAwareAPIKeyMiddleware,
-                keys=options["keys"],
-                public_paths=options["public_paths"],
-                public_prefixes=wiring.PUBLIC_PATH_PREFIXES,
-            )
 
 
 def main() -> None:
@@ -88,9 +34,7 @@ def main() -> None:
     if settings.model_base_url is None and settings.model_api_key is None:
         settings.serve_scripted_model = True
         settings.model_base_url = socket_url(sock) + SCRIPTED_MODEL_PATH
-    app = create_app(settings, policies)
-    add_mcp_gateway(app, settings, policies)
-    serve_socket(app, sock, log_level="warning")
+    serve_socket(create_app(settings, policies), sock, log_level="warning")
 
 
 if __name__ == "__main__":
