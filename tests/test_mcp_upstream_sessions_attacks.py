@@ -31,9 +31,9 @@ from mcp import MCPError
 
 from gateway.mcp_gateway import upstreams, wire
 from gateway.mcp_gateway.breaker import CircuitBreaker
+from gateway.mcp_gateway.http_upstream import HttpUpstream
 from gateway.mcp_gateway.sizing import SizeWatch
 from gateway.mcp_gateway.upstream_sessions import UpstreamSession
-from gateway.mcp_gateway.upstreams import HttpUpstream
 from tests.support.mcp_gateway_stack import GatewayStack, eventually, start_gateway, text_of
 from tests.support.mcp_gateway_stack import upstream_sessions as held
 from tests.support.mcp_lanes import answer_of, watcher_sessions

@@ -17,6 +17,8 @@ Modules, one job each:
 - ``ratelimit``: per-caller token buckets.
 - ``stdio_supervisor``: launching, restarting and reaping stdio servers.
 - ``upstreams``: connecting to upstreams (HTTP or stdio) under breaker and timeout.
+- ``http_upstream``: one HTTP upstream (SDK clients, the express lane's wire, its sessions).
+- ``upstream_sessions``: the books of pooled sessions with session-based upstreams.
 - ``sizing``: the message size limit, and closing the session of a cancelled call.
 - ``watcher``: following upstream ``list_changed`` notifications.
 - ``catalog``: upstream listings (cached) and each virtual server's merged view.

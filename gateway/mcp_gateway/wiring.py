@@ -37,11 +37,12 @@ from gateway.mcp_gateway.credentials import Credentials
 from gateway.mcp_gateway.endpoint import METADATA_PATH, Endpoint
 from gateway.mcp_gateway.express import Express
 from gateway.mcp_gateway.governance import Governance
+from gateway.mcp_gateway.http_upstream import TransportFor
 from gateway.mcp_gateway.notifications import Broadcaster
 from gateway.mcp_gateway.ratelimit import RateLimiter
 from gateway.mcp_gateway.registry import Changes, Registry
 from gateway.mcp_gateway.settings import McpGatewaySettings
-from gateway.mcp_gateway.upstreams import TransportFor, UpstreamPool
+from gateway.mcp_gateway.upstreams import UpstreamPool
 from gateway.mcp_gateway.virtual_server import GATEWAY_CLIENT_INFO, Handlers, build_server
 from gateway.mcp_gateway.watcher import ALL_LISTS
 from gateway.store.base import Body, Store
