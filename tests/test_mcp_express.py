@@ -24,11 +24,9 @@ import httpx2
 import pytest
 
 from tests.support.mcp_gateway_stack import GatewayStack, eventually, start_gateway, start_upstream, text_of
-from tests.support.mcp_lanes import answer_of
+from tests.support.mcp_lanes import SHARED_CASES, VERSION, answer_of, tools_call
 
 pytestmark = pytest.mark.anyio
-VERSION = "2026-07-28"
-META = {"io.modelcontextprotocol/protocolVersion": VERSION, "io.modelcontextprotocol/clientCapabilities": {}}
 VOLATILE_AUDIT = ("id", "created_at", "latency_ms")
 TIMEOUT_MARKER = f"/tmp/.tether-express-timeout-{secrets.token_hex(4)}"
 
@@ -56,13 +54,6 @@ def lanes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Gatewa
         old.stop()
         for left in Path(TIMEOUT_MARKER).parent.glob(Path(TIMEOUT_MARKER).name + "*"):
             left.unlink()
-
-
-def _call(
-    name: str, arguments: Any, request_id: Any = 7, meta: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    params = {"name": name, "arguments": arguments, "_meta": {**META, **(meta or {})}}
-    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
 
 
 def _post(stack: GatewayStack, server: str, message: dict[str, Any], **headers: str) -> httpx2.Response:
@@ -96,15 +87,9 @@ def _audit(stack: GatewayStack) -> list[dict[str, Any]]:
 
 
 CASES = {
-    "ok": _call("add", {"a": 2, "b": 3}),
-    "tool error": _call("explode", {"reason": "on purpose"}),
-    "bad arguments": _call("add", {"a": 2}),
-    "string id": _call("add", {"a": 1, "b": 1}, request_id="req-1"),
-    "denied by policy": _call("echo", {"text": "DROP TABLE users"}),
-    "unknown tool": _call("nope", {}),
-    "progress": _call("steps", {"count": 2}, meta={"progressToken": "tok-1"}),
-    "mcp-param header": _call("region", {"region": "eu-west"}),
-    "timeout": _call("block", {"marker": TIMEOUT_MARKER}),
+    **SHARED_CASES,
+    "mcp-param header": tools_call("region", {"region": "eu-west"}),
+    "timeout": tools_call("block", {"marker": TIMEOUT_MARKER}),
 }
 """``block`` touches its marker (in /tmp, shared by both gateways) and never answers."""
 
@@ -155,7 +140,7 @@ def text_of_result(message: dict[str, Any]) -> str:
     return "".join(block.get("text", "") for block in message["result"]["content"])
 
 
-async def test_which_lane_carries_a_call(lanes: dict[str, GatewayStack]) -> None:
+async def test_which_lane_carries_atools_call(lanes: dict[str, GatewayStack]) -> None:
     """2026-07-28 calls to HTTP upstreams of either era take the express lane; legacy clients do not."""
     seen = {}
     for lane, stack in lanes.items():
@@ -174,11 +159,11 @@ async def test_which_lane_carries_a_call(lanes: dict[str, GatewayStack]) -> None
 def test_malformed_requests_get_the_sdkanswer_of(lanes: dict[str, GatewayStack]) -> None:
     """What the express lane does not admit reaches the SDK, which refuses it as before."""
     cases: list[tuple[dict[str, Any], dict[str, str]]] = [
-        (_call("add", {"a": 1, "b": 2}), {"mcp-name": "other"}),  # header mismatch
-        (_call("add", [1, 2]), {}),  # arguments not an object
-        ({**_call("add", {"a": 1, "b": 2}), "id": True}, {}),  # not a JSON-RPC id
-        (_call("add", {"a": 1, "b": 2}), {"accept": "application/json"}),  # no SSE in Accept
-        (_call("region", {"region": "eu"}), {"mcp-param-region": "us"}),  # Mcp-Param mismatch
+        (tools_call("add", {"a": 1, "b": 2}), {"mcp-name": "other"}),  # header mismatch
+        (tools_call("add", [1, 2]), {}),  # arguments not an object
+        ({**tools_call("add", {"a": 1, "b": 2}), "id": True}, {}),  # not a JSON-RPC id
+        (tools_call("add", {"a": 1, "b": 2}), {"accept": "application/json"}),  # no SSE in Accept
+        (tools_call("region", {"region": "eu"}), {"mcp-param-region": "us"}),  # Mcp-Param mismatch
     ]
     for message, headers in cases:
         answers = {
@@ -188,13 +173,13 @@ def test_malformed_requests_get_the_sdkanswer_of(lanes: dict[str, GatewayStack])
         assert answers["express"][0] >= 400, answers
 
 
-async def test_a_disconnecting_client_cancels_the_upstream_call(
+async def test_a_disconnecting_client_cancels_the_upstreamtools_call(
     lanes: dict[str, GatewayStack], tmp_path: Path
 ) -> None:
     """Closing the POST closes the upstream's POST (the call is cancelled there) and is audited."""
     stack = lanes["express"]
     marker = tmp_path / "m"
-    message = _call("block", {"marker": str(marker)}, request_id="cancel-me")
+    message = tools_call("block", {"marker": str(marker)}, request_id="cancel-me")
     headers = {
         "x-api-key": stack.api_key,
         "mcp-protocol-version": VERSION,

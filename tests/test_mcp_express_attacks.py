@@ -24,11 +24,9 @@ import httpx2
 import pytest
 
 from tests.support.mcp_gateway_stack import GatewayStack, start_gateway
-from tests.support.mcp_lanes import answer_of
+from tests.support.mcp_lanes import VERSION, answer_of, tools_call
 from tests.support.processes import start_server
 
-VERSION = "2026-07-28"
-META = {"io.modelcontextprotocol/protocolVersion": VERSION, "io.modelcontextprotocol/clientCapabilities": {}}
 SERVER = "hostile"
 UPSTREAM = "alpha"
 
@@ -50,13 +48,6 @@ def lanes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Gatewa
         for stack in stacks.values():
             stack.gateway.stop()
         hostile.stop()
-
-
-def _call(
-    name: str, arguments: Any, request_id: Any = 7, meta: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    params = {"name": name, "arguments": arguments, "_meta": {**META, **(meta or {})}}
-    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
 
 
 def _headers(stack: GatewayStack, name: str) -> dict[str, str]:
@@ -92,7 +83,7 @@ def _last_outcome(stack: GatewayStack) -> tuple[str, str | None]:
 
 def _send(stack: GatewayStack, name: str, body: bytes) -> dict[str, Any]:
     """What one raw request gets through ``stack``: the answer, the audit outcome, breaker failures."""
-    warm = _call("add", {"a": 1, "b": 1}, request_id="warm")
+    warm = tools_call("add", {"a": 1, "b": 1}, request_id="warm")
     httpx2.post(stack.mcp_url(SERVER), json=warm, headers=_headers(stack, "add"), timeout=30)
     assert _breaker_failures(stack) == 0
     response = httpx2.post(stack.mcp_url(SERVER), content=body, headers=_headers(stack, name), timeout=30)
@@ -144,7 +135,7 @@ waits for the timeout, which is no behaviour to copy (see the review report)."""
 
 @pytest.mark.parametrize("case", UPSTREAM_CASES)
 def test_hostile_upstream_answers_alike(lanes: dict[str, GatewayStack], case: str) -> None:
-    got = _both(lanes, _call(case, {}))
+    got = _both(lanes, tools_call(case, {}))
     # A parse error echoes the upstream's bad body, which holds the lane's own upstream request id.
     # (and so its length, hence the column pydantic names).
     echoed = re.compile(r"input_value=.*?, input_type=", re.S)
@@ -158,7 +149,7 @@ def test_hostile_upstream_answers_alike(lanes: dict[str, GatewayStack], case: st
 def test_progress_relay_passes_only_the_calls_own_progress(lanes: dict[str, GatewayStack]) -> None:
     """Notifications with a foreign token, none, or a non-number are dropped; only progress,
     total and message go on (the upstream's ``_meta``, with its identity, does not)."""
-    got = _both(lanes, _call("h_foreign_progress", {}, meta={"progressToken": "mine"}))
+    got = _both(lanes, tools_call("h_foreign_progress", {}, meta={"progressToken": "mine"}))
     assert got["express"] == got["sdk"]
     _, media, messages = got["express"]["answer"]
     assert media == "text/event-stream"
@@ -174,7 +165,7 @@ def test_a_client_string_no_encoder_accepts_is_refused_not_blamed_on_the_upstrea
     """A lone surrogate (``\\ud800``) in the arguments is the client's fault: it must neither
     count as the upstream's failure (a hostile client could open the circuit for everyone)
     nor leave the call unaudited."""
-    body = json.dumps(_call("echo", {"text": "x"})).replace('"x"', '"\\ud800"').encode()
+    body = json.dumps(tools_call("echo", {"text": "x"})).replace('"x"', '"\\ud800"').encode()
     got = _both(lanes, body)
     assert got["express"] == got["sdk"]
     for lane in lanes:
@@ -185,7 +176,7 @@ def test_a_client_string_no_encoder_accepts_is_refused_not_blamed_on_the_upstrea
 def test_duplicate_keys_are_read_alike_by_policy_and_upstream(lanes: dict[str, GatewayStack]) -> None:
     """Guard: ``{"text": "DROP TABLE t", "text": "hi"}`` is one value (the last) for the policy,
     the audit and the upstream, in both lanes."""
-    body = json.dumps(_call("echo", {"text": "x"})).replace(
+    body = json.dumps(tools_call("echo", {"text": "x"})).replace(
         '"text": "x"', '"text": "DROP TABLE t", "text": "hi"'
     )
     got = _both(lanes, body.encode())
@@ -195,11 +186,11 @@ def test_duplicate_keys_are_read_alike_by_policy_and_upstream(lanes: dict[str, G
 
 
 CLIENT_CASES = {
-    "float progress token": _call("add", {"a": 1, "b": 2}, meta={"progressToken": 1.5}),
-    "bool progress token": _call("add", {"a": 1, "b": 2}, meta={"progressToken": True}),
-    "huge id": _call("add", {"a": 1, "b": 2}, request_id=2**70),
-    "empty string id": _call("add", {"a": 1, "b": 2}, request_id=""),
-    "gateway-like id": _call("add", {"a": 1, "b": 2}, request_id=1, meta={"progressToken": "tether-1"}),
+    "float progress token": tools_call("add", {"a": 1, "b": 2}, meta={"progressToken": 1.5}),
+    "bool progress token": tools_call("add", {"a": 1, "b": 2}, meta={"progressToken": True}),
+    "huge id": tools_call("add", {"a": 1, "b": 2}, request_id=2**70),
+    "empty string id": tools_call("add", {"a": 1, "b": 2}, request_id=""),
+    "gateway-like id": tools_call("add", {"a": 1, "b": 2}, request_id=1, meta={"progressToken": "tether-1"}),
 }
 
 

@@ -9,7 +9,6 @@ when the gateway stops. ``seen_header`` answers with the session id the upstream
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,9 +17,9 @@ import pytest
 
 from gateway.mcp_gateway import upstream_sessions
 from gateway.mcp_gateway.upstream_sessions import UpstreamSession, UpstreamSessions, owner_of
-from tests.support.mcp_gateway_stack import GatewayStack, start_gateway, start_upstream, text_of
+from tests.support.mcp_gateway_stack import GatewayStack, start_upstream
 from tests.support.mcp_gateway_stack import upstream_sessions as held
-from tests.support.mcp_lanes import watcher_sessions
+from tests.support.mcp_lanes import one_upstream_gateway, session_seen, watcher_sessions
 from tests.support.processes import ServerProcess
 
 pytestmark = pytest.mark.anyio
@@ -37,33 +36,21 @@ def old() -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def stack(tmp_path: Path, old: ServerProcess) -> Iterator[GatewayStack]:
-    api_key = "mcpsessions-" + secrets.token_hex(12)
-    gateway = start_gateway(tmp_path / "gw", api_key)
-    stack = GatewayStack(gateway, api_key, {"old": old})
-    try:
-        stack.register_url("old", old)
-        stack.post("/v1/mcp_virtual_servers", {"name": "old", "servers": [{"server": "old"}]})
+    with one_upstream_gateway(tmp_path / "gw", old) as stack:
         yield stack
-    finally:
-        gateway.stop()
-
-
-async def _session_seen(stack: GatewayStack, headers: dict[str, str] | None = None) -> str:
-    async with stack.connect("old", "auto", headers=headers) as client:
-        return text_of(await client.call_tool("seen_header", {"name": "mcp-session-id"}))
 
 
 async def test_a_callers_calls_share_one_upstream_session_and_callers_never_share(
     stack: GatewayStack, old: ServerProcess
 ) -> None:
     watcher = watcher_sessions(old)
-    first = await _session_seen(stack)
+    first = await session_seen(stack)
     assert first and first in held(old)
-    assert [await _session_seen(stack) for _ in range(5)] == [first] * 5
+    assert [await session_seen(stack) for _ in range(5)] == [first] * 5
     other = {"authorization": f"Bearer {stack.token('someone-else', 'old')}"}
-    theirs = await _session_seen(stack, other)
+    theirs = await session_seen(stack, other)
     assert theirs and theirs != first
-    assert await _session_seen(stack, other) == theirs
+    assert await session_seen(stack, other) == theirs
     assert held(old) - watcher == {first, theirs}  # two callers, two sessions: none per call
 
 
@@ -71,12 +58,12 @@ async def test_a_session_the_upstream_forgot_is_replaced_without_failing_the_cal
     stack: GatewayStack, old: ServerProcess
 ) -> None:
     watcher = watcher_sessions(old)
-    first = await _session_seen(stack)
+    first = await session_seen(stack)
     ended = httpx2.delete(
         old.url + "/mcp", headers={"mcp-session-id": first, "mcp-protocol-version": "2025-11-25"}, timeout=10
     )
     assert ended.status_code < 300 and first not in held(old)
-    second = await _session_seen(stack)  # the upstream answers 404 for `first`: a new one, same call
+    second = await session_seen(stack)  # the upstream answers 404 for `first`: a new one, same call
     assert second and second != first and held(old) - watcher == {second}
     audit = stack.get("/v1/mcp_audit?virtual_server=old&limit=100")["data"]
     assert [record["outcome"] for record in audit] == ["ok", "ok"]
@@ -86,8 +73,8 @@ async def test_stopping_the_gateway_ends_its_upstream_sessions(
     stack: GatewayStack, old: ServerProcess
 ) -> None:
     watcher = watcher_sessions(old)
-    await _session_seen(stack)
-    await _session_seen(stack, {"authorization": f"Bearer {stack.token('another', 'old')}"})
+    await session_seen(stack)
+    await session_seen(stack, {"authorization": f"Bearer {stack.token('another', 'old')}"})
     assert len(held(old) - watcher) == 2
     stack.gateway.stop()  # SIGTERM: a graceful stop closes what the pool kept
     assert held(old) - watcher == set()

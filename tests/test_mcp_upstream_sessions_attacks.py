@@ -36,12 +36,19 @@ from gateway.mcp_gateway.sizing import SizeWatch
 from gateway.mcp_gateway.upstream_sessions import UpstreamSession
 from tests.support.mcp_gateway_stack import GatewayStack, eventually, start_gateway, text_of
 from tests.support.mcp_gateway_stack import upstream_sessions as held
-from tests.support.mcp_lanes import answer_of, watcher_sessions
+from tests.support.mcp_lanes import (
+    SHARED_CASES,
+    VERSION,
+    answer_of,
+    one_upstream_gateway,
+    session_seen,
+    tools_call,
+    watcher_sessions,
+)
 from tests.support.processes import ServerProcess, start_server
 
 pytestmark = pytest.mark.anyio
 ATTACK_UPSTREAM = "tests.support.session_attack_upstream"
-VERSION = "2026-07-28"
 
 
 @pytest.fixture
@@ -62,29 +69,14 @@ def old(hang_flag: Path) -> Iterator[ServerProcess]:
 
 @asynccontextmanager
 async def _stack(tmp_path: Path, old: ServerProcess, **env: str) -> AsyncIterator[GatewayStack]:
-    api_key = "mcpattack-" + secrets.token_hex(12)
-    gateway = start_gateway(tmp_path / "gw", api_key, env)
-    stack = GatewayStack(gateway, api_key, {"old": old})
-    try:
-        stack.register_url("old", old)
-        stack.post("/v1/mcp_virtual_servers", {"name": "old", "servers": [{"server": "old"}]})
+    with one_upstream_gateway(tmp_path / "gw", old, env) as stack:
         yield stack
-    finally:
-        gateway.stop()
-
-
-async def _seen(stack: GatewayStack, headers: dict[str, str] | None = None) -> str:
-    """The upstream session id a call of this caller ran in."""
-    async with stack.connect("old", "auto", headers=headers) as client:
-        result = await client.call_tool("seen_header", {"name": "mcp-session-id"})
-        assert not result.is_error, text_of(result)
-        return text_of(result)
 
 
 async def _warm(stack: GatewayStack, old: ServerProcess) -> set[str]:
     """Let the gateway learn the upstream's era (its first call takes the SDK path)."""
     watcher = watcher_sessions(old)
-    await _seen(stack)
+    await session_seen(stack)
     return watcher
 
 
@@ -128,7 +120,7 @@ async def test_two_concurrent_calls_of_one_caller_never_share_a_session(
         assert len(set(in_flight)) == 3 and all(in_flight), in_flight
         assert answers == {i: f"released {in_flight[i]}" for i in range(3)}
         # All three go back to the caller's idle ones: its next calls reuse them, one by one.
-        assert await _seen(stack) in in_flight
+        assert await session_seen(stack) in in_flight
 
 
 # Defects -----------------------------------------------------------------------------------
@@ -139,7 +131,7 @@ async def test_a_timed_out_call_leaves_no_upstream_session_behind(tmp_path: Path
     every caller without a DELETE: the upstream keeps them (an SDK server for 30 min)."""
     async with _stack(tmp_path, old, TETHER_MCP_CALL_TIMEOUT="3") as stack:
         watcher = await _warm(stack, old)
-        alice = await _seen(stack)  # pooled, idle
+        alice = await session_seen(stack)  # pooled, idle
         assert await _held(old) - watcher == {alice}
         marker = tmp_path / "slow"
         async with stack.connect("old", "auto", headers=_bearer(stack, "bob")) as client:
@@ -221,7 +213,7 @@ async def test_a_call_cancelled_while_its_session_opens_leaves_no_upstream_sessi
             half_open = await eventually(opened, what="initialize answered, initialized pending")
             tasks.cancel_scope.cancel()
         await anyio.to_thread.run_sync(hang_flag.unlink)
-        assert await _seen(stack, _bearer(stack, "carol"))  # the caller goes on, in a new session
+        assert await session_seen(stack, _bearer(stack, "carol"))  # the caller goes on, in a new session
     left = await _held(old) - watcher
     assert left == set(), f"half-open session {half_open} left on the upstream: {left}"
 
@@ -255,7 +247,7 @@ async def test_a_session_in_use_when_the_upstream_is_replaced_is_closed(
             )
             release.touch()
         assert outcome
-        assert await _seen(stack) != in_use  # the new upstream's own session
+        assert await session_seen(stack) != in_use  # the new upstream's own session
     # (The new upstream's watcher session may outlive the stop, as the first one's does.)
     assert in_use not in await _held(old), f"session {in_use} left open; the call got {text_of(outcome[0])!r}"
 
@@ -297,28 +289,14 @@ async def test_closing_an_unresponsive_upstream_keeps_its_bound(monkeypatch: pyt
 
 # Behaviour equal to the SDK path ---------------------------------------------------------
 
-META = {"io.modelcontextprotocol/protocolVersion": VERSION, "io.modelcontextprotocol/clientCapabilities": {}}
 VOLATILE_AUDIT = ("id", "created_at", "latency_ms")
 
 
-def _call(
-    name: str, arguments: Any, request_id: Any = 7, meta: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    params = {"name": name, "arguments": arguments, "_meta": {**META, **(meta or {})}}
-    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
-
-
 CASES = {
-    "warm-up": _call("add", {"a": 0, "b": 0}),
-    "ok": _call("add", {"a": 2, "b": 3}),
-    "tool error": _call("explode", {"reason": "on purpose"}),
-    "bad arguments": _call("add", {"a": 2}),
-    "string id": _call("add", {"a": 1, "b": 1}, request_id="req-1"),
-    "denied by policy": _call("echo", {"text": "DROP TABLE users"}),
-    "unknown tool": _call("nope", {}),
-    "progress": _call("steps", {"count": 2}, meta={"progressToken": "tok-1"}),
-    "resumed answer": _call("polled_blob", {"size": 300}),
-    "oversize": _call("blob", {"size": 100_000}),
+    "warm-up": tools_call("add", {"a": 0, "b": 0}),
+    **SHARED_CASES,
+    "resumed answer": tools_call("polled_blob", {"size": 300}),
+    "oversize": tools_call("blob", {"size": 100_000}),
 }
 
 
