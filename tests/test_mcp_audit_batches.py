@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from gateway.mcp_gateway import audit as audit_module
 from gateway.mcp_gateway.access import Caller
 from gateway.mcp_gateway.audit import KIND, AuditLog, CallRecord
 from gateway.store import open_store
@@ -95,3 +96,49 @@ async def test_batches_land_in_a_real_store(tmp_path: Path) -> None:
         assert sorted(body["tool"] for body in page.items) == sorted(f"t{i}" for i in range(20))
     finally:
         await store.close()
+
+
+class PickyStore:
+    """Refuses a batch holding the record of tool ``bad``, and that record on its own."""
+
+    def __init__(self) -> None:
+        self.stored: list[str] = []
+
+    async def insert_many(self, kind: str, bodies: Sequence[Body]) -> None:
+        if any(body["tool"] == "bad" for body in bodies):
+            raise ValueError("refused")
+        self.stored += [body["tool"] for body in bodies]
+
+    async def insert(self, kind: str, body: Body) -> None:
+        await self.insert_many(kind, [body])
+
+
+async def test_one_refused_record_does_not_take_its_batch_down() -> None:
+    store = GatedStore()
+    picky = PickyStore()
+    audit = AuditLog(store)  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(audit.record, _call("first"))
+        await store.waiting.wait()
+        audit.store = picky  # type: ignore[assignment]  # the next batch meets the picky store
+        for tool in ("a", "bad", "b"):
+            tasks.start_soon(audit.record, _call(tool))
+        await anyio.wait_all_tasks_blocked()
+        store.gate.set()
+    assert store.commits == [["first"]] and sorted(picky.stored) == ["a", "b"]
+
+
+async def test_a_hung_store_holds_no_call_past_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audit_module, "COMMIT_TIMEOUT", 0.2)
+    store = GatedStore()  # its gate never opens
+    with anyio.fail_after(5):
+        body = await AuditLog(store).record(_call("stuck"))  # type: ignore[arg-type]
+    assert body["tool"] == "stuck" and store.commits == []
+
+
+async def test_a_nul_in_a_tool_name_is_stored_without_it() -> None:
+    """PostgreSQL's jsonb refuses NUL: the record keeps the rest of the name."""
+    store = GatedStore()
+    store.gate.set()
+    body = await AuditLog(store).record(_call("ev\x00il"))  # type: ignore[arg-type]
+    assert body["tool"] == "evil" and store.commits == [["evil"]]

@@ -31,7 +31,7 @@ Modules, one job each:
 - ``context``: what the front door hands the handlers.
 - ``tool_calls``: the governed ``tools/call`` pipeline both lanes share.
 - ``virtual_server``: the MCP request handlers (the SDK path).
-- ``wire``: one raw JSON-RPC request to an HTTP upstream.
+- ``wire``: speaking to an HTTP upstream without the SDK: a request, and a pooled session's life.
 - ``express``: the express lane, 2026-07-28 ``tools/call`` without the SDK's dispatch.
 - ``endpoint``: the ASGI front door for ``/mcp/{name}``.
 - ``wiring``: assembling it all for ``gateway.app``.

@@ -31,6 +31,8 @@ log = logging.getLogger("tether.mcp_gateway")
 KIND = "mcp_audit"
 PREFIX = "mcpaud"
 FILTERS = ("virtual_server", "outcome", "tool", "upstream", "caller.id")
+COMMIT_TIMEOUT = 10.0
+"""How long one batch may take to commit before its records are given up on (logged)."""
 
 
 def digest(arguments: Any) -> str:
@@ -52,6 +54,11 @@ class CallRecord:
     latency_ms: float
     detail: str | None = None
     protocol_version: str | None = None
+
+
+def _printable(text: str | None) -> str | None:
+    """Without NUL, which PostgreSQL's jsonb refuses (a client may put one in a tool name)."""
+    return text.replace("\x00", "") if text else text
 
 
 @dataclass
@@ -81,12 +88,12 @@ class AuditLog:
             "caller": call.caller.to_json(),
             "virtual_server": call.virtual_server,
             "method": call.method,
-            "tool": call.tool,
+            "tool": _printable(call.tool),
             "upstream": call.upstream,
             "upstream_tool": call.upstream_tool,
             "arguments_sha256": digest(call.arguments) if call.arguments is not None else None,
             "outcome": call.outcome,
-            "detail": (call.detail or None) and call.detail[:500],
+            "detail": _printable((call.detail or None) and call.detail[:500]),
             "latency_ms": round(call.latency_ms, 3),
             "protocol_version": call.protocol_version,
         }
@@ -114,11 +121,26 @@ class AuditLog:
                 done.set()  # the writer of the next batch comes from those still waiting
 
     async def _commit(self, bodies: list[Body]) -> None:
-        try:
-            await self.store.insert_many(KIND, bodies)
-        except Exception:
-            # The calls already happened; losing their records must be loud, never silent.
-            log.exception("could not store the MCP audit records %s", ", ".join(b["id"] for b in bodies))
+        """One transaction for the batch; if the store refuses it, each record on its own (one bad
+        record must not take the others down). Bounded: a hung store gives up, loudly."""
+        with anyio.move_on_after(COMMIT_TIMEOUT) as bound:
+            try:
+                await self.store.insert_many(KIND, bodies)
+                return
+            except Exception:
+                if len(bodies) == 1:
+                    log.exception("could not store the MCP audit record %s", bodies[0]["id"])
+                    return
+            for body in bodies:
+                try:
+                    await self.store.insert(KIND, body)
+                except Exception:
+                    # The call already happened; losing its record must be loud, never silent.
+                    log.exception("could not store the MCP audit record %s", body["id"])
+        if bound.cancelled_caught:
+            log.error(
+                "gave up storing MCP audit records after %gs: %s", COMMIT_TIMEOUT, [b["id"] for b in bodies]
+            )
 
     async def query(self, filters: dict[str, str], cursor: int | None, limit: int) -> Page:
         return await self.store.list_resources(

@@ -17,6 +17,7 @@ a session id cannot be replayed by another caller or on another virtual server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -104,7 +105,8 @@ class Endpoint:
                 return
         elif message.get("method") == "tools/call":
             # The SDK checks Mcp-Param-* headers against the current view's schemas: have one.
-            await self.view_of(info)
+            with contextlib.suppress(Exception):  # a failure here is the handler's to report
+                await self.view_of(info)
         scope[SCOPE_KEY] = info
         # Binds legacy sessions to this caller on this virtual server (the SDK checks it per request).
         name = virtual_server["name"]

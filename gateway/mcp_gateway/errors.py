@@ -7,6 +7,12 @@ what a model or an operator needs to decide what to do next.
 
 from __future__ import annotations
 
+from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
+
+UNREACHABLE_CODES = frozenset({CONNECTION_CLOSED, REQUEST_TIMEOUT})
+"""Errors the SDK (or the express lane's wire) makes up when no answer came: the upstream was
+not reached, unlike an error it sent itself."""
+
 
 class UpstreamUnavailable(Exception):
     """The upstream could not be reached, dropped the connection, or its circuit is open."""

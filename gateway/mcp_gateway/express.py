@@ -59,14 +59,23 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.mcp_gateway.catalog import Target
 from gateway.mcp_gateway.context import RequestInfo
-from gateway.mcp_gateway.tool_calls import Request
+from gateway.mcp_gateway.tool_calls import CallContext
 from gateway.mcp_gateway.virtual_server import (
+    NOT_RELAYED,
     SDK_RESULTS,
     SERVER_INFO_KEY,
     Handlers,
     without_upstream_identity,
 )
-from gateway.mcp_gateway.wire import ProgressSink, SessionGone, Wire, exchange, request_headers, session_for
+from gateway.mcp_gateway.wire import (
+    Era,
+    ProgressSink,
+    SessionGone,
+    Wire,
+    exchange,
+    request_headers,
+    session_for,
+)
 
 SSE_COMMIT_SECONDS = 15.0
 """A silent call commits to SSE after this long, then pings this often (as the SDK does)."""
@@ -77,7 +86,6 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 PING = b": ping\r\n\r\n"
-NOT_RELAYED = "the upstream's answer to {name!r} is not a result the gateway relays"
 
 
 @dataclass(frozen=True)
@@ -134,13 +142,17 @@ class Express:
         self, call: ExpressCall, info: RequestInfo, scope: Scope, receive: Receive, send: Send
     ) -> bool:
         """Carry ``call``; False (nothing sent) when it must take the SDK path after all."""
-        request = Request.now(info, "tools/call", call.protocol_version)
-        view = await self.handlers.view(info)
+        request = CallContext.now(info, "tools/call", call.protocol_version)
+        try:
+            view = await self.handlers.view(info)
+        except Exception:  # e.g. the store is down: the SDK path answers that as it always has
+            return False
         entry = view.tools.get(call.name)
         if entry is None:
             return False  # the SDK path reports an unknown tool, with the same audit record
         target, tool = entry
-        if self.handlers.pool.wire_version(target.upstream) is None:
+        era = self.handlers.pool.era(target.upstream)
+        if era is None:
             return False
         if _param_headers_mismatch(tool, call.arguments, scope):
             return False
@@ -150,7 +162,7 @@ class Express:
                 view,
                 call.name,
                 call.arguments,
-                lambda t: self._forward(info, t, tool, call, emit),
+                lambda t: self._forward(info, t, tool, call, emit, era),
                 SDK_RESULTS,
             ),
             self._finished,
@@ -158,7 +170,7 @@ class Express:
         return True
 
     async def _forward(
-        self, info: RequestInfo, target: Target, tool: mcp_types.Tool, call: ExpressCall, emit: Emit
+        self, info: RequestInfo, target: Target, tool: mcp_types.Tool, call: ExpressCall, emit: Emit, era: Era
     ) -> mcp_types.CallToolResult:
         request_id = next(self._ids)
         own_token = f"tether-{request_id}"
@@ -185,7 +197,7 @@ class Express:
                 await exchange(wire, message, headers, relay), wire.protocol_version, target.name
             )
 
-        return await self.handlers.wire_upstream(info, target, op)
+        return await self.handlers.wire_upstream(info, target, op, era)
 
     async def _in_session(
         self,
@@ -317,13 +329,16 @@ class _Exchange:
             tasks.start_soon(answer, events)
             tasks.start_soon(self._cancel_on_disconnect, tasks.cancel_scope)
             first: bytes | None = None
+            answered = False
             with anyio.move_on_after(SSE_COMMIT_SECONDS):
                 try:
                     first = await pending.receive()
                 except anyio.EndOfStream:
-                    await self._json(reply[0])
-                    tasks.cancel_scope.cancel()
-                    return
+                    answered = True
+            if answered:  # sent outside the deadline, so it can never be cut and followed by SSE
+                await self._json(reply[0])
+                tasks.cancel_scope.cancel()
+                return
             await self.send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             event: bytes | None = first
             while True:

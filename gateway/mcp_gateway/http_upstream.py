@@ -22,11 +22,10 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from gateway.mcp_gateway.breaker import CircuitBreaker
-from gateway.mcp_gateway.errors import UpstreamUnavailable
 from gateway.mcp_gateway.sizing import ABANDON_TIMEOUT, LimitedTransport, PerRequestLimit, SizeWatch, abandon
 from gateway.mcp_gateway.upstream_sessions import IDLE_SECONDS, UpstreamSession, UpstreamSessions
 from gateway.mcp_gateway.watcher import HttpWatcher, MessageHandler, is_modern
-from gateway.mcp_gateway.wire import Wire, close_session
+from gateway.mcp_gateway.wire import Era, Wire, close_session
 from gateway.store.base import Body
 
 TransportFor = Callable[[str], httpx2.AsyncBaseTransport | None]
@@ -108,27 +107,29 @@ class HttpUpstream:
                     raise
 
     @property
-    def wire_version(self) -> str | None:
+    def era(self) -> Era | None:
         """The version the upstream was discovered to speak, of either era; None until known."""
-        return self._modern[0] if self._modern is not None else self._handshake
+        if self._modern is not None:
+            return Era(self._modern[0], session_based=False)
+        return Era(self._handshake, session_based=True) if self._handshake is not None else None
 
     @asynccontextmanager
-    async def wire(self, headers: dict[str, str], timeout: float, watch: SizeWatch) -> AsyncIterator[Wire]:
-        """A use of the upstream without the SDK's client (the express lane).
+    async def wire(
+        self, headers: dict[str, str], timeout: float, watch: SizeWatch, era: Era
+    ) -> AsyncIterator[Wire]:
+        """A use of the upstream without the SDK's client (the express lane), in ``era`` (as
+        the caller found it: a failure elsewhere meanwhile does not fail this use).
 
         Cancelling it closes the POST's stream, which is how 2026-07-28 cancels a request;
         a session-based upstream is also sent ``notifications/cancelled`` (``wire``).
         """
-        version = self.wire_version
-        if version is None:
-            raise UpstreamUnavailable("its protocol era is not known yet")
         if self._wire_client is None:
             # One client for every use (building one costs an SSL context); each request
             # brings its use's size watch.
             transport = PerRequestLimit(_Unclosable(self._transport))
             self._wire_client = httpx2.AsyncClient(transport=transport, timeout=None)
-        sessions = None if self._modern is not None else self.sessions
-        yield Wire(self._wire_client, self.url, version, headers, timeout + 5.0, watch, sessions)
+        sessions = self.sessions if era.session_based else None
+        yield Wire(self._wire_client, self.url, era.version, headers, timeout + 5.0, watch, sessions)
 
     @asynccontextmanager
     async def _watch_session(self, handler: MessageHandler) -> AsyncIterator[Client]:

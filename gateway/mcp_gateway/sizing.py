@@ -125,16 +125,18 @@ class _CountedBody(httpx2.AsyncByteStream):
 
 
 class LimitedTransport(httpx2.AsyncBaseTransport):
-    """Bounds every response's messages, after decoding; notes what ``abandon`` needs."""
+    """Bounds every response's messages, after decoding; notes what ``abandon`` needs (only
+    the SDK path's uses are abandoned: ``note`` False spares the express lane the work)."""
 
-    def __init__(self, inner: httpx2.AsyncBaseTransport, watch: SizeWatch) -> None:
+    def __init__(self, inner: httpx2.AsyncBaseTransport, watch: SizeWatch, note: bool = True) -> None:
         self.inner = inner
         self.watch = watch
+        self.note = note
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         # Compressed bodies are what would slip past a count of wire bytes: ask for none.
         request.headers["accept-encoding"] = "identity"
-        if request.method == "POST":
+        if request.method == "POST" and self.note:
             self._note_request(request)
         response = await self.inner.handle_async_request(request)
         if request.method == "POST":
@@ -192,7 +194,7 @@ class PerRequestLimit(httpx2.AsyncBaseTransport):
         watch = request.extensions.get(WATCH_EXTENSION)
         if not isinstance(watch, SizeWatch):
             return await self.inner.handle_async_request(request)
-        return await LimitedTransport(self.inner, watch).handle_async_request(request)
+        return await LimitedTransport(self.inner, watch, note=False).handle_async_request(request)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -32,7 +32,6 @@ from gateway.mcp_gateway.governance import Governance
 from gateway.mcp_gateway.sizing import MessageTooLarge
 
 R = TypeVar("R")
-AUDIT_ON_CANCEL_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class ResultShape(Generic[R]):
 
 
 @dataclass(frozen=True)
-class Request:
+class CallContext:
     """One MCP request as the audit log records it."""
 
     info: RequestInfo
@@ -53,7 +52,7 @@ class Request:
     started: float
 
     @classmethod
-    def now(cls, info: RequestInfo, method: str, protocol_version: str | None) -> Request:
+    def now(cls, info: RequestInfo, method: str, protocol_version: str | None) -> CallContext:
         return cls(info, method, protocol_version, time.perf_counter())
 
 
@@ -68,7 +67,7 @@ class ToolCalls:
 
     async def record(
         self,
-        request: Request,
+        request: CallContext,
         outcome: str,
         name: str | None,
         target: Target | None,
@@ -93,7 +92,7 @@ class ToolCalls:
 
     async def run(
         self,
-        request: Request,
+        request: CallContext,
         view: View,
         name: str,
         arguments: dict[str, Any],
@@ -127,12 +126,14 @@ class ToolCalls:
             await self.record(request, "too_large", name, target, arguments, str(exc))
             raise too_large_error(f"Tool {name!r}", exc) from None
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True), anyio.move_on_after(AUDIT_ON_CANCEL_TIMEOUT):
-                detail = "the client cancelled the call"
-                await self.record(request, "cancelled", name, target, arguments, detail)
+            # The audit shields itself (and bounds its commit): the record is written anyway.
+            await self.record(request, "cancelled", name, target, arguments, "the client cancelled the call")
             raise
         except MCPError as exc:
             await self.record(request, "error", name, target, arguments, str(exc))
+            raise
+        except Exception as exc:  # e.g. the store down while the credential was looked up
+            await self.record(request, "error", name, target, arguments, type(exc).__name__)
             raise
         outcome = "tool_error" if shape.is_error(result) else "ok"
         await self.record(request, outcome, name, target, arguments)

@@ -38,12 +38,12 @@ import mcp.types as mcp_types
 from mcp import Client, MCPError
 
 from gateway.mcp_gateway.breaker import CircuitBreaker, CircuitOpen
-from gateway.mcp_gateway.errors import UpstreamTimeout, UpstreamUnavailable, describe, leaf
+from gateway.mcp_gateway.errors import UNREACHABLE_CODES, UpstreamTimeout, UpstreamUnavailable, describe, leaf
 from gateway.mcp_gateway.http_upstream import STOP_TIMEOUT, Headers, HttpUpstream, TransportFor
 from gateway.mcp_gateway.settings import McpGatewaySettings
 from gateway.mcp_gateway.sizing import SizeWatch
 from gateway.mcp_gateway.stdio_supervisor import StdioCommand, StdioSupervisor
-from gateway.mcp_gateway.wire import Wire
+from gateway.mcp_gateway.wire import Era, Wire
 from gateway.store.base import Body
 
 log = logging.getLogger("tether.mcp_gateway")
@@ -51,7 +51,6 @@ log = logging.getLogger("tether.mcp_gateway")
 T = TypeVar("T")
 C = TypeVar("C")
 OnChange = Callable[[str, frozenset[str]], Awaitable[None]]
-UNREACHABLE_CODES = frozenset({mcp_types.CONNECTION_CLOSED, mcp_types.REQUEST_TIMEOUT})
 PROTOCOL_MISMATCH_CODES = frozenset({mcp_types.UNSUPPORTED_PROTOCOL_VERSION, mcp_types.HEADER_MISMATCH})
 """Answers that mean the server is no longer what was discovered: rediscover next time."""
 
@@ -196,20 +195,20 @@ class UpstreamPool:
         )
 
     async def use_wire(
-        self, name: str, headers: dict[str, str], op: Callable[[Wire], Awaitable[T]], timeout: float
+        self, name: str, headers: dict[str, str], op: Callable[[Wire], Awaitable[T]], timeout: float, era: Era
     ) -> T:
-        """Like ``use``, but ``op`` speaks the wire itself (``Wire``); HTTP upstreams only."""
+        """Like ``use``, but ``op`` speaks the wire itself (``Wire``), in ``era``; HTTP upstreams only."""
         upstream = self._upstream(name)
         if not isinstance(upstream, HttpUpstream):
             raise UpstreamUnavailable("it is not an HTTP server")
         return await self._guarded(
-            upstream, lambda watch: upstream.wire(headers, timeout, watch), op, timeout
+            upstream, lambda watch: upstream.wire(headers, timeout, watch, era), op, timeout
         )
 
-    def wire_version(self, name: str) -> str | None:
-        """The version an HTTP upstream was discovered to speak (either era), if it was."""
+    def era(self, name: str) -> Era | None:
+        """How an HTTP upstream was discovered to speak (either era), if it was."""
         upstream = self._upstreams.get(name)
-        return upstream.wire_version if isinstance(upstream, HttpUpstream) else None
+        return upstream.era if isinstance(upstream, HttpUpstream) else None
 
     def _upstream(self, name: str) -> Upstream:
         upstream = self._upstreams.get(name)
@@ -233,8 +232,9 @@ class UpstreamPool:
                         async with opened(watch) as client:
                             result = await op(client)
                 except TimeoutError:
+                    # Counted against the breaker, but no sign the server was replaced: its era
+                    # and its pooled sessions stay (the timed-out session was told and kept).
                     attempt.failed(f"timed out after {timeout:g}s")
-                    upstream.failed()
                     raise UpstreamTimeout(f"timed out after {timeout:g}s") from None
                 except UpstreamUnavailable as exc:
                     attempt.failed(str(exc))

@@ -36,9 +36,9 @@ from gateway.mcp_gateway.governance import Governance
 from gateway.mcp_gateway.notifications import Broadcaster, SessionTracker
 from gateway.mcp_gateway.registry import Registry
 from gateway.mcp_gateway.sizing import MessageTooLarge
-from gateway.mcp_gateway.tool_calls import Request, ResultShape, ToolCalls, too_large_error
+from gateway.mcp_gateway.tool_calls import CallContext, ResultShape, ToolCalls, too_large_error
 from gateway.mcp_gateway.upstreams import UpstreamPool
-from gateway.mcp_gateway.wire import Wire
+from gateway.mcp_gateway.wire import Era, Wire
 
 T = TypeVar("T")
 Ctx = ServerRequestContext[Any, Any]
@@ -53,6 +53,7 @@ def _version() -> str:
         return "0"
 
 
+NOT_RELAYED = "the upstream's answer to {name!r} is not a result the gateway relays"
 GATEWAY_CLIENT_INFO = {"name": "tether-mcp-gateway", "version": _version()}
 """Who the express lane says is calling, in each request's ``_meta`` (2026-07-28 has no handshake)."""
 
@@ -121,10 +122,7 @@ async def forward_call(
         )
     except ValidationError:
         # e.g. an input_required result: the upstream answered, the gateway cannot relay it.
-        raise MCPError(
-            mcp_types.INTERNAL_ERROR,
-            f"the upstream's answer to {tool.name!r} is not a result the gateway relays",
-        ) from None
+        raise MCPError(mcp_types.INTERNAL_ERROR, NOT_RELAYED.format(name=tool.name)) from None
 
 
 def progress_relay(ctx: Ctx) -> ProgressFnT | None:
@@ -189,10 +187,12 @@ class Handlers:
         auth, timeout = await self._last_hop(info, target)
         return await self.pool.use(target.upstream, auth, op, timeout)
 
-    async def wire_upstream(self, info: RequestInfo, target: Target, op: Callable[[Wire], Awaitable[T]]) -> T:
+    async def wire_upstream(
+        self, info: RequestInfo, target: Target, op: Callable[[Wire], Awaitable[T]], era: Era
+    ) -> T:
         """``_upstream`` for the express lane, which speaks the wire itself."""
         auth, timeout = await self._last_hop(info, target)
-        return await self.pool.use_wire(target.upstream, auth, op, timeout)
+        return await self.pool.use_wire(target.upstream, auth, op, timeout, era)
 
     async def _last_hop(self, info: RequestInfo, target: Target) -> tuple[dict[str, str], float]:
         """The upstream's credential headers for this virtual server, and the call's timeout."""
@@ -202,8 +202,8 @@ class Handlers:
         auth = await self.credentials.for_upstream(info.virtual_server.get("vault_ids") or [], body)
         return auth.headers, self.governance.limits(info.virtual_server, body).call_timeout
 
-    def _request(self, ctx: Ctx) -> Request:
-        return Request.now(request_info(ctx), ctx.method, ctx.protocol_version)
+    def _request(self, ctx: Ctx) -> CallContext:
+        return CallContext.now(request_info(ctx), ctx.method, ctx.protocol_version)
 
     # Tools ---------------------------------------------------------------------------
 

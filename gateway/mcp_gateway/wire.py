@@ -60,10 +60,17 @@ from mcp_types.jsonrpc import jsonrpc_message_adapter
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 from pydantic import ValidationError
 
+from gateway.mcp_gateway.errors import UNREACHABLE_CODES
 from gateway.mcp_gateway.sizing import ABANDON_TIMEOUT, WATCH_EXTENSION, SizeWatch
 from gateway.mcp_gateway.upstream_sessions import UpstreamSession, UpstreamSessions, owner_of
 
-UNREACHABLE = frozenset({CONNECTION_CLOSED})
+
+@dataclass(frozen=True)
+class Era:
+    """How an HTTP upstream speaks: its protocol version, and whether that era has sessions."""
+
+    version: str
+    session_based: bool
 
 
 @dataclass(frozen=True)
@@ -139,8 +146,9 @@ async def exchange(
         headers = {**headers, **session_headers(session)}
         session.in_flight = message["id"]
     async with _post(wire, message, headers) as response:
-        if session is not None and response.status_code == 404:
-            raise SessionGone
+        if session is not None and session.session_id is not None and response.status_code == 404:
+            if await _session_unknown(response):
+                raise SessionGone
         reply = await _answer(response, message["id"], on_progress, _resume(wire, headers))
     if session is not None:
         session.in_flight = None
@@ -164,6 +172,21 @@ def _resume(wire: Wire, headers: dict[str, str]) -> Resume:
         )
 
     return resume
+
+
+async def _session_unknown(response: httpx2.Response) -> bool:
+    """Whether a 404 in a session says the session is unknown, not that the request failed.
+
+    A server that forgot the session refuses before reading the request (its error, if it
+    sends one, has no id); an error naming the request is the request's own answer.
+    """
+    if response.headers.get("content-type", "").lower().startswith("application/json"):
+        try:
+            parsed = jsonrpc_message_adapter.validate_json(await response.aread(), by_name=False)
+        except (httpx2.StreamError, ValidationError):
+            return True
+        return not (isinstance(parsed, JSONRPCError) and parsed.id is not None)
+    return True
 
 
 def session_headers(session: UpstreamSession) -> dict[str, str]:
@@ -202,7 +225,7 @@ async def session_for(
         sessions.forget(session)
         raise
     except MCPError as exc:
-        if exc.code in UNREACHABLE:  # a broken or cut stream: the session may be in any state
+        if exc.code in UNREACHABLE_CODES:  # a broken or cut stream: the session may be in any state
             sessions.discard(session)
         else:
             session.in_flight = None
@@ -220,18 +243,25 @@ async def _open(
     params = {"protocolVersion": LATEST_HANDSHAKE_VERSION, "capabilities": {}, "clientInfo": client_info}
     message = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}
     async with _post(wire, message, {"accept": ACCEPT, "content-type": "application/json"}) as response:
-        reply = await _answer(response, 0, None)
-        session_id = response.headers.get(SESSION_HEADER)
-    if isinstance(reply, JSONRPCError):
-        raise MCPError.from_error_data(reply.error)
-    version = reply.result.get("protocolVersion")
-    if version not in HANDSHAKE_PROTOCOL_VERSIONS:
-        raise MCPError(
-            INTERNAL_ERROR, f"the server negotiated protocol version {version!r}, which is not served"
+        # Booked as soon as the upstream names it, so any failure from here on closes it.
+        session = UpstreamSession(
+            response.headers.get(SESSION_HEADER), LATEST_HANDSHAKE_VERSION, owner, dict(wire.headers)
         )
-    session = UpstreamSession(session_id, version, owner, dict(wire.headers))
-    sessions.opened(session)
+        sessions.opened(session)
+        try:
+            reply = await _answer(response, 0, None)
+        except BaseException:
+            sessions.discard(session)
+            raise
     try:
+        if isinstance(reply, JSONRPCError):
+            raise MCPError.from_error_data(reply.error)
+        version = reply.result.get("protocolVersion")
+        if version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            raise MCPError(
+                INTERNAL_ERROR, f"the server negotiated protocol version {version!r}, which is not served"
+            )
+        session.protocol_version = version
         await _notify(wire, session, {"jsonrpc": "2.0", "method": "notifications/initialized"})
     except BaseException:
         sessions.discard(session)  # half open: closed by the upstream's closer

@@ -123,10 +123,7 @@ class PostgresStore:
             (kind, body["id"], body["created_at"], bool(body.get("archived_at")), body) for body in bodies
         ]
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.executemany(
-                "INSERT INTO resources (kind, id, created_at, archived, body) VALUES ($1, $2, $3, $4, $5)",
-                rows,
-            )
+            await conn.executemany(INSERT_RESOURCE, rows)
 
     async def get(self, kind: str, resource_id: str) -> Body | None:
         body: Body | None = await self._pool.fetchval(
@@ -406,9 +403,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+INSERT_RESOURCE = "INSERT INTO resources (kind, id, created_at, archived, body) VALUES ($1, $2, $3, $4, $5)"
+
+
 async def _insert(conn: asyncpg.Connection | asyncpg.Pool, kind: str, body: Body) -> None:
     await conn.execute(
-        "INSERT INTO resources (kind, id, created_at, archived, body) VALUES ($1, $2, $3, $4, $5)",
+        INSERT_RESOURCE,
         kind,
         body["id"],
         body["created_at"],
