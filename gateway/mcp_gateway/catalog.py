@@ -148,11 +148,11 @@ class Catalog:
 
     async def view(self, virtual_server: Body, bodies: dict[str, Body], credential: Credential) -> View:
         """The merged offer of ``virtual_server``; ``bodies`` are the registry's upstream documents."""
+        if (unchanged := self._cached_view(virtual_server, bodies)) is not None:
+            return unchanged
         selections = virtual_server["servers"]
         listings: dict[str, Listing] = {}
         view = View()
-        if (unchanged := self._cached_view(virtual_server, bodies)) is not None:
-            return unchanged
 
         async def load(name: str) -> None:
             body = bodies.get(name)
@@ -171,17 +171,8 @@ class Catalog:
         used = tuple(
             listings[selection["server"]] for selection in selections if selection["server"] in listings
         )
-        cached = self._merged.get(virtual_server["name"])
-        if (
-            not view.unavailable
-            and cached is not None
-            and cached[0] == virtual_server
-            and len(cached[1]) == len(used)
-            and all(old is new for old, new in zip(cached[1], used, strict=True))
-        ):
-            # Same selection, same listing objects (a list_changed or expiry makes new ones).
-            self.last_views[virtual_server["name"]] = cached[2]
-            return cached[2]
+        if not view.unavailable and (reused := self._reuse(virtual_server, used)) is not None:
+            return reused
 
         tools: list[tuple[str, mcp_types.Tool]] = []
         prompts: list[tuple[str, mcp_types.Prompt]] = []
@@ -241,9 +232,6 @@ class Catalog:
         only answers when every selected upstream has exactly one fresh listing and it is
         the one the view was built from (any second credential takes the full path).
         """
-        cached = self._merged.get(virtual_server["name"])
-        if cached is None or cached[0] != virtual_server:
-            return None
         used = []
         for selection in virtual_server["servers"]:
             name = selection["server"]
@@ -253,9 +241,15 @@ class Catalog:
             if len(entries) != 1 or not self._fresh(name, entries[0]):
                 return None
             used.append(entries[0].listing)
-        if len(used) != len(cached[1]) or any(
-            old is not new for old, new in zip(cached[1], used, strict=True)
-        ):
+        return self._reuse(virtual_server, tuple(used))
+
+    def _reuse(self, virtual_server: Body, used: tuple[Listing, ...]) -> View | None:
+        """The merged view, if it was built from this selection and these very listing objects
+        (a ``list_changed``, registry change or expiry makes new ones)."""
+        cached = self._merged.get(virtual_server["name"])
+        if cached is None or cached[0] != virtual_server or len(cached[1]) != len(used):
+            return None
+        if any(old is not new for old, new in zip(cached[1], used, strict=True)):
             return None
         self.last_views[virtual_server["name"]] = cached[2]
         return cached[2]
