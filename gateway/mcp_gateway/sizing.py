@@ -200,6 +200,12 @@ class PerRequestLimit(httpx2.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+def cancelled(request_id: Any) -> dict[str, Any]:
+    """The ``notifications/cancelled`` a session-based upstream gets for a request the caller gave up."""
+    params = {"requestId": request_id, "reason": "the caller cancelled"}
+    return {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params}
+
+
 async def abandon(http: httpx2.AsyncClient, url: str, watch: SizeWatch) -> None:
     """After a cancelled call: tell a session-based server its request is cancelled, end the session.
 
@@ -213,9 +219,7 @@ async def abandon(http: httpx2.AsyncClient, url: str, watch: SizeWatch) -> None:
         headers["mcp-protocol-version"] = watch.protocol_version
     try:
         if watch.request_id is not None:
-            params = {"requestId": watch.request_id, "reason": "the caller cancelled"}
-            cancelled = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params}
-            await http.post(url, json=cancelled, headers=headers)
+            await http.post(url, json=cancelled(watch.request_id), headers=headers)
         await http.delete(url, headers=headers)
     except httpx2.HTTPError as exc:
         log.info("could not close the session of a cancelled MCP call to %s: %s", url, type(exc).__name__)

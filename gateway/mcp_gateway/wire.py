@@ -61,7 +61,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 from pydantic import ValidationError
 
 from gateway.mcp_gateway.errors import UNREACHABLE_CODES
-from gateway.mcp_gateway.sizing import ABANDON_TIMEOUT, WATCH_EXTENSION, SizeWatch
+from gateway.mcp_gateway.sizing import ABANDON_TIMEOUT, WATCH_EXTENSION, SizeWatch, cancelled
 from gateway.mcp_gateway.upstream_sessions import UpstreamSession, UpstreamSessions, owner_of
 
 
@@ -278,11 +278,8 @@ async def _notify(wire: Wire, session: UpstreamSession, message: dict[str, Any])
 
 
 async def _cancel(wire: Wire, session: UpstreamSession, request_id: Any) -> None:
-    params = {"requestId": request_id, "reason": "the caller cancelled"}
     try:
-        await _notify(
-            wire, session, {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params}
-        )
+        await _notify(wire, session, cancelled(request_id))
     except (MCPError, httpx2.HTTPError):
         pass  # a courtesy: the session is kept either way
 
