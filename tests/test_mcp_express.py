@@ -23,33 +23,25 @@ import anyio
 import httpx2
 import pytest
 
-from tests.support.mcp_gateway_stack import GatewayStack, eventually, start_gateway, start_upstream, text_of
-from tests.support.mcp_lanes import SHARED_CASES, VERSION, answer_of, tools_call
+from tests.support.mcp_gateway_stack import GatewayStack, eventually, start_upstream, text_of
+from tests.support.mcp_lanes import SHARED_CASES, VERSION, answer_of, both_lanes, tools_call
 
 pytestmark = pytest.mark.anyio
 VOLATILE_AUDIT = ("id", "created_at", "latency_ms")
+CALL_TIMEOUT = {"TETHER_MCP_CALL_TIMEOUT": "3"}
 TIMEOUT_MARKER = f"/tmp/.tether-express-timeout-{secrets.token_hex(4)}"
 
 
 @pytest.fixture(scope="module")
 def lanes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, GatewayStack]]:
     modern, old = start_upstream("modern"), start_upstream("old", legacy_only=True)
-    stacks: dict[str, GatewayStack] = {}
     try:
-        for lane, env in (("express", {}), ("sdk", {"TETHER_MCP_EXPRESS": "0"})):
-            key = f"mcpexpress-{lane}-" + secrets.token_hex(8)
-            gateway = start_gateway(
-                tmp_path_factory.mktemp(f"mcp-{lane}"), key, {**env, "TETHER_MCP_CALL_TIMEOUT": "3"}
-            )
-            stack = stacks[lane] = GatewayStack(gateway, key, {"modern": modern, "old": old})
-            stack.register_url("alpha", modern)
-            stack.register_url("old", old)
-            stack.post("/v1/mcp_virtual_servers", {"name": "modern", "servers": [{"server": "alpha"}]})
-            stack.post("/v1/mcp_virtual_servers", {"name": "old", "servers": [{"server": "old"}]})
-        yield stacks
+        upstreams = {"alpha": modern, "old": old}  # "alpha": the test policy's rules apply
+        with both_lanes(
+            tmp_path_factory, upstreams, {"modern": "alpha", "old": "old"}, CALL_TIMEOUT
+        ) as stacks:
+            yield stacks
     finally:
-        for stack in stacks.values():
-            stack.gateway.stop()
         modern.stop()
         old.stop()
         for left in Path(TIMEOUT_MARKER).parent.glob(Path(TIMEOUT_MARKER).name + "*"):

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 import pytest
 
-from tests.support.mcp_gateway_stack import GatewayStack, start_gateway
-from tests.support.mcp_lanes import VERSION, answer_of, tools_call
+from tests.support.mcp_gateway_stack import GatewayStack
+from tests.support.mcp_lanes import VERSION, answer_of, both_lanes, tools_call
 from tests.support.processes import start_server
 
 SERVER = "hostile"
@@ -34,19 +33,11 @@ UPSTREAM = "alpha"
 @pytest.fixture(scope="module")
 def lanes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, GatewayStack]]:
     hostile = start_server(["--port", "0"], module="tests.support.hostile_mcp_upstream")
-    stacks: dict[str, GatewayStack] = {}
+    settings = {"TETHER_MCP_CALL_TIMEOUT": "3", "TETHER_MCP_BREAKER_FAILURES": "1000"}
     try:
-        for lane, env in (("express", {}), ("sdk", {"TETHER_MCP_EXPRESS": "0"})):
-            key = f"mcpattack-{lane}-" + secrets.token_hex(8)
-            settings = {**env, "TETHER_MCP_CALL_TIMEOUT": "3", "TETHER_MCP_BREAKER_FAILURES": "1000"}
-            gateway = start_gateway(tmp_path_factory.mktemp(f"mcp-attack-{lane}"), key, settings)
-            stack = stacks[lane] = GatewayStack(gateway, key, {UPSTREAM: hostile})
-            stack.register_url(UPSTREAM, hostile)
-            stack.post("/v1/mcp_virtual_servers", {"name": SERVER, "servers": [{"server": UPSTREAM}]})
-        yield stacks
+        with both_lanes(tmp_path_factory, {UPSTREAM: hostile}, {SERVER: UPSTREAM}, settings) as stacks:
+            yield stacks
     finally:
-        for stack in stacks.values():
-            stack.gateway.stop()
         hostile.stop()
 
 

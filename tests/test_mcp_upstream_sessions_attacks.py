@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -35,12 +34,13 @@ from gateway.mcp_gateway.http_upstream import HttpUpstream
 from gateway.mcp_gateway.sizing import SizeWatch
 from gateway.mcp_gateway.upstream_sessions import UpstreamSession
 from gateway.mcp_gateway.wire import Era
-from tests.support.mcp_gateway_stack import GatewayStack, eventually, start_gateway, text_of
+from tests.support.mcp_gateway_stack import GatewayStack, eventually, text_of
 from tests.support.mcp_gateway_stack import upstream_sessions as held
 from tests.support.mcp_lanes import (
     SHARED_CASES,
     VERSION,
     answer_of,
+    both_lanes,
     one_upstream_gateway,
     session_seen,
     tools_call,
@@ -307,19 +307,12 @@ def lanes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Gatewa
         ["--label", "alpha", "--port", "0", "--legacy-only", "--resumable"],
         module="tests.support.mcp_gateway_upstream",
     )
-    stacks: dict[str, GatewayStack] = {}
+    limits = {"TETHER_MCP_CALL_TIMEOUT": "10", "TETHER_MCP_MAX_MESSAGE_BYTES": "32768"}
     try:
-        for lane, env in (("express", {}), ("sdk", {"TETHER_MCP_EXPRESS": "0"})):
-            key = f"mcpattack-{lane}-" + secrets.token_hex(8)
-            limits = {"TETHER_MCP_CALL_TIMEOUT": "10", "TETHER_MCP_MAX_MESSAGE_BYTES": "32768"}
-            gateway = start_gateway(tmp_path_factory.mktemp(f"attack-{lane}"), key, {**env, **limits})
-            stack = stacks[lane] = GatewayStack(gateway, key, {"old": resumable})
-            stack.register_url("alpha", resumable)  # "alpha": the test policy's rules apply
-            stack.post("/v1/mcp_virtual_servers", {"name": "old", "servers": [{"server": "alpha"}]})
-        yield stacks
+        # "alpha": the test policy's rules apply
+        with both_lanes(tmp_path_factory, {"alpha": resumable}, {"old": "alpha"}, limits) as stacks:
+            yield stacks
     finally:
-        for stack in stacks.values():
-            stack.gateway.stop()
         resumable.stop()
 
 

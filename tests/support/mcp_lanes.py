@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import pytest
 
 from tests.support.mcp_gateway_stack import GatewayStack, start_gateway, text_of, upstream_sessions
 from tests.support.processes import ServerProcess
@@ -85,3 +86,29 @@ async def session_seen(stack: GatewayStack, headers: dict[str, str] | None = Non
         result = await client.call_tool("seen_header", {"name": "mcp-session-id"})
         assert not result.is_error, text_of(result)
         return text_of(result)
+
+
+@contextmanager
+def both_lanes(
+    directories: pytest.TempPathFactory,
+    upstreams: dict[str, ServerProcess],
+    virtual_servers: dict[str, str],
+    env: dict[str, str] | None = None,
+) -> Iterator[dict[str, GatewayStack]]:
+    """Two gateways side by side, ``express`` (the default) and ``sdk`` (``TETHER_MCP_EXPRESS=0``),
+    each with ``upstreams`` registered under their keys and each virtual server (name ->
+    upstream) selecting one; stopped afterwards (the upstreams are the caller's)."""
+    stacks: dict[str, GatewayStack] = {}
+    try:
+        for lane, lane_env in (("express", {}), ("sdk", {"TETHER_MCP_EXPRESS": "0"})):
+            key = f"mcplanes-{lane}-" + secrets.token_hex(8)
+            gateway = start_gateway(directories.mktemp(f"mcp-{lane}"), key, {**lane_env, **(env or {})})
+            stack = stacks[lane] = GatewayStack(gateway, key, dict(upstreams))
+            for name, upstream in upstreams.items():
+                stack.register_url(name, upstream)
+            for name, upstream_name in virtual_servers.items():
+                stack.post("/v1/mcp_virtual_servers", {"name": name, "servers": [{"server": upstream_name}]})
+        yield stacks
+    finally:
+        for stack in stacks.values():
+            stack.gateway.stop()
